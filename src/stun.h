@@ -71,6 +71,11 @@ enum stun_class {
 #define STUN_ATTR_RESPONSE_PORT 0x0027
 #define STUN_ATTR_RESPONSE_ORIGIN 0x802B
 #define STUN_ATTR_OTHER_ADDRESS 0x802C
+/* ICE (RFC 8445), known so that they are not "unknown" to a server. */
+#define STUN_ATTR_PRIORITY 0x0024
+#define STUN_ATTR_USE_CANDIDATE 0x0025
+#define STUN_ATTR_ICE_CONTROLLED 0x8029
+#define STUN_ATTR_ICE_CONTROLLING 0x802A
 /* RFC 3489 only. */
 #define STUN_ATTR_RESPONSE_ADDRESS 0x0002
 #define STUN_ATTR_SOURCE_ADDRESS 0x0004
@@ -138,9 +143,18 @@ bool stun_looks_like(const uint8_t *buf, size_t len);
  * (it must be last and correct). Attributes after MESSAGE-INTEGRITY other than
  * MESSAGE-INTEGRITY-SHA256 and FINGERPRINT are ignored (RFC 8489 14.5).
  * Integrity is not checked here: see stun_check_integrity().
- * Returns 0 or NTCP_ETRUNCATED, NTCP_EMALFORMED, NTCP_EBADATTR, NTCP_EPADDING,
- * NTCP_EFAMILY, NTCP_EFINGERPRINT, NTCP_ENOTSTUN, NTCP_ERANGE (too many
- * attributes). On error the header fields of m may still be filled in (so a
+ * Returns 0 or:
+ *   NTCP_ETRUNCATED   len < 20, or the header's length runs past len;
+ *   NTCP_ENOTSTUN     the top two bits of the first byte are not zero;
+ *   NTCP_EMALFORMED   bytes follow the message, or its length is not a
+ *                     multiple of 4 (when no attribute is to blame first);
+ *   NTCP_EBADATTR     an attribute header or value runs past the message,
+ *                     or a known attribute has an invalid length or value;
+ *   NTCP_EPADDING     an attribute's value fits but its padding to 4 bytes
+ *                     runs past the message;
+ *   NTCP_EFAMILY      an address attribute's family is not 1 or 2;
+ *   NTCP_EFINGERPRINT FINGERPRINT wrong or not the last attribute;
+ *   NTCP_ERANGE       more than STUN_MAX_ATTRS attributes. On error the header fields of m may still be filled in (so a
  * server can answer 400 to the right transaction): m->len is nonzero then. */
 int stun_parse(stun_msg *m, const uint8_t *buf, size_t len);
 
@@ -189,6 +203,7 @@ typedef struct stun_builder {
     size_t len; /* bytes the message needs so far (may exceed cap) */
     bool rfc3489;
     uint8_t pad_byte; /* value of padding bytes; 0 by default (any is valid) */
+    uint8_t tid[STUN_TID_SIZE];
     int err;          /* first error other than lack of space */
 } stun_builder;
 
