@@ -41,6 +41,86 @@ enum {
     NTCP_ECLOSED = -19,      /* the object was closed or stopped */
 };
 
+/* ---- NAT behaviour (RFC 4787 for UDP, RFC 5382 for TCP) ----
+ * What discovery finds, per transport and address family. Every field has an
+ * UNKNOWN value: discovery never guesses, and says why in `why`. */
+
+/* Is there a NAT, a firewall, or nothing between us and the server? */
+typedef enum ntcp_reach {
+    NTCP_REACH_UNKNOWN = 0,
+    NTCP_REACH_BLOCKED,  /* no answer at all: the transport is blocked */
+    NTCP_REACH_OPEN,     /* public address, unsolicited traffic comes in */
+    NTCP_REACH_FIREWALL, /* public address, unsolicited traffic filtered */
+    NTCP_REACH_NAT,      /* the mapped address differs from the local one */
+} ntcp_reach_t;
+
+/* Mapping and filtering behaviour share one scale. */
+typedef enum ntcp_nat_dep {
+    NTCP_DEP_UNKNOWN = 0,
+    NTCP_DEP_NONE,         /* filtering only: nothing is filtered (open) */
+    NTCP_DEP_ENDPOINT_INDEPENDENT,
+    NTCP_DEP_ADDRESS,      /* address-dependent */
+    NTCP_DEP_ADDRESS_PORT, /* address-and-port-dependent */
+} ntcp_nat_dep_t;
+
+typedef enum ntcp_port_alloc {
+    NTCP_PORTS_UNKNOWN = 0,
+    NTCP_PORTS_PRESERVED,  /* external port = local port */
+    NTCP_PORTS_SEQUENTIAL, /* each new mapping = previous + delta */
+    NTCP_PORTS_RANDOM,     /* no pattern found */
+} ntcp_port_alloc_t;
+
+/* What the NAT (or firewall) does with an unsolicited inbound TCP SYN. */
+typedef enum ntcp_syn_answer {
+    NTCP_SYN_UNKNOWN = 0,
+    NTCP_SYN_ACCEPTED, /* it reaches us (no filtering for that source) */
+    NTCP_SYN_DROPPED,  /* silently dropped */
+    NTCP_SYN_RST,      /* answered with a TCP RST */
+    NTCP_SYN_ICMP,     /* answered with an ICMP error */
+} ntcp_syn_answer_t;
+
+typedef enum ntcp_tristate {
+    NTCP_UNKNOWN = 0,
+    NTCP_NO,
+    NTCP_YES,
+} ntcp_tristate_t;
+
+/* NTCP 0.2's names for the mapping, kept for its users. */
+typedef enum ntcp_legacy_type {
+    NTCP_LEGACY_UNKNOWN = 0,
+    NTCP_LEGACY_NONE,                   /* no NAT */
+    NTCP_LEGACY_INDEPENDENT,            /* endpoint-independent mapping */
+    NTCP_LEGACY_ADDRESS_DEPENDENT,
+    NTCP_LEGACY_ADDRESS_PORT_DEPENDENT, /* with a usable delta */
+    NTCP_LEGACY_SESSION_DEPENDENT,      /* a new random port per session */
+} ntcp_legacy_type_t;
+
+/* The behaviour seen over one transport (UDP or TCP) and one family. */
+typedef struct ntcp_nat_behaviour {
+    ntcp_reach_t reach;
+    ntcp_nat_dep_t mapping;
+    ntcp_nat_dep_t filtering;
+    ntcp_port_alloc_t ports;
+    int delta;                 /* with NTCP_PORTS_SEQUENTIAL */
+    ntcp_tristate_t hairpin;
+    ntcp_syn_answer_t syn;     /* TCP only */
+    int lifetime_s;            /* mapping lifetime, 0 = not measured */
+    char why[160];             /* why something is UNKNOWN, or "" */
+} ntcp_nat_behaviour_t;
+
+/* Names for people and JSON: "endpoint-independent", "port-restricted cone",
+ * "AddressPortDependent", ... Static strings, never NULL. */
+const char *ntcp_reach_name(ntcp_reach_t r);
+const char *ntcp_dep_name(ntcp_nat_dep_t d);
+const char *ntcp_ports_name(ntcp_port_alloc_t p);
+const char *ntcp_syn_name(ntcp_syn_answer_t s);
+const char *ntcp_tristate_name(ntcp_tristate_t t);
+/* The classic name (full cone, restricted cone, port-restricted cone,
+ * symmetric, open, firewall, blocked, unknown) of a behaviour. */
+const char *ntcp_classic_name(const ntcp_nat_behaviour_t *b);
+ntcp_legacy_type_t ntcp_legacy_type(const ntcp_nat_behaviour_t *b);
+const char *ntcp_legacy_name(ntcp_legacy_type_t t);
+
 /* A static, never-NULL English description of an NTCP_E* code. */
 const char *ntcp_strerror(int err);
 

@@ -1,0 +1,280 @@
+/*
+ * natclass.c: NAT classification from discovery's observations, and the
+ * names of each behaviour (RFC 4787/5382 terms, classic cone names, and
+ * NTCP 0.2's mapping names).
+ */
+#include "natclass.h"
+
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+bool ntcp_sockaddr_same_ip(const struct sockaddr *a, const struct sockaddr *b)
+{
+    if (a->sa_family != b->sa_family)
+        return false;
+    if (a->sa_family == AF_INET)
+        return ((const struct sockaddr_in *)a)->sin_addr.s_addr ==
+               ((const struct sockaddr_in *)b)->sin_addr.s_addr;
+    if (a->sa_family == AF_INET6)
+        return memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr,
+                      &((const struct sockaddr_in6 *)b)->sin6_addr, 16) == 0;
+    return false;
+}
+
+static uint16_t port_of(const struct sockaddr *a)
+{
+    if (a->sa_family == AF_INET)
+        return ntohs(((const struct sockaddr_in *)a)->sin_port);
+    if (a->sa_family == AF_INET6)
+        return ntohs(((const struct sockaddr_in6 *)a)->sin6_port);
+    return 0;
+}
+
+bool ntcp_sockaddr_equal(const struct sockaddr *a, const struct sockaddr *b)
+{
+    return ntcp_sockaddr_same_ip(a, b) && port_of(a) == port_of(b);
+}
+
+void ntcp_nat_obs_init(ntcp_nat_obs *o, bool tcp)
+{
+    memset(o, 0, sizeof *o);
+    o->tcp = tcp;
+    o->syn_outcome = -1;
+}
+
+/* Appends a reason to out->why, "; "-separated. */
+static void why(ntcp_nat_behaviour_t *out, const char *fmt, ...)
+{
+    size_t used = strlen(out->why);
+    if (used + 3 >= sizeof out->why)
+        return;
+    if (used) {
+        memcpy(out->why + used, "; ", 3);
+        used += 2;
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(out->why + used, sizeof out->why - used, fmt, ap);
+    va_end(ap);
+}
+
+#define SA(x) ((const struct sockaddr *)(x))
+
+static ntcp_nat_dep_t classify_mapping(const ntcp_nat_obs *o, ntcp_nat_behaviour_t *out)
+{
+    if (!o->got[NTCP_OBS_ALT_IP] || !o->got[NTCP_OBS_ALT_BOTH]) {
+        why(out, "mapping: no answer from the server's alternate address");
+        return NTCP_DEP_UNKNOWN;
+    }
+    const struct sockaddr *m0 = SA(&o->mapped[0]), *m1 = SA(&o->mapped[1]), *m2 = SA(&o->mapped[2]);
+    if (ntcp_sockaddr_equal(m0, m1) && ntcp_sockaddr_equal(m1, m2))
+        return NTCP_DEP_ENDPOINT_INDEPENDENT;
+    if (!ntcp_sockaddr_equal(m0, m1) && ntcp_sockaddr_equal(m1, m2))
+        return NTCP_DEP_ADDRESS;
+    return NTCP_DEP_ADDRESS_PORT;
+}
+
+static ntcp_nat_dep_t classify_filtering(const ntcp_nat_obs *o, ntcp_nat_behaviour_t *out)
+{
+    if (o->from_other_both == NTCP_YES)
+        return NTCP_DEP_ENDPOINT_INDEPENDENT;
+    if (o->from_other_both == NTCP_UNKNOWN) {
+        why(out, "filtering: the test from the other address and port did not complete");
+        return NTCP_DEP_UNKNOWN;
+    }
+    if (o->from_other_port == NTCP_YES)
+        return NTCP_DEP_ADDRESS;
+    if (o->from_other_port == NTCP_NO)
+        return NTCP_DEP_ADDRESS_PORT;
+    why(out, "filtering: the test from the other port did not complete");
+    return NTCP_DEP_UNKNOWN;
+}
+
+static int16_t port_diff(uint16_t a, uint16_t b)
+{
+    return (int16_t)(uint16_t)(b - a);
+}
+
+/* The largest |delta| still called sequential: beyond it a "pattern" of
+ * three samples is as likely to be chance as allocation. */
+#define MAX_DELTA 64
+
+static ntcp_port_alloc_t classify_ports(const ntcp_nat_obs *o, int *delta, ntcp_nat_behaviour_t *out)
+{
+    *delta = 0;
+    if (o->nseq < 3) {
+        why(out, "port allocation: fewer than 3 new mappings observed");
+        return NTCP_PORTS_UNKNOWN;
+    }
+    bool preserved = true;
+    for (size_t i = 0; i < o->nseq; i++)
+        preserved = preserved && o->seq_local[i] == o->seq_mapped[i];
+    if (preserved)
+        return NTCP_PORTS_PRESERVED;
+    int16_t d = port_diff(o->seq_mapped[0], o->seq_mapped[1]);
+    bool sequential = d != 0 && d >= -MAX_DELTA && d <= MAX_DELTA;
+    for (size_t i = 2; i < o->nseq && sequential; i++)
+        sequential = port_diff(o->seq_mapped[i - 1], o->seq_mapped[i]) == d;
+    if (sequential) {
+        *delta = d;
+        return NTCP_PORTS_SEQUENTIAL;
+    }
+    return NTCP_PORTS_RANDOM;
+}
+
+static ntcp_syn_answer_t syn_from_outcome(int outcome)
+{
+    switch (outcome) {
+    case 0: return NTCP_SYN_ACCEPTED; /* STUNT_CONNECTED */
+    case 1: return NTCP_SYN_RST;      /* STUNT_REFUSED */
+    case 2: return NTCP_SYN_ICMP;     /* STUNT_ICMP */
+    case 3: return NTCP_SYN_DROPPED;  /* STUNT_TIMEOUT */
+    }
+    return NTCP_SYN_UNKNOWN;
+}
+
+void ntcp_classify(const ntcp_nat_obs *o, ntcp_nat_behaviour_t *out)
+{
+    memset(out, 0, sizeof *out);
+    out->hairpin = o->hairpin;
+    out->lifetime_s = o->lifetime_s;
+    if (!o->got[NTCP_OBS_PRIMARY]) {
+        out->reach = NTCP_REACH_BLOCKED;
+        why(out, "no answer from the server's primary address");
+        return;
+    }
+    bool natted = !ntcp_sockaddr_equal(SA(&o->local), SA(&o->mapped[NTCP_OBS_PRIMARY]));
+    out->filtering = classify_filtering(o, out);
+    if (natted) {
+        out->reach = NTCP_REACH_NAT;
+        out->mapping = classify_mapping(o, out);
+        out->ports = classify_ports(o, &out->delta, out);
+    } else {
+        /* Without a NAT the mapping is the identity. */
+        out->mapping = NTCP_DEP_ENDPOINT_INDEPENDENT;
+        out->ports = NTCP_PORTS_PRESERVED;
+        if (out->filtering == NTCP_DEP_ENDPOINT_INDEPENDENT) {
+            out->reach = NTCP_REACH_OPEN;
+            out->filtering = NTCP_DEP_NONE;
+        } else if (out->filtering == NTCP_DEP_UNKNOWN) {
+            out->reach = NTCP_REACH_UNKNOWN;
+            why(out, "reach: public address, but filtering unknown");
+        } else {
+            out->reach = NTCP_REACH_FIREWALL;
+        }
+    }
+    if (o->tcp) {
+        if (o->from_other_both == NTCP_YES)
+            out->syn = NTCP_SYN_ACCEPTED;
+        else if (o->from_other_both == NTCP_NO)
+            out->syn = syn_from_outcome(o->syn_outcome);
+        if (out->syn == NTCP_SYN_UNKNOWN)
+            why(out, "syn: no connect-back outcome");
+    }
+}
+
+const char *ntcp_reach_name(ntcp_reach_t r)
+{
+    switch (r) {
+    case NTCP_REACH_BLOCKED: return "blocked";
+    case NTCP_REACH_OPEN: return "open";
+    case NTCP_REACH_FIREWALL: return "firewall";
+    case NTCP_REACH_NAT: return "nat";
+    case NTCP_REACH_UNKNOWN: break;
+    }
+    return "unknown";
+}
+
+const char *ntcp_dep_name(ntcp_nat_dep_t d)
+{
+    switch (d) {
+    case NTCP_DEP_NONE: return "none";
+    case NTCP_DEP_ENDPOINT_INDEPENDENT: return "endpoint-independent";
+    case NTCP_DEP_ADDRESS: return "address-dependent";
+    case NTCP_DEP_ADDRESS_PORT: return "address-and-port-dependent";
+    case NTCP_DEP_UNKNOWN: break;
+    }
+    return "unknown";
+}
+
+const char *ntcp_ports_name(ntcp_port_alloc_t p)
+{
+    switch (p) {
+    case NTCP_PORTS_PRESERVED: return "preserved";
+    case NTCP_PORTS_SEQUENTIAL: return "sequential";
+    case NTCP_PORTS_RANDOM: return "random";
+    case NTCP_PORTS_UNKNOWN: break;
+    }
+    return "unknown";
+}
+
+const char *ntcp_syn_name(ntcp_syn_answer_t s)
+{
+    switch (s) {
+    case NTCP_SYN_ACCEPTED: return "accepted";
+    case NTCP_SYN_DROPPED: return "drop";
+    case NTCP_SYN_RST: return "rst";
+    case NTCP_SYN_ICMP: return "icmp";
+    case NTCP_SYN_UNKNOWN: break;
+    }
+    return "unknown";
+}
+
+const char *ntcp_tristate_name(ntcp_tristate_t t)
+{
+    return t == NTCP_YES ? "yes" : t == NTCP_NO ? "no" : "unknown";
+}
+
+const char *ntcp_classic_name(const ntcp_nat_behaviour_t *b)
+{
+    switch (b->reach) {
+    case NTCP_REACH_BLOCKED: return "blocked";
+    case NTCP_REACH_OPEN: return "open";
+    case NTCP_REACH_FIREWALL: return "firewall";
+    case NTCP_REACH_UNKNOWN: return "unknown";
+    case NTCP_REACH_NAT: break;
+    }
+    if (b->mapping == NTCP_DEP_ADDRESS || b->mapping == NTCP_DEP_ADDRESS_PORT)
+        return "symmetric";
+    if (b->mapping != NTCP_DEP_ENDPOINT_INDEPENDENT)
+        return "unknown";
+    switch (b->filtering) {
+    case NTCP_DEP_ENDPOINT_INDEPENDENT: return "full cone";
+    case NTCP_DEP_ADDRESS: return "restricted cone";
+    case NTCP_DEP_ADDRESS_PORT: return "port-restricted cone";
+    default: break;
+    }
+    return "unknown";
+}
+
+ntcp_legacy_type_t ntcp_legacy_type(const ntcp_nat_behaviour_t *b)
+{
+    if (b->reach == NTCP_REACH_OPEN || b->reach == NTCP_REACH_FIREWALL)
+        return NTCP_LEGACY_NONE;
+    if (b->reach != NTCP_REACH_NAT)
+        return NTCP_LEGACY_UNKNOWN;
+    switch (b->mapping) {
+    case NTCP_DEP_ENDPOINT_INDEPENDENT: return NTCP_LEGACY_INDEPENDENT;
+    case NTCP_DEP_ADDRESS: return NTCP_LEGACY_ADDRESS_DEPENDENT;
+    case NTCP_DEP_ADDRESS_PORT:
+        return b->ports == NTCP_PORTS_RANDOM ? NTCP_LEGACY_SESSION_DEPENDENT
+                                             : NTCP_LEGACY_ADDRESS_PORT_DEPENDENT;
+    default: break;
+    }
+    return NTCP_LEGACY_UNKNOWN;
+}
+
+const char *ntcp_legacy_name(ntcp_legacy_type_t t)
+{
+    switch (t) {
+    case NTCP_LEGACY_NONE: return "None";
+    case NTCP_LEGACY_INDEPENDENT: return "Independent";
+    case NTCP_LEGACY_ADDRESS_DEPENDENT: return "AddressDependent";
+    case NTCP_LEGACY_ADDRESS_PORT_DEPENDENT: return "AddressPortDependent";
+    case NTCP_LEGACY_SESSION_DEPENDENT: return "SessionDependent";
+    case NTCP_LEGACY_UNKNOWN: break;
+    }
+    return "unknown";
+}
