@@ -8,6 +8,10 @@
 #ifndef NTCP_H
 #define NTCP_H
 
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -105,6 +109,8 @@ typedef struct ntcp_nat_behaviour {
     ntcp_tristate_t hairpin;
     ntcp_syn_answer_t syn;     /* TCP only */
     int lifetime_s;            /* mapping lifetime, 0 = not measured */
+    struct sockaddr_storage local;  /* the probe's local address (family 0: none) */
+    struct sockaddr_storage mapped; /* as the server saw it (family 0: none) */
     char why[160];             /* why something is UNKNOWN, or "" */
 } ntcp_nat_behaviour_t;
 
@@ -120,6 +126,76 @@ const char *ntcp_tristate_name(ntcp_tristate_t t);
 const char *ntcp_classic_name(const ntcp_nat_behaviour_t *b);
 ntcp_legacy_type_t ntcp_legacy_type(const ntcp_nat_behaviour_t *b);
 const char *ntcp_legacy_name(ntcp_legacy_type_t t);
+
+/* ---- The context ---- */
+
+typedef struct ntcp ntcp_t;
+
+/* Settings for ntcp_new(). Initialise with ntcp_config_init(), then set what
+ * you need: the struct may grow at its end in later versions, and `size`
+ * tells the library which version the caller was built against. */
+typedef struct ntcp_config {
+    size_t size;                     /* sizeof(ntcp_config_t), set by init */
+    const char *const *stun_servers; /* "host[:port]" (default port 3478), in order */
+    size_t n_stun_servers;
+} ntcp_config_t;
+
+void ntcp_config_init(ntcp_config_t *cfg);
+
+/* Makes a context. The strings in cfg are copied: cfg may go after the call.
+ * *out is the caller's, to be released with ntcp_free(). */
+int ntcp_new(const ntcp_config_t *cfg, ntcp_t **out);
+
+/* Makes a context from an INI file (see docs/ntcp.conf.md). Recognised:
+ * `stun_server` (or NTCP 0.2's `WellKnownStunServer`) in any section, once or
+ * several times, each value one server or a list separated by commas or
+ * spaces, with `=` or `:`. Returns NTCP_ECONFIG when the file cannot be read
+ * or a line is invalid. */
+int ntcp_new_from_file(const char *path, ntcp_t **out);
+
+/* Adds a STUN server at the end of the list (copied). */
+int ntcp_add_stun_server(ntcp_t *ctx, const char *server);
+
+void ntcp_free(ntcp_t *ctx);
+
+/* ---- NAT discovery ---- */
+
+/* What to probe. NTCP_DISCOVER_ALL = UDP and TCP over IPv4 and IPv6. */
+enum {
+    NTCP_DISCOVER_UDP = 1 << 0,
+    NTCP_DISCOVER_TCP = 1 << 1,
+    NTCP_DISCOVER_IPV4 = 1 << 2,
+    NTCP_DISCOVER_IPV6 = 1 << 3,
+    NTCP_DISCOVER_LIFETIME = 1 << 4, /* also measure mapping lifetimes: minutes */
+    NTCP_DISCOVER_ALL = 0x0F,
+};
+
+typedef struct ntcp_nat_profile {
+    size_t size;           /* sizeof(ntcp_nat_profile_t) */
+    unsigned flags;        /* what was probed */
+    char server[256];      /* the server that answered ("" if none did) */
+    ntcp_nat_behaviour_t udp4, tcp4, udp6, tcp6;
+    uint32_t elapsed_ms;   /* wall time of the discovery */
+    uint32_t rtt_ms;       /* smallest round trip seen to the server */
+} ntcp_nat_profile_t;
+
+/* Discovers the NAT between this host and the context's STUN servers (which
+ * must be ntcp-stuntd for the TCP tests; UDP works with any RFC 5780 server).
+ * Blocks for at most about timeout_ms. Servers are tried in order until one
+ * answers. Returns 0 when every probed part was classified, NTCP_EPROTO when
+ * some of it is unknown (see each behaviour's why), NTCP_EUNREACHABLE when no
+ * server answered, or another error. The profile is filled in every case. */
+int ntcp_discover(ntcp_t *ctx, ntcp_nat_profile_t *profile, int timeout_ms);
+int ntcp_discover_ex(ntcp_t *ctx, unsigned flags, ntcp_nat_profile_t *profile, int timeout_ms);
+
+/* The asynchronous form, on the caller's libuv loop (a uv_loop_t *). cb is
+ * called once, on the loop, with the same status and profile (valid during
+ * the call only). */
+struct uv_loop_s;
+typedef void (*ntcp_discover_cb)(ntcp_t *ctx, int status, const ntcp_nat_profile_t *profile,
+                                 void *user_ptr);
+int ntcp_discover_start(ntcp_t *ctx, struct uv_loop_s *loop, unsigned flags, int timeout_ms,
+                        ntcp_discover_cb cb, void *user_ptr);
 
 /* A static, never-NULL English description of an NTCP_E* code. */
 const char *ntcp_strerror(int err);

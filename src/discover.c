@@ -1,0 +1,1048 @@
+/*
+ * discover.c: NAT behaviour discovery. RFC 5780's tests over UDP, the same
+ * over TCP plus ntcp-stuntd's connect-back (docs/protocol.md), for IPv4 and
+ * IPv6, all started at once on a libuv loop; ntcp_classify() turns what was
+ * seen into each behaviour.
+ *
+ * Probe sockets and what each may talk to (filtering tests must come from a
+ * port that has only ever sent to the server's primary address, or the NAT
+ * would let the "unsolicited" answers in):
+ *   UDP  map   -> primary, then alternate IP, alternate IP+port, own mapping
+ *        filt  -> primary only: plain, CHANGE-REQUEST ip+port, port
+ *        seq*  -> primary (fresh ports, for the port allocation pattern)
+ *   TCP  lp    -> primary, then alternate IP, alternate IP+port; listens too
+ *        lq    -> primary only: Binding and the two connect-backs; listens
+ *        seq*  -> primary; hair -> own mapping of lp
+ */
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "context.h"
+#include "natclass.h"
+#include "stun.h"
+
+#define TICK_MS 10
+#define NSEQ 3
+/* No answer at all from a server for this long: try the next one. */
+#define UNREACHABLE_MS 2000
+
+typedef struct disc disc;
+typedef struct fam fam;
+
+enum { U_MAP0, U_MAP1, U_MAP2, U_HAIR, U_FPLAIN, U_FBOTH, U_FPORT, U_SEQ0, U_COUNT = U_SEQ0 + NSEQ };
+enum { US_MAP, US_FILT, US_SEQ0, US_COUNT = US_SEQ0 + NSEQ };
+enum { T_MAP0, T_MAP1, T_MAP2, T_FILT, T_HAIR, T_SEQ0, T_COUNT = T_SEQ0 + NSEQ };
+enum { TL_P, TL_Q, TL_COUNT };
+/* Requests on the TCP filtering connection. */
+enum { R_BIND, R_CB_BOTH, R_CB_PORT, R_COUNT };
+
+typedef struct usock {
+    uv_udp_t h;
+    fam *f;
+    bool open;
+    uint16_t port;
+} usock;
+
+typedef struct utxn {
+    fam *f;
+    usock *s;
+    bool started, done, answered;
+    uint8_t tid[STUN_TID_SIZE];
+    struct sockaddr_storage dst;
+    uint8_t msg[64];
+    size_t len;
+    uint64_t next_send, deadline, rto, sent_at;
+    struct sockaddr_storage mapped; /* from the answer */
+    bool got_mapped;
+} utxn;
+
+typedef struct tconn {
+    uv_tcp_t h;
+    uv_connect_t creq;
+    fam *f;
+    int kind;
+    bool open, started, connected, done;
+    uint64_t started_at, deadline;
+    uint16_t lport;
+    stun_framer fr;
+    uint8_t rbuf[1024];
+    uint8_t wbuf[256];
+    uv_write_t wreq;
+    uint8_t tid[R_COUNT][STUN_TID_SIZE];
+    bool resp[R_COUNT];
+    struct sockaddr_storage mapped;
+    bool got_mapped;
+} tconn;
+
+typedef struct tlisten {
+    uv_tcp_t h;
+    fam *f;
+    bool open;
+    uint16_t port;
+    int accepted;
+} tlisten;
+
+struct fam {
+    disc *d;
+    int af;
+    bool on_udp, on_tcp;
+    struct sockaddr_storage primary, other, local_ip;
+    bool have_other;
+    /* UDP */
+    usock us[US_COUNT];
+    utxn ut[U_COUNT];
+    /* TCP */
+    tconn tc[T_COUNT];
+    tlisten tl[TL_COUNT];
+    bool cb_sent;
+    ntcp_tristate_t cb_both, cb_port, t_hair;
+    int cb_outcome;
+    uint64_t hair_deadline;
+    char udp_why[96], tcp_why[96];
+};
+
+struct disc {
+    ntcp_t *ctx;
+    uv_loop_t *loop;
+    uv_timer_t tick;
+    unsigned flags; /* what the caller asked for */
+    int server_idx;
+    uint64_t t0, deadline, server_t0;
+    uint32_t rtt_ms; /* smallest seen, 0 = none yet */
+    bool any_answer, finished;
+    int handles;   /* open libuv handles; everything is freed at zero */
+    fam *fams[2];  /* IPv4, IPv6, of the current server */
+    fam **retired; /* the probes of servers that did not answer, still closing */
+    size_t nretired;
+    uint8_t rbuf[2048]; /* UDP receive buffer, shared: reads are synchronous */
+    ntcp_nat_profile_t profile;
+    ntcp_discover_cb cb;
+    void *user;
+};
+
+static uint64_t now_ms(disc *d)
+{
+    uv_update_time(d->loop);
+    return uv_now(d->loop);
+}
+
+static void disc_free(disc *d)
+{
+    for (int i = 0; i < 2; i++)
+        free(d->fams[i]);
+    for (size_t i = 0; i < d->nretired; i++)
+        free(d->retired[i]);
+    free(d->retired);
+    free(d);
+}
+
+/* Every handle's data leads to the disc: usock, tconn, tlisten via their fam. */
+static void handle_closed(disc *d)
+{
+    if (--d->handles == 0 && d->finished)
+        disc_free(d);
+}
+
+static void on_udp_closed(uv_handle_t *h)
+{
+    handle_closed(((usock *)h->data)->f->d);
+}
+
+static void on_tconn_closed(uv_handle_t *h)
+{
+    handle_closed(((tconn *)h->data)->f->d);
+}
+
+static void on_tlisten_closed(uv_handle_t *h)
+{
+    handle_closed(((tlisten *)h->data)->f->d);
+}
+
+static void on_timer_closed(uv_handle_t *h)
+{
+    handle_closed(h->data);
+}
+
+static void close_handle(uv_handle_t *h, bool *open, uv_close_cb cb)
+{
+    if (*open && !uv_is_closing(h)) {
+        *open = false;
+        uv_close(h, cb);
+    }
+}
+
+static void note_rtt(disc *d, uint64_t sent_at)
+{
+    uint64_t rtt = now_ms(d) - sent_at;
+    if (rtt == 0)
+        rtt = 1;
+    if (d->rtt_ms == 0 || rtt < d->rtt_ms)
+        d->rtt_ms = (uint32_t)rtt;
+    d->any_answer = true;
+}
+
+/* How long to wait before concluding that something did not come: long
+ * enough for several retransmissions at the measured round trip. */
+static uint64_t neg_wait(disc *d)
+{
+    uint64_t w = 6ull * (d->rtt_ms ? d->rtt_ms : 100);
+    return w < 500 ? 500 : w;
+}
+
+static uint64_t initial_rto(disc *d)
+{
+    /* RFC 8489 6.2.1: 500 ms unless the round trip is known (RFC 6298 form). */
+    if (!d->rtt_ms)
+        return 500;
+    uint64_t rto = 3ull * d->rtt_ms;
+    return rto < 100 ? 100 : rto;
+}
+
+/* When to give up on something that should come: several retransmissions
+ * at the measured round trip, or two seconds before any was measured (which
+ * covers one lost SYN: Linux retransmits it after 1 s). */
+static uint64_t pos_deadline(disc *d)
+{
+    uint64_t w = d->rtt_ms ? 8ull * d->rtt_ms : 2000;
+    if (w < 1500)
+        w = 1500;
+    uint64_t dl = now_ms(d) + w;
+    return dl < d->deadline ? dl : d->deadline;
+}
+
+static void set_port(struct sockaddr_storage *ss, uint16_t port)
+{
+    if (ss->ss_family == AF_INET)
+        ((struct sockaddr_in *)ss)->sin_port = htons(port);
+    else
+        ((struct sockaddr_in6 *)ss)->sin6_port = htons(port);
+}
+
+static uint16_t get_port(const struct sockaddr_storage *ss)
+{
+    if (ss->ss_family == AF_INET)
+        return ntohs(((const struct sockaddr_in *)ss)->sin_port);
+    if (ss->ss_family == AF_INET6)
+        return ntohs(((const struct sockaddr_in6 *)ss)->sin6_port);
+    return 0;
+}
+
+static socklen_t sa_len(const struct sockaddr_storage *ss)
+{
+    return ss->ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
+}
+
+static void any_addr(int af, uint16_t port, struct sockaddr_storage *out)
+{
+    memset(out, 0, sizeof *out);
+    out->ss_family = (sa_family_t)af;
+    set_port(out, port);
+    if (af == AF_INET6)
+        ((struct sockaddr_in6 *)out)->sin6_addr = in6addr_any;
+}
+
+/* ---------------------------------------------------------------- UDP */
+
+static void udp_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+{
+    disc *d = ((usock *)h->data)->f->d;
+    (void)hint;
+    *buf = uv_buf_init((char *)d->rbuf, sizeof d->rbuf);
+}
+
+static void utxn_send(utxn *t)
+{
+    disc *d = t->f->d;
+    uv_buf_t b = uv_buf_init((char *)t->msg, (unsigned)t->len);
+    uint64_t now = now_ms(d);
+    if (t->sent_at == 0)
+        t->sent_at = now;
+    (void)uv_udp_try_send(&t->s->h, &b, 1, (const struct sockaddr *)&t->dst);
+    t->next_send = now + t->rto;
+    t->rto *= 2;
+}
+
+static void utxn_start(fam *f, int kind, usock *s, const struct sockaddr_storage *dst,
+                       uint32_t change, uint64_t deadline)
+{
+    disc *d = f->d;
+    utxn *t = &f->ut[kind];
+    memset(t, 0, sizeof *t);
+    t->f = f;
+    t->s = s;
+    t->started = true;
+    t->dst = *dst;
+    stun_new_tid(t->tid);
+    stun_builder b;
+    stun_build_init(&b, t->msg, sizeof t->msg, STUN_BINDING, STUN_REQUEST, t->tid, false);
+    if (change)
+        stun_build_change_request(&b, change);
+    int n = stun_build_finish(&b, NULL);
+    if (n < 0) {
+        t->done = true;
+        return;
+    }
+    t->len = (size_t)n;
+    t->rto = initial_rto(d);
+    t->deadline = deadline;
+    utxn_send(t);
+}
+
+static void udp_after_map0(fam *f);
+
+static void on_udp_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf, const struct sockaddr *from,
+                        unsigned flags)
+{
+    usock *s = h->data;
+    fam *f = s->f;
+    (void)flags;
+    if (nread <= 0 || !from || f->d->finished)
+        return;
+    stun_msg m;
+    if (stun_parse(&m, (const uint8_t *)buf->base, (size_t)nread) < 0)
+        return;
+    for (int k = 0; k < U_COUNT; k++) {
+        utxn *t = &f->ut[k];
+        if (!t->started || t->done || t->s != s || memcmp(t->tid, m.tid, STUN_TID_SIZE))
+            continue;
+        if (k == U_HAIR) {
+            /* Our own request, come back through the NAT. */
+            if (m.cls == STUN_REQUEST) {
+                t->done = t->answered = true;
+            }
+            return;
+        }
+        if (m.cls != STUN_SUCCESS && m.cls != STUN_ERROR)
+            return;
+        note_rtt(f->d, t->sent_at);
+        t->done = true;
+        if (m.cls == STUN_ERROR)
+            return;
+        t->answered = true;
+        if (stun_get_addr(&m, STUN_ATTR_XOR_MAPPED_ADDRESS, &t->mapped) == 0 ||
+            stun_get_addr(&m, STUN_ATTR_MAPPED_ADDRESS, &t->mapped) == 0)
+            t->got_mapped = true;
+        if (k == U_MAP0) {
+            if (stun_get_addr(&m, STUN_ATTR_OTHER_ADDRESS, &f->other) == 0 ||
+                stun_get_addr(&m, STUN_ATTR_CHANGED_ADDRESS, &f->other) == 0)
+                f->have_other = f->other.ss_family == f->af;
+            udp_after_map0(f);
+        } else if (k == U_FPLAIN) {
+            /* The filtering port works: the changed answers have this long. */
+            uint64_t dl = now_ms(f->d) + neg_wait(f->d);
+            for (int j = U_FBOTH; j <= U_FPORT; j++)
+                if (!f->ut[j].done)
+                    f->ut[j].deadline = dl < f->d->deadline ? dl : f->d->deadline;
+        }
+        return;
+    }
+}
+
+static void udp_after_map0(fam *f)
+{
+    disc *d = f->d;
+    if (f->have_other) {
+        struct sockaddr_storage alt_ip = f->other;
+        set_port(&alt_ip, get_port(&f->primary));
+        utxn_start(f, U_MAP1, &f->us[US_MAP], &alt_ip, 0, pos_deadline(d));
+        utxn_start(f, U_MAP2, &f->us[US_MAP], &f->other, 0, pos_deadline(d));
+    } else {
+        snprintf(f->udp_why, sizeof f->udp_why, "the server gave no OTHER-ADDRESS");
+    }
+    utxn *m0 = &f->ut[U_MAP0];
+    if (m0->got_mapped) {
+        uint64_t dl = now_ms(d) + neg_wait(d);
+        utxn_start(f, U_HAIR, &f->us[US_MAP], &m0->mapped, 0, dl < d->deadline ? dl : d->deadline);
+        f->ut[U_HAIR].rto = 100;
+    }
+}
+
+static int usock_open(fam *f, usock *s)
+{
+    disc *d = f->d;
+    s->f = f;
+    if (uv_udp_init_ex(d->loop, &s->h, (unsigned)f->af) < 0)
+        return NTCP_ESYS;
+    s->h.data = s;
+    s->open = true;
+    d->handles++;
+    struct sockaddr_storage any;
+    any_addr(f->af, 0, &any);
+    if (uv_udp_bind(&s->h, (const struct sockaddr *)&any, f->af == AF_INET6 ? UV_UDP_IPV6ONLY : 0) < 0)
+        return NTCP_ESYS;
+    struct sockaddr_storage local;
+    int len = sizeof local;
+    if (uv_udp_getsockname(&s->h, (struct sockaddr *)&local, &len) < 0)
+        return NTCP_ESYS;
+    s->port = get_port(&local);
+    return uv_udp_recv_start(&s->h, udp_alloc, on_udp_recv) < 0 ? NTCP_ESYS : 0;
+}
+
+static void udp_start(fam *f)
+{
+    disc *d = f->d;
+    for (int i = 0; i < US_COUNT; i++) {
+        if (usock_open(f, &f->us[i]) < 0) {
+            snprintf(f->udp_why, sizeof f->udp_why, "cannot open a UDP socket");
+            f->on_udp = false;
+            return;
+        }
+    }
+    /* New mappings first, in a known order, for the port allocation pattern. */
+    uint64_t dl = pos_deadline(d);
+    utxn_start(f, U_MAP0, &f->us[US_MAP], &f->primary, 0, dl);
+    utxn_start(f, U_FPLAIN, &f->us[US_FILT], &f->primary, 0, dl);
+    for (int i = 0; i < NSEQ; i++)
+        utxn_start(f, U_SEQ0 + i, &f->us[US_SEQ0 + i], &f->primary, 0, dl);
+    /* Until the plain request on this port is answered, these wait as long. */
+    utxn_start(f, U_FBOTH, &f->us[US_FILT], &f->primary, STUN_CHANGE_IP | STUN_CHANGE_PORT, dl);
+    utxn_start(f, U_FPORT, &f->us[US_FILT], &f->primary, STUN_CHANGE_PORT, dl);
+    /* Negative tests retransmit often: a lost answer must not read as "filtered". */
+    f->ut[U_FBOTH].rto = f->ut[U_FPORT].rto = 150;
+}
+
+static bool udp_done(fam *f)
+{
+    if (!f->on_udp)
+        return true;
+    for (int k = 0; k < U_COUNT; k++)
+        if (f->ut[k].started && !f->ut[k].done)
+            return false;
+    return true;
+}
+
+static void udp_tick(fam *f, uint64_t now)
+{
+    for (int k = 0; k < U_COUNT; k++) {
+        utxn *t = &f->ut[k];
+        if (!t->started || t->done)
+            continue;
+        if (now >= t->deadline) {
+            t->done = true;
+            continue;
+        }
+        if (now >= t->next_send) {
+            if (k == U_FBOTH || k == U_FPORT || k == U_HAIR)
+                t->rto = t->rto > 300 ? 300 : t->rto; /* keep probing steadily */
+            utxn_send(t);
+        }
+    }
+}
+
+static void udp_observe(fam *f, ntcp_nat_obs *o, ntcp_nat_behaviour_t *b)
+{
+    ntcp_nat_obs_init(o, false);
+    o->local = f->local_ip;
+    set_port(&o->local, f->us[US_MAP].port);
+    static const int map_kinds[3] = {U_MAP0, U_MAP1, U_MAP2};
+    for (int i = 0; i < 3; i++) {
+        utxn *t = &f->ut[map_kinds[i]];
+        o->got[i] = t->answered && t->got_mapped;
+        if (o->got[i])
+            o->mapped[i] = t->mapped;
+    }
+    bool plain = f->ut[U_FPLAIN].answered;
+    o->from_other_both = f->ut[U_FBOTH].answered ? NTCP_YES : plain ? NTCP_NO : NTCP_UNKNOWN;
+    o->from_other_port = f->ut[U_FPORT].answered ? NTCP_YES : plain ? NTCP_NO : NTCP_UNKNOWN;
+    /* Mappings made in the first burst, in the order they were made. */
+    static const int seq_kinds[2 + NSEQ] = {U_MAP0, U_FPLAIN, U_SEQ0, U_SEQ0 + 1, U_SEQ0 + 2};
+    static const int seq_socks[2 + NSEQ] = {US_MAP, US_FILT, US_SEQ0, US_SEQ0 + 1, US_SEQ0 + 2};
+    for (int i = 0; i < 2 + NSEQ; i++) {
+        utxn *t = &f->ut[seq_kinds[i]];
+        if (!t->got_mapped)
+            continue;
+        o->seq_local[o->nseq] = f->us[seq_socks[i]].port;
+        o->seq_mapped[o->nseq] = get_port(&t->mapped);
+        o->nseq++;
+    }
+    if (o->got[0])
+        o->hairpin = f->ut[U_HAIR].answered ? NTCP_YES : NTCP_NO;
+    ntcp_classify(o, b);
+    b->local = o->local;
+    if (o->got[0])
+        b->mapped = o->mapped[0];
+    if (f->udp_why[0] && b->mapping == NTCP_DEP_UNKNOWN) {
+        size_t l = strlen(b->why);
+        snprintf(b->why + l, sizeof b->why - l, "%s%s", l ? "; " : "", f->udp_why);
+    }
+}
+
+/* ---------------------------------------------------------------- TCP */
+
+static void tcp_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+{
+    tconn *c = h->data;
+    uint8_t *p;
+    size_t avail;
+    (void)hint;
+    stun_framer_space(&c->fr, &p, &avail);
+    *buf = uv_buf_init((char *)p, (unsigned)avail);
+}
+
+static void tconn_finish(tconn *c)
+{
+    c->done = true;
+    close_handle((uv_handle_t *)&c->h, &c->open, on_tconn_closed);
+}
+
+static void tcp_after_map0(fam *f);
+
+static void tconn_on_message(tconn *c, const stun_msg *m)
+{
+    fam *f = c->f;
+    for (int r = 0; r < R_COUNT; r++) {
+        if (c->resp[r] || memcmp(c->tid[r], m->tid, STUN_TID_SIZE))
+            continue;
+        if (m->cls != STUN_SUCCESS && m->cls != STUN_ERROR)
+            return;
+        c->resp[r] = true;
+        note_rtt(f->d, c->started_at);
+        if (r == R_BIND && m->cls == STUN_SUCCESS) {
+            if (stun_get_addr(m, STUN_ATTR_XOR_MAPPED_ADDRESS, &c->mapped) == 0 ||
+                stun_get_addr(m, STUN_ATTR_MAPPED_ADDRESS, &c->mapped) == 0)
+                c->got_mapped = true;
+            if (c->kind == T_MAP0) {
+                if (stun_get_addr(m, STUN_ATTR_OTHER_ADDRESS, &f->other) == 0)
+                    f->have_other = f->other.ss_family == f->af;
+                tcp_after_map0(f);
+            }
+        } else if (r != R_BIND) {
+            stunt_connect_result res;
+            ntcp_tristate_t *slot = r == R_CB_BOTH ? &f->cb_both : &f->cb_port;
+            if (m->cls == STUN_SUCCESS && stunt_get_connect_result(m, &res) == 0 &&
+                res.outcome != STUNT_LOCAL) {
+                *slot = res.outcome == STUNT_CONNECTED ? NTCP_YES : NTCP_NO;
+                if (r == R_CB_BOTH)
+                    f->cb_outcome = res.outcome;
+            } else if (!f->tcp_why[0]) {
+                snprintf(f->tcp_why, sizeof f->tcp_why,
+                         "the server did not run the connect-back test (not ntcp-stuntd?)");
+            }
+        }
+        break;
+    }
+    bool all = true;
+    int nreq = c->kind == T_FILT ? R_COUNT : 1;
+    for (int r = 0; r < nreq; r++)
+        all = all && c->resp[r];
+    if (all)
+        tconn_finish(c);
+}
+
+static void on_tcp_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    tconn *c = s->data;
+    (void)buf;
+    if (nread < 0) {
+        tconn_finish(c);
+        return;
+    }
+    stun_framer_commit(&c->fr, (size_t)nread);
+    const uint8_t *msg;
+    size_t len;
+    int rc;
+    while (!c->done && (rc = stun_framer_next(&c->fr, &msg, &len)) == 1) {
+        stun_msg m;
+        if (stun_parse(&m, msg, len) == 0)
+            tconn_on_message(c, &m);
+    }
+}
+
+static size_t build_request(uint8_t *out, size_t cap, uint16_t method, const uint8_t *tid,
+                            uint32_t change, uint32_t timeout_ms)
+{
+    stun_builder b;
+    stun_build_init(&b, out, cap, method, STUN_REQUEST, tid, false);
+    if (change)
+        stun_build_change_request(&b, change);
+    if (timeout_ms)
+        stun_build_u32(&b, STUNT_ATTR_TIMEOUT, timeout_ms);
+    int n = stun_build_finish(&b, NULL);
+    return n > 0 ? (size_t)n : 0;
+}
+
+static void on_tcp_connect(uv_connect_t *req, int status)
+{
+    tconn *c = req->data;
+    fam *f = c->f;
+    disc *d = f->d;
+    if (status < 0 || !c->open) {
+        if (c->kind == T_HAIR && f->t_hair == NTCP_UNKNOWN)
+            f->t_hair = NTCP_NO;
+        tconn_finish(c);
+        return;
+    }
+    c->connected = true;
+    if (c->kind == T_HAIR)
+        return; /* the verdict comes from our listener */
+    note_rtt(d, c->started_at);
+    c->started_at = now_ms(d);
+    size_t n = 0;
+    stun_new_tid(c->tid[R_BIND]);
+    n += build_request(c->wbuf + n, sizeof c->wbuf - n, STUN_BINDING, c->tid[R_BIND], 0, 0);
+    if (c->kind == T_FILT) {
+        /* A dropped SYN is only "dropped" once the server's kernel would have
+         * retransmitted it (1 s), so that one lost packet does not decide. */
+        uint32_t cb_ms = 1000 + 4 * d->rtt_ms;
+        if (cb_ms > 3000)
+            cb_ms = 3000;
+        stun_new_tid(c->tid[R_CB_BOTH]);
+        stun_new_tid(c->tid[R_CB_PORT]);
+        n += build_request(c->wbuf + n, sizeof c->wbuf - n, STUNT_CONNECT_BACK, c->tid[R_CB_BOTH],
+                           STUN_CHANGE_IP | STUN_CHANGE_PORT, cb_ms);
+        n += build_request(c->wbuf + n, sizeof c->wbuf - n, STUNT_CONNECT_BACK, c->tid[R_CB_PORT],
+                           STUN_CHANGE_PORT, cb_ms);
+        f->cb_sent = true;
+        c->deadline = now_ms(d) + cb_ms + 4ull * d->rtt_ms + 1000;
+    }
+    uv_buf_t b = uv_buf_init((char *)c->wbuf, (unsigned)n);
+    int w = uv_try_write((uv_stream_t *)&c->h, &b, 1);
+    if (w >= 0 && (size_t)w < n) {
+        b = uv_buf_init((char *)c->wbuf + w, (unsigned)(n - (size_t)w));
+        w = uv_write(&c->wreq, (uv_stream_t *)&c->h, &b, 1, NULL);
+    } else if (w == UV_EAGAIN) {
+        w = uv_write(&c->wreq, (uv_stream_t *)&c->h, &b, 1, NULL);
+    }
+    if (w < 0 || uv_read_start((uv_stream_t *)&c->h, tcp_alloc, on_tcp_read) < 0)
+        tconn_finish(c);
+}
+
+/* Opens a TCP socket bound to local port lport (0: any) with SO_REUSEPORT,
+ * so that several connections and a listener can share the port. */
+static int tcp_socket(fam *f, uv_tcp_t *h, void *data, bool *open, uint16_t lport, uint16_t *bound)
+{
+    disc *d = f->d;
+    if (uv_tcp_init_ex(d->loop, h, (unsigned)f->af) < 0)
+        return NTCP_ESYS;
+    h->data = data;
+    *open = true;
+    d->handles++;
+    uv_os_fd_t fd;
+    int one = 1;
+    if (uv_fileno((uv_handle_t *)h, &fd) < 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0)
+        return NTCP_ESYS;
+    struct sockaddr_storage any;
+    any_addr(f->af, lport, &any);
+    if (uv_tcp_bind(h, (const struct sockaddr *)&any, f->af == AF_INET6 ? UV_TCP_IPV6ONLY : 0) < 0)
+        return NTCP_ESYS;
+    struct sockaddr_storage local;
+    int len = sizeof local;
+    if (uv_tcp_getsockname(h, (struct sockaddr *)&local, &len) < 0)
+        return NTCP_ESYS;
+    *bound = get_port(&local);
+    return 0;
+}
+
+static void tconn_start(fam *f, int kind, uint16_t lport, const struct sockaddr_storage *dst)
+{
+    disc *d = f->d;
+    tconn *c = &f->tc[kind];
+    memset(c, 0, sizeof *c);
+    c->f = f;
+    c->kind = kind;
+    c->started = true;
+    stun_framer_init(&c->fr, c->rbuf, sizeof c->rbuf);
+    int rc = tcp_socket(f, &c->h, c, &c->open, lport, &c->lport);
+    c->creq.data = c;
+    c->started_at = now_ms(d);
+    c->deadline = pos_deadline(d);
+    if (rc < 0 || uv_tcp_connect(&c->creq, &c->h, (const struct sockaddr *)dst, on_tcp_connect) < 0)
+        tconn_finish(c);
+}
+
+static void on_accepted_closed(uv_handle_t *h)
+{
+    disc *d = h->data;
+    free(h);
+    handle_closed(d);
+}
+
+static void on_listen(uv_stream_t *server, int status)
+{
+    tlisten *l = server->data;
+    fam *f = l->f;
+    disc *d = f->d;
+    if (status < 0)
+        return;
+    uv_tcp_t *c = malloc(sizeof *c);
+    if (!c || uv_tcp_init(d->loop, c) < 0) {
+        free(c);
+        return;
+    }
+    c->data = d;
+    d->handles++;
+    if (uv_accept(server, (uv_stream_t *)c) == 0) {
+        l->accepted++;
+        if (l == &f->tl[TL_P] && f->tc[T_HAIR].started) {
+            f->t_hair = NTCP_YES;
+            tconn_finish(&f->tc[T_HAIR]);
+        }
+    }
+    uv_close((uv_handle_t *)c, on_accepted_closed);
+}
+
+static int tlisten_open(fam *f, tlisten *l)
+{
+    l->f = f;
+    int rc = tcp_socket(f, &l->h, l, &l->open, 0, &l->port);
+    if (rc < 0 || uv_listen((uv_stream_t *)&l->h, 16, on_listen) < 0)
+        return NTCP_ESYS;
+    return 0;
+}
+
+static void tcp_after_map0(fam *f)
+{
+    disc *d = f->d;
+    tconn *m0 = &f->tc[T_MAP0];
+    if (f->have_other) {
+        struct sockaddr_storage alt_ip = f->other;
+        set_port(&alt_ip, get_port(&f->primary));
+        tconn_start(f, T_MAP1, f->tl[TL_P].port, &alt_ip);
+        tconn_start(f, T_MAP2, f->tl[TL_P].port, &f->other);
+    } else if (!f->tcp_why[0]) {
+        snprintf(f->tcp_why, sizeof f->tcp_why, "the server gave no OTHER-ADDRESS");
+    }
+    if (m0->got_mapped) {
+        f->hair_deadline = now_ms(d) + neg_wait(d);
+        tconn_start(f, T_HAIR, 0, &m0->mapped);
+        f->tc[T_HAIR].deadline = f->hair_deadline;
+    }
+}
+
+static void tcp_start(fam *f)
+{
+    for (int i = 0; i < TL_COUNT; i++) {
+        if (tlisten_open(f, &f->tl[i]) < 0) {
+            snprintf(f->tcp_why, sizeof f->tcp_why, "cannot open a TCP listener");
+            f->on_tcp = false;
+            return;
+        }
+    }
+    f->cb_outcome = -1;
+    /* SYNs in a known order: lp, lq, then the fresh ports. */
+    tconn_start(f, T_MAP0, f->tl[TL_P].port, &f->primary);
+    tconn_start(f, T_FILT, f->tl[TL_Q].port, &f->primary);
+    for (int i = 0; i < NSEQ; i++)
+        tconn_start(f, T_SEQ0 + i, 0, &f->primary);
+}
+
+static bool tcp_done(fam *f)
+{
+    if (!f->on_tcp)
+        return true;
+    for (int k = 0; k < T_COUNT; k++)
+        if (f->tc[k].started && !f->tc[k].done)
+            return false;
+    return true;
+}
+
+static void tcp_tick(fam *f, uint64_t now)
+{
+    for (int k = 0; k < T_COUNT; k++) {
+        tconn *c = &f->tc[k];
+        if (c->started && !c->done && now >= c->deadline) {
+            if (k == T_HAIR && f->t_hair == NTCP_UNKNOWN)
+                f->t_hair = NTCP_NO;
+            tconn_finish(c);
+        }
+    }
+}
+
+static void tcp_observe(fam *f, ntcp_nat_obs *o, ntcp_nat_behaviour_t *b)
+{
+    ntcp_nat_obs_init(o, true);
+    o->local = f->local_ip;
+    set_port(&o->local, f->tl[TL_P].port);
+    static const int map_kinds[3] = {T_MAP0, T_MAP1, T_MAP2};
+    for (int i = 0; i < 3; i++) {
+        tconn *c = &f->tc[map_kinds[i]];
+        o->got[i] = c->got_mapped;
+        if (o->got[i])
+            o->mapped[i] = c->mapped;
+    }
+    o->from_other_both = f->cb_both;
+    o->from_other_port = f->cb_port;
+    o->syn_outcome = f->cb_outcome;
+    static const int seq_kinds[2 + NSEQ] = {T_MAP0, T_FILT, T_SEQ0, T_SEQ0 + 1, T_SEQ0 + 2};
+    for (int i = 0; i < 2 + NSEQ; i++) {
+        tconn *c = &f->tc[seq_kinds[i]];
+        if (!c->got_mapped)
+            continue;
+        o->seq_local[o->nseq] = c->lport;
+        o->seq_mapped[o->nseq] = get_port(&c->mapped);
+        o->nseq++;
+    }
+    if (o->got[0])
+        o->hairpin = f->t_hair == NTCP_YES ? NTCP_YES : NTCP_NO;
+    ntcp_classify(o, b);
+    b->local = o->local;
+    if (o->got[0])
+        b->mapped = o->mapped[0];
+    if (f->tcp_why[0] && (b->mapping == NTCP_DEP_UNKNOWN || b->filtering == NTCP_DEP_UNKNOWN)) {
+        size_t l = strlen(b->why);
+        snprintf(b->why + l, sizeof b->why - l, "%s%s", l ? "; " : "", f->tcp_why);
+    }
+}
+
+/* ---------------------------------------------------------------- run */
+
+/* The local address the kernel would use towards dst (no packet is sent). */
+static int route_source(const struct sockaddr_storage *dst, struct sockaddr_storage *src)
+{
+    int fd = socket(dst->ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return NTCP_ESYS;
+    socklen_t len = sizeof *src;
+    int rc = connect(fd, (const struct sockaddr *)dst, sa_len(dst)) == 0 &&
+                     getsockname(fd, (struct sockaddr *)src, &len) == 0
+                 ? 0
+                 : NTCP_EUNREACHABLE;
+    close(fd);
+    return rc;
+}
+
+static void fam_close(fam *f)
+{
+    if (!f)
+        return;
+    for (int i = 0; i < US_COUNT; i++)
+        close_handle((uv_handle_t *)&f->us[i].h, &f->us[i].open, on_udp_closed);
+    for (int i = 0; i < T_COUNT; i++)
+        close_handle((uv_handle_t *)&f->tc[i].h, &f->tc[i].open, on_tconn_closed);
+    for (int i = 0; i < TL_COUNT; i++)
+        close_handle((uv_handle_t *)&f->tl[i].h, &f->tl[i].open, on_tlisten_closed);
+}
+
+static void disc_prepare_server(disc *d);
+
+static void finish(disc *d)
+{
+    ntcp_nat_profile_t *p = &d->profile;
+    bool tick_open = true;
+    int status = 0;
+    static const unsigned fam_flag[2] = {NTCP_DISCOVER_IPV4, NTCP_DISCOVER_IPV6};
+    bool answered = false;
+    for (int i = 0; i < 2; i++) {
+        fam *f = d->fams[i];
+        ntcp_nat_obs o;
+        ntcp_nat_behaviour_t *ub = i == 0 ? &p->udp4 : &p->udp6;
+        ntcp_nat_behaviour_t *tb = i == 0 ? &p->tcp4 : &p->tcp6;
+        if (!(p->flags & fam_flag[i]) || !f)
+            continue;
+        if (f->on_udp) {
+            udp_observe(f, &o, ub);
+            answered = answered || ub->reach != NTCP_REACH_BLOCKED;
+            if (ub->reach == NTCP_REACH_UNKNOWN || ub->mapping == NTCP_DEP_UNKNOWN ||
+                ub->filtering == NTCP_DEP_UNKNOWN)
+                status = NTCP_EPROTO;
+        }
+        if (f->on_tcp) {
+            tcp_observe(f, &o, tb);
+            answered = answered || tb->reach != NTCP_REACH_BLOCKED;
+            if (tb->reach == NTCP_REACH_UNKNOWN || tb->mapping == NTCP_DEP_UNKNOWN ||
+                tb->filtering == NTCP_DEP_UNKNOWN || tb->syn == NTCP_SYN_UNKNOWN)
+                status = NTCP_EPROTO;
+        }
+    }
+    if (!answered)
+        status = NTCP_EUNREACHABLE;
+    for (int i = 0; i < 2; i++)
+        fam_close(d->fams[i]);
+    if (status == NTCP_EUNREACHABLE && d->server_idx + 1 < (int)d->ctx->n_stun_servers &&
+        now_ms(d) < d->deadline) {
+        /* The next server in the list; handles of this try close meanwhile. */
+        d->server_idx++;
+        disc_prepare_server(d);
+        return;
+    }
+    uint64_t now = now_ms(d);
+    p->elapsed_ms = (uint32_t)(now - d->t0);
+    p->rtt_ms = d->rtt_ms;
+    if (!answered)
+        p->server[0] = '\0';
+    d->finished = true;
+    uv_timer_stop(&d->tick);
+    close_handle((uv_handle_t *)&d->tick, &tick_open, on_timer_closed);
+    d->cb(d->ctx, status, p, d->user);
+}
+
+static void on_tick(uv_timer_t *t)
+{
+    disc *d = t->data;
+    if (d->finished)
+        return;
+    uint64_t now = now_ms(d);
+    bool all = true;
+    bool gave_up = !d->any_answer && now - d->server_t0 >= UNREACHABLE_MS;
+    for (int i = 0; i < 2; i++) {
+        fam *f = d->fams[i];
+        if (!f)
+            continue;
+        if (now >= d->deadline || gave_up) {
+            /* Whatever is still open has had its time. */
+            for (int k = 0; k < U_COUNT; k++)
+                f->ut[k].done = true;
+            for (int k = 0; k < T_COUNT; k++)
+                if (f->tc[k].started && !f->tc[k].done)
+                    tconn_finish(&f->tc[k]);
+            continue;
+        }
+        if (f->on_udp)
+            udp_tick(f, now);
+        if (f->on_tcp)
+            tcp_tick(f, now);
+        all = all && udp_done(f) && tcp_done(f);
+    }
+    if (all || now >= d->deadline || gave_up)
+        finish(d);
+}
+
+static int resolve(const char *server, int af, struct sockaddr_storage *out)
+{
+    char host[256];
+    uint16_t port;
+    if (ntcp_split_host_port(server, host, sizeof host, &port, 3478) < 0)
+        return NTCP_EINVAL;
+    struct addrinfo hints = {.ai_family = af, .ai_socktype = SOCK_DGRAM}, *res = NULL;
+    if (getaddrinfo(host, NULL, &hints, &res) != 0 || !res)
+        return NTCP_ENOTFOUND;
+    memcpy(out, res->ai_addr, res->ai_addrlen);
+    set_port(out, port);
+    freeaddrinfo(res);
+    return 0;
+}
+
+/* Sets up and starts the probes against server number d->server_idx. */
+static void disc_prepare_server(disc *d)
+{
+    static const int afs[2] = {AF_INET, AF_INET6};
+    static const unsigned fam_flag[2] = {NTCP_DISCOVER_IPV4, NTCP_DISCOVER_IPV6};
+    const char *server = d->ctx->stun_servers[d->server_idx];
+    ntcp_nat_profile_t *p = &d->profile;
+    memset(p, 0, sizeof *p);
+    p->size = sizeof *p;
+    p->flags = d->flags;
+    snprintf(p->server, sizeof p->server, "%s", server);
+    d->any_answer = false;
+    d->rtt_ms = 0;
+    d->server_t0 = now_ms(d);
+    for (int i = 0; i < 2; i++) {
+        if (d->fams[i]) {
+            /* Its handles may still be closing: keep it until the end. */
+            fam **r = realloc(d->retired, (d->nretired + 1) * sizeof *r);
+            if (!r)
+                continue; /* leaves fams[i] in place: it is freed at the end */
+            d->retired = r;
+            r[d->nretired++] = d->fams[i];
+            d->fams[i] = NULL;
+        }
+        if (!(p->flags & fam_flag[i]))
+            continue;
+        fam *f = d->fams[i] = calloc(1, sizeof *f);
+        if (!f) {
+            p->flags &= ~fam_flag[i];
+            continue;
+        }
+        f->d = d;
+        f->af = afs[i];
+        f->cb_outcome = -1;
+        ntcp_nat_behaviour_t *ub = i == 0 ? &p->udp4 : &p->udp6;
+        ntcp_nat_behaviour_t *tb = i == 0 ? &p->tcp4 : &p->tcp6;
+        const char *fname = i == 0 ? "IPv4" : "IPv6";
+        if (resolve(server, afs[i], &f->primary) < 0) {
+            snprintf(ub->why, sizeof ub->why, "%s has no %s address", server, fname);
+            snprintf(tb->why, sizeof tb->why, "%s has no %s address", server, fname);
+            p->flags &= ~fam_flag[i];
+            continue;
+        }
+        if (route_source(&f->primary, &f->local_ip) < 0) {
+            snprintf(ub->why, sizeof ub->why, "no %s route to %s", fname, server);
+            snprintf(tb->why, sizeof tb->why, "no %s route to %s", fname, server);
+            p->flags &= ~fam_flag[i];
+            continue;
+        }
+        f->on_udp = p->flags & NTCP_DISCOVER_UDP;
+        f->on_tcp = p->flags & NTCP_DISCOVER_TCP;
+        /* UDP first: its burst of new mappings must not interleave with SYNs. */
+        if (f->on_udp)
+            udp_start(f);
+        if (f->on_tcp)
+            tcp_start(f);
+    }
+}
+
+int ntcp_discover_start(ntcp_t *ctx, struct uv_loop_s *loop, unsigned flags, int timeout_ms,
+                        ntcp_discover_cb cb, void *user_ptr)
+{
+    if (!ctx || !loop || !cb || timeout_ms <= 0)
+        return NTCP_EINVAL;
+    if (ctx->n_stun_servers == 0)
+        return NTCP_ECONFIG;
+    if (!(flags & (NTCP_DISCOVER_UDP | NTCP_DISCOVER_TCP)))
+        flags |= NTCP_DISCOVER_UDP | NTCP_DISCOVER_TCP;
+    if (!(flags & (NTCP_DISCOVER_IPV4 | NTCP_DISCOVER_IPV6)))
+        flags |= NTCP_DISCOVER_IPV4 | NTCP_DISCOVER_IPV6;
+    disc *d = calloc(1, sizeof *d);
+    if (!d)
+        return NTCP_ENOMEM;
+    d->ctx = ctx;
+    d->loop = loop;
+    d->cb = cb;
+    d->user = user_ptr;
+    d->flags = flags;
+    d->t0 = now_ms(d);
+    d->deadline = d->t0 + (uint64_t)timeout_ms;
+    if (uv_timer_init(loop, &d->tick) < 0) {
+        free(d);
+        return NTCP_ESYS;
+    }
+    d->tick.data = d;
+    d->handles++;
+    disc_prepare_server(d);
+    uv_timer_start(&d->tick, on_tick, TICK_MS, TICK_MS);
+    return 0;
+}
+
+struct sync_result {
+    bool done;
+    int status;
+    ntcp_nat_profile_t *profile;
+};
+
+static void on_sync_done(ntcp_t *ctx, int status, const ntcp_nat_profile_t *profile, void *user)
+{
+    struct sync_result *r = user;
+    (void)ctx;
+    r->done = true;
+    r->status = status;
+    *r->profile = *profile;
+}
+
+int ntcp_discover_ex(ntcp_t *ctx, unsigned flags, ntcp_nat_profile_t *profile, int timeout_ms)
+{
+    if (!profile)
+        return NTCP_EINVAL;
+    uv_loop_t loop;
+    if (uv_loop_init(&loop) < 0)
+        return NTCP_ESYS;
+    struct sync_result r = {false, 0, profile};
+    int rc = ntcp_discover_start(ctx, &loop, flags, timeout_ms, on_sync_done, &r);
+    if (rc == 0) {
+        uv_run(&loop, UV_RUN_DEFAULT);
+        rc = r.done ? r.status : NTCP_ETIMEDOUT;
+    }
+    uv_loop_close(&loop);
+    return rc;
+}
+
+int ntcp_discover(ntcp_t *ctx, ntcp_nat_profile_t *profile, int timeout_ms)
+{
+    return ntcp_discover_ex(ctx, NTCP_DISCOVER_ALL, profile, timeout_ms);
+}
