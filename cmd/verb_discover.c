@@ -35,7 +35,10 @@ void ntcp_usage_discover(FILE *f)
             "  -u, --udp                 probe UDP only\n"
             "  -t, --tcp                 probe TCP only\n"
             "  -4, -6                    probe IPv4 only, IPv6 only (default: both)\n"
-            "  -T, --timeout MS          give up after MS milliseconds (default 10000)\n"
+            "  -T, --timeout MS          give up after MS milliseconds (default 10000,\n"
+            "                            200000 with --lifetime)\n"
+            "  -l, --lifetime            also measure how long an idle UDP mapping lives\n"
+            "                            (idle times up to 160 s are tested: ~3 minutes)\n"
             "  -j, --json                print one JSON object (docs/discover.md)\n"
             "  -h, --help                show this help\n"
             "\n"
@@ -135,6 +138,16 @@ static const char *c_syn(const column *c, char *b, size_t l) { (void)b; (void)l;
 static const char *c_mapped(const column *c, char *b, size_t l) { const char *s = addr_or_empty(&c->b->mapped, b, l); return *s ? s : "-"; }
 static const char *c_local(const column *c, char *b, size_t l) { const char *s = addr_or_empty(&c->b->local, b, l); return *s ? s : "-"; }
 
+static const char *c_lifetime(const column *c, char *b, size_t l)
+{
+    if (c->tcp)
+        return "-";
+    if (c->b->lifetime_s <= 0)
+        return "unknown";
+    snprintf(b, l, ">= %d s", c->b->lifetime_s);
+    return b;
+}
+
 static void print_table(const ntcp_nat_profile_t *p, int status)
 {
     column cols[4];
@@ -163,9 +176,11 @@ static void print_table(const ntcp_nat_profile_t *p, int status)
         row("SYN answer", cols, n, c_syn);
         row("local", cols, n, c_local);
         row("mapped", cols, n, c_mapped);
+        if (p->flags & NTCP_DISCOVER_LIFETIME)
+            row("lifetime", cols, n, c_lifetime);
         for (int i = 0; i < n; i++)
             if (cols[i].b->why[0])
-                printf("  %s unknown: %s\n", cols[i].title, cols[i].b->why);
+                printf("  %s notes: %s\n", cols[i].title, cols[i].b->why);
     }
     for (int i = 0; i < 4; i++)
         if (!((p->flags & all[i].fam) && (p->flags & all[i].tr)) && all[i].b->why[0] &&
@@ -198,17 +213,18 @@ int ntcp_verb_discover(int argc, char **argv)
         {"server", required_argument, NULL, 's'}, {"config", required_argument, NULL, 'c'},
         {"udp", no_argument, NULL, 'u'},          {"tcp", no_argument, NULL, 't'},
         {"timeout", required_argument, NULL, 'T'}, {"json", no_argument, NULL, 'j'},
+        {"lifetime", no_argument, NULL, 'l'},
         {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
     };
     unsigned flags = 0;
-    int timeout = 10000;
+    int timeout = 0;
     bool json = false;
     const char *config = NULL;
     const char *servers[16];
     size_t nservers = 0;
     int c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "s:c:utT:j46h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "s:c:utT:j46lh", opts, NULL)) != -1) {
         switch (c) {
         case 's':
             if (nservers == sizeof servers / sizeof servers[0]) {
@@ -223,6 +239,7 @@ int ntcp_verb_discover(int argc, char **argv)
         case '4': flags |= NTCP_DISCOVER_IPV4; break;
         case '6': flags |= NTCP_DISCOVER_IPV6; break;
         case 'j': json = true; break;
+        case 'l': flags |= NTCP_DISCOVER_LIFETIME; break;
         case 'T': {
             char *end;
             long v = strtol(optarg, &end, 10);
@@ -241,6 +258,8 @@ int ntcp_verb_discover(int argc, char **argv)
         fprintf(stderr, "ntcp discover: unexpected argument '%s'\n", argv[optind]);
         return D_USAGE;
     }
+    if (timeout == 0)
+        timeout = (flags & NTCP_DISCOVER_LIFETIME) ? 200000 : 10000;
     ntcp_t *ctx = NULL;
     int rc;
     if (nservers == 0 && config) {

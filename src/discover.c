@@ -35,8 +35,17 @@
 typedef struct disc disc;
 typedef struct fam fam;
 
-enum { U_MAP0, U_MAP1, U_MAP2, U_HAIR, U_FPLAIN, U_FBOTH, U_FPORT, U_SEQ0, U_COUNT = U_SEQ0 + NSEQ };
-enum { US_MAP, US_FILT, US_SEQ0, US_COUNT = US_SEQ0 + NSEQ };
+/* Mapping lifetime: idle times tested in parallel, one socket each (s). */
+#define NLT 6
+static const unsigned lt_idle_s[NLT] = {5, 10, 20, 40, 80, 160};
+
+enum {
+    U_MAP0, U_MAP1, U_MAP2, U_HAIR, U_FPLAIN, U_FBOTH, U_FPORT, U_SEQ0,
+    U_LT0 = U_SEQ0 + NSEQ, /* a Binding from each lifetime socket */
+    U_LTP0 = U_LT0 + NLT,  /* later, RESPONSE-PORT aimed at that mapping */
+    U_COUNT = U_LTP0 + NLT
+};
+enum { US_MAP, US_FILT, US_SEQ0, US_LT0 = US_SEQ0 + NSEQ, US_COUNT = US_LT0 + NLT };
 enum { T_MAP0, T_MAP1, T_MAP2, T_FILT, T_HAIR, T_SEQ0, T_COUNT = T_SEQ0 + NSEQ };
 enum { TL_P, TL_Q, TL_COUNT };
 /* Requests on the TCP filtering connection. */
@@ -51,8 +60,10 @@ typedef struct usock {
 
 typedef struct utxn {
     fam *f;
-    usock *s;
+    usock *s;  /* sends */
+    usock *rx; /* receives the answer (s, except for lifetime probes) */
     bool started, done, answered;
+    uint64_t answered_at;
     uint8_t tid[STUN_TID_SIZE];
     struct sockaddr_storage dst;
     uint8_t msg[64];
@@ -268,14 +279,14 @@ static void utxn_send(utxn *t)
     t->rto *= 2;
 }
 
-static void utxn_start(fam *f, int kind, usock *s, const struct sockaddr_storage *dst,
-                       uint32_t change, uint64_t deadline)
+static void utxn_start_ex(fam *f, int kind, usock *s, const struct sockaddr_storage *dst,
+                          uint32_t change, uint16_t response_port, uint64_t deadline)
 {
     disc *d = f->d;
     utxn *t = &f->ut[kind];
     memset(t, 0, sizeof *t);
     t->f = f;
-    t->s = s;
+    t->s = t->rx = s;
     t->started = true;
     t->dst = *dst;
     stun_new_tid(t->tid);
@@ -283,6 +294,8 @@ static void utxn_start(fam *f, int kind, usock *s, const struct sockaddr_storage
     stun_build_init(&b, t->msg, sizeof t->msg, STUN_BINDING, STUN_REQUEST, t->tid, false);
     if (change)
         stun_build_change_request(&b, change);
+    if (response_port)
+        stun_build_u32(&b, STUN_ATTR_RESPONSE_PORT, (uint32_t)response_port << 16);
     int n = stun_build_finish(&b, NULL);
     if (n < 0) {
         t->done = true;
@@ -292,6 +305,12 @@ static void utxn_start(fam *f, int kind, usock *s, const struct sockaddr_storage
     t->rto = initial_rto(d);
     t->deadline = deadline;
     utxn_send(t);
+}
+
+static void utxn_start(fam *f, int kind, usock *s, const struct sockaddr_storage *dst,
+                       uint32_t change, uint64_t deadline)
+{
+    utxn_start_ex(f, kind, s, dst, change, 0, deadline);
 }
 
 static void udp_after_map0(fam *f);
@@ -309,7 +328,7 @@ static void on_udp_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf, const s
         return;
     for (int k = 0; k < U_COUNT; k++) {
         utxn *t = &f->ut[k];
-        if (!t->started || t->done || t->s != s || memcmp(t->tid, m.tid, STUN_TID_SIZE))
+        if (!t->started || t->done || t->rx != s || memcmp(t->tid, m.tid, STUN_TID_SIZE))
             continue;
         if (k == U_HAIR) {
             /* Our own request, come back through the NAT. */
@@ -320,11 +339,13 @@ static void on_udp_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf, const s
         }
         if (m.cls != STUN_SUCCESS && m.cls != STUN_ERROR)
             return;
-        note_rtt(f->d, t->sent_at);
+        if (k < U_LTP0)
+            note_rtt(f->d, t->sent_at);
         t->done = true;
         if (m.cls == STUN_ERROR)
             return;
         t->answered = true;
+        t->answered_at = now_ms(f->d);
         if (stun_get_addr(&m, STUN_ATTR_XOR_MAPPED_ADDRESS, &t->mapped) == 0 ||
             stun_get_addr(&m, STUN_ATTR_MAPPED_ADDRESS, &t->mapped) == 0)
             t->got_mapped = true;
@@ -405,6 +426,41 @@ static void udp_start(fam *f)
     utxn_start(f, U_FPORT, &f->us[US_FILT], &f->primary, STUN_CHANGE_PORT, dl);
     /* Negative tests retransmit often: a lost answer must not read as "filtered". */
     f->ut[U_FBOTH].rto = f->ut[U_FPORT].rto = 150;
+    if (d->flags & NTCP_DISCOVER_LIFETIME) {
+        for (int i = 0; i < NLT; i++) {
+            if (usock_open(f, &f->us[US_LT0 + i]) < 0)
+                break;
+            utxn_start(f, U_LT0 + i, &f->us[US_LT0 + i], &f->primary, 0, dl);
+        }
+    }
+}
+
+/* Lifetime: once mapping i has been idle lt_idle_s[i], ask the server (from
+ * another socket, through the same NAT) to answer to that mapping's port:
+ * the answer arrives only if the mapping is still there (RFC 5780 4.6). */
+static void lifetime_tick(fam *f, uint64_t now)
+{
+    disc *d = f->d;
+    for (int i = 0; i < NLT; i++) {
+        utxn *lt = &f->ut[U_LT0 + i], *p = &f->ut[U_LTP0 + i];
+        if (!lt->answered || !lt->got_mapped || p->started)
+            continue;
+        if (now < lt->answered_at + 1000ull * lt_idle_s[i])
+            continue;
+        uint64_t dl = now + neg_wait(d);
+        utxn_start_ex(f, U_LTP0 + i, &f->us[US_SEQ0], &f->primary, 0, get_port(&lt->mapped),
+                      dl < d->deadline ? dl : d->deadline);
+        p->rx = &f->us[US_LT0 + i];
+        p->rto = 150;
+    }
+}
+
+static bool lifetime_pending(fam *f)
+{
+    for (int i = 0; i < NLT; i++)
+        if (f->ut[U_LT0 + i].answered && f->ut[U_LT0 + i].got_mapped && !f->ut[U_LTP0 + i].started)
+            return true;
+    return false;
 }
 
 static bool udp_done(fam *f)
@@ -414,11 +470,12 @@ static bool udp_done(fam *f)
     for (int k = 0; k < U_COUNT; k++)
         if (f->ut[k].started && !f->ut[k].done)
             return false;
-    return true;
+    return !lifetime_pending(f);
 }
 
 static void udp_tick(fam *f, uint64_t now)
 {
+    lifetime_tick(f, now);
     for (int k = 0; k < U_COUNT; k++) {
         utxn *t = &f->ut[k];
         if (!t->started || t->done)
@@ -428,10 +485,41 @@ static void udp_tick(fam *f, uint64_t now)
             continue;
         }
         if (now >= t->next_send) {
-            if (k == U_FBOTH || k == U_FPORT || k == U_HAIR)
+            if (k == U_FBOTH || k == U_FPORT || k == U_HAIR || k >= U_LTP0)
                 t->rto = t->rto > 300 ? 300 : t->rto; /* keep probing steadily */
             utxn_send(t);
         }
+    }
+}
+
+static void append_why(ntcp_nat_behaviour_t *b, const char *text)
+{
+    size_t l = strlen(b->why);
+    snprintf(b->why + l, sizeof b->why - l, "%s%s", l ? "; " : "", text);
+}
+
+/* The longest idle time after which every shorter one also still worked. */
+static void lifetime_observe(fam *f, ntcp_nat_behaviour_t *b)
+{
+    int alive = 0;
+    bool complete = true;
+    for (int i = 0; i < NLT; i++) {
+        utxn *p = &f->ut[U_LTP0 + i];
+        if (!p->started) {
+            complete = false;
+            break;
+        }
+        if (!p->answered)
+            break;
+        alive = (int)lt_idle_s[i];
+    }
+    b->lifetime_s = alive;
+    char text[96];
+    if (!complete)
+        append_why(b, "lifetime: the timeout ended the test (it needs about 3 minutes)");
+    else if (alive == 0) {
+        snprintf(text, sizeof text, "lifetime: the mapping expired within %u s", lt_idle_s[0]);
+        append_why(b, text);
     }
 }
 
@@ -464,6 +552,8 @@ static void udp_observe(fam *f, ntcp_nat_obs *o, ntcp_nat_behaviour_t *b)
     if (o->got[0])
         o->hairpin = f->ut[U_HAIR].answered ? NTCP_YES : NTCP_NO;
     ntcp_classify(o, b);
+    if ((f->d->flags & NTCP_DISCOVER_LIFETIME) && b->reach == NTCP_REACH_NAT)
+        lifetime_observe(f, b);
     b->local = o->local;
     if (o->got[0])
         b->mapped = o->mapped[0];
