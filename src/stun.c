@@ -236,7 +236,7 @@ int stun_parse(stun_msg *m, const uint8_t *buf, size_t len)
             if (m->nattrs >= STUN_MAX_ATTRS)
                 return NTCP_ERANGE;
             int idx = (int)m->nattrs;
-            m->attrs[m->nattrs++] = (stun_attr){type, alen, (uint16_t)off};
+            m->attrs[m->nattrs++] = (stun_attr){type, alen, (uint32_t)off};
             if (type == STUN_ATTR_MESSAGE_INTEGRITY && m->integrity < 0) {
                 m->integrity = idx;
                 after_mi = true;
@@ -565,7 +565,14 @@ void stun_build_u32(stun_builder *b, uint16_t type, uint32_t v)
 
 void stun_build_string(stun_builder *b, uint16_t type, const char *s)
 {
-    stun_build_attr(b, type, s, s ? strlen(s) : 0);
+    size_t len = s ? strlen(s) : 0;
+    /* Never build what our own parser would refuse. */
+    if (len > 0xFFFF || check_value(type, (const uint8_t *)s, (uint16_t)len) < 0) {
+        if (!b->err)
+            b->err = NTCP_EBADATTR;
+        return;
+    }
+    stun_build_attr(b, type, s, len);
 }
 
 void stun_build_error(stun_builder *b, int code, const char *reason)

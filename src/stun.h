@@ -111,7 +111,7 @@ typedef struct stunt_connect_result {
 typedef struct stun_attr {
     uint16_t type;
     uint16_t len; /* value length, without padding */
-    uint16_t off; /* offset of the attribute header in the message */
+    uint32_t off; /* offset of the attribute header (a message may exceed 64 KiB) */
 } stun_attr;
 
 /* A parsed message. All pointers point into the caller's buffer, which must
@@ -178,7 +178,7 @@ int stun_get_response_port(const stun_msg *m, uint16_t *port);
 int stun_get_error(const stun_msg *m, int *code, const char **reason, size_t *reason_len);
 /* A string attribute (USERNAME, REALM, NONCE, SOFTWARE): pointer and length. */
 int stun_get_string(const stun_msg *m, uint16_t type, const char **s, size_t *len);
-/* UNKNOWN-ATTRIBUTES: up to max types into types, count into *n. */
+/* UNKNOWN-ATTRIBUTES: up to max types into types; *n is the number stored. */
 int stun_get_unknown(const stun_msg *m, uint16_t *types, size_t max, size_t *n);
 int stunt_get_connect_result(const stun_msg *m, stunt_connect_result *r);
 
@@ -216,6 +216,8 @@ void stun_build_attr(stun_builder *b, uint16_t type, const void *value, size_t l
 /* Encodes an address attribute, XORing for XOR-* types. */
 void stun_build_addr(stun_builder *b, uint16_t type, const struct sockaddr *sa);
 void stun_build_u32(stun_builder *b, uint16_t type, uint32_t v);
+/* A string attribute; one longer than RFC 8489 allows for its type (USERNAME
+ * 513 bytes, REALM, NONCE, SOFTWARE 763) is an NTCP_EBADATTR build error. */
 void stun_build_string(stun_builder *b, uint16_t type, const char *s);
 void stun_build_error(stun_builder *b, int code, const char *reason);
 void stun_build_unknown(stun_builder *b, const uint16_t *types, size_t n);
