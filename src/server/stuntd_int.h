@@ -17,7 +17,7 @@
 
 #define UDP_BATCH 64     /* datagrams per recvmmsg/sendmmsg */
 #define UDP_ROUNDS 8     /* batches per poll callback before yielding to others */
-#define UDP_MAX_IN 1500  /* larger datagrams are not STUN requests we answer */
+#define UDP_MAX_IN 2048  /* larger datagrams are not STUN requests we answer */
 #define RESP_MAX 512     /* our largest response is about 250 bytes */
 #define CONN_IN 16384    /* TCP read buffer: also the largest message accepted */
 #define CONN_OUT 32768   /* TCP responses waiting to be written */
