@@ -408,7 +408,7 @@ static int usock_open(fam *f, usock *s)
 static void udp_start(fam *f)
 {
     disc *d = f->d;
-    for (int i = 0; i < US_COUNT; i++) {
+    for (int i = 0; i < US_LT0; i++) {
         if (usock_open(f, &f->us[i]) < 0) {
             snprintf(f->udp_why, sizeof f->udp_why, "cannot open a UDP socket");
             f->on_udp = false;
@@ -438,10 +438,21 @@ static void udp_start(fam *f)
 /* Lifetime: once mapping i has been idle lt_idle_s[i], ask the server (from
  * another socket, through the same NAT) to answer to that mapping's port:
  * the answer arrives only if the mapping is still there (RFC 5780 4.6). */
+/* Once a mapping has expired after some idle time, longer ones need no test. */
+static bool lifetime_expired_before(fam *f, int i)
+{
+    for (int j = 0; j < i; j++)
+        if (f->ut[U_LTP0 + j].done && !f->ut[U_LTP0 + j].answered)
+            return true;
+    return false;
+}
+
 static void lifetime_tick(fam *f, uint64_t now)
 {
     disc *d = f->d;
     for (int i = 0; i < NLT; i++) {
+        if (lifetime_expired_before(f, i))
+            break;
         utxn *lt = &f->ut[U_LT0 + i], *p = &f->ut[U_LTP0 + i];
         if (!lt->answered || !lt->got_mapped || p->started)
             continue;
@@ -457,7 +468,7 @@ static void lifetime_tick(fam *f, uint64_t now)
 
 static bool lifetime_pending(fam *f)
 {
-    for (int i = 0; i < NLT; i++)
+    for (int i = 0; i < NLT && !lifetime_expired_before(f, i); i++)
         if (f->ut[U_LT0 + i].answered && f->ut[U_LT0 + i].got_mapped && !f->ut[U_LTP0 + i].started)
             return true;
     return false;
@@ -506,7 +517,7 @@ static void lifetime_observe(fam *f, ntcp_nat_behaviour_t *b)
     for (int i = 0; i < NLT; i++) {
         utxn *p = &f->ut[U_LTP0 + i];
         if (!p->started) {
-            complete = false;
+            complete = lifetime_expired_before(f, i);
             break;
         }
         if (!p->answered)
