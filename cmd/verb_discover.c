@@ -107,7 +107,7 @@ static void row(const char *label, const column *cols, int n, const char *(*cell
     char buf[96];
     printf("  %-12s", label);
     for (int i = 0; i < n; i++)
-        printf("  %-28s", cell(&cols[i], buf, sizeof buf));
+        printf("  %-30s", cell(&cols[i], buf, sizeof buf));
     printf("\n");
 }
 
