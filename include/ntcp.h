@@ -111,7 +111,7 @@ typedef struct ntcp_nat_behaviour {
     int lifetime_s;            /* mapping lifetime, 0 = not measured */
     struct sockaddr_storage local;  /* the probe's local address (family 0: none) */
     struct sockaddr_storage mapped; /* as the server saw it (family 0: none) */
-    char why[160];             /* why something is UNKNOWN, or "" */
+    char why[256];             /* why something is UNKNOWN, or "" */
 } ntcp_nat_behaviour_t;
 
 /* Names for people and JSON: "endpoint-independent", "port-restricted cone",

@@ -503,6 +503,25 @@ static void udp_tick(fam *f, uint64_t now)
     }
 }
 
+/* The root cause goes first: the consequences the classifier listed follow. */
+static void prepend_why(ntcp_nat_behaviour_t *b, const char *cause)
+{
+    char rest[sizeof b->why];
+    size_t cap = sizeof b->why - 1, rl = strlen(b->why), n = strlen(cause);
+    memcpy(rest, b->why, rl + 1);
+    if (n > cap)
+        n = cap;
+    memcpy(b->why, cause, n);
+    if (rl && n + 2 < cap) {
+        memcpy(b->why + n, "; ", 2);
+        n += 2;
+        size_t k = rl < cap - n ? rl : cap - n;
+        memcpy(b->why + n, rest, k);
+        n += k;
+    }
+    b->why[n] = '\0';
+}
+
 static void append_why(ntcp_nat_behaviour_t *b, const char *text)
 {
     size_t l = strlen(b->why);
@@ -568,10 +587,8 @@ static void udp_observe(fam *f, ntcp_nat_obs *o, ntcp_nat_behaviour_t *b)
     b->local = o->local;
     if (o->got[0])
         b->mapped = o->mapped[0];
-    if (f->udp_why[0] && b->mapping == NTCP_DEP_UNKNOWN) {
-        size_t l = strlen(b->why);
-        snprintf(b->why + l, sizeof b->why - l, "%s%s", l ? "; " : "", f->udp_why);
-    }
+    if (f->udp_why[0] && b->mapping == NTCP_DEP_UNKNOWN)
+        prepend_why(b, f->udp_why);
 }
 
 /* ---------------------------------------------------------------- TCP */
@@ -882,14 +899,16 @@ static void tcp_observe(fam *f, ntcp_nat_obs *o, ntcp_nat_behaviour_t *b)
     }
     if (o->got[0])
         o->hairpin = f->t_hair == NTCP_YES ? NTCP_YES : NTCP_NO;
+    tconn *fc = &f->tc[T_FILT];
+    if (fc->resp[R_BIND] && (!fc->resp[R_CB_BOTH] || !fc->resp[R_CB_PORT]) && !f->tcp_why[0])
+        snprintf(f->tcp_why, sizeof f->tcp_why,
+                 "the server did not answer the connect-back requests (not ntcp-stuntd?)");
     ntcp_classify(o, b);
     b->local = o->local;
     if (o->got[0])
         b->mapped = o->mapped[0];
-    if (f->tcp_why[0] && (b->mapping == NTCP_DEP_UNKNOWN || b->filtering == NTCP_DEP_UNKNOWN)) {
-        size_t l = strlen(b->why);
-        snprintf(b->why + l, sizeof b->why - l, "%s%s", l ? "; " : "", f->tcp_why);
-    }
+    if (f->tcp_why[0] && (b->mapping == NTCP_DEP_UNKNOWN || b->filtering == NTCP_DEP_UNKNOWN))
+        prepend_why(b, f->tcp_why);
 }
 
 /* ---------------------------------------------------------------- run */
