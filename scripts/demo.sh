@@ -27,6 +27,7 @@ lab_server_pid=""
 lab_prefix=""
 
 cleanup() {
+  set +e  # a failed kill or wait must not stop the cleanup
   [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
   [ -n "$lab_server_pid" ] && kill "$lab_server_pid" 2>/dev/null && wait "$lab_server_pid" 2>/dev/null
   [ -n "$lab_prefix" ] && "$LAB" down --prefix "$lab_prefix" >/dev/null 2>&1
