@@ -1,0 +1,205 @@
+/*
+ * ntcp-brokerd: the connection broker program, a thin main() around the
+ * broker library (src/broker/): options, logging to stderr, SIGHUP to reload
+ * the authorized keys, SIGINT/SIGTERM to stop, a periodic stats line.
+ */
+#include <getopt.h>
+#include <malloc.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <uv.h>
+
+#include "broker.h"
+#include "ntcp.h"
+
+static const char usage[] =
+    "usage: ntcp-brokerd --listen IP:PORT [--udp IP:PORT] [--authorized-keys FILE]\n"
+    "                    [--state-dir DIR] [--expiry S] [--id STRING] [--stats S]\n"
+    "                    [--verbose] [--quiet]\n"
+    "       ntcp-brokerd --help | --version\n"
+    "\n"
+    "The ntcp connection broker: peers register a name bound to an Ed25519 key,\n"
+    "keep it alive, look each other up and ask to be connected.\n"
+    "\n"
+    "  --listen IP:PORT         TCP address for peer sessions (e.g. 0.0.0.0:3479)\n"
+    "  --udp IP:PORT            UDP address for keepalives (NAT mapping discovery)\n"
+    "  --authorized-keys FILE   only these names and keys may register: lines of\n"
+    "                           \"name base64-ed25519-public-key\"; SIGHUP re-reads it\n"
+    "  --state-dir DIR          remember first-use name bindings across restarts\n"
+    "  --expiry S               a registration lives S seconds without refresh (60)\n"
+    "  --id STRING              broker identity peers sign (\"ntcp-brokerd\")\n"
+    "  --stats S                log a stats line every S seconds (60; 0: never)\n"
+    "  --verbose, --quiet       more or fewer log lines\n";
+
+typedef struct app {
+    uv_loop_t *loop;
+    ntcp_broker *broker;
+    uv_signal_t sighup, sigint, sigterm;
+    uv_timer_t stats;
+    ntcp_broker_stats last;
+    uint64_t last_ms;
+} app;
+
+static void log_line(void *user, int level, const char *msg)
+{
+    (void)user;
+    static const char *names[] = {"error", "warning", "info", "debug"};
+    char ts[32];
+    time_t now = time(NULL);
+    struct tm tm;
+    strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&now, &tm));
+    fprintf(stderr, "%s ntcp-brokerd %s: %s\n", ts, names[level & 3], msg);
+}
+
+static long rss_kib(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    long pages = 0, resident = 0;
+    if (f) {
+        if (fscanf(f, "%ld %ld", &pages, &resident) != 2)
+            resident = 0;
+        fclose(f);
+    }
+    return resident * (sysconf(_SC_PAGESIZE) / 1024);
+}
+
+static void on_stats(uv_timer_t *t)
+{
+    app *a = t->data;
+    ntcp_broker_stats st;
+    ntcp_broker_get_stats(a->broker, &st);
+    uint64_t now = uv_now(a->loop);
+    double secs = (double)(now - a->last_ms) / 1000.0;
+    double rps = secs > 0 ? (double)(st.requests - a->last.requests) / secs : 0;
+    struct mallinfo2 mi = mallinfo2();
+    char line[400];
+    snprintf(line, sizeof line,
+             "stats: peers %llu, sessions %llu, bindings %llu, requests/s %.1f, "
+             "registrations %llu, connects %llu ok %llu failed, refused %llu, bad sessions %llu, "
+             "reaped %llu, rate limited %llu, heap %zu KiB, rss %ld KiB",
+             (unsigned long long)st.peers, (unsigned long long)st.sessions,
+             (unsigned long long)st.bindings, rps, (unsigned long long)st.registrations,
+             (unsigned long long)st.connects_ok, (unsigned long long)st.connects_failed,
+             (unsigned long long)st.refused, (unsigned long long)st.bad_sessions,
+             (unsigned long long)st.reaped, (unsigned long long)st.rate_limited,
+             mi.uordblks / 1024, rss_kib());
+    log_line(NULL, NTCP_LOG_INFO, line);
+    a->last = st;
+    a->last_ms = now;
+}
+
+static void on_hup(uv_signal_t *h, int sig)
+{
+    app *a = h->data;
+    (void)sig;
+    int rc = ntcp_broker_reload(a->broker);
+    if (rc < 0)
+        log_line(NULL, NTCP_LOG_ERROR, "reload failed; the previous keys stay in force");
+    else
+        log_line(NULL, NTCP_LOG_INFO, "reloaded");
+}
+
+static void on_stopped(void *arg)
+{
+    app *a = arg;
+    uv_close((uv_handle_t *)&a->sighup, NULL);
+    uv_close((uv_handle_t *)&a->sigint, NULL);
+    uv_close((uv_handle_t *)&a->sigterm, NULL);
+    uv_close((uv_handle_t *)&a->stats, NULL);
+}
+
+static void on_term(uv_signal_t *h, int sig)
+{
+    app *a = h->data;
+    log_line(NULL, NTCP_LOG_INFO, sig == SIGINT ? "interrupted; stopping" : "stopping");
+    uv_signal_stop(&a->sigint);
+    uv_signal_stop(&a->sigterm);
+    ntcp_broker_stop(a->broker, on_stopped, a);
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"listen", required_argument, NULL, 'l'},
+        {"udp", required_argument, NULL, 'u'},
+        {"authorized-keys", required_argument, NULL, 'k'},
+        {"state-dir", required_argument, NULL, 's'},
+        {"expiry", required_argument, NULL, 'e'},
+        {"id", required_argument, NULL, 'i'},
+        {"stats", required_argument, NULL, 'S'},
+        {"verbose", no_argument, NULL, 'v'},
+        {"quiet", no_argument, NULL, 'q'},
+        {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
+        {NULL, 0, NULL, 0},
+    };
+    ntcp_broker_config cfg = {0};
+    cfg.log = log_line;
+    cfg.log_level = NTCP_LOG_INFO;
+    long stats_s = 60;
+    int c;
+    while ((c = getopt_long(argc, argv, "l:u:k:s:e:i:S:vqhV", opts, NULL)) != -1) {
+        char *end;
+        switch (c) {
+        case 'l': cfg.listen = optarg; break;
+        case 'u': cfg.udp = optarg; break;
+        case 'k': cfg.authorized_keys = optarg; break;
+        case 's': cfg.state_dir = optarg; break;
+        case 'i': cfg.broker_id = optarg; break;
+        case 'e': {
+            long v = strtol(optarg, &end, 10);
+            if (*end || v < 1 || v > 86400) {
+                fprintf(stderr, "ntcp-brokerd: --expiry wants 1..86400 seconds\n");
+                return 2;
+            }
+            cfg.expiry_s = (uint32_t)v;
+            break;
+        }
+        case 'S':
+            stats_s = strtol(optarg, &end, 10);
+            if (*end || stats_s < 0) {
+                fprintf(stderr, "ntcp-brokerd: --stats wants seconds\n");
+                return 2;
+            }
+            break;
+        case 'v': cfg.log_level = NTCP_LOG_DEBUG; break;
+        case 'q': cfg.log_level = NTCP_LOG_WARN; break;
+        case 'h': fputs(usage, stdout); return 0;
+        case 'V': printf("ntcp-brokerd %s (broker protocol 1)\n", ntcp_version()); return 0;
+        default: fputs(usage, stderr); return 2;
+        }
+    }
+    if (optind < argc || !cfg.listen) {
+        fputs(usage, stderr);
+        return 2;
+    }
+    signal(SIGPIPE, SIG_IGN);
+
+    app a = {0};
+    a.loop = uv_default_loop();
+    int rc = ntcp_broker_start(a.loop, &cfg, &a.broker);
+    if (rc < 0) {
+        fprintf(stderr, "ntcp-brokerd: cannot start: %s\n", ntcp_strerror(rc));
+        return 1;
+    }
+    uv_signal_init(a.loop, &a.sighup);
+    uv_signal_init(a.loop, &a.sigint);
+    uv_signal_init(a.loop, &a.sigterm);
+    a.sighup.data = a.sigint.data = a.sigterm.data = &a;
+    uv_signal_start(&a.sighup, on_hup, SIGHUP);
+    uv_signal_start(&a.sigint, on_term, SIGINT);
+    uv_signal_start(&a.sigterm, on_term, SIGTERM);
+    uv_timer_init(a.loop, &a.stats);
+    a.stats.data = &a;
+    a.last_ms = uv_now(a.loop);
+    if (stats_s > 0)
+        uv_timer_start(&a.stats, on_stats, (uint64_t)stats_s * 1000, (uint64_t)stats_s * 1000);
+    uv_run(a.loop, UV_RUN_DEFAULT);
+    uv_loop_close(a.loop);
+    return 0;
+}

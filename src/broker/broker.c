@@ -1,0 +1,1321 @@
+/*
+ * broker.c: the connection broker's sessions and messages: registration by
+ * challenge and Ed25519 signature, refresh, lookup, connect coordination with
+ * start delays from each end's round trip, UDP keepalives, reaping and limits.
+ */
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+
+#include "broker_int.h"
+#include "identity.h"
+#include "ntcp.h"
+#include "session.h"
+
+#define TICK_MS 100
+
+void broker_logf(ntcp_broker *b, int level, const char *fmt, ...)
+{
+    if (!b->log || level > b->log_level)
+        return;
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    b->log(b->log_user, level, msg);
+}
+
+static char *dup_or_null(const char *s)
+{
+    return s ? strdup(s) : NULL;
+}
+
+/* ---- activity lists: each session is on one, oldest activity first ---- */
+
+static void list_unlink(bsession *s)
+{
+    ntcp_broker *b = s->b;
+    bsession **head = s->state == S_REGISTERED ? &b->reg_head : &b->new_head;
+    bsession **tail = s->state == S_REGISTERED ? &b->reg_tail : &b->new_tail;
+    if (s->prev)
+        s->prev->next = s->next;
+    else if (*head == s)
+        *head = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    else if (*tail == s)
+        *tail = s->prev;
+    s->prev = s->next = NULL;
+}
+
+static void list_append(bsession *s)
+{
+    ntcp_broker *b = s->b;
+    bsession **head = s->state == S_REGISTERED ? &b->reg_head : &b->new_head;
+    bsession **tail = s->state == S_REGISTERED ? &b->reg_tail : &b->new_tail;
+    s->prev = *tail;
+    s->next = NULL;
+    if (*tail)
+        (*tail)->next = s;
+    else
+        *head = s;
+    *tail = s;
+}
+
+static void touch(bsession *s)
+{
+    s->last_ms = uv_now(s->b->loop);
+    list_unlink(s);
+    list_append(s);
+}
+
+static void set_state(bsession *s, uint8_t state)
+{
+    list_unlink(s);
+    s->state = state;
+    list_append(s);
+}
+
+/* ---- output ---- */
+
+static void maybe_free(ntcp_broker *b);
+
+static void on_session_closed(uv_handle_t *h)
+{
+    bsession *s = h->data;
+    ntcp_broker *b = s->b;
+    free(s->in);
+    free(s->out);
+    free(s->extra);
+    free(s);
+    b->st.sessions--;
+    if (b->stopping)
+        maybe_free(b);
+}
+
+static void hard_close(bsession *s)
+{
+    list_unlink(s); /* a flushing session waits on the list (see session_close) */
+    if (s->busy)
+        return; /* a signature check holds a pointer to it: verify_done closes it */
+    if (!uv_is_closing((uv_handle_t *)&s->tcp))
+        uv_close((uv_handle_t *)&s->tcp, on_session_closed);
+}
+
+static void start_write(bsession *s);
+
+static void on_written(uv_write_t *req, int status)
+{
+    bsession *s = req->data;
+    outbuf *o = s->out;
+    if (uv_is_closing((uv_handle_t *)&s->tcp))
+        return;
+    if (status < 0) {
+        session_close(s, false);
+        return;
+    }
+    memmove(o->data, o->data + o->wlen, o->len - o->wlen);
+    o->len -= o->wlen;
+    o->wlen = 0;
+    if (o->len > 0) {
+        start_write(s);
+        return;
+    }
+    free(o);
+    s->out = NULL;
+    if (s->state == S_CLOSING)
+        hard_close(s);
+}
+
+static void start_write(bsession *s)
+{
+    outbuf *o = s->out;
+    uv_buf_t buf = uv_buf_init((char *)o->data, o->len);
+    o->wlen = o->len;
+    o->req.data = s;
+    if (uv_write(&o->req, (uv_stream_t *)&s->tcp, &buf, 1, on_written) < 0) {
+        o->wlen = 0;
+        session_close(s, false);
+    }
+}
+
+/* Sends a whole message: straight to the socket when it takes it (the usual
+ * case, no copy), else into the session's output buffer. A peer that does
+ * not read is closed once OUTBUF_CAP is full. */
+static void send_msg(bsession *s, const uint8_t *msg, size_t len)
+{
+    if (uv_is_closing((uv_handle_t *)&s->tcp))
+        return;
+    size_t done = 0;
+    if (!s->out) {
+        uv_buf_t buf = uv_buf_init((char *)msg, (unsigned)len);
+        int n = uv_try_write((uv_stream_t *)&s->tcp, &buf, 1);
+        if (n == (int)len)
+            return;
+        if (n < 0 && n != UV_EAGAIN) {
+            session_close(s, false);
+            return;
+        }
+        done = n > 0 ? (size_t)n : 0;
+        s->out = malloc(sizeof(outbuf) + OUTBUF_CAP);
+        if (!s->out) {
+            session_close(s, false);
+            return;
+        }
+        s->out->len = s->out->wlen = 0;
+    }
+    outbuf *o = s->out;
+    if (len - done > OUTBUF_CAP - o->len) {
+        broker_logf(s->b, NTCP_LOG_DEBUG, "closing a session that does not read");
+        session_close(s, false);
+        return;
+    }
+    memcpy(o->data + o->len, msg + done, len - done);
+    o->len += (uint32_t)(len - done);
+    if (o->wlen == 0)
+        start_write(s);
+}
+
+/* ---- closing ---- */
+
+static void answer_error(bsession *s, uint16_t method, const uint8_t tid[STUN_TID_SIZE], int code,
+                         const char *reason);
+
+static void pending_free(ntcp_broker *b, pending *p)
+{
+    if (p->prev)
+        p->prev->next = p->next;
+    else
+        b->pend_head = p->next;
+    if (p->next)
+        p->next->prev = p->prev;
+    else
+        b->pend_tail = p->prev;
+    if (p->req)
+        p->req->npending--;
+    if (p->tgt)
+        p->tgt->npending--;
+    b->st.pending--;
+    if (b->npend_free < 4096 && !b->stopping) {
+        p->next = b->pend_free;
+        b->pend_free = p;
+        b->npend_free++;
+    } else {
+        free(p);
+    }
+}
+
+/* flush: send what is queued first (after an error response). */
+void session_close(bsession *s, bool flush)
+{
+    ntcp_broker *b = s->b;
+    if (s->state == S_CLOSING) {
+        if (!flush)
+            hard_close(s);
+        return;
+    }
+    list_unlink(s);
+    if (s->bind && s->bind->live == s)
+        s->bind->live = NULL;
+    if (s->state == S_REGISTERED)
+        b->st.peers--;
+    s->bind = NULL;
+    s->state = S_CLOSING;
+    pending *p = s->npending ? b->pend_head : NULL;
+    while (p) {
+        if (p->tgt == s) {
+            /* The target vanished: tell the requester now, not at the
+             * timeout. The entry goes first and the walk restarts, because
+             * a failed send can close the requester and with it entries. */
+            bsession *req = p->req;
+            uint8_t tid[STUN_TID_SIZE];
+            memcpy(tid, p->req_tid, sizeof tid);
+            pending_free(b, p);
+            b->st.connects_failed++;
+            answer_error(req, BROKER_CONNECT, tid, BROKER_ERR_GONE, "Peer gone");
+            p = b->pend_head;
+        } else if (p->req == s) {
+            pending *next = p->next;
+            pending_free(b, p);
+            p = next;
+        } else {
+            p = p->next;
+        }
+    }
+    uv_read_stop((uv_stream_t *)&s->tcp);
+    if (!flush || !s->out) {
+        hard_close(s);
+        return;
+    }
+    /* Flushing to a peer that may never read: it waits on the unregistered
+     * list, so the reaper closes it after the handshake time at the latest. */
+    s->last_ms = uv_now(b->loop);
+    list_append(s);
+}
+
+/* ---- building answers ---- */
+
+static void answer_error(bsession *s, uint16_t method, const uint8_t tid[STUN_TID_SIZE], int code,
+                         const char *reason)
+{
+    uint8_t buf[256];
+    stun_builder sb;
+    stun_build_init(&sb, buf, sizeof buf, method, STUN_ERROR, tid, false);
+    broker_build_error(&sb, code, reason);
+    int n = stun_build_finish(&sb, NULL);
+    if (n > 0)
+        send_msg(s, buf, (size_t)n);
+}
+
+/* An error for a message the session should not have sent: the session ends. */
+static void fail_session(bsession *s, uint16_t method, const uint8_t *tid, int code,
+                         const char *reason)
+{
+    ntcp_broker *b = s->b;
+    char addr[64];
+    struct sockaddr_storage ss;
+    broker_addr_to_sa(&s->pub, &ss);
+    broker_logf(b, NTCP_LOG_DEBUG, "session %s: %d %s; closed",
+                ntcp_addr_str((struct sockaddr *)&ss, addr, sizeof addr), code, reason);
+    b->st.bad_sessions++;
+    if (tid) {
+        answer_error(s, method, tid, code, reason);
+    } else {
+        /* No header to answer to: an error with a zero transaction id. */
+        uint8_t zero[STUN_TID_SIZE] = {0};
+        uint32_t cookie = STUN_MAGIC_COOKIE;
+        zero[0] = (uint8_t)(cookie >> 24);
+        zero[1] = (uint8_t)(cookie >> 16);
+        zero[2] = (uint8_t)(cookie >> 8);
+        zero[3] = (uint8_t)cookie;
+        answer_error(s, method, zero, code, reason);
+    }
+    session_close(s, true);
+}
+
+static void session_info(const bsession *s, broker_peer_info *p)
+{
+    memset(p, 0, sizeof *p);
+    if (s->bind) {
+        memcpy(p->name, s->bind->name, s->bind->namelen + 1u);
+        memcpy(p->public_key, s->bind->key, BROKER_KEY_SIZE);
+        p->has_public_key = true;
+    }
+    broker_addr_to_sa(&s->pub, &p->public_addr);
+    broker_addr_to_sa(&s->udp, &p->public_udp);
+    const broker_addr *pa = (const broker_addr *)s->extra;
+    for (size_t i = 0; i < s->nprivate; i++)
+        broker_addr_to_sa(&pa[i], &p->private_addr[p->nprivate++]);
+    if (s->profile_len) {
+        p->profile = s->extra + s->nprivate * sizeof(broker_addr);
+        p->profile_len = s->profile_len;
+    }
+}
+
+/* Keeps the private addresses and profile a peer reports, in one exact-size
+ * block: most peers report little, so nothing is reserved for the maximum. */
+static int store_extra(bsession *s, const stun_msg *m)
+{
+    size_t np = 0, plen = 0;
+    const stun_attr *prof = stun_find(m, BROKER_ATTR_PROFILE);
+    for (size_t i = 0; i < m->nattrs; i++)
+        if (m->attrs[i].type == BROKER_ATTR_PRIVATE_ADDR)
+            np++;
+    if (np == 0 && !prof)
+        return 0;
+    if (prof)
+        plen = prof->len;
+    size_t need = np * sizeof(broker_addr) + plen;
+    uint8_t *x = need ? malloc(need) : NULL;
+    if (need && !x)
+        return NTCP_ENOMEM;
+    broker_addr *pa = (broker_addr *)x;
+    size_t k = 0;
+    for (size_t i = 0; i < m->nattrs; i++) {
+        if (m->attrs[i].type != BROKER_ATTR_PRIVATE_ADDR)
+            continue;
+        struct sockaddr_storage ss;
+        if (broker_attr_addr(m, &m->attrs[i], &ss) == 0)
+            broker_addr_from_sa(&pa[k++], (struct sockaddr *)&ss);
+    }
+    if (plen)
+        memcpy(x + k * sizeof(broker_addr), stun_attr_value(m, prof), plen);
+    free(s->extra);
+    s->extra = x;
+    s->nprivate = (uint8_t)k;
+    s->profile_len = (uint16_t)plen;
+    return 0;
+}
+
+static void rtt_sample(bsession *s, uint64_t us)
+{
+    if (us > 60000000)
+        return;
+    /* RFC 6298 smoothing (alpha 1/8): one slow answer does not skew it. */
+    s->rtt_us = s->rtt_us ? (uint32_t)((7 * (uint64_t)s->rtt_us + us) / 8) : (uint32_t)(us ? us : 1);
+}
+
+/* The round trip to a peer: the kernel's smoothed TCP RTT, refreshed by every
+ * ACK of the session's traffic, when the platform gives it; else ours. */
+static uint32_t session_rtt(bsession *s)
+{
+#ifdef TCP_INFO
+    uv_os_fd_t fd;
+    struct tcp_info ti;
+    socklen_t len = sizeof ti;
+    if (uv_fileno((uv_handle_t *)&s->tcp, &fd) == 0 &&
+        getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) == 0 && ti.tcpi_rtt > 0)
+        return s->rtt_us > ti.tcpi_rtt ? s->rtt_us : ti.tcpi_rtt;
+#endif
+    return s->rtt_us;
+}
+
+/* ---- requests ---- */
+
+/* An answer to m: same method and transaction id. */
+static void begin(stun_builder *sb, uint8_t *buf, size_t cap, const stun_msg *m, uint8_t cls)
+{
+    stun_build_init(sb, buf, cap, m->method, cls, m->tid, false);
+}
+
+static void finish_send(bsession *s, stun_builder *sb)
+{
+    int n = stun_build_finish(sb, NULL);
+    if (n > 0)
+        send_msg(s, sb->buf, (size_t)n);
+    else
+        broker_logf(s->b, NTCP_LOG_ERROR, "cannot build an answer: %s", ntcp_strerror(n));
+}
+
+/* Tells a registered peer its registration ended (replaced by a newer
+ * session with its key, or its key left the authorized keys), so that it
+ * does not fight for the name, then closes the session. */
+void notify_ended(bsession *s, int code, const char *reason)
+{
+    uint8_t buf[128], tid[STUN_TID_SIZE];
+    stun_builder sb;
+    stun_new_tid(tid);
+    stun_build_init(&sb, buf, sizeof buf, BROKER_UNREGISTER, STUN_INDICATION, tid, false);
+    stun_build_u32(&sb, BROKER_ATTR_DETAIL, (uint32_t)code);
+    stun_build_string(&sb, STUN_ATTR_SOFTWARE, reason);
+    int n = stun_build_finish(&sb, NULL);
+    if (n > 0)
+        send_msg(s, buf, (size_t)n);
+    session_close(s, true);
+}
+
+static void verify_work(uv_work_t *req);
+static void verify_done(uv_work_t *req, int status);
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf);
+static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
+
+static void do_register(bsession *s, const stun_msg *m, const struct sockaddr *src)
+{
+    ntcp_broker *b = s->b;
+    char name[BROKER_NAME_MAX + 1];
+    uint8_t key[BROKER_KEY_SIZE], sig[BROKER_SIG_SIZE], chal[BROKER_CHALLENGE_SIZE];
+    if (s->state == S_REGISTERED) {
+        fail_session(s, m->method, m->tid, BROKER_ERR_BAD_REQUEST, "Already registered");
+        return;
+    }
+    if (broker_get_name(m, name) < 0 ||
+        broker_get_fixed(m, BROKER_ATTR_PUBLIC_KEY, key, sizeof key) < 0) {
+        fail_session(s, m->method, m->tid, BROKER_ERR_BAD_REQUEST, "NAME and PUBLIC-KEY needed");
+        return;
+    }
+    size_t namelen = strlen(name);
+    int has_sig = broker_get_fixed(m, BROKER_ATTR_SIGNATURE, sig, sizeof sig);
+    uint8_t buf[512];
+    stun_builder sb;
+    if (has_sig == NTCP_ENOTFOUND) {
+        /* Step 1: a fresh challenge, good for one signed REGISTER on this
+         * session only. */
+        if (RAND_bytes(s->challenge, sizeof s->challenge) != 1) {
+            answer_error(s, m->method, m->tid, BROKER_ERR_SERVER, "No randomness");
+            return;
+        }
+        s->state = S_CHALLENGED; /* same activity list as S_NEW */
+        s->challenge_us = uv_hrtime() / 1000;
+        begin(&sb, buf, sizeof buf, m, STUN_ERROR);
+        stun_build_error(&sb, BROKER_ERR_UNAUTHORIZED, "Sign the challenge");
+        stun_build_attr(&sb, BROKER_ATTR_CHALLENGE, s->challenge, sizeof s->challenge);
+        stun_build_attr(&sb, BROKER_ATTR_BROKER_ID, b->broker_id, b->broker_id_len);
+        stun_build_u32(&sb, BROKER_ATTR_VERSION, BROKER_PROTO_VERSION);
+        finish_send(s, &sb);
+        return;
+    }
+    /* Step 2: the signed REGISTER. Signature checks cost CPU: limit them per
+     * source address too. */
+    if (!src_allow(b, src, uv_now(b->loop))) {
+        b->st.rate_limited++;
+        answer_error(s, m->method, m->tid, BROKER_ERR_RATE_LIMITED, "Rate limited");
+        return;
+    }
+    bool fresh = s->state == S_CHALLENGED &&
+                 broker_get_fixed(m, BROKER_ATTR_CHALLENGE, chal, sizeof chal) == 0 &&
+                 CRYPTO_memcmp(chal, s->challenge, sizeof chal) == 0;
+    if (!fresh) {
+        /* A replay from another session, or the same challenge twice. */
+        b->st.refused++;
+        fail_session(s, m->method, m->tid, BROKER_ERR_STALE, "Stale challenge");
+        return;
+    }
+    uint64_t rtt = uv_hrtime() / 1000 - s->challenge_us;
+    s->state = S_NEW; /* the challenge is used up, whatever follows */
+    OPENSSL_cleanse(s->challenge, sizeof s->challenge);
+
+    /* Kept now: the message is gone by the time the signature is checked.
+     * A refused session is closed, so nothing stale is ever served. */
+    if (store_extra(s, m) < 0) {
+        answer_error(s, m->method, m->tid, BROKER_ERR_SERVER, "Out of memory");
+        return;
+    }
+    vjob *j = b->vfree;
+    if (j) {
+        b->vfree = j->next_free;
+        b->nvfree--;
+    } else if (!(j = malloc(sizeof *j))) {
+        answer_error(s, m->method, m->tid, BROKER_ERR_SERVER, "Out of memory");
+        return;
+    }
+    j->s = s;
+    j->rtt_us = rtt;
+    j->ok = false;
+    memcpy(j->tid, m->tid, STUN_TID_SIZE);
+    memcpy(j->key, key, sizeof key);
+    memcpy(j->sig, sig, sizeof sig);
+    memcpy(j->name, name, namelen + 1);
+    j->tl = broker_transcript(j->tr, sizeof j->tr, b->broker_id, b->broker_id_len, chal, name,
+                              namelen, key);
+    /* An Ed25519 verification costs ~0.1 ms: on the thread pool, so that a
+     * storm of registrations (everyone back after a restart) neither stalls
+     * refreshes and connects nor leaves the second core idle. The session
+     * reads nothing more until the answer. */
+    s->busy = 1;
+    b->jobs++;
+    uv_read_stop((uv_stream_t *)&s->tcp);
+    j->req.data = j;
+    if (uv_queue_work(b->loop, &j->req, verify_work, verify_done) < 0) {
+        verify_work(&j->req);
+        verify_done(&j->req, 0);
+    }
+}
+
+static void verify_work(uv_work_t *req)
+{
+    vjob *j = req->data;
+    j->ok = j->tl > 0 && ntcp_identity_verify(j->key, j->tr, (size_t)j->tl, j->sig) == 0;
+}
+
+static void vjob_recycle(ntcp_broker *b, vjob *j)
+{
+    if (b->nvfree < 1024) {
+        j->next_free = b->vfree;
+        b->vfree = j;
+        b->nvfree++;
+    } else {
+        free(j);
+    }
+}
+
+static void finish_register(bsession *s, const vjob *j);
+
+static void verify_done(uv_work_t *req, int status)
+{
+    vjob *j = req->data;
+    bsession *s = j->s;
+    ntcp_broker *b = s->b;
+    s->busy = 0;
+    b->jobs--;
+    if (status == 0 && s->state != S_CLOSING)
+        finish_register(s, j);
+    vjob_recycle(b, j);
+    if (s->state == S_CLOSING) {
+        /* Closed (or reaped) while the check ran, or refused just now: the
+         * close waited for the check. A refusal still being flushed is left
+         * to on_written; the reaper ends it if the peer does not read. */
+        bool waits_on_list = s->prev || s->b->new_head == s;
+        if (!s->out || !waits_on_list)
+            hard_close(s);
+        return;
+    }
+    if (uv_read_start((uv_stream_t *)&s->tcp, on_alloc, on_read) < 0)
+        session_close(s, false);
+}
+
+static void finish_register(bsession *s, const vjob *j)
+{
+    ntcp_broker *b = s->b;
+    size_t namelen = strlen(j->name);
+    if (!j->ok) {
+        b->st.refused++;
+        fail_session(s, BROKER_REGISTER, j->tid, BROKER_ERR_FORBIDDEN, "Bad signature");
+        return;
+    }
+    binding *x = binding_find(b, j->name, namelen);
+    if (b->authorized_keys && (!x || CRYPTO_memcmp(x->key, j->key, sizeof j->key) != 0)) {
+        b->st.refused++;
+        fail_session(s, BROKER_REGISTER, j->tid, BROKER_ERR_FORBIDDEN, "Not authorized");
+        return;
+    }
+    if (x && CRYPTO_memcmp(x->key, j->key, sizeof j->key) != 0) {
+        b->st.refused++;
+        fail_session(s, BROKER_REGISTER, j->tid, BROKER_ERR_CONFLICT, "Name bound to another key");
+        return;
+    }
+    if (!x) {
+        x = binding_add(b, j->name, namelen, j->key, 0);
+        if (!x) {
+            answer_error(s, BROKER_REGISTER, j->tid, BROKER_ERR_SERVER, "Out of memory");
+            return;
+        }
+        keys_persist(b, x);
+    }
+    if (x->live && x->live != s) {
+        /* The same key from a new session: the peer restarted or moved, and
+         * its old session is dead or about to be. The newest wins. */
+        bsession *old = x->live;
+        old->bind = NULL;
+        x->live = NULL;
+        b->st.peers--;
+        list_unlink(old);
+        old->state = S_NEW;
+        list_append(old);
+        notify_ended(old, BROKER_ERR_CONFLICT, "Replaced by a newer session");
+    }
+    RAND_bytes(s->udp_key, sizeof s->udp_key);
+    rtt_sample(s, j->rtt_us);
+    s->bind = x;
+    x->live = s;
+    set_state(s, S_REGISTERED);
+    b->st.peers++;
+    b->st.registrations++;
+
+    uint8_t buf[512];
+    stun_builder sb;
+    struct sockaddr_storage pub;
+    broker_addr_to_sa(&s->pub, &pub);
+    stun_build_init(&sb, buf, sizeof buf, BROKER_REGISTER, STUN_SUCCESS, j->tid, false);
+    stun_build_addr(&sb, STUN_ATTR_XOR_MAPPED_ADDRESS, (struct sockaddr *)&pub);
+    stun_build_u32(&sb, BROKER_ATTR_EXPIRY, b->expiry_s);
+    stun_build_attr(&sb, BROKER_ATTR_UDP_KEY, s->udp_key, sizeof s->udp_key);
+    stun_build_attr(&sb, BROKER_ATTR_BROKER_ID, b->broker_id, b->broker_id_len);
+    stun_build_u32(&sb, BROKER_ATTR_VERSION, BROKER_PROTO_VERSION);
+    finish_send(s, &sb);
+    broker_logf(b, NTCP_LOG_DEBUG, "registered %s", j->name);
+}
+
+static void do_refresh(bsession *s, const stun_msg *m)
+{
+    ntcp_broker *b = s->b;
+    if (stun_find(m, BROKER_ATTR_PRIVATE_ADDR) || stun_find(m, BROKER_ATTR_PROFILE))
+        if (store_extra(s, m) < 0) {
+            answer_error(s, m->method, m->tid, BROKER_ERR_SERVER, "Out of memory");
+            return;
+        }
+    uint8_t buf[256];
+    stun_builder sb;
+    struct sockaddr_storage ss;
+    begin(&sb, buf, sizeof buf, m, STUN_SUCCESS);
+    broker_addr_to_sa(&s->pub, &ss);
+    stun_build_addr(&sb, STUN_ATTR_XOR_MAPPED_ADDRESS, (struct sockaddr *)&ss);
+    broker_build_baddr(&sb, BROKER_ATTR_PUBLIC_UDP, &s->udp);
+    stun_build_u32(&sb, BROKER_ATTR_EXPIRY, b->expiry_s);
+    finish_send(s, &sb);
+}
+
+static bsession *find_live(ntcp_broker *b, const stun_msg *m, char name[BROKER_NAME_MAX + 1])
+{
+    if (broker_get_name(m, name) < 0)
+        return NULL;
+    binding *x = binding_find(b, name, strlen(name));
+    return x ? x->live : NULL;
+}
+
+static void do_lookup(bsession *s, const stun_msg *m)
+{
+    ntcp_broker *b = s->b;
+    char name[BROKER_NAME_MAX + 1];
+    if (!stun_find(m, BROKER_ATTR_NAME)) {
+        fail_session(s, m->method, m->tid, BROKER_ERR_BAD_REQUEST, "NAME needed");
+        return;
+    }
+    bsession *t = find_live(b, m, name);
+    if (!t) {
+        answer_error(s, m->method, m->tid, BROKER_ERR_UNKNOWN_USER, "Unknown user");
+        return;
+    }
+    uint8_t buf[BROKER_MAX_MESSAGE];
+    stun_builder sb;
+    broker_peer_info info;
+    session_info(t, &info);
+    begin(&sb, buf, sizeof buf, m, STUN_SUCCESS);
+    broker_build_peer_info(&sb, &info);
+    finish_send(s, &sb);
+}
+
+static void do_connect(bsession *s, const stun_msg *m)
+{
+    ntcp_broker *b = s->b;
+    char name[BROKER_NAME_MAX + 1];
+    if (!stun_find(m, BROKER_ATTR_NAME)) {
+        fail_session(s, m->method, m->tid, BROKER_ERR_BAD_REQUEST, "NAME needed");
+        return;
+    }
+    bsession *t = find_live(b, m, name);
+    if (!t) {
+        b->st.connects_failed++;
+        answer_error(s, m->method, m->tid, BROKER_ERR_UNKNOWN_USER, "Unknown user");
+        return;
+    }
+    if (t == s) {
+        answer_error(s, m->method, m->tid, BROKER_ERR_BAD_REQUEST, "Cannot connect to oneself");
+        return;
+    }
+    if (t->npending >= 64 || s->npending >= 64) {
+        b->st.rate_limited++;
+        answer_error(s, m->method, m->tid, BROKER_ERR_RATE_LIMITED, "Too many connects pending");
+        return;
+    }
+    pending *p = b->pend_free;
+    if (p) {
+        b->pend_free = p->next;
+        b->npend_free--;
+        memset(p, 0, sizeof *p);
+    } else {
+        p = calloc(1, sizeof *p);
+    }
+    if (!p) {
+        answer_error(s, m->method, m->tid, BROKER_ERR_SERVER, "Out of memory");
+        return;
+    }
+    uint32_t timeout = b->offer_timeout_ms;
+    uint32_t want;
+    if (stun_get_u32(m, BROKER_ATTR_TIMEOUT, &want) == 0 && want > 0 && want < timeout)
+        timeout = want;
+    p->req = s;
+    p->tgt = t;
+    s->npending++;
+    t->npending++;
+    memcpy(p->req_tid, m->tid, STUN_TID_SIZE);
+    stun_new_tid(p->offer_tid);
+    p->deadline_ms = uv_now(b->loop) + timeout;
+    p->sent_us = uv_hrtime() / 1000;
+    p->prev = b->pend_tail;
+    if (b->pend_tail)
+        b->pend_tail->next = p;
+    else
+        b->pend_head = p;
+    b->pend_tail = p;
+    b->st.pending++;
+
+    uint8_t buf[BROKER_MAX_MESSAGE];
+    stun_builder sb;
+    broker_peer_info info;
+    session_info(s, &info);
+    stun_build_init(&sb, buf, sizeof buf, BROKER_OFFER, STUN_REQUEST, p->offer_tid, false);
+    broker_build_peer_info(&sb, &info);
+    stun_build_u32(&sb, BROKER_ATTR_TIMEOUT, timeout);
+    finish_send(t, &sb);
+}
+
+/* The target answered an offer: CONNECT-GO to both, or the refusal. */
+static void do_offer_answer(bsession *t, const stun_msg *m)
+{
+    ntcp_broker *b = t->b;
+    pending *p = b->pend_head;
+    while (p && !(p->tgt == t && memcmp(p->offer_tid, m->tid, STUN_TID_SIZE) == 0))
+        p = p->next;
+    if (!p)
+        return; /* late (after the timeout) or unknown: nothing to do */
+    /* Done with the entry before sending anything: a failed send closes a
+     * session, which frees the entries it is part of. */
+    bsession *r = p->req;
+    uint8_t req_tid[STUN_TID_SIZE];
+    memcpy(req_tid, p->req_tid, sizeof req_tid);
+    rtt_sample(t, uv_hrtime() / 1000 - p->sent_us);
+    pending_free(b, p);
+    if (m->cls == STUN_ERROR) {
+        b->st.connects_failed++;
+        answer_error(r, BROKER_CONNECT, req_tid, BROKER_ERR_DECLINED, "Declined");
+        return;
+    }
+    uint8_t nonce[BROKER_NONCE_SIZE];
+    if (RAND_bytes(nonce, sizeof nonce) != 1) {
+        answer_error(r, BROKER_CONNECT, req_tid, BROKER_ERR_SERVER, "No randomness");
+        return;
+    }
+    /* Both GOs leave now. Each arrives about half its round trip later; the
+     * common start S is when the slower one has arrived, plus a margin. Each
+     * end waits S minus its own arrival. */
+    uint32_t rr = session_rtt(r), rt = session_rtt(t);
+    uint32_t slow = rr > rt ? rr : rt;
+    uint32_t dr = (uint32_t)((slow - rr) / 2 + 999) / 1000 + b->start_margin_ms;
+    uint32_t dt = (uint32_t)((slow - rt) / 2 + 999) / 1000 + b->start_margin_ms;
+
+    uint8_t buf[BROKER_MAX_MESSAGE];
+    stun_builder sb;
+    broker_peer_info info;
+    session_info(t, &info);
+    stun_build_init(&sb, buf, sizeof buf, BROKER_CONNECT, STUN_SUCCESS, req_tid, false);
+    broker_build_peer_info(&sb, &info);
+    stun_build_attr(&sb, BROKER_ATTR_SESSION_NONCE, nonce, sizeof nonce);
+    stun_build_u32(&sb, BROKER_ATTR_START_DELAY, dr);
+    stun_build_u32(&sb, BROKER_ATTR_ROLE, BROKER_ROLE_REQUESTER);
+    stun_build_u32(&sb, BROKER_ATTR_RTT, rr);
+    finish_send(r, &sb);
+    if (r->state == S_CLOSING) {
+        b->st.connects_failed++; /* the requester is gone: no GO for the target */
+        return;
+    }
+
+    uint8_t tid[STUN_TID_SIZE];
+    stun_new_tid(tid);
+    session_info(r, &info);
+    stun_build_init(&sb, buf, sizeof buf, BROKER_GO, STUN_INDICATION, tid, false);
+    broker_build_peer_info(&sb, &info);
+    stun_build_attr(&sb, BROKER_ATTR_SESSION_NONCE, nonce, sizeof nonce);
+    stun_build_u32(&sb, BROKER_ATTR_START_DELAY, dt);
+    stun_build_u32(&sb, BROKER_ATTR_ROLE, BROKER_ROLE_TARGET);
+    stun_build_u32(&sb, BROKER_ATTR_RTT, rt);
+    finish_send(t, &sb);
+    b->st.connects_ok++;
+}
+
+static void do_unregister(bsession *s, const stun_msg *m)
+{
+    uint8_t buf[64];
+    stun_builder sb;
+    begin(&sb, buf, sizeof buf, m, STUN_SUCCESS);
+    finish_send(s, &sb);
+    session_close(s, true);
+}
+
+static bool rate_ok(bsession *s)
+{
+    ntcp_broker *b = s->b;
+    if (b->peer_rate < 0)
+        return true;
+    uint64_t now = uv_now(b->loop);
+    s->tokens += (double)(now - s->tokens_ms) * b->peer_rate / 1000.0;
+    if (s->tokens > b->peer_burst)
+        s->tokens = b->peer_burst;
+    s->tokens_ms = now;
+    if (s->tokens < 1.0)
+        return false;
+    s->tokens -= 1.0;
+    return true;
+}
+
+static void handle_message(bsession *s, const uint8_t *data, size_t len)
+{
+    ntcp_broker *b = s->b;
+    stun_msg m;
+    int rc = stun_parse(&m, data, len);
+    if (rc < 0) {
+        fail_session(s, m.len ? m.method : 0, m.len ? m.tid : NULL, BROKER_ERR_BAD_REQUEST,
+                     "Malformed message");
+        return;
+    }
+    if (m.rfc3489) {
+        fail_session(s, m.method, m.tid, BROKER_ERR_BAD_REQUEST, "Magic cookie needed");
+        return;
+    }
+    uint16_t unknown[STUN_MAX_UNKNOWN];
+    size_t nunknown;
+    rc = broker_validate(&m, unknown, STUN_MAX_UNKNOWN, &nunknown);
+    if (rc < 0) {
+        fail_session(s, m.method, m.tid, BROKER_ERR_BAD_REQUEST, "Bad attribute");
+        return;
+    }
+    /* Answers to the broker's offers. */
+    if (m.method == BROKER_OFFER && (m.cls == STUN_SUCCESS || m.cls == STUN_ERROR)) {
+        if (s->state != S_REGISTERED) {
+            fail_session(s, m.method, m.tid, BROKER_ERR_BAD_REQUEST, "Out of order");
+            return;
+        }
+        touch(s);
+        do_offer_answer(s, &m);
+        return;
+    }
+    if (m.cls != STUN_REQUEST) {
+        fail_session(s, m.method, m.tid, BROKER_ERR_BAD_REQUEST, "Out of order");
+        return;
+    }
+    b->st.requests++;
+    if (nunknown) {
+        uint8_t buf[128];
+        stun_builder sb;
+        begin(&sb, buf, sizeof buf, &m, STUN_ERROR);
+        stun_build_error(&sb, BROKER_ERR_UNKNOWN_ATTR, "Unknown attribute");
+        stun_build_unknown(&sb, unknown, nunknown);
+        finish_send(s, &sb);
+        return;
+    }
+    if (!rate_ok(s)) {
+        b->st.rate_limited++;
+        answer_error(s, m.method, m.tid, BROKER_ERR_RATE_LIMITED, "Rate limited");
+        return;
+    }
+    if (m.method == BROKER_REGISTER) {
+        struct sockaddr_storage src;
+        broker_addr_to_sa(&s->pub, &src);
+        do_register(s, &m, (struct sockaddr *)&src);
+        return;
+    }
+    switch (m.method) {
+    case BROKER_REFRESH:
+    case BROKER_LOOKUP:
+    case BROKER_CONNECT:
+    case BROKER_UNREGISTER:
+        if (s->state != S_REGISTERED) {
+            fail_session(s, m.method, m.tid, BROKER_ERR_BAD_REQUEST, "Not registered");
+            return;
+        }
+        touch(s);
+        break;
+    default:
+        fail_session(s, m.method, m.tid, BROKER_ERR_BAD_REQUEST, "Unknown method");
+        return;
+    }
+    switch (m.method) {
+    case BROKER_REFRESH: do_refresh(s, &m); break;
+    case BROKER_LOOKUP: do_lookup(s, &m); break;
+    case BROKER_CONNECT: do_connect(s, &m); break;
+    case BROKER_UNREGISTER: do_unregister(s, &m); break;
+    }
+}
+
+/* ---- TCP input: whole messages straight from the shared read buffer; only
+ * a message split across reads is copied, into a buffer held until it is
+ * whole. ---- */
+
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+{
+    (void)hint;
+    bsession *s = h->data;
+    buf->base = (char *)s->b->rbuf;
+    buf->len = sizeof s->b->rbuf;
+}
+
+/* Total length of the message starting at p (>= 4 bytes), or an error. */
+static int frame_len(const uint8_t *p, size_t *total)
+{
+    if (p[0] & 0xC0)
+        return NTCP_ENOTSTUN;
+    size_t mlen = (size_t)((p[2] << 8) | p[3]);
+    if (mlen % 4)
+        return NTCP_ENOTSTUN;
+    *total = STUN_HEADER_SIZE + mlen;
+    return *total > BROKER_MAX_MESSAGE ? NTCP_ERANGE : 0;
+}
+
+static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
+{
+    bsession *s = stream->data;
+    if (nread < 0) {
+        session_close(s, false);
+        return;
+    }
+    const uint8_t *p = (const uint8_t *)buf->base;
+    size_t n = (size_t)nread;
+    while (n > 0 && s->state != S_CLOSING) {
+        size_t total;
+        if (s->busy) {
+            /* A peer waits for the REGISTER answer before it says more. */
+            fail_session(s, 0, NULL, BROKER_ERR_BAD_REQUEST, "Message before the REGISTER answer");
+            return;
+        }
+        if (s->inlen > 0 || n < 4) {
+            /* Completing (or starting) a split message. */
+            if (!s->in && !(s->in = malloc(BROKER_MAX_MESSAGE))) {
+                session_close(s, false);
+                return;
+            }
+            size_t take = s->inlen < 4 ? 4 - s->inlen : 0;
+            if (take > n)
+                take = n;
+            memcpy(s->in + s->inlen, p, take);
+            s->inlen = (uint16_t)(s->inlen + take);
+            p += take;
+            n -= take;
+            if (s->inlen < 4)
+                break;
+            int rc = frame_len(s->in, &total);
+            if (rc < 0) {
+                fail_session(s, 0, NULL, BROKER_ERR_BAD_REQUEST,
+                             rc == NTCP_ERANGE ? "Message too large" : "Not STUN");
+                return;
+            }
+            take = total - s->inlen;
+            if (take > n)
+                take = n;
+            memcpy(s->in + s->inlen, p, take);
+            s->inlen = (uint16_t)(s->inlen + take);
+            p += take;
+            n -= take;
+            if (s->inlen < total)
+                break;
+            handle_message(s, s->in, total);
+            s->inlen = 0;
+            if (s->state != S_CLOSING) {
+                free(s->in);
+                s->in = NULL;
+            }
+            continue;
+        }
+        int rc = frame_len(p, &total);
+        if (rc < 0) {
+            fail_session(s, 0, NULL, BROKER_ERR_BAD_REQUEST,
+                         rc == NTCP_ERANGE ? "Message too large" : "Not STUN");
+            return;
+        }
+        if (total > n) {
+            if (!s->in && !(s->in = malloc(BROKER_MAX_MESSAGE))) {
+                session_close(s, false);
+                return;
+            }
+            memcpy(s->in, p, n);
+            s->inlen = (uint16_t)n;
+            break;
+        }
+        handle_message(s, p, total);
+        p += total;
+        n -= total;
+    }
+}
+
+static void on_connection(uv_stream_t *server, int status)
+{
+    ntcp_broker *b = server->data;
+    if (status < 0)
+        return;
+    bsession *s = calloc(1, sizeof *s);
+    if (!s)
+        return; /* the connection waits in the backlog */
+    s->b = b;
+    if (uv_tcp_init(b->loop, &s->tcp) < 0) {
+        free(s);
+        return;
+    }
+    s->tcp.data = s;
+    b->st.sessions++;
+    if (uv_accept(server, (uv_stream_t *)&s->tcp) < 0) {
+        uv_close((uv_handle_t *)&s->tcp, on_session_closed);
+        return;
+    }
+    struct sockaddr_storage ss;
+    int len = sizeof ss;
+    if (uv_tcp_getpeername(&s->tcp, (struct sockaddr *)&ss, &len) < 0) {
+        uv_close((uv_handle_t *)&s->tcp, on_session_closed);
+        return;
+    }
+    broker_addr_from_sa(&s->pub, (struct sockaddr *)&ss);
+    if (b->st.sessions > b->max_sessions || b->stopping) {
+        uv_close((uv_handle_t *)&s->tcp, on_session_closed);
+        return;
+    }
+    if (!src_allow(b, (struct sockaddr *)&ss, uv_now(b->loop))) {
+        b->st.rate_limited++;
+        uv_close((uv_handle_t *)&s->tcp, on_session_closed);
+        return;
+    }
+    s->state = S_NEW;
+    s->tokens = b->peer_burst;
+    s->tokens_ms = s->last_ms = uv_now(b->loop);
+    list_append(s);
+    uv_tcp_nodelay(&s->tcp, 1);
+    if (uv_read_start((uv_stream_t *)&s->tcp, on_alloc, on_read) < 0)
+        session_close(s, false);
+}
+
+/* ---- UDP keepalives: USERNAME = name, MESSAGE-INTEGRITY keyed with the
+ * UDP-KEY the broker gave at registration. Anything else is dropped: UDP
+ * answers to forged sources would make the broker an amplifier. ---- */
+
+static void on_udp_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+{
+    (void)hint;
+    ntcp_broker *b = h->data;
+    buf->base = (char *)b->ubuf;
+    buf->len = sizeof b->ubuf;
+}
+
+static void on_udp(uv_udp_t *u, ssize_t nread, const uv_buf_t *buf, const struct sockaddr *from,
+                   unsigned flags)
+{
+    ntcp_broker *b = u->data;
+    (void)flags;
+    if (nread <= 0 || !from)
+        return;
+    stun_msg m;
+    if (stun_parse(&m, (const uint8_t *)buf->base, (size_t)nread) < 0 || m.rfc3489 ||
+        m.method != BROKER_KEEPALIVE || m.cls != STUN_REQUEST)
+        return;
+    const char *user;
+    size_t ulen;
+    if (stun_get_string(&m, STUN_ATTR_USERNAME, &user, &ulen) < 0 || !broker_name_valid(user, ulen))
+        return;
+    binding *x = binding_find(b, user, ulen);
+    bsession *s = x ? x->live : NULL;
+    if (!s || stun_check_integrity(&m, s->udp_key, sizeof s->udp_key, false) < 0) {
+        broker_logf(b, NTCP_LOG_DEBUG, "UDP keepalive dropped: unknown name or bad integrity");
+        return;
+    }
+    b->st.requests++;
+    broker_addr_from_sa(&s->udp, from);
+    uint8_t out[128];
+    stun_builder sb;
+    stun_build_init(&sb, out, sizeof out, BROKER_KEEPALIVE, STUN_SUCCESS, m.tid, false);
+    stun_build_addr(&sb, STUN_ATTR_XOR_MAPPED_ADDRESS, from);
+    stun_build_integrity(&sb, s->udp_key, sizeof s->udp_key);
+    int n = stun_build_finish(&sb, NULL);
+    if (n > 0) {
+        uv_buf_t ob = uv_buf_init((char *)out, (unsigned)n);
+        uv_udp_try_send(u, &ob, 1, from);
+    }
+}
+
+/* ---- the clock: reaping and connect timeouts ---- */
+
+static void on_tick(uv_timer_t *t)
+{
+    ntcp_broker *b = t->data;
+    uint64_t now = uv_now(b->loop);
+    while (b->new_head && b->new_head->last_ms + b->handshake_ms <= now) {
+        b->st.reaped++;
+        session_close(b->new_head, false);
+    }
+    uint64_t expiry = (uint64_t)b->expiry_s * 1000;
+    while (b->reg_head && b->reg_head->last_ms + expiry <= now) {
+        broker_logf(b, NTCP_LOG_DEBUG, "%s expired", b->reg_head->bind ? b->reg_head->bind->name : "?");
+        b->st.reaped++;
+        session_close(b->reg_head, false);
+    }
+    pending *p = b->pend_head;
+    while (p) {
+        if (p->deadline_ms > now) {
+            p = p->next;
+            continue;
+        }
+        /* Freed before the answer, and the walk restarts: see session_close. */
+        bsession *req = p->req;
+        uint8_t tid[STUN_TID_SIZE];
+        memcpy(tid, p->req_tid, sizeof tid);
+        pending_free(b, p);
+        b->st.connects_failed++;
+        answer_error(req, BROKER_CONNECT, tid, BROKER_ERR_TIMEOUT, "Peer did not answer");
+        p = b->pend_head;
+    }
+}
+
+/* ---- start and stop ---- */
+
+static void free_broker(ntcp_broker *b)
+{
+    while (b->vfree) {
+        vjob *j = b->vfree;
+        b->vfree = j->next_free;
+        free(j);
+    }
+    while (b->pend_free) {
+        pending *p = b->pend_free;
+        b->pend_free = p->next;
+        free(p);
+    }
+    bindings_free(b);
+    free(b->src);
+    free(b->authorized_keys);
+    free(b->state_dir);
+    free(b->broker_id);
+    if (b->journal_fd >= 0)
+        close(b->journal_fd);
+    free(b);
+}
+
+/* libuv runs close callbacks in no promised order: the broker goes when
+ * its own handles and every session are closed. */
+static void maybe_free(ntcp_broker *b)
+{
+    if (b->open_handles > 0 || b->st.sessions > 0)
+        return;
+    void (*done)(void *) = b->done;
+    void *arg = b->done_arg;
+    free_broker(b);
+    if (done)
+        done(arg);
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    ntcp_broker *b = h->data;
+    b->open_handles--;
+    maybe_free(b);
+}
+
+int ntcp_broker_start(uv_loop_t *loop, const ntcp_broker_config *cfg, ntcp_broker **out)
+{
+    *out = NULL;
+    if (!loop || !cfg || !cfg->listen)
+        return NTCP_EINVAL;
+    struct sockaddr_storage tcp_addr, udp_addr;
+    if (ntcp_parse_hostport(cfg->listen, &tcp_addr) < 0)
+        return NTCP_ECONFIG;
+    if (cfg->udp && ntcp_parse_hostport(cfg->udp, &udp_addr) < 0)
+        return NTCP_ECONFIG;
+    const char *id = cfg->broker_id ? cfg->broker_id : "ntcp-brokerd";
+    if (strlen(id) == 0 || strlen(id) > BROKER_ID_MAX)
+        return NTCP_ECONFIG;
+
+    ntcp_broker *b = calloc(1, sizeof *b);
+    if (!b)
+        return NTCP_ENOMEM;
+    b->loop = loop;
+    b->journal_fd = -1;
+    b->authorized_keys = dup_or_null(cfg->authorized_keys);
+    b->state_dir = dup_or_null(cfg->state_dir);
+    b->broker_id = strdup(id);
+    b->broker_id_len = strlen(id);
+    b->expiry_s = cfg->expiry_s ? cfg->expiry_s : 60;
+    b->handshake_ms = cfg->handshake_ms ? cfg->handshake_ms : 10000;
+    b->offer_timeout_ms = cfg->offer_timeout_ms ? cfg->offer_timeout_ms : 5000;
+    b->start_margin_ms = cfg->start_margin_ms ? cfg->start_margin_ms : 20;
+    b->peer_rate = cfg->peer_rate ? cfg->peer_rate : 50;
+    b->peer_burst = cfg->peer_burst ? cfg->peer_burst : 100;
+    b->source_rate = cfg->source_rate ? cfg->source_rate : 100;
+    b->source_burst = cfg->source_burst ? cfg->source_burst : 1000;
+    b->max_sessions = cfg->max_sessions ? cfg->max_sessions : 1000000;
+    b->log = cfg->log;
+    b->log_user = cfg->log_user;
+    b->log_level = cfg->log ? (cfg->log_level ? cfg->log_level : NTCP_LOG_INFO) : -1;
+    b->table_size = 1024;
+    b->table = calloc(b->table_size, sizeof *b->table);
+    int rc = NTCP_ENOMEM;
+    if (!b->table || !b->broker_id || (cfg->authorized_keys && !b->authorized_keys) ||
+        (cfg->state_dir && !b->state_dir))
+        goto fail;
+    if (b->source_rate > 0 && !(b->src = calloc(SRC_SETS * SRC_WAYS, sizeof *b->src)))
+        goto fail;
+    if (RAND_bytes(b->hash_key, sizeof b->hash_key) != 1) {
+        rc = NTCP_ESYS;
+        goto fail;
+    }
+    /* With an authorized-keys file the file alone binds names; otherwise
+     * the first registration does, remembered in the state dir. */
+    if (b->authorized_keys) {
+        if ((rc = keys_load_authorized(b, false)) < 0)
+            goto fail;
+    } else if (b->state_dir) {
+        if ((rc = keys_load_state(b)) < 0) {
+            broker_logf(b, NTCP_LOG_ERROR, "cannot use state dir %s", b->state_dir);
+            goto fail;
+        }
+    }
+
+    rc = NTCP_ESYS;
+    if (uv_tcp_init(loop, &b->listener) < 0)
+        goto fail;
+    b->listener.data = b;
+    b->open_handles++;
+    int err = uv_tcp_bind(&b->listener, (struct sockaddr *)&tcp_addr, 0);
+    if (err == 0)
+        err = uv_listen((uv_stream_t *)&b->listener, 4096, on_connection);
+    if (err == 0 && cfg->udp) {
+        err = uv_udp_init(loop, &b->udp);
+        if (err == 0) {
+            b->udp.data = b;
+            b->open_handles++;
+            b->has_udp = true;
+            err = uv_udp_bind(&b->udp, (struct sockaddr *)&udp_addr, 0);
+            if (err == 0)
+                err = uv_udp_recv_start(&b->udp, on_udp_alloc, on_udp);
+        }
+    }
+    if (err == 0) {
+        err = uv_timer_init(loop, &b->timer);
+        if (err == 0) {
+            b->timer.data = b;
+            b->open_handles++;
+            b->has_timer = true;
+            err = uv_timer_start(&b->timer, on_tick, TICK_MS, TICK_MS);
+        }
+    }
+    if (err < 0) {
+        broker_logf(b, NTCP_LOG_ERROR, "cannot listen: %s", uv_strerror(err));
+        errno = -err;
+        ntcp_broker_stop(b, NULL, NULL);
+        return NTCP_ESYS;
+    }
+    char a[64], u[64] = "";
+    struct sockaddr_storage bound;
+    if (ntcp_broker_tcp_addr(b, &bound) == 0)
+        ntcp_addr_str((struct sockaddr *)&bound, a, sizeof a);
+    else
+        ntcp_addr_str((struct sockaddr *)&tcp_addr, a, sizeof a);
+    if (b->has_udp && ntcp_broker_udp_addr(b, &bound) == 0)
+        ntcp_addr_str((struct sockaddr *)&bound, u, sizeof u);
+    broker_logf(b, NTCP_LOG_INFO, "listening on %s (TCP)%s%s, id \"%s\", expiry %us%s", a,
+                b->has_udp ? " and UDP " : "", u, b->broker_id, b->expiry_s,
+                b->authorized_keys ? ", authorized keys only" : "");
+    *out = b;
+    return 0;
+fail:
+    free_broker(b);
+    return rc;
+}
+
+int ntcp_broker_reload(ntcp_broker *b)
+{
+    if (!b->authorized_keys)
+        return 0;
+    return keys_load_authorized(b, true);
+}
+
+void ntcp_broker_get_stats(const ntcp_broker *b, ntcp_broker_stats *st)
+{
+    *st = b->st;
+}
+
+int ntcp_broker_tcp_addr(const ntcp_broker *b, struct sockaddr_storage *out)
+{
+    int len = sizeof *out;
+    return uv_tcp_getsockname(&b->listener, (struct sockaddr *)out, &len) == 0 ? 0 : NTCP_ESYS;
+}
+
+int ntcp_broker_udp_addr(const ntcp_broker *b, struct sockaddr_storage *out)
+{
+    if (!b->has_udp)
+        return NTCP_ENOTFOUND;
+    int len = sizeof *out;
+    return uv_udp_getsockname(&b->udp, (struct sockaddr *)out, &len) == 0 ? 0 : NTCP_ESYS;
+}
+
+void ntcp_broker_stop(ntcp_broker *b, void (*done)(void *arg), void *arg)
+{
+    if (b->stopping)
+        return;
+    b->stopping = true;
+    b->done = done;
+    b->done_arg = arg;
+    while (b->pend_head)
+        pending_free(b, b->pend_head);
+    while (b->new_head)
+        session_close(b->new_head, false);
+    while (b->reg_head)
+        session_close(b->reg_head, false);
+    /* Sessions close on their own; the broker goes once its handles have. */
+    uv_close((uv_handle_t *)&b->listener, on_handle_closed);
+    if (b->has_udp)
+        uv_close((uv_handle_t *)&b->udp, on_handle_closed);
+    if (b->has_timer)
+        uv_close((uv_handle_t *)&b->timer, on_handle_closed);
+}

@@ -1,0 +1,761 @@
+/*
+ * session.c: the peer side of the broker protocol on a libuv loop: connect,
+ * register by signing the broker's challenge, refresh, UDP keepalives,
+ * reconnect with backoff when the broker goes away, offers and connects.
+ */
+#include "session.h"
+
+#include <arpa/inet.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+
+#include "identity.h"
+#include "ntcp.h"
+
+#define TICK_MS 20
+
+enum txn_kind { T_HELLO, T_REGISTER, T_REFRESH, T_LOOKUP, T_CONNECT };
+
+typedef struct txn {
+    struct txn *next;
+    uint8_t kind;
+    int preset_err;               /* completes at the next tick with this error */
+    uint8_t tid[STUN_TID_SIZE];
+    uint64_t deadline_ms;
+    union {
+        ntcp_session_connect_cb connect;
+        ntcp_session_lookup_cb lookup;
+    } cb;
+    void *arg;
+} txn;
+
+typedef struct wreq {
+    uv_write_t req;
+    uint8_t data[];
+} wreq;
+
+enum { C_NONE, C_CONNECTING, C_HELLO, C_SIGNED, C_REGISTERED, C_CLOSING };
+
+struct ntcp_session {
+    uv_loop_t *loop;
+    uv_tcp_t tcp;
+    uv_connect_t creq;
+    uv_udp_t udp;
+    uv_timer_t timer;
+    int open_handles;
+    bool tcp_open, has_udp, closed;
+    int conn;                     /* C_* */
+    int state;                    /* NTCP_SESSION_* reported */
+
+    char name[BROKER_NAME_MAX + 1];
+    char *broker_id;              /* expected, or NULL */
+    EVP_PKEY *key;
+    uint8_t pub[BROKER_KEY_SIZE];
+    struct sockaddr_storage broker, broker_udp;
+    broker_addr priv[BROKER_MAX_PRIVATE];
+    size_t nprivate;
+    uint8_t profile[BROKER_PROFILE_MAX];
+    size_t profile_len;
+    uint32_t refresh_cfg, refresh_ms, backoff_min, backoff_max, backoff, req_timeout;
+    ntcp_session_offer_fn on_offer;
+    ntcp_session_go_fn on_go;
+    ntcp_session_state_fn on_state;
+    void *user;
+
+    uint64_t next_refresh_ms, reconnect_ms, connect_deadline_ms;
+    uint8_t udp_key[BROKER_UDP_KEY_SIZE];
+    struct sockaddr_storage public_addr, public_udp;
+    unsigned registrations;
+    txn *txns;
+
+    stun_framer framer;
+    uint8_t rbuf[2 * BROKER_MAX_MESSAGE];
+    uint8_t ubuf[512];
+};
+
+int ntcp_parse_hostport(const char *s, struct sockaddr_storage *out)
+{
+    char host[64];
+    const char *colon;
+    memset(out, 0, sizeof *out);
+    if (!s)
+        return NTCP_EINVAL;
+    if (s[0] == '[') {
+        const char *end = strchr(s, ']');
+        if (!end || end[1] != ':' || (size_t)(end - s - 1) >= sizeof host)
+            return NTCP_EINVAL;
+        memcpy(host, s + 1, (size_t)(end - s - 1));
+        host[end - s - 1] = '\0';
+        colon = end + 1;
+    } else {
+        colon = strrchr(s, ':');
+        if (!colon || (size_t)(colon - s) >= sizeof host || strchr(s, ':') != colon)
+            return NTCP_EINVAL;
+        memcpy(host, s, (size_t)(colon - s));
+        host[colon - s] = '\0';
+    }
+    char *end;
+    long port = strtol(colon + 1, &end, 10);
+    if (*end || colon[1] == '\0' || port < 0 || port > 65535)
+        return NTCP_EINVAL;
+    if (uv_ip4_addr(host, (int)port, (struct sockaddr_in *)out) == 0)
+        return 0;
+    if (uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)out) == 0)
+        return 0;
+    memset(out, 0, sizeof *out);
+    return NTCP_EINVAL;
+}
+
+static uint64_t now_ms(ntcp_session *s)
+{
+    return uv_now(s->loop);
+}
+
+static void set_state(ntcp_session *s, int state, int err, int code)
+{
+    if (s->state == state && err == 0)
+        return;
+    s->state = state;
+    if (s->on_state)
+        s->on_state(s, state, err, code, s->user);
+}
+
+/* ---- transactions ---- */
+
+static txn *txn_new(ntcp_session *s, uint8_t kind, uint32_t timeout_ms)
+{
+    txn *t = calloc(1, sizeof *t);
+    if (!t)
+        return NULL;
+    t->kind = kind;
+    stun_new_tid(t->tid);
+    t->deadline_ms = now_ms(s) + timeout_ms;
+    t->next = s->txns;
+    s->txns = t;
+    return t;
+}
+
+static txn *txn_take(ntcp_session *s, const uint8_t tid[STUN_TID_SIZE])
+{
+    for (txn **pp = &s->txns; *pp; pp = &(*pp)->next) {
+        if (memcmp((*pp)->tid, tid, STUN_TID_SIZE) == 0) {
+            txn *t = *pp;
+            *pp = t->next;
+            return t;
+        }
+    }
+    return NULL;
+}
+
+/* Completes a caller's transaction (connect/lookup) with an error; internal
+ * ones (hello, register, refresh) are just dropped. Frees t. */
+static void txn_fail(ntcp_session *s, txn *t, int err, int code)
+{
+    if (t->kind == T_CONNECT && t->cb.connect)
+        t->cb.connect(s, err, code, NULL, t->arg);
+    else if (t->kind == T_LOOKUP && t->cb.lookup)
+        t->cb.lookup(s, err, code, NULL, t->arg);
+    free(t);
+}
+
+/* ---- sending ---- */
+
+static void on_written(uv_write_t *req, int status)
+{
+    (void)status; /* a failed write shows up as a read error too */
+    free(req);
+}
+
+static void lose(ntcp_session *s, int err, int code);
+
+static void send_tcp(ntcp_session *s, const uint8_t *msg, size_t len)
+{
+    wreq *w = malloc(sizeof *w + len);
+    if (!w) {
+        lose(s, NTCP_ENOMEM, 0);
+        return;
+    }
+    memcpy(w->data, msg, len);
+    uv_buf_t buf = uv_buf_init((char *)w->data, (unsigned)len);
+    if (uv_write(&w->req, (uv_stream_t *)&s->tcp, &buf, 1, on_written) < 0) {
+        free(w);
+        lose(s, NTCP_ESYS, 0);
+    }
+}
+
+static void build_send(ntcp_session *s, stun_builder *sb)
+{
+    int n = stun_build_finish(sb, NULL);
+    if (n > 0)
+        send_tcp(s, sb->buf, (size_t)n);
+}
+
+static void add_own_info(ntcp_session *s, stun_builder *sb)
+{
+    for (size_t i = 0; i < s->nprivate; i++)
+        broker_build_baddr(sb, BROKER_ATTR_PRIVATE_ADDR, &s->priv[i]);
+    if (s->profile_len)
+        stun_build_attr(sb, BROKER_ATTR_PROFILE, s->profile, s->profile_len);
+}
+
+static void send_hello(ntcp_session *s)
+{
+    txn *t = txn_new(s, T_HELLO, s->req_timeout);
+    if (!t) {
+        lose(s, NTCP_ENOMEM, 0);
+        return;
+    }
+    uint8_t buf[256];
+    stun_builder sb;
+    stun_build_init(&sb, buf, sizeof buf, BROKER_REGISTER, STUN_REQUEST, t->tid, false);
+    stun_build_attr(&sb, BROKER_ATTR_NAME, s->name, strlen(s->name));
+    stun_build_attr(&sb, BROKER_ATTR_PUBLIC_KEY, s->pub, sizeof s->pub);
+    stun_build_u32(&sb, BROKER_ATTR_VERSION, BROKER_PROTO_VERSION);
+    s->conn = C_HELLO;
+    build_send(s, &sb);
+}
+
+static void send_udp_keepalive(ntcp_session *s)
+{
+    if (!s->has_udp)
+        return;
+    uint8_t buf[256], tid[STUN_TID_SIZE];
+    stun_builder sb;
+    stun_new_tid(tid);
+    stun_build_init(&sb, buf, sizeof buf, BROKER_KEEPALIVE, STUN_REQUEST, tid, false);
+    stun_build_string(&sb, STUN_ATTR_USERNAME, s->name);
+    stun_build_integrity(&sb, s->udp_key, sizeof s->udp_key);
+    int n = stun_build_finish(&sb, NULL);
+    if (n > 0) {
+        uv_buf_t ub = uv_buf_init((char *)buf, (unsigned)n);
+        uv_udp_try_send(&s->udp, &ub, 1, (struct sockaddr *)&s->broker_udp);
+    }
+}
+
+static void send_refresh(ntcp_session *s)
+{
+    txn *t = txn_new(s, T_REFRESH, s->req_timeout);
+    if (!t) {
+        lose(s, NTCP_ENOMEM, 0);
+        return;
+    }
+    uint8_t buf[BROKER_MAX_MESSAGE];
+    stun_builder sb;
+    stun_build_init(&sb, buf, sizeof buf, BROKER_REFRESH, STUN_REQUEST, t->tid, false);
+    build_send(s, &sb);
+    send_udp_keepalive(s);
+}
+
+/* ---- connection life ---- */
+
+static void on_tcp_closed(uv_handle_t *h)
+{
+    ntcp_session *s = h->data;
+    s->tcp_open = false;
+    s->open_handles--;
+    if (s->closed && s->open_handles == 0) {
+        free(s->broker_id);
+        free(s);
+        return;
+    }
+    if (!s->closed)
+        s->conn = C_NONE;
+}
+
+static uint32_t backoff_cap(ntcp_session *s)
+{
+    uint32_t cap = s->backoff_max;
+    /* Back within one keepalive period after the broker returns. */
+    if (s->refresh_ms && s->refresh_ms < cap)
+        cap = s->refresh_ms;
+    return cap < s->backoff_min ? s->backoff_min : cap;
+}
+
+/* The session ended: fail what waits on it and retry after a backoff. */
+static void lose(ntcp_session *s, int err, int code)
+{
+    if (s->conn == C_CLOSING || s->conn == C_NONE)
+        return;
+    s->conn = C_CLOSING;
+    txn *t = s->txns;
+    s->txns = NULL;
+    while (t) {
+        txn *next = t->next;
+        txn_fail(s, t, NTCP_ECLOSED, 0);
+        t = next;
+    }
+    if (s->tcp_open && !uv_is_closing((uv_handle_t *)&s->tcp))
+        uv_close((uv_handle_t *)&s->tcp, on_tcp_closed);
+    if (s->closed)
+        return;
+    uint32_t jitter = 0;
+    RAND_bytes((unsigned char *)&jitter, sizeof jitter);
+    uint32_t wait = s->backoff + (s->backoff ? jitter % (s->backoff / 4 + 1) : 0);
+    s->reconnect_ms = now_ms(s) + wait;
+    s->backoff = s->backoff * 2 > backoff_cap(s) ? backoff_cap(s) : s->backoff * 2;
+    set_state(s, NTCP_SESSION_IDLE, err, code);
+}
+
+static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf);
+
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+{
+    (void)hint;
+    ntcp_session *s = h->data;
+    uint8_t *p;
+    size_t avail;
+    stun_framer_space(&s->framer, &p, &avail);
+    buf->base = (char *)p;
+    buf->len = avail;
+}
+
+static void on_connected(uv_connect_t *req, int status)
+{
+    ntcp_session *s = req->data;
+    if (s->conn != C_CONNECTING)
+        return; /* given up already */
+    if (status < 0) {
+        lose(s, NTCP_EUNREACHABLE, 0);
+        return;
+    }
+    uv_tcp_nodelay(&s->tcp, 1);
+    stun_framer_init(&s->framer, s->rbuf, sizeof s->rbuf);
+    if (uv_read_start((uv_stream_t *)&s->tcp, on_alloc, on_read) < 0) {
+        lose(s, NTCP_ESYS, 0);
+        return;
+    }
+    send_hello(s);
+}
+
+static void start_connect(ntcp_session *s)
+{
+    if (s->tcp_open)
+        return; /* the old handle is still closing: next tick */
+    if (uv_tcp_init(s->loop, &s->tcp) < 0)
+        return;
+    s->tcp.data = s;
+    s->tcp_open = true;
+    s->open_handles++;
+    s->conn = C_CONNECTING;
+    s->connect_deadline_ms = now_ms(s) + s->req_timeout;
+    s->creq.data = s;
+    set_state(s, NTCP_SESSION_CONNECTING, 0, 0);
+    if (uv_tcp_connect(&s->creq, &s->tcp, (struct sockaddr *)&s->broker, on_connected) < 0)
+        lose(s, NTCP_EUNREACHABLE, 0);
+}
+
+/* ---- incoming messages ---- */
+
+static void on_challenge(ntcp_session *s, const stun_msg *m)
+{
+    uint8_t chal[BROKER_CHALLENGE_SIZE];
+    const char *id;
+    size_t idlen;
+    if (broker_get_fixed(m, BROKER_ATTR_CHALLENGE, chal, sizeof chal) < 0 ||
+        stun_get_string(m, BROKER_ATTR_BROKER_ID, &id, &idlen) < 0) {
+        lose(s, NTCP_EPROTO, 0);
+        return;
+    }
+    /* Sign only for the broker we meant to register with: a signature is
+     * bound to the broker's identity, so it is worthless to another one. */
+    if (s->broker_id && (strlen(s->broker_id) != idlen || memcmp(s->broker_id, id, idlen) != 0)) {
+        lose(s, NTCP_EPROTO, BROKER_ERR_FORBIDDEN);
+        return;
+    }
+    uint8_t tr[BROKER_TRANSCRIPT_MAX], sig[BROKER_SIG_SIZE];
+    int tl = broker_transcript(tr, sizeof tr, id, idlen, chal, s->name, strlen(s->name), s->pub);
+    if (tl < 0 || ntcp_identity_sign(s->key, tr, (size_t)tl, sig) < 0) {
+        lose(s, NTCP_EPROTO, 0);
+        return;
+    }
+    txn *t = txn_new(s, T_REGISTER, s->req_timeout);
+    if (!t) {
+        lose(s, NTCP_ENOMEM, 0);
+        return;
+    }
+    uint8_t buf[BROKER_MAX_MESSAGE];
+    stun_builder sb;
+    stun_build_init(&sb, buf, sizeof buf, BROKER_REGISTER, STUN_REQUEST, t->tid, false);
+    stun_build_attr(&sb, BROKER_ATTR_NAME, s->name, strlen(s->name));
+    stun_build_attr(&sb, BROKER_ATTR_PUBLIC_KEY, s->pub, sizeof s->pub);
+    stun_build_attr(&sb, BROKER_ATTR_CHALLENGE, chal, sizeof chal);
+    stun_build_attr(&sb, BROKER_ATTR_SIGNATURE, sig, sizeof sig);
+    add_own_info(s, &sb);
+    s->conn = C_SIGNED;
+    build_send(s, &sb);
+}
+
+static void on_registered(ntcp_session *s, const stun_msg *m)
+{
+    uint32_t expiry = 60;
+    stun_get_u32(m, BROKER_ATTR_EXPIRY, &expiry);
+    if (expiry == 0)
+        expiry = 1;
+    stun_get_addr(m, STUN_ATTR_XOR_MAPPED_ADDRESS, &s->public_addr);
+    if (broker_get_fixed(m, BROKER_ATTR_UDP_KEY, s->udp_key, sizeof s->udp_key) < 0)
+        memset(s->udp_key, 0, sizeof s->udp_key);
+    s->refresh_ms = s->refresh_cfg ? s->refresh_cfg : expiry * 1000 / 3;
+    s->next_refresh_ms = now_ms(s) + s->refresh_ms;
+    s->backoff = s->backoff_min;
+    s->conn = C_REGISTERED;
+    s->registrations++;
+    send_udp_keepalive(s);
+    set_state(s, NTCP_SESSION_REGISTERED, 0, 0);
+}
+
+static void on_offer(ntcp_session *s, const stun_msg *m)
+{
+    broker_peer_info from;
+    bool ok = broker_parse_peer_info(m, &from) == 0;
+    if (ok && s->on_offer)
+        ok = s->on_offer(s, &from, s->user);
+    if (s->conn != C_REGISTERED)
+        return; /* the callback closed the session */
+    uint8_t buf[128];
+    stun_builder sb;
+    stun_build_init(&sb, buf, sizeof buf, BROKER_OFFER, ok ? STUN_SUCCESS : STUN_ERROR, m->tid, false);
+    if (!ok)
+        stun_build_error(&sb, BROKER_ERR_DECLINED, "Declined");
+    build_send(s, &sb);
+}
+
+static void on_response(ntcp_session *s, const stun_msg *m)
+{
+    txn *t = txn_take(s, m->tid);
+    if (!t)
+        return; /* timed out already */
+    int code = 0;
+    if (m->cls == STUN_ERROR)
+        broker_get_error(m, &code, NULL, NULL);
+    switch (t->kind) {
+    case T_HELLO:
+        free(t);
+        if (code == BROKER_ERR_UNAUTHORIZED)
+            on_challenge(s, m);
+        else
+            lose(s, NTCP_EPROTO, code);
+        return;
+    case T_REGISTER:
+        free(t);
+        if (m->cls == STUN_SUCCESS)
+            on_registered(s, m);
+        else
+            lose(s, NTCP_EPROTO, code);
+        return;
+    case T_REFRESH:
+        free(t);
+        if (m->cls == STUN_SUCCESS)
+            stun_get_addr(m, STUN_ATTR_XOR_MAPPED_ADDRESS, &s->public_addr);
+        else if (code != BROKER_ERR_RATE_LIMITED)
+            lose(s, NTCP_EPROTO, code);
+        return;
+    case T_LOOKUP: {
+        broker_peer_info p;
+        if (m->cls == STUN_SUCCESS && broker_parse_peer_info(m, &p) == 0)
+            t->cb.lookup(s, 0, 0, &p, t->arg);
+        else
+            t->cb.lookup(s, code == BROKER_ERR_UNKNOWN_USER ? NTCP_ENOTFOUND : NTCP_EPROTO, code,
+                         NULL, t->arg);
+        free(t);
+        return;
+    }
+    case T_CONNECT: {
+        broker_go g;
+        if (m->cls == STUN_SUCCESS && broker_parse_go(m, &g) == 0)
+            t->cb.connect(s, 0, 0, &g, t->arg);
+        else
+            t->cb.connect(s, code == BROKER_ERR_UNKNOWN_USER ? NTCP_ENOTFOUND : NTCP_EPROTO, code,
+                          NULL, t->arg);
+        free(t);
+        return;
+    }
+    }
+}
+
+static void on_message(ntcp_session *s, const uint8_t *data, size_t len)
+{
+    stun_msg m;
+    uint16_t unknown[STUN_MAX_UNKNOWN];
+    size_t nunknown;
+    if (stun_parse(&m, data, len) < 0 || broker_validate(&m, unknown, STUN_MAX_UNKNOWN, &nunknown) < 0) {
+        lose(s, NTCP_EPROTO, 0);
+        return;
+    }
+    if (m.cls == STUN_SUCCESS || m.cls == STUN_ERROR) {
+        on_response(s, &m);
+        return;
+    }
+    if (s->conn != C_REGISTERED)
+        return;
+    if (m.method == BROKER_UNREGISTER && m.cls == STUN_INDICATION) {
+        /* Replaced by another session with our key, or no longer
+         * authorized: retry only slowly, so two holders of one identity do
+         * not take the name from each other in a loop. */
+        uint32_t code = 0;
+        stun_get_u32(&m, BROKER_ATTR_DETAIL, &code);
+        s->backoff = backoff_cap(s);
+        lose(s, NTCP_EPROTO, (int)code);
+        return;
+    }
+    if (m.method == BROKER_OFFER && m.cls == STUN_REQUEST) {
+        on_offer(s, &m);
+    } else if (m.method == BROKER_GO && m.cls == STUN_INDICATION) {
+        broker_go g;
+        if (broker_parse_go(&m, &g) == 0 && s->on_go)
+            s->on_go(s, &g, s->user);
+    }
+}
+
+static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
+{
+    ntcp_session *s = st->data;
+    (void)buf;
+    if (nread < 0) {
+        lose(s, NTCP_ECLOSED, 0);
+        return;
+    }
+    stun_framer_commit(&s->framer, (size_t)nread);
+    const uint8_t *msg;
+    size_t len;
+    int rc;
+    while (s->conn != C_CLOSING && (rc = stun_framer_next(&s->framer, &msg, &len)) != 0) {
+        if (rc < 0) {
+            lose(s, NTCP_EPROTO, 0);
+            return;
+        }
+        on_message(s, msg, len);
+    }
+}
+
+static void on_udp(uv_udp_t *u, ssize_t nread, const uv_buf_t *buf, const struct sockaddr *from,
+                   unsigned flags)
+{
+    ntcp_session *s = u->data;
+    (void)flags;
+    (void)from;
+    if (nread <= 0 || s->conn != C_REGISTERED)
+        return;
+    stun_msg m;
+    if (stun_parse(&m, (const uint8_t *)buf->base, (size_t)nread) < 0 ||
+        m.method != BROKER_KEEPALIVE || m.cls != STUN_SUCCESS ||
+        stun_check_integrity(&m, s->udp_key, sizeof s->udp_key, false) < 0)
+        return;
+    stun_get_addr(&m, STUN_ATTR_XOR_MAPPED_ADDRESS, &s->public_udp);
+}
+
+static void on_udp_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+{
+    (void)hint;
+    ntcp_session *s = h->data;
+    buf->base = (char *)s->ubuf;
+    buf->len = sizeof s->ubuf;
+}
+
+/* ---- the clock ---- */
+
+static void on_tick(uv_timer_t *timer)
+{
+    ntcp_session *s = timer->data;
+    uint64_t now = now_ms(s);
+    /* Deadlines. A caller's request times out alone; an unanswered
+     * registration or refresh means the broker is gone. */
+    for (txn **pp = &s->txns; *pp;) {
+        txn *t = *pp;
+        if (t->preset_err == 0 && t->deadline_ms > now) {
+            pp = &t->next;
+            continue;
+        }
+        *pp = t->next;
+        if (t->kind == T_CONNECT || t->kind == T_LOOKUP) {
+            txn_fail(s, t, t->preset_err ? t->preset_err : NTCP_ETIMEDOUT, 0);
+        } else {
+            free(t);
+            lose(s, NTCP_ETIMEDOUT, 0);
+            return;
+        }
+    }
+    switch (s->conn) {
+    case C_NONE:
+        if (now >= s->reconnect_ms)
+            start_connect(s);
+        break;
+    case C_CONNECTING:
+        if (now >= s->connect_deadline_ms)
+            lose(s, NTCP_ETIMEDOUT, 0);
+        break;
+    case C_REGISTERED:
+        if (now >= s->next_refresh_ms) {
+            s->next_refresh_ms = now + s->refresh_ms;
+            send_refresh(s);
+        }
+        break;
+    }
+}
+
+/* ---- API ---- */
+
+int ntcp_session_start(uv_loop_t *loop, const ntcp_session_config *cfg, ntcp_session **out)
+{
+    *out = NULL;
+    if (!loop || !cfg || !cfg->name || !cfg->key || !cfg->broker ||
+        !broker_name_valid(cfg->name, strlen(cfg->name)) || cfg->nprivate > BROKER_MAX_PRIVATE ||
+        cfg->profile_len > BROKER_PROFILE_MAX)
+        return NTCP_EINVAL;
+    ntcp_session *s = calloc(1, sizeof *s);
+    if (!s)
+        return NTCP_ENOMEM;
+    s->loop = loop;
+    if (ntcp_parse_hostport(cfg->broker, &s->broker) < 0 ||
+        (cfg->broker_udp && ntcp_parse_hostport(cfg->broker_udp, &s->broker_udp) < 0) ||
+        ntcp_identity_public(cfg->key, s->pub) < 0) {
+        free(s);
+        return NTCP_EINVAL;
+    }
+    if (cfg->broker_id && !(s->broker_id = strdup(cfg->broker_id))) {
+        free(s);
+        return NTCP_ENOMEM;
+    }
+    strcpy(s->name, cfg->name);
+    s->key = cfg->key;
+    for (size_t i = 0; i < cfg->nprivate; i++)
+        broker_addr_from_sa(&s->priv[i], (const struct sockaddr *)&cfg->private_addrs[i]);
+    s->nprivate = cfg->nprivate;
+    if (cfg->profile_len)
+        memcpy(s->profile, cfg->profile, cfg->profile_len);
+    s->profile_len = cfg->profile_len;
+    s->refresh_cfg = cfg->refresh_ms;
+    s->backoff_min = cfg->backoff_min_ms ? cfg->backoff_min_ms : 100;
+    s->backoff_max = cfg->backoff_max_ms ? cfg->backoff_max_ms : 5000;
+    s->backoff = s->backoff_min;
+    s->req_timeout = cfg->request_timeout_ms ? cfg->request_timeout_ms : 5000;
+    s->on_offer = cfg->on_offer;
+    s->on_go = cfg->on_go;
+    s->on_state = cfg->on_state;
+    s->user = cfg->user;
+    s->conn = C_NONE;
+
+    uv_timer_init(loop, &s->timer);
+    s->timer.data = s;
+    s->open_handles++;
+    if (cfg->broker_udp) {
+        struct sockaddr_storage any;
+        memset(&any, 0, sizeof any);
+        any.ss_family = s->broker_udp.ss_family;
+        if (uv_udp_init(loop, &s->udp) == 0) {
+            s->udp.data = s;
+            s->open_handles++;
+            s->has_udp = true;
+            if (uv_udp_bind(&s->udp, (struct sockaddr *)&any, 0) < 0 ||
+                uv_udp_recv_start(&s->udp, on_udp_alloc, on_udp) < 0) {
+                ntcp_session_close(s);
+                return NTCP_ESYS;
+            }
+        }
+    }
+    uv_timer_start(&s->timer, on_tick, TICK_MS, TICK_MS);
+    start_connect(s);
+    *out = s;
+    return 0;
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    ntcp_session *s = h->data;
+    if (--s->open_handles == 0) {
+        free(s->broker_id);
+        free(s);
+    }
+}
+
+void ntcp_session_close(ntcp_session *s)
+{
+    if (!s || s->closed)
+        return;
+    s->closed = true;
+    set_state(s, NTCP_SESSION_CLOSED, 0, 0);
+    if (s->conn != C_NONE && s->conn != C_CLOSING) {
+        lose(s, NTCP_ECLOSED, 0);
+    } else {
+        txn *t = s->txns;
+        s->txns = NULL;
+        while (t) {
+            txn *next = t->next;
+            txn_fail(s, t, NTCP_ECLOSED, 0);
+            t = next;
+        }
+    }
+    s->conn = C_CLOSING;
+    uv_close((uv_handle_t *)&s->timer, on_handle_closed);
+    if (s->has_udp)
+        uv_close((uv_handle_t *)&s->udp, on_handle_closed);
+    /* The TCP handle, if open, is closing already and frees s last. */
+}
+
+int ntcp_session_state(const ntcp_session *s)
+{
+    return s->state;
+}
+
+int ntcp_session_public_addr(const ntcp_session *s, struct sockaddr_storage *out)
+{
+    *out = s->public_addr;
+    return s->public_addr.ss_family ? 0 : NTCP_ENOTFOUND;
+}
+
+int ntcp_session_public_udp(const ntcp_session *s, struct sockaddr_storage *out)
+{
+    *out = s->public_udp;
+    return s->public_udp.ss_family ? 0 : NTCP_ENOTFOUND;
+}
+
+unsigned ntcp_session_registrations(const ntcp_session *s)
+{
+    return s->registrations;
+}
+
+static int request(ntcp_session *s, uint16_t method, uint8_t kind, const char *name,
+                   uint32_t timeout_ms, ntcp_session_connect_cb ccb, ntcp_session_lookup_cb lcb,
+                   void *arg)
+{
+    if (!s || s->closed || !name || !broker_name_valid(name, strlen(name)) || (!ccb && !lcb))
+        return NTCP_EINVAL;
+    if (!timeout_ms)
+        timeout_ms = 10000;
+    txn *t = txn_new(s, kind, timeout_ms);
+    if (!t)
+        return NTCP_ENOMEM;
+    /* The callback is in place before anything is sent: a failed send
+     * completes the transaction through lose(). */
+    if (ccb)
+        t->cb.connect = ccb;
+    else
+        t->cb.lookup = lcb;
+    t->arg = arg;
+    if (s->conn != C_REGISTERED) {
+        t->preset_err = NTCP_EUNREACHABLE;
+        return 0;
+    }
+    uint8_t buf[256];
+    stun_builder sb;
+    stun_build_init(&sb, buf, sizeof buf, method, STUN_REQUEST, t->tid, false);
+    stun_build_attr(&sb, BROKER_ATTR_NAME, name, strlen(name));
+    if (method == BROKER_CONNECT)
+        stun_build_u32(&sb, BROKER_ATTR_TIMEOUT, timeout_ms);
+    build_send(s, &sb);
+    return 0;
+}
+
+int ntcp_session_connect(ntcp_session *s, const char *name, uint32_t timeout_ms,
+                         ntcp_session_connect_cb cb, void *arg)
+{
+    return request(s, BROKER_CONNECT, T_CONNECT, name, timeout_ms, cb, NULL, arg);
+}
+
+int ntcp_session_lookup(ntcp_session *s, const char *name, uint32_t timeout_ms,
+                        ntcp_session_lookup_cb cb, void *arg)
+{
+    return request(s, BROKER_LOOKUP, T_LOOKUP, name, timeout_ms, NULL, cb, arg);
+}

@@ -1,0 +1,103 @@
+/*
+ * session.h: a peer's session with the connection broker, on a libuv loop.
+ * It registers a name (proving its Ed25519 key), keeps the registration and
+ * the NAT mappings alive, registers again after the broker restarts or the
+ * network changes, hands incoming connect offers to a policy callback, and
+ * asks the broker to connect to a name. Internal to libntcp: the traversal
+ * engine drives it. Protocol: docs/broker-protocol.md.
+ */
+#ifndef NTCP_SESSION_H
+#define NTCP_SESSION_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include <openssl/evp.h>
+#include <uv.h>
+
+#include "broker_proto.h"
+
+typedef struct ntcp_session ntcp_session;
+
+enum ntcp_session_state {
+    NTCP_SESSION_IDLE = 0,       /* waiting to (re)connect after a backoff */
+    NTCP_SESSION_CONNECTING = 1, /* TCP connect or registration in progress */
+    NTCP_SESSION_REGISTERED = 2,
+    NTCP_SESSION_CLOSED = 3,     /* ntcp_session_close() was called */
+};
+
+/* An incoming offer: return true to accept the connect, false to refuse it.
+ * from (and its profile) is valid during the call only. */
+typedef bool (*ntcp_session_offer_fn)(ntcp_session *s, const broker_peer_info *from, void *user);
+/* The target side's CONNECT-GO, after an accepted offer. go is valid during
+ * the call only. */
+typedef void (*ntcp_session_go_fn)(ntcp_session *s, const broker_go *go, void *user);
+/* Every state change. err is 0, or why the session was lost or refused
+ * (NTCP_E*); code is the broker's error code when it refused (403 not
+ * authorized or bad signature, 409 name bound to another key or replaced by
+ * a newer session with our key, 438 stale challenge...). The session keeps
+ * retrying with backoff in every case; the application may close it. */
+typedef void (*ntcp_session_state_fn)(ntcp_session *s, int state, int err, int code, void *user);
+
+typedef struct ntcp_session_config {
+    const char *broker;      /* "IP:PORT" of the broker (required) */
+    const char *broker_udp;  /* "IP:PORT" for UDP keepalives, or NULL */
+    const char *name;        /* the name to register (required) */
+    EVP_PKEY *key;           /* Ed25519 identity, borrowed: must outlive the session */
+    const char *broker_id;   /* the broker identity we expect; NULL: the one it presents */
+    const struct sockaddr_storage *private_addrs; /* copied; up to BROKER_MAX_PRIVATE */
+    size_t nprivate;
+    const uint8_t *profile;  /* NAT profile blob, copied; up to BROKER_PROFILE_MAX */
+    size_t profile_len;
+    uint32_t refresh_ms;     /* 0: a third of the broker's expiry */
+    uint32_t backoff_min_ms; /* first reconnect delay; 100 */
+    uint32_t backoff_max_ms; /* 5000, and never more than the refresh period */
+    uint32_t request_timeout_ms; /* an unanswered REGISTER/REFRESH ends the session; 5000 */
+    ntcp_session_offer_fn on_offer; /* NULL: accept every offer */
+    ntcp_session_go_fn on_go;
+    ntcp_session_state_fn on_state;
+    void *user;
+} ntcp_session_config;
+
+/* Starts the session on loop (it connects at once). *out is owned by the
+ * caller and released with ntcp_session_close(). Returns 0, NTCP_EINVAL or
+ * NTCP_ENOMEM. */
+int ntcp_session_start(uv_loop_t *loop, const ntcp_session_config *cfg, ntcp_session **out);
+
+/* Stops: pending requests complete with NTCP_ECLOSED, then the session is
+ * freed once its handles are closed (the loop must run). */
+void ntcp_session_close(ntcp_session *s);
+
+int ntcp_session_state(const ntcp_session *s);
+/* The TCP (and UDP, once a keepalive was answered) address the broker sees. */
+int ntcp_session_public_addr(const ntcp_session *s, struct sockaddr_storage *out);
+int ntcp_session_public_udp(const ntcp_session *s, struct sockaddr_storage *out);
+/* How many times the session has registered (1 after the first). */
+unsigned ntcp_session_registrations(const ntcp_session *s);
+
+/* Result of a connect: err 0 and go, or err < 0 (go NULL):
+ *   NTCP_ENOTFOUND  the broker does not know the name (code 700);
+ *   NTCP_EPROTO     the broker or the target refused (code: 603 declined,
+ *                   408 target silent, 410 target gone, 429, 400...);
+ *   NTCP_ETIMEDOUT  no answer within the timeout;
+ *   NTCP_ECLOSED    the session was lost or closed first;
+ *   NTCP_EUNREACHABLE  not registered when asked.
+ * go (and its profile) is valid during the call only. */
+typedef void (*ntcp_session_connect_cb)(ntcp_session *s, int err, int code, const broker_go *go,
+                                        void *arg);
+typedef void (*ntcp_session_lookup_cb)(ntcp_session *s, int err, int code,
+                                       const broker_peer_info *peer, void *arg);
+
+/* Asks the broker to connect to name. cb runs exactly once (never from
+ * inside this call). Returns 0, NTCP_EINVAL or NTCP_ENOMEM. */
+int ntcp_session_connect(ntcp_session *s, const char *name, uint32_t timeout_ms,
+                         ntcp_session_connect_cb cb, void *arg);
+int ntcp_session_lookup(ntcp_session *s, const char *name, uint32_t timeout_ms,
+                        ntcp_session_lookup_cb cb, void *arg);
+
+/* Parses "IP:PORT" or "[IPv6]:PORT" (numeric only). Returns 0 or NTCP_EINVAL. */
+int ntcp_parse_hostport(const char *s, struct sockaddr_storage *out);
+
+#endif

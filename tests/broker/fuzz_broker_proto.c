@@ -1,0 +1,85 @@
+/*
+ * fuzz_broker_proto.c: libFuzzer target for the broker protocol's checks and
+ * getters on top of stun_parse(): whatever validates must decode within the
+ * message and within the protocol's limits, and peer information rebuilt
+ * with the builder must decode to the same content.
+ */
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "broker_proto.h"
+#include "fuzz_check.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+static bool same_sa(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+{
+    broker_addr x, y;
+    broker_addr_from_sa(&x, (const struct sockaddr *)a);
+    broker_addr_from_sa(&y, (const struct sockaddr *)b);
+    return memcmp(&x, &y, sizeof x) == 0;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    stun_msg m;
+    if (stun_parse(&m, data, size) < 0)
+        return 0;
+    uint16_t unknown[STUN_MAX_UNKNOWN];
+    size_t nunknown = 0;
+    if (broker_validate(&m, unknown, STUN_MAX_UNKNOWN, &nunknown) < 0)
+        return 0;
+    FUZZ_CHECK(nunknown <= m.nunknown);
+    for (size_t i = 0; i < nunknown; i++)
+        FUZZ_CHECK(unknown[i] < BROKER_ATTR_NAME || unknown[i] > BROKER_ATTR_VERSION);
+
+    char name[BROKER_NAME_MAX + 1];
+    if (broker_get_name(&m, name) == 0)
+        FUZZ_CHECK(broker_name_valid(name, strlen(name)));
+    int code;
+    const char *reason;
+    size_t rlen;
+    if (broker_get_error(&m, &code, &reason, &rlen) == 0)
+        FUZZ_CHECK(code >= 300 && code <= 999 && reason >= (const char *)m.buf &&
+                   reason + rlen <= (const char *)m.buf + m.len);
+
+    broker_peer_info p;
+    if (broker_parse_peer_info(&m, &p) == 0) {
+        FUZZ_CHECK(p.nprivate <= BROKER_MAX_PRIVATE);
+        FUZZ_CHECK(p.profile_len <= BROKER_PROFILE_MAX);
+        if (p.profile_len)
+            FUZZ_CHECK(p.profile >= m.buf && p.profile + p.profile_len <= m.buf + m.len);
+        /* Round trip through the builder. */
+        uint8_t buf[BROKER_MAX_MESSAGE * 2];
+        stun_builder sb;
+        stun_build_init(&sb, buf, sizeof buf, BROKER_LOOKUP, STUN_SUCCESS, m.tid, false);
+        broker_build_peer_info(&sb, &p);
+        int n = stun_build_finish(&sb, NULL);
+        FUZZ_CHECK(n > 0);
+        stun_msg m2;
+        FUZZ_CHECK(stun_parse(&m2, buf, (size_t)n) == 0);
+        size_t nu2;
+        FUZZ_CHECK(broker_validate(&m2, unknown, STUN_MAX_UNKNOWN, &nu2) == 0 && nu2 == 0);
+        broker_peer_info q;
+        FUZZ_CHECK(broker_parse_peer_info(&m2, &q) == 0);
+        FUZZ_CHECK(strcmp(p.name, q.name) == 0);
+        FUZZ_CHECK(p.has_public_key == q.has_public_key);
+        FUZZ_CHECK(!p.has_public_key || memcmp(p.public_key, q.public_key, 32) == 0);
+        FUZZ_CHECK(same_sa(&p.public_addr, &q.public_addr));
+        FUZZ_CHECK(same_sa(&p.public_udp, &q.public_udp));
+        FUZZ_CHECK(p.nprivate == q.nprivate);
+        for (size_t i = 0; i < p.nprivate; i++)
+            FUZZ_CHECK(same_sa(&p.private_addr[i], &q.private_addr[i]));
+        FUZZ_CHECK(p.profile_len == q.profile_len);
+        FUZZ_CHECK(p.profile_len == 0 || memcmp(p.profile, q.profile, p.profile_len) == 0);
+    }
+    broker_go g;
+    if (broker_parse_go(&m, &g) == 0) {
+        FUZZ_CHECK(g.role <= BROKER_ROLE_TARGET);
+        FUZZ_CHECK(g.peer.has_public_key);
+    }
+    return 0;
+}
