@@ -67,7 +67,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 echo "== 2. the lab: a behind a port-restricted cone NAT, b behind a symmetric NAT"
 echo "      (sequential ports, delta 2), 25 ms one-way on each internet link"
-lab_prefix=$("$LAB" up --a port-restricted --b symmetric-seq --delta 2 --syn rst --delay 25 --quiet)
+lab_prefix=$("$LAB" up --a port-restricted --b symmetric-seq --delta 2 --syn rst --delay 25)
 export NTCP_LAB_PREFIX=$lab_prefix
 "$LAB" status
 "$LAB" exec server -- "$STUNTD" --primary 203.0.113.10:3478 --alternate 203.0.113.11:3479 \
