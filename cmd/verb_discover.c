@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "ntcp.h"
 #include "stun.h"
@@ -31,7 +32,9 @@ void ntcp_usage_discover(FILE *f)
             "  -s, --server HOST[:PORT]  server to probe (default port 3478); repeat for a\n"
             "                            list tried in order\n"
             "  -c, --config FILE         read servers from FILE (stun_server or NTCP 0.2's\n"
-            "                            WellKnownStunServer); used when no --server\n"
+            "                            WellKnownStunServer); used when no --server.\n"
+            "                            Default: $NTCP_CONFIG, else ~/.config/ntcp/ntcp.conf\n"
+            "                            ($XDG_CONFIG_HOME), else /etc/ntcp/ntcp.conf\n"
             "  -u, --udp                 probe UDP only\n"
             "  -t, --tcp                 probe TCP only\n"
             "  -4, -6                    probe IPv4 only, IPv6 only (default: both)\n"
@@ -207,6 +210,26 @@ static void print_json(const ntcp_nat_profile_t *p, int status)
     printf("}\n");
 }
 
+/* The configuration file used when none is named: the first that exists. */
+static const char *default_config(char *buf, size_t len)
+{
+    const char *env = getenv("NTCP_CONFIG");
+    if (env && *env)
+        return env;
+    const char *xdg = getenv("XDG_CONFIG_HOME"), *home = getenv("HOME");
+    if (xdg && *xdg)
+        snprintf(buf, len, "%s/ntcp/ntcp.conf", xdg);
+    else if (home && *home)
+        snprintf(buf, len, "%s/.config/ntcp/ntcp.conf", home);
+    else
+        buf[0] = '\0';
+    if (buf[0] && access(buf, R_OK) == 0)
+        return buf;
+    if (access("/etc/ntcp/ntcp.conf", R_OK) == 0)
+        return "/etc/ntcp/ntcp.conf";
+    return NULL;
+}
+
 int ntcp_verb_discover(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -262,6 +285,13 @@ int ntcp_verb_discover(int argc, char **argv)
         timeout = (flags & NTCP_DISCOVER_LIFETIME) ? 200000 : 10000;
     ntcp_t *ctx = NULL;
     int rc;
+    char confbuf[4096];
+    if (nservers == 0 && !config && !(config = default_config(confbuf, sizeof confbuf))) {
+        fprintf(stderr, "ntcp discover: no server: give --server HOST, --config FILE, or put\n"
+                        "  stun_server = HOST[:PORT] in $NTCP_CONFIG, ~/.config/ntcp/ntcp.conf or\n"
+                        "  /etc/ntcp/ntcp.conf\n");
+        return D_USAGE;
+    }
     if (nservers == 0 && config) {
         rc = ntcp_new_from_file(config, &ctx);
         if (rc < 0) {
