@@ -4,8 +4,6 @@
  */
 #include "context.h"
 
-#include <ctype.h>
-#include <errno.h>
 #include <ini.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,7 +20,8 @@ int ntcp_add_stun_server(ntcp_t *ctx, const char *server)
 {
     char host[256];
     uint16_t port;
-    if (!ctx || !server || ntcp_split_host_port(server, host, sizeof host, &port, 3478) < 0)
+    if (!ctx || !server || ntcp_split_host_port(server, host, sizeof host, &port, 3478) < 0 ||
+        port == 0)
         return NTCP_EINVAL;
     char **grown = realloc(ctx->stun_servers, (ctx->n_stun_servers + 1) * sizeof *grown);
     if (!grown)
@@ -102,48 +101,4 @@ void ntcp_free(ntcp_t *ctx)
         free(ctx->stun_servers[i]);
     free(ctx->stun_servers);
     free(ctx);
-}
-
-int ntcp_split_host_port(const char *s, char *host, size_t hostlen, uint16_t *port,
-                         uint16_t default_port)
-{
-    const char *h = s, *p = NULL;
-    size_t hl;
-    if (!s || !*s)
-        return NTCP_EINVAL;
-    if (*s == '[') {
-        const char *close = strchr(s, ']');
-        if (!close)
-            return NTCP_EINVAL;
-        h = s + 1;
-        hl = (size_t)(close - h);
-        if (close[1] == ':')
-            p = close + 2;
-        else if (close[1] != '\0')
-            return NTCP_EINVAL;
-    } else {
-        const char *colon = strchr(s, ':');
-        if (colon && strchr(colon + 1, ':')) {
-            hl = strlen(s); /* a bare IPv6 address: no port */
-        } else if (colon) {
-            hl = (size_t)(colon - s);
-            p = colon + 1;
-        } else {
-            hl = strlen(s);
-        }
-    }
-    if (hl == 0 || hl >= hostlen)
-        return NTCP_EINVAL;
-    memcpy(host, h, hl);
-    host[hl] = '\0';
-    *port = default_port;
-    if (p) {
-        char *end;
-        errno = 0;
-        unsigned long v = strtoul(p, &end, 10);
-        if (!isdigit((unsigned char)*p) || *end || errno || v == 0 || v > 65535)
-            return NTCP_EINVAL;
-        *port = (uint16_t)v;
-    }
-    return 0;
 }

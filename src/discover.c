@@ -227,33 +227,11 @@ static uint64_t pos_deadline(disc *d)
     return dl < d->deadline ? dl : d->deadline;
 }
 
-static void set_port(struct sockaddr_storage *ss, uint16_t port)
-{
-    if (ss->ss_family == AF_INET)
-        ((struct sockaddr_in *)ss)->sin_port = htons(port);
-    else
-        ((struct sockaddr_in6 *)ss)->sin6_port = htons(port);
-}
-
-static uint16_t get_port(const struct sockaddr_storage *ss)
-{
-    if (ss->ss_family == AF_INET)
-        return ntohs(((const struct sockaddr_in *)ss)->sin_port);
-    if (ss->ss_family == AF_INET6)
-        return ntohs(((const struct sockaddr_in6 *)ss)->sin6_port);
-    return 0;
-}
-
-static socklen_t sa_len(const struct sockaddr_storage *ss)
-{
-    return ss->ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
-}
-
 static void any_addr(int af, uint16_t port, struct sockaddr_storage *out)
 {
     memset(out, 0, sizeof *out);
     out->ss_family = (sa_family_t)af;
-    set_port(out, port);
+    ntcp_sa_set_port(out, port);
     if (af == AF_INET6)
         ((struct sockaddr_in6 *)out)->sin6_addr = in6addr_any;
 }
@@ -370,7 +348,7 @@ static void udp_after_map0(fam *f)
     disc *d = f->d;
     if (f->have_other) {
         struct sockaddr_storage alt_ip = f->other;
-        set_port(&alt_ip, get_port(&f->primary));
+        ntcp_sa_set_port(&alt_ip, ntcp_sa_port(&f->primary));
         utxn_start(f, U_MAP1, &f->us[US_MAP], &alt_ip, 0, pos_deadline(d));
         utxn_start(f, U_MAP2, &f->us[US_MAP], &f->other, 0, pos_deadline(d));
     } else {
@@ -401,7 +379,7 @@ static int usock_open(fam *f, usock *s)
     int len = sizeof local;
     if (uv_udp_getsockname(&s->h, (struct sockaddr *)&local, &len) < 0)
         return NTCP_ESYS;
-    s->port = get_port(&local);
+    s->port = ntcp_sa_port(&local);
     return uv_udp_recv_start(&s->h, udp_alloc, on_udp_recv) < 0 ? NTCP_ESYS : 0;
 }
 
@@ -459,7 +437,7 @@ static void lifetime_tick(fam *f, uint64_t now)
         if (now < lt->answered_at + 1000ull * lt_idle_s[i])
             continue;
         uint64_t dl = now + neg_wait(d);
-        utxn_start_ex(f, U_LTP0 + i, &f->us[US_SEQ0], &f->primary, 0, get_port(&lt->mapped),
+        utxn_start_ex(f, U_LTP0 + i, &f->us[US_SEQ0], &f->primary, 0, ntcp_sa_port(&lt->mapped),
                       dl < d->deadline ? dl : d->deadline);
         p->rx = &f->us[US_LT0 + i];
         p->rto = 150;
@@ -557,7 +535,7 @@ static void udp_observe(fam *f, ntcp_nat_obs *o, ntcp_nat_behaviour_t *b)
 {
     ntcp_nat_obs_init(o, false);
     o->local = f->local_ip;
-    set_port(&o->local, f->us[US_MAP].port);
+    ntcp_sa_set_port(&o->local, f->us[US_MAP].port);
     static const int map_kinds[3] = {U_MAP0, U_MAP1, U_MAP2};
     for (int i = 0; i < 3; i++) {
         utxn *t = &f->ut[map_kinds[i]];
@@ -576,7 +554,7 @@ static void udp_observe(fam *f, ntcp_nat_obs *o, ntcp_nat_behaviour_t *b)
         if (!t->got_mapped)
             continue;
         o->seq_local[o->nseq] = f->us[seq_socks[i]].port;
-        o->seq_mapped[o->nseq] = get_port(&t->mapped);
+        o->seq_mapped[o->nseq] = ntcp_sa_port(&t->mapped);
         o->nseq++;
     }
     if (o->got[0])
@@ -754,7 +732,7 @@ static int tcp_socket(fam *f, uv_tcp_t *h, void *data, bool *open, uint16_t lpor
     int len = sizeof local;
     if (uv_tcp_getsockname(h, (struct sockaddr *)&local, &len) < 0)
         return NTCP_ESYS;
-    *bound = get_port(&local);
+    *bound = ntcp_sa_port(&local);
     return 0;
 }
 
@@ -821,7 +799,7 @@ static void tcp_after_map0(fam *f)
     tconn *m0 = &f->tc[T_MAP0];
     if (f->have_other) {
         struct sockaddr_storage alt_ip = f->other;
-        set_port(&alt_ip, get_port(&f->primary));
+        ntcp_sa_set_port(&alt_ip, ntcp_sa_port(&f->primary));
         tconn_start(f, T_MAP1, f->tl[TL_P].port, &alt_ip);
         tconn_start(f, T_MAP2, f->tl[TL_P].port, &f->other);
     } else if (!f->tcp_why[0]) {
@@ -877,7 +855,7 @@ static void tcp_observe(fam *f, ntcp_nat_obs *o, ntcp_nat_behaviour_t *b)
 {
     ntcp_nat_obs_init(o, true);
     o->local = f->local_ip;
-    set_port(&o->local, f->tl[TL_P].port);
+    ntcp_sa_set_port(&o->local, f->tl[TL_P].port);
     static const int map_kinds[3] = {T_MAP0, T_MAP1, T_MAP2};
     for (int i = 0; i < 3; i++) {
         tconn *c = &f->tc[map_kinds[i]];
@@ -894,7 +872,7 @@ static void tcp_observe(fam *f, ntcp_nat_obs *o, ntcp_nat_behaviour_t *b)
         if (!c->got_mapped)
             continue;
         o->seq_local[o->nseq] = c->lport;
-        o->seq_mapped[o->nseq] = get_port(&c->mapped);
+        o->seq_mapped[o->nseq] = ntcp_sa_port(&c->mapped);
         o->nseq++;
     }
     if (o->got[0])
@@ -920,7 +898,7 @@ static int route_source(const struct sockaddr_storage *dst, struct sockaddr_stor
     if (fd < 0)
         return NTCP_ESYS;
     socklen_t len = sizeof *src;
-    int rc = connect(fd, (const struct sockaddr *)dst, sa_len(dst)) == 0 &&
+    int rc = connect(fd, (const struct sockaddr *)dst, ntcp_sa_len(dst)) == 0 &&
                      getsockname(fd, (struct sockaddr *)src, &len) == 0
                  ? 0
                  : NTCP_EUNREACHABLE;
@@ -1034,7 +1012,7 @@ static int resolve(const char *server, int af, struct sockaddr_storage *out)
     if (getaddrinfo(host, NULL, &hints, &res) != 0 || !res)
         return NTCP_ENOTFOUND;
     memcpy(out, res->ai_addr, res->ai_addrlen);
-    set_port(out, port);
+    ntcp_sa_set_port(out, port);
     freeaddrinfo(res);
     return 0;
 }

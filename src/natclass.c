@@ -10,33 +10,6 @@
 #include <stdio.h>
 #include <string.h>
 
-bool ntcp_sockaddr_same_ip(const struct sockaddr *a, const struct sockaddr *b)
-{
-    if (a->sa_family != b->sa_family)
-        return false;
-    if (a->sa_family == AF_INET)
-        return ((const struct sockaddr_in *)a)->sin_addr.s_addr ==
-               ((const struct sockaddr_in *)b)->sin_addr.s_addr;
-    if (a->sa_family == AF_INET6)
-        return memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr,
-                      &((const struct sockaddr_in6 *)b)->sin6_addr, 16) == 0;
-    return false;
-}
-
-static uint16_t port_of(const struct sockaddr *a)
-{
-    if (a->sa_family == AF_INET)
-        return ntohs(((const struct sockaddr_in *)a)->sin_port);
-    if (a->sa_family == AF_INET6)
-        return ntohs(((const struct sockaddr_in6 *)a)->sin6_port);
-    return 0;
-}
-
-bool ntcp_sockaddr_equal(const struct sockaddr *a, const struct sockaddr *b)
-{
-    return ntcp_sockaddr_same_ip(a, b) && port_of(a) == port_of(b);
-}
-
 void ntcp_nat_obs_init(ntcp_nat_obs *o, bool tcp)
 {
     memset(o, 0, sizeof *o);

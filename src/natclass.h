@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "addr.h"
 #include "ntcp.h"
 
 /* Which server endpoint a mapping was observed towards (RFC 5780 4.3). */
@@ -52,10 +53,5 @@ void ntcp_nat_obs_init(ntcp_nat_obs *o, bool tcp);
 /* Classifies o into out. Never guesses: a field that the observations do not
  * settle is UNKNOWN, and out->why says which observation was missing. */
 void ntcp_classify(const ntcp_nat_obs *o, ntcp_nat_behaviour_t *out);
-
-/* True when a and b hold the same address and port. */
-bool ntcp_sockaddr_equal(const struct sockaddr *a, const struct sockaddr *b);
-/* True when a and b hold the same address (ports ignored). */
-bool ntcp_sockaddr_same_ip(const struct sockaddr *a, const struct sockaddr *b);
 
 #endif /* NTCP_NATCLASS_H */

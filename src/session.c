@@ -12,6 +12,7 @@
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 
+#include "addr.h"
 #include "identity.h"
 #include "ntcp.h"
 
@@ -78,35 +79,7 @@ struct ntcp_session {
 
 int ntcp_parse_hostport(const char *s, struct sockaddr_storage *out)
 {
-    char host[64];
-    const char *colon;
-    memset(out, 0, sizeof *out);
-    if (!s)
-        return NTCP_EINVAL;
-    if (s[0] == '[') {
-        const char *end = strchr(s, ']');
-        if (!end || end[1] != ':' || (size_t)(end - s - 1) >= sizeof host)
-            return NTCP_EINVAL;
-        memcpy(host, s + 1, (size_t)(end - s - 1));
-        host[end - s - 1] = '\0';
-        colon = end + 1;
-    } else {
-        colon = strrchr(s, ':');
-        if (!colon || (size_t)(colon - s) >= sizeof host || strchr(s, ':') != colon)
-            return NTCP_EINVAL;
-        memcpy(host, s, (size_t)(colon - s));
-        host[colon - s] = '\0';
-    }
-    char *end;
-    long port = strtol(colon + 1, &end, 10);
-    if (*end || colon[1] == '\0' || port < 0 || port > 65535)
-        return NTCP_EINVAL;
-    if (uv_ip4_addr(host, (int)port, (struct sockaddr_in *)out) == 0)
-        return 0;
-    if (uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)out) == 0)
-        return 0;
-    memset(out, 0, sizeof *out);
-    return NTCP_EINVAL;
+    return ntcp_parse_addr(s, -1, out);
 }
 
 static uint64_t now_ms(ntcp_session *s)

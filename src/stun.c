@@ -782,22 +782,3 @@ const char *stun_class_name(uint8_t cls)
     }
     return "unknown class";
 }
-
-const char *ntcp_addr_str(const struct sockaddr *sa, char *buf, size_t len)
-{
-    char ip[INET6_ADDRSTRLEN];
-    if (!sa || !buf || len == 0)
-        return "?";
-    if (sa->sa_family == AF_INET) {
-        const struct sockaddr_in *sin = (const struct sockaddr_in *)sa;
-        inet_ntop(AF_INET, &sin->sin_addr, ip, sizeof ip);
-        snprintf(buf, len, "%s:%u", ip, ntohs(sin->sin_port));
-    } else if (sa->sa_family == AF_INET6) {
-        const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)sa;
-        inet_ntop(AF_INET6, &sin6->sin6_addr, ip, sizeof ip);
-        snprintf(buf, len, "[%s]:%u", ip, ntohs(sin6->sin6_port));
-    } else {
-        snprintf(buf, len, "(family %d)", sa->sa_family);
-    }
-    return buf;
-}

@@ -25,6 +25,7 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "addr.h"
 #include "ntcp.h"
 
 #define STUN_HEADER_SIZE 20
@@ -262,7 +263,5 @@ size_t stun_framer_pending(const stun_framer *f);
 /* Names for logs: "Binding", "0x0e01", "Success Response" ... */
 const char *stun_method_name(uint16_t method);
 const char *stun_class_name(uint8_t cls);
-/* Formats a sockaddr as "1.2.3.4:5" or "[::1]:5" into buf (at least 64 bytes). */
-const char *ntcp_addr_str(const struct sockaddr *sa, char *buf, size_t len);
 
 #endif /* NTCP_STUN_H */

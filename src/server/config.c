@@ -10,6 +10,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "addr.h"
 #include "stuntd_int.h"
 
 void ntcp_stuntd_config_init(ntcp_stuntd_config *cfg)
@@ -44,50 +45,7 @@ static int parse_port(const char *s, uint16_t *port)
 
 int ntcp_stuntd_parse_addr(const char *s, uint16_t default_port, struct sockaddr_storage *out)
 {
-    char host[INET6_ADDRSTRLEN + 2];
-    const char *portstr = NULL;
-    memset(out, 0, sizeof(*out));
-    if (!s || !*s)
-        return NTCP_EINVAL;
-    if (s[0] == '[') {
-        const char *close = strchr(s, ']');
-        if (!close || (size_t)(close - s - 1) >= sizeof(host))
-            return NTCP_EINVAL;
-        memcpy(host, s + 1, (size_t)(close - s - 1));
-        host[close - s - 1] = '\0';
-        if (close[1] == ':')
-            portstr = close + 2;
-        else if (close[1] != '\0')
-            return NTCP_EINVAL;
-    } else {
-        const char *colon = strchr(s, ':');
-        if (colon && strchr(colon + 1, ':'))
-            colon = NULL; /* a bare IPv6 address */
-        size_t hl = colon ? (size_t)(colon - s) : strlen(s);
-        if (hl >= sizeof(host))
-            return NTCP_EINVAL;
-        memcpy(host, s, hl);
-        host[hl] = '\0';
-        if (colon)
-            portstr = colon + 1;
-    }
-    uint16_t port = default_port;
-    if (portstr && parse_port(portstr, &port) < 0)
-        return NTCP_EINVAL;
-    struct sockaddr_in *v4 = (struct sockaddr_in *)out;
-    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)out;
-    if (s[0] != '[' && inet_pton(AF_INET, host, &v4->sin_addr) == 1) {
-        v4->sin_family = AF_INET;
-        v4->sin_port = htons(port);
-        return 0;
-    }
-    if (inet_pton(AF_INET6, host, &v6->sin6_addr) == 1) {
-        v6->sin6_family = AF_INET6;
-        v6->sin6_port = htons(port);
-        return 0;
-    }
-    memset(out, 0, sizeof(*out));
-    return NTCP_EINVAL;
+    return ntcp_parse_addr(s, default_port, out);
 }
 
 int ntcp_stuntd_config_set_addr(ntcp_stuntd_config *cfg, bool alternate, const char *s)
@@ -198,21 +156,6 @@ int ntcp_stuntd_config_load(ntcp_stuntd_config *cfg, const char *path, char *err
     return 0;
 }
 
-static uint16_t port_of(const struct sockaddr_storage *ss)
-{
-    return ss->ss_family == AF_INET6 ? ntohs(((const struct sockaddr_in6 *)ss)->sin6_port)
-                                     : ntohs(((const struct sockaddr_in *)ss)->sin_port);
-}
-
-static bool same_ip(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
-{
-    if (a->ss_family == AF_INET6)
-        return memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr,
-                      &((const struct sockaddr_in6 *)b)->sin6_addr, 16) == 0;
-    return ((const struct sockaddr_in *)a)->sin_addr.s_addr ==
-           ((const struct sockaddr_in *)b)->sin_addr.s_addr;
-}
-
 int ntcp_stuntd_config_check(const ntcp_stuntd_config *cfg, char *err, size_t errlen)
 {
     static const char *const fam[] = {"IPv4", "IPv6"};
@@ -226,11 +169,11 @@ int ntcp_stuntd_config_check(const ntcp_stuntd_config *cfg, char *err, size_t er
                      fam[fi]);
             return NTCP_ECONFIG;
         }
-        if (same_ip(p, a)) {
+        if (ntcp_sockaddr_same_ip((const struct sockaddr *)p, (const struct sockaddr *)a)) {
             snprintf(err, errlen, "%s: the primary and alternate addresses must differ", fam[fi]);
             return NTCP_ECONFIG;
         }
-        uint16_t pp = port_of(p), ap = port_of(a);
+        uint16_t pp = ntcp_sa_port(p), ap = ntcp_sa_port(a);
         if (pp == ap && pp != 0) {
             snprintf(err, errlen, "%s: the primary and alternate ports must differ (both %u)",
                      fam[fi], pp);

@@ -46,21 +46,6 @@ socklen_t stuntd_salen(const struct sockaddr *sa)
     return sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
 }
 
-static uint16_t sa_port(const struct sockaddr_storage *ss)
-{
-    if (ss->ss_family == AF_INET6)
-        return ntohs(((const struct sockaddr_in6 *)ss)->sin6_port);
-    return ntohs(((const struct sockaddr_in *)ss)->sin_port);
-}
-
-static void sa_set_port(struct sockaddr_storage *ss, uint16_t port)
-{
-    if (ss->ss_family == AF_INET6)
-        ((struct sockaddr_in6 *)ss)->sin6_port = htons(port);
-    else
-        ((struct sockaddr_in *)ss)->sin_port = htons(port);
-}
-
 /* ---- answering one request ---------------------------------------------- */
 
 static size_t build_error(const stun_msg *m, bool parsed, int code, const char *reason,
@@ -275,7 +260,7 @@ static void udp_poll_cb(uv_poll_t *h, int status, int events)
             }
             memcpy(&s->sdst[nout], src, stuntd_salen(src));
             if (r.dport)
-                sa_set_port(&s->sdst[nout], r.dport);
+                ntcp_sa_set_port(&s->sdst[nout], r.dport);
             s->sout[nout] = (uint8_t)(r.oip * 2 + r.oport);
             s->slen[nout] = r.len;
             nout++;
@@ -365,13 +350,13 @@ static int bind_family(ntcp_stuntd *s, int fi, char *err, size_t errlen)
             *u = (stuntd_sock){.s = s, .fam = fi, .ip = i, .port = j, .tcp = false, .fd = -1};
             *t = (stuntd_sock){.s = s, .fam = fi, .ip = i, .port = j, .tcp = true, .fd = -1};
         }
-    bool ephemeral = sa_port(p) == 0 || sa_port(a) == 0;
+    bool ephemeral = ntcp_sa_port(p) == 0 || ntcp_sa_port(a) == 0;
     for (int attempt = 0; attempt < 100; attempt++) {
-        uint16_t ports[2] = {sa_port(p), sa_port(a)};
+        uint16_t ports[2] = {ntcp_sa_port(p), ntcp_sa_port(a)};
         for (int i = 0; i < 2; i++)
             for (int j = 0; j < 2; j++) {
                 f->addr[i][j] = i == 0 ? *p : *a;
-                sa_set_port(&f->addr[i][j], ports[j]);
+                ntcp_sa_set_port(&f->addr[i][j], ports[j]);
             }
         int rc = 0;
         stuntd_sock *failed = NULL;
@@ -390,9 +375,9 @@ static int bind_family(ntcp_stuntd *s, int fi, char *err, size_t errlen)
                     struct sockaddr_storage got;
                     socklen_t gl = sizeof(got);
                     getsockname(sk->fd, (struct sockaddr *)&got, &gl);
-                    ports[j] = sa_port(&got);
+                    ports[j] = ntcp_sa_port(&got);
                     for (int ii = 0; ii < 2; ii++)
-                        sa_set_port(&f->addr[ii][j], ports[j]);
+                        ntcp_sa_set_port(&f->addr[ii][j], ports[j]);
                 }
             }
         }
