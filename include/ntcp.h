@@ -138,6 +138,9 @@ typedef struct ntcp_config {
     size_t size;                     /* sizeof(ntcp_config_t), set by init */
     const char *const *stun_servers; /* "host[:port]" (default port 3478), in order */
     size_t n_stun_servers;
+    const char *broker;   /* the connection broker, "host:port"; NULL: none */
+    const char *name;     /* the name this peer registers under; NULL: none */
+    const char *key_file; /* Ed25519 identity (made on first use, mode 0600) */
 } ntcp_config_t;
 
 void ntcp_config_init(ntcp_config_t *cfg);
@@ -146,15 +149,23 @@ void ntcp_config_init(ntcp_config_t *cfg);
  * *out is the caller's, to be released with ntcp_free(). */
 int ntcp_new(const ntcp_config_t *cfg, ntcp_t **out);
 
-/* Makes a context from an INI file (see docs/ntcp.conf.md). Recognised:
- * `stun_server` (or NTCP 0.2's `WellKnownStunServer`) in any section, once or
- * several times, each value one server or a list separated by commas or
- * spaces, with `=` or `:`. Returns NTCP_ECONFIG when the file cannot be read
- * or a line is invalid. */
+/* Makes a context from an INI file (docs/configuration.md), keys written
+ * with `=` or `:`:
+ *   stun_server (or NTCP 0.2's WellKnownStunServer), in any section, once or
+ *     several times, each value one server or a list separated by commas or
+ *     spaces;
+ *   ConnectionBroker (NTCP 0.2's, in its [holePunch]), in any section;
+ *   broker, name, key_file: in [ntcp] or before any section.
+ * Returns NTCP_ECONFIG when the file cannot be read or a value is invalid. */
 int ntcp_new_from_file(const char *path, ntcp_t **out);
 
 /* Adds a STUN server at the end of the list (copied). */
 int ntcp_add_stun_server(ntcp_t *ctx, const char *server);
+
+/* The context's settings, or NULL when unset. Owned by the context. */
+const char *ntcp_get_broker(const ntcp_t *ctx);
+const char *ntcp_get_name(const ntcp_t *ctx);
+const char *ntcp_get_key_file(const ntcp_t *ctx);
 
 void ntcp_free(ntcp_t *ctx);
 

@@ -33,6 +33,41 @@ int ntcp_add_stun_server(ntcp_t *ctx, const char *server)
     return 0;
 }
 
+/* Replaces *slot with a copy of value (NULL clears it). */
+static int set_string(char **slot, const char *value)
+{
+    char *copy = NULL;
+    if (value && !(copy = strdup(value)))
+        return NTCP_ENOMEM;
+    free(*slot);
+    *slot = copy;
+    return 0;
+}
+
+static int set_broker(ntcp_t *ctx, const char *value)
+{
+    char host[256];
+    uint16_t port;
+    if (value && (ntcp_split_host_port(value, host, sizeof host, &port, 0) < 0 || port == 0))
+        return NTCP_EINVAL; /* the broker has no default port: say which */
+    return set_string(&ctx->broker, value);
+}
+
+const char *ntcp_get_broker(const ntcp_t *ctx)
+{
+    return ctx ? ctx->broker : NULL;
+}
+
+const char *ntcp_get_name(const ntcp_t *ctx)
+{
+    return ctx ? ctx->name : NULL;
+}
+
+const char *ntcp_get_key_file(const ntcp_t *ctx)
+{
+    return ctx ? ctx->key_file : NULL;
+}
+
 int ntcp_new(const ntcp_config_t *cfg, ntcp_t **out)
 {
     if (!out)
@@ -50,6 +85,19 @@ int ntcp_new(const ntcp_config_t *cfg, ntcp_t **out)
             return rc;
         }
     }
+    /* Fields added after the first version are read only when the caller's
+     * struct has them. */
+    if (cfg && cfg->size >= offsetof(ntcp_config_t, key_file) + sizeof cfg->key_file) {
+        int rc = set_broker(ctx, cfg->broker);
+        if (rc == 0)
+            rc = set_string(&ctx->name, cfg->name);
+        if (rc == 0)
+            rc = set_string(&ctx->key_file, cfg->key_file);
+        if (rc < 0) {
+            ntcp_free(ctx);
+            return rc;
+        }
+    }
     *out = ctx;
     return 0;
 }
@@ -62,14 +110,27 @@ struct ini_state {
 static int on_ini_line(void *user, const char *section, const char *name, const char *value)
 {
     struct ini_state *st = user;
-    (void)section;
+    /* The peer's own keys live in [ntcp] (or before any section), so that a
+     * file shared with the servers keeps their sections apart. */
+    bool own = !*section || !strcasecmp(section, "ntcp");
+    int rc = 0;
+    if ((own && !strcasecmp(name, "broker")) || !strcasecmp(name, "ConnectionBroker"))
+        rc = set_broker(st->ctx, value);
+    else if (own && !strcasecmp(name, "name"))
+        rc = set_string(&st->ctx->name, value);
+    else if (own && !strcasecmp(name, "key_file"))
+        rc = set_string(&st->ctx->key_file, value);
+    if (rc < 0) {
+        st->err = rc;
+        return 0;
+    }
     if (strcasecmp(name, "stun_server") && strcasecmp(name, "WellKnownStunServer"))
-        return 1; /* other keys belong to other parts (servers, broker) */
+        return 1; /* other keys belong to other parts (the servers' sections) */
     char list[1024];
     snprintf(list, sizeof list, "%s", value);
     char *save = NULL;
     for (char *tok = strtok_r(list, ", \t", &save); tok; tok = strtok_r(NULL, ", \t", &save)) {
-        int rc = ntcp_add_stun_server(st->ctx, tok);
+        rc = ntcp_add_stun_server(st->ctx, tok);
         if (rc < 0) {
             st->err = rc;
             return 0;
@@ -100,5 +161,8 @@ void ntcp_free(ntcp_t *ctx)
     for (size_t i = 0; i < ctx->n_stun_servers; i++)
         free(ctx->stun_servers[i]);
     free(ctx->stun_servers);
+    free(ctx->broker);
+    free(ctx->name);
+    free(ctx->key_file);
     free(ctx);
 }

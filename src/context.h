@@ -11,6 +11,7 @@
 struct ntcp {
     char **stun_servers; /* owned, each malloc'd */
     size_t n_stun_servers;
+    char *broker, *name, *key_file; /* owned, or NULL */
 };
 
 #endif /* NTCP_CONTEXT_H */

@@ -166,7 +166,41 @@ static void test_config_file(void **state)
     close(fd);
     ntcp_t *ctx;
     assert_int_equal(ntcp_new_from_file(path, &ctx), 0);
+    assert_null(ntcp_get_broker(ctx));
     ntcp_free(ctx);
+
+    /* NTCP 0.2's [holePunch] ConnectionBroker, and the peer's own keys in
+     * [ntcp]; a `name` in another section belongs to someone else. */
+    fd = open(path, O_WRONLY | O_TRUNC);
+    const char *peer = "name = alice\nkey_file = /tmp/alice.key\n[holePunch]\n"
+                       "ConnectionBroker: 198.51.100.9:8888\n[stunt]\nname = not-us\n";
+    assert_int_equal(write(fd, peer, strlen(peer)), (ssize_t)strlen(peer));
+    close(fd);
+    assert_int_equal(ntcp_new_from_file(path, &ctx), 0);
+    assert_string_equal(ntcp_get_broker(ctx), "198.51.100.9:8888");
+    assert_string_equal(ntcp_get_name(ctx), "alice");
+    assert_string_equal(ntcp_get_key_file(ctx), "/tmp/alice.key");
+    ntcp_free(ctx);
+
+    /* A broker needs its port. */
+    fd = open(path, O_WRONLY | O_TRUNC);
+    const char *noport = "[ntcp]\nbroker = 198.51.100.9\n";
+    assert_int_equal(write(fd, noport, strlen(noport)), (ssize_t)strlen(noport));
+    close(fd);
+    assert_int_equal(ntcp_new_from_file(path, &ctx), NTCP_ECONFIG);
+
+    /* The same from the struct. */
+    ntcp_config_t cfg;
+    ntcp_config_init(&cfg);
+    cfg.broker = "[2001:db8::9]:8888";
+    cfg.name = "bob";
+    assert_int_equal(ntcp_new(&cfg, &ctx), 0);
+    assert_string_equal(ntcp_get_broker(ctx), "[2001:db8::9]:8888");
+    assert_string_equal(ntcp_get_name(ctx), "bob");
+    assert_null(ntcp_get_key_file(ctx));
+    ntcp_free(ctx);
+    cfg.broker = "[2001:db8::9]";
+    assert_int_equal(ntcp_new(&cfg, &ctx), NTCP_EINVAL);
     assert_int_equal(ntcp_new_from_file("/nonexistent/ntcp.conf", &ctx), NTCP_ECONFIG);
     fd = open(path, O_WRONLY | O_TRUNC);
     const char *bad = "[discover]\nstun_server = 192.0.2.1:99999\n";
