@@ -74,8 +74,9 @@ export NTCP_LAB_PREFIX=$lab_prefix
   --primary '[2001:db8::10]:3478' --alternate '[2001:db8::11]:3479' --log-level warn &
 lab_server_pid=$!
 wait_answer 203.0.113.10:3478 "$LAB" exec relay --
+# `server` resolves to both of its families inside the lab (docs/lab.md).
 for host in a b; do
-  show "$LAB" exec $host -- "$NTCP" discover --server 203.0.113.10
+  show "$LAB" exec $host -- "$NTCP" discover --server server
 done
 echo
 echo "demo: done (the lab is taken down on exit)"
