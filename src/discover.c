@@ -887,6 +887,9 @@ static void tcp_observe(fam *f, ntcp_nat_obs *o, ntcp_nat_behaviour_t *b)
         b->mapped = o->mapped[0];
     if (f->tcp_why[0] && (b->mapping == NTCP_DEP_UNKNOWN || b->filtering == NTCP_DEP_UNKNOWN))
         prepend_why(b, f->tcp_why);
+    if ((f->d->flags & NTCP_DISCOVER_LIFETIME) && b->reach == NTCP_REACH_NAT)
+        append_why(b, "lifetime: not measured over TCP (an established mapping must live "
+                      "2 h 4 min at least, RFC 5382 REQ-5: hours to measure)");
 }
 
 /* ---------------------------------------------------------------- run */
