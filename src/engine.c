@@ -1,0 +1,985 @@
+/*
+ * engine.c: runs this end's traversal plan on a libuv loop: the attempts'
+ * sockets at their offsets, the key proof on each connection from the peer,
+ * one winner agreed with the peer, everything else closed (engine.h).
+ */
+#include "engine.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/errqueue.h>
+#include <stdarg.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "addr.h"
+
+/* Connections under proof at once: more would only be a peer (or a
+ * stranger) flooding us. */
+#define ENGINE_MAX_VERIFY 8
+
+/* The byte the requester sends on the connection it keeps, right after its
+ * proof succeeded (see select_* below). */
+#define ENGINE_SELECT_BYTE 0x53
+
+/* A punch's SYN is sent again this often (see punch_one). */
+#define ENGINE_REPUNCH_MS 800
+/* After an ICMP error or RST ended a punch socket: punch again this soon,
+ * at most this many times per attempt. */
+#define ENGINE_REPUNCH_RETRY_MS 10
+#define ENGINE_MAX_REPUNCH 24
+
+enum { SK_CONNECT = 1, SK_LISTEN, SK_SELECT };
+
+typedef struct eattempt eattempt;
+
+typedef struct esock {
+    uv_poll_t poll;
+    ntcp_engine *e;
+    eattempt *at;
+    struct esock *next;
+    int fd;
+    int kind;
+    unsigned idx; /* SK_CONNECT: which target of the window */
+    /* SK_SELECT: the verified connection waiting for the requester's choice */
+    struct sockaddr_storage local, remote;
+    int64_t connected_ms;
+    uint8_t binding[VERIFY_BINDING_SIZE];
+} esock;
+
+struct eattempt {
+    plan_attempt p;
+    ntcp_attempt_report *rep;
+    bool started, stopped;
+    uint16_t issued;
+    uint64_t next_at; /* next re-issue on the loop clock, 0 = none */
+    uint16_t port;    /* fixed local port once known (SESSION, FRESH) */
+    /* Targets whose connect was refused, to be tried again at retry_at. */
+    uint64_t retry_at;
+    uint32_t retry_mask;
+    unsigned repunches; /* punches sent again after an ICMP error or RST */
+};
+
+typedef struct everif {
+    ntcp_engine *e;
+    eattempt *at;
+    ntcp_verify *v;
+    struct everif *next;
+    struct sockaddr_storage local, remote;
+    int64_t connected_ms;
+} everif;
+
+struct ntcp_engine {
+    uv_loop_t *loop;
+    uv_timer_t timer;
+    ntcp_engine_cb cb;
+    void *user;
+    plan plan;
+    size_t nat;
+    eattempt at[PLAN_MAX_ATTEMPTS];
+    esock *socks;
+    everif *verifs;
+    unsigned nverif;
+    unsigned refs; /* the timer, every esock until closed, every verify until its callback */
+    bool done;
+    ntcp_engine_result res;
+    ntcp_verify_params vp;
+    char name[BROKER_NAME_MAX + 1], peer_name[BROKER_NAME_MAX + 1];
+    uint16_t session_port;
+    struct sockaddr_storage local_addr;
+    uint64_t start_at, t0, plan_end, hard_end;
+    uint8_t learn_ttl;
+    int last_verify_err;
+    const char *last_verify_why;
+};
+
+const char *ntcp_attempt_outcome_name(ntcp_attempt_outcome_t o)
+{
+    switch (o) {
+    case NTCP_ATTEMPT_NOT_STARTED: return "not-started";
+    case NTCP_ATTEMPT_RUNNING: return "running";
+    case NTCP_ATTEMPT_WON: return "won";
+    case NTCP_ATTEMPT_CONNECTED: return "connected";
+    case NTCP_ATTEMPT_REFUSED: return "refused";
+    case NTCP_ATTEMPT_TIMED_OUT: return "timed-out";
+    case NTCP_ATTEMPT_VERIFY_FAILED: return "verify-failed";
+    case NTCP_ATTEMPT_FAILED: return "failed";
+    case NTCP_ATTEMPT_CANCELLED: return "cancelled";
+    }
+    return "?";
+}
+
+static int64_t rel_now(const ntcp_engine *e)
+{
+    return (int64_t)uv_now(e->loop) - (int64_t)e->start_at;
+}
+
+static void maybe_free(ntcp_engine *e)
+{
+    if (e->done && e->refs == 0)
+        free(e);
+}
+
+static void unref(ntcp_engine *e)
+{
+    e->refs--;
+    maybe_free(e);
+}
+
+/* ---- sockets ---- */
+
+static void on_sock_closed(uv_handle_t *h)
+{
+    esock *s = h->data;
+    ntcp_engine *e = s->e;
+    free(s);
+    unref(e);
+}
+
+/* Unlinks s, stops watching it, closes its descriptor unless keep_fd (it
+ * went to the proof), and frees it once libuv let go of the handle. */
+static void sock_close(esock *s, bool keep_fd)
+{
+    ntcp_engine *e = s->e;
+    for (esock **pp = &e->socks; *pp; pp = &(*pp)->next)
+        if (*pp == s) {
+            *pp = s->next;
+            break;
+        }
+    uv_poll_stop(&s->poll);
+    if (!keep_fd && s->fd >= 0)
+        close(s->fd);
+    s->fd = -1;
+    uv_close((uv_handle_t *)&s->poll, on_sock_closed);
+}
+
+static void on_poll(uv_poll_t *h, int status, int events);
+
+/* Watches fd (which it owns from now on; closed on failure). */
+static esock *sock_watch(ntcp_engine *e, eattempt *at, int fd, int kind, int events)
+{
+    esock *s = calloc(1, sizeof *s);
+    if (!s) {
+        close(fd);
+        return NULL;
+    }
+    if (uv_poll_init(e->loop, &s->poll, fd) < 0) {
+        free(s);
+        close(fd);
+        return NULL;
+    }
+    s->poll.data = s;
+    s->e = e;
+    s->at = at;
+    s->fd = fd;
+    s->kind = kind;
+    s->next = e->socks;
+    e->socks = s;
+    e->refs++;
+    uv_poll_start(&s->poll, events, on_poll);
+    return s;
+}
+
+/* A non-blocking TCP socket of family fam bound to port (0 = any), with
+ * SO_REUSEADDR and SO_REUSEPORT when the port is fixed or will be shared.
+ * Returns the fd or -errno. */
+static int bound_socket(ntcp_engine *e, int fam, uint16_t port, bool reuse)
+{
+    int fd = socket(fam, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    int one = 1;
+    if (reuse && (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
+                  setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0)) {
+        int err = errno;
+        close(fd);
+        return -err;
+    }
+    struct sockaddr_storage la;
+    if (e->local_addr.ss_family == fam) {
+        la = e->local_addr;
+    } else {
+        memset(&la, 0, sizeof la);
+        la.ss_family = (sa_family_t)fam;
+    }
+    ntcp_sa_set_port(&la, port);
+    if ((port != 0 || e->local_addr.ss_family == fam) &&
+        bind(fd, (struct sockaddr *)&la, ntcp_sa_len(&la)) < 0) {
+        int err = errno;
+        close(fd);
+        return -err;
+    }
+    return fd;
+}
+
+static void attempt_fail(ntcp_engine *e, eattempt *at, int err, int sys, const char *why);
+
+/* The i-th target of the attempt's window; false when it falls outside the
+ * port range. */
+static bool target_at(const eattempt *at, unsigned i, struct sockaddr_storage *out)
+{
+    *out = at->p.target.addr;
+    int64_t port = (int64_t)ntcp_sa_port(out) + (int64_t)i * at->p.target.step;
+    if (port < 1 || port > 65535)
+        return false;
+    ntcp_sa_set_port(out, (uint16_t)port);
+    return true;
+}
+
+static void on_connection(ntcp_engine *e, eattempt *at, int fd);
+static void arm(ntcp_engine *e);
+
+static void listen_start(ntcp_engine *e, eattempt *at)
+{
+    int fam = at->p.target.addr.ss_family;
+    int fd = bound_socket(e, fam, at->port, true);
+    if (fd < 0) {
+        attempt_fail(e, at, NTCP_ESYS, -fd, "cannot bind the local port to listen");
+        return;
+    }
+    if (listen(fd, 8) < 0) {
+        int err = errno;
+        close(fd);
+        attempt_fail(e, at, NTCP_ESYS, err, "listen() failed");
+        return;
+    }
+    if (at->port == 0) { /* FRESH: the port the kernel chose is the attempt's */
+        struct sockaddr_storage la;
+        socklen_t sl = sizeof la;
+        if (getsockname(fd, (struct sockaddr *)&la, &sl) == 0)
+            at->port = ntcp_sa_port(&la);
+    }
+    if (!sock_watch(e, at, fd, SK_LISTEN, UV_READABLE))
+        attempt_fail(e, at, NTCP_ENOMEM, 0, "cannot watch the listener");
+}
+
+/* One connect() to target i. The connecting socket of the previous issue to
+ * the same target goes first: two sockets cannot hold one 4-tuple, and a
+ * fresh SYN is what a re-issue is for. */
+static void connect_one(ntcp_engine *e, eattempt *at, unsigned i, const struct sockaddr_storage *dst)
+{
+    for (esock *s = e->socks; s; s = s->next)
+        if (s->at == at && s->kind == SK_CONNECT && s->idx == i) {
+            sock_close(s, false);
+            break;
+        }
+    int fd = bound_socket(e, dst->ss_family, at->port, at->port != 0);
+    if (fd < 0) {
+        at->rep->sys_errno = -fd;
+        return;
+    }
+    at->rep->syns++;
+    if (connect(fd, (const struct sockaddr *)dst, ntcp_sa_len(dst)) == 0) {
+        on_connection(e, at, fd);
+        return;
+    }
+    if (errno != EINPROGRESS) {
+        at->rep->sys_errno = errno;
+        if (errno == ECONNREFUSED)
+            at->rep->refusals++;
+        close(fd);
+        return;
+    }
+    esock *s = sock_watch(e, at, fd, SK_CONNECT, UV_WRITABLE);
+    if (s)
+        s->idx = i;
+}
+
+/* A SYN with a low TTL from the attempt's port: it opens our NAT's mapping
+ * and dies before the peer. The socket is kept, in SYN-SENT, with the
+ * normal TTL restored once the SYN has left: when the peer's SYN comes in
+ * through the hole, this socket answers it (a simultaneous open) with a
+ * SYN-ACK carrying the punch's own sequence number. A listener's SYN-ACK
+ * would carry a new one, which a NAT that tracks TCP windows (Linux
+ * conntrack: the punch's ISN plus one window, a few ms of ISN clock) drops
+ * as invalid or lets out untranslated. The listener stays as a fallback
+ * (after an ICMP error ended this socket). Re-punched every
+ * ENGINE_REPUNCH_MS, before the kernel would retransmit the SYN at the
+ * normal TTL (initial RTO 1 s, RFC 6298). */
+static void punch_one(ntcp_engine *e, eattempt *at, unsigned i, const struct sockaddr_storage *dst)
+{
+    for (esock *s = e->socks; s; s = s->next)
+        if (s->at == at && s->kind == SK_CONNECT && s->idx == i) {
+            sock_close(s, false);
+            break;
+        }
+    int fd = bound_socket(e, dst->ss_family, at->port, true);
+    if (fd < 0) {
+        at->rep->sys_errno = -fd;
+        return;
+    }
+    int ttl = at->p.ttl != PLAN_TTL_LEARN ? at->p.ttl : e->learn_ttl, deflt = -1;
+    bool v6 = dst->ss_family == AF_INET6;
+    int lvl = v6 ? IPPROTO_IPV6 : IPPROTO_IP, opt = v6 ? IPV6_UNICAST_HOPS : IP_TTL;
+    if (setsockopt(fd, lvl, opt, &ttl, sizeof ttl) < 0) {
+        at->rep->sys_errno = errno;
+        close(fd);
+        return;
+    }
+    at->rep->syns++;
+    if (connect(fd, (const struct sockaddr *)dst, ntcp_sa_len(dst)) < 0 && errno != EINPROGRESS) {
+        at->rep->sys_errno = errno;
+        close(fd);
+        return;
+    }
+    setsockopt(fd, lvl, opt, &deflt, sizeof deflt); /* -1: the system's default */
+    /* Queue ICMP errors, so that one can be told from an RST (both end the
+     * socket with ECONNREFUSED when the port is unreachable). */
+    int one = 1;
+    setsockopt(fd, lvl, v6 ? IPV6_RECVERR : IP_RECVERR, &one, sizeof one);
+    esock *s = sock_watch(e, at, fd, SK_CONNECT, UV_WRITABLE);
+    if (s)
+        s->idx = i;
+}
+
+/* Whether the error that ended fd came from an ICMP message (IP_RECVERR
+ * queued it) rather than an RST. */
+static bool icmp_error(int fd)
+{
+    uint8_t data[64];
+    union {
+        char buf[512];
+        struct cmsghdr align;
+    } ctl;
+    struct iovec iov = {.iov_base = data, .iov_len = sizeof data};
+    struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf,
+                       .msg_controllen = sizeof ctl.buf};
+    if (recvmsg(fd, &m, MSG_ERRQUEUE | MSG_DONTWAIT) < 0)
+        return false;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c)) {
+        if ((c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_RECVERR) ||
+            (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_RECVERR)) {
+            struct sock_extended_err ee;
+            memcpy(&ee, CMSG_DATA(c), sizeof ee);
+            return ee.ee_origin == SO_EE_ORIGIN_ICMP || ee.ee_origin == SO_EE_ORIGIN_ICMP6;
+        }
+    }
+    return false;
+}
+
+static void attempt_issue(ntcp_engine *e, eattempt *at)
+{
+    at->issued++;
+    for (unsigned i = 0; i < at->p.target.count && !at->stopped; i++) {
+        struct sockaddr_storage dst;
+        if (!target_at(at, i, &dst))
+            continue;
+        if (at->p.role == PLAN_PUNCH)
+            punch_one(e, at, i, &dst);
+        else
+            connect_one(e, at, i, &dst);
+    }
+    if (!at->stopped && at->p.role == PLAN_PUNCH)
+        at->next_at = uv_now(e->loop) + ENGINE_REPUNCH_MS;
+    else if (!at->stopped && at->issued < at->p.repeats && at->p.repeat_ms > 0)
+        at->next_at = uv_now(e->loop) + at->p.repeat_ms;
+    else
+        at->next_at = 0;
+}
+
+/* Closes the attempt's sockets; a connection already under proof goes on. */
+static void attempt_stop(ntcp_engine *e, eattempt *at, ntcp_attempt_outcome_t outcome)
+{
+    if (at->stopped)
+        return;
+    at->stopped = true;
+    at->next_at = 0;
+    at->rep->ended_ms = rel_now(e);
+    at->retry_at = 0;
+    if (at->rep->outcome == NTCP_ATTEMPT_RUNNING) {
+        if (outcome == NTCP_ATTEMPT_TIMED_OUT && at->rep->connections > 0)
+            outcome = NTCP_ATTEMPT_VERIFY_FAILED;
+        else if (outcome == NTCP_ATTEMPT_TIMED_OUT && at->rep->syns > 0 &&
+                 at->rep->refusals == at->rep->syns)
+            outcome = NTCP_ATTEMPT_REFUSED;
+        at->rep->outcome = outcome;
+    }
+    esock *s = e->socks;
+    while (s) {
+        esock *n = s->next;
+        if (s->at == at && s->kind != SK_SELECT)
+            sock_close(s, false);
+        s = n;
+    }
+}
+
+static void attempt_fail(ntcp_engine *e, eattempt *at, int err, int sys, const char *why)
+{
+    at->rep->err = err;
+    at->rep->sys_errno = sys;
+    at->rep->why = why;
+    if (at->rep->outcome == NTCP_ATTEMPT_RUNNING || at->rep->outcome == NTCP_ATTEMPT_NOT_STARTED)
+        at->rep->outcome = NTCP_ATTEMPT_FAILED;
+    if (at->rep->started_ms < 0)
+        at->rep->started_ms = rel_now(e);
+    attempt_stop(e, at, NTCP_ATTEMPT_FAILED);
+}
+
+static void attempt_start(ntcp_engine *e, eattempt *at)
+{
+    at->started = true;
+    at->rep->started_ms = rel_now(e);
+    at->rep->outcome = NTCP_ATTEMPT_RUNNING;
+    int fam = at->p.target.addr.ss_family;
+    if (at->p.role == PLAN_RAW_SYN) {
+        attempt_fail(e, at, NTCP_EUNREACHABLE, 0,
+                     "raw-SYN methods (STUNT#1, NATBlaster) are not supported by the engine yet");
+        return;
+    }
+    if (fam != AF_INET && fam != AF_INET6) {
+        attempt_fail(e, at, NTCP_EINVAL, 0, "no target address");
+        return;
+    }
+    if (at->p.local == PLAN_LOCAL_SESSION) {
+        if (e->session_port == 0) {
+            attempt_fail(e, at, NTCP_EINVAL, 0, "the session's local port is unknown");
+            return;
+        }
+        at->port = e->session_port;
+    }
+    /* A fixed port listens too: a SYN that crossed ours, or came after an
+     * RST/ICMP ended our connect, is still taken. */
+    bool fixed = at->p.local != PLAN_LOCAL_ANY;
+    if (at->p.role == PLAN_ACCEPT || at->p.role == PLAN_PUNCH || fixed)
+        listen_start(e, at);
+    if (at->stopped || at->p.role == PLAN_ACCEPT)
+        return;
+    attempt_issue(e, at);
+}
+
+/* ---- the proof and the choice ---- */
+
+static void finish(ntcp_engine *e, int err, const char *reason);
+static void maybe_finish_early(ntcp_engine *e);
+static const char *role_name(plan_role_t r);
+
+static bool is_requester(const ntcp_engine *e)
+{
+    return e->vp.role == BROKER_ROLE_REQUESTER;
+}
+
+static void win(ntcp_engine *e, eattempt *at, int fd, const struct sockaddr_storage *local,
+                const struct sockaddr_storage *remote, int64_t connected_ms,
+                const uint8_t binding[VERIFY_BINDING_SIZE])
+{
+    ntcp_engine_result *r = &e->res;
+    r->fd = fd;
+    r->method = at->p.method;
+    r->attempt_id = at->p.id;
+    r->role = at->p.role;
+    r->local = *local;
+    r->remote = *remote;
+    r->connected_ms = connected_ms;
+    r->verified_ms = rel_now(e);
+    memcpy(r->binding, binding, VERIFY_BINDING_SIZE);
+    at->rep->outcome = NTCP_ATTEMPT_WON;
+    char a[64], b[64];
+    snprintf(r->reason, sizeof r->reason, "%s (attempt %u, %s) %s -> %s",
+             ntcp_method_name(at->p.method), at->p.id, role_name(at->p.role),
+             ntcp_addr_str((const struct sockaddr *)local, a, sizeof a),
+             ntcp_addr_str((const struct sockaddr *)remote, b, sizeof b));
+    finish(e, 0, NULL);
+}
+
+/* A connection of the attempt failed its proof: the attempt goes on until
+ * its stop time; once stopped, that is what it ends as. */
+static void verify_failed(ntcp_engine *e, eattempt *at, int err, const char *why)
+{
+    e->last_verify_err = err;
+    e->last_verify_why = why;
+    at->rep->err = err;
+    at->rep->why = why;
+    if (at->stopped && at->rep->outcome != NTCP_ATTEMPT_WON)
+        at->rep->outcome = NTCP_ATTEMPT_VERIFY_FAILED;
+}
+
+static void on_verified(ntcp_verify *v, const ntcp_verify_result *r, void *user)
+{
+    (void)v;
+    everif *ev = user;
+    ntcp_engine *e = ev->e;
+    for (everif **pp = &e->verifs; *pp; pp = &(*pp)->next)
+        if (*pp == ev) {
+            *pp = ev->next;
+            break;
+        }
+    e->nverif--;
+    eattempt *at = ev->at;
+    if (r->err != 0) {
+        if (!e->done)
+            verify_failed(e, at, r->err, r->why);
+    } else if (e->done) {
+        close(r->fd);
+    } else if (is_requester(e)) {
+        /* Both ends may verify two connections (two attempts met) and each
+         * take a different one first. The requester decides: it sends one
+         * byte on the connection it keeps and closes the others; the target
+         * takes the connection that byte arrives on. */
+        uint8_t b = ENGINE_SELECT_BYTE;
+        if (send(r->fd, &b, 1, MSG_NOSIGNAL) == 1) {
+            win(e, at, r->fd, &ev->local, &ev->remote, ev->connected_ms, r->binding);
+        } else {
+            close(r->fd);
+            verify_failed(e, at, NTCP_ECLOSED, "the peer closed after the proof");
+        }
+    } else {
+        esock *s = sock_watch(e, at, r->fd, SK_SELECT, UV_READABLE | UV_DISCONNECT);
+        if (s) {
+            s->local = ev->local;
+            s->remote = ev->remote;
+            s->connected_ms = ev->connected_ms;
+            memcpy(s->binding, r->binding, VERIFY_BINDING_SIZE);
+        }
+    }
+    free(ev);
+    if (!e->done)
+        maybe_finish_early(e);
+    unref(e);
+}
+
+static void maybe_finish_early(ntcp_engine *e)
+{
+    if (e->done || e->verifs)
+        return;
+    for (esock *s = e->socks; s; s = s->next)
+        if (s->kind == SK_SELECT)
+            return;
+    for (size_t i = 0; i < e->nat; i++)
+        if (!e->at[i].stopped)
+            return;
+    char why[160];
+    if (e->last_verify_err) {
+        snprintf(why, sizeof why, "every attempt ended; the last key proof failed: %s",
+                 e->last_verify_why ? e->last_verify_why : "?");
+        finish(e, e->last_verify_err == NTCP_EINTEGRITY ? NTCP_EINTEGRITY : NTCP_EUNREACHABLE, why);
+    } else if (uv_now(e->loop) >= e->plan_end) {
+        finish(e, NTCP_ETIMEDOUT, "no connection by the plan's deadline");
+    } else {
+        finish(e, NTCP_EUNREACHABLE, "every attempt was refused or failed before the deadline");
+    }
+}
+
+/* A TCP connection with the peer (connected or accepted): to the proof. */
+static void on_connection(ntcp_engine *e, eattempt *at, int fd)
+{
+    int64_t now = rel_now(e);
+    at->rep->connections++;
+    if (at->rep->connected_ms < 0)
+        at->rep->connected_ms = now;
+    if (e->done || e->nverif >= ENGINE_MAX_VERIFY) {
+        close(fd);
+        return;
+    }
+    everif *ev = calloc(1, sizeof *ev);
+    if (!ev) {
+        close(fd);
+        return;
+    }
+    ev->e = e;
+    ev->at = at;
+    ev->connected_ms = now;
+    socklen_t sl = sizeof ev->local;
+    getsockname(fd, (struct sockaddr *)&ev->local, &sl);
+    sl = sizeof ev->remote;
+    getpeername(fd, (struct sockaddr *)&ev->remote, &sl);
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (ntcp_verify_start(e->loop, fd, &e->vp, on_verified, ev, &ev->v) < 0) {
+        close(fd);
+        free(ev);
+        verify_failed(e, at, NTCP_ESYS, "cannot start the key proof");
+        return;
+    }
+    ev->next = e->verifs;
+    e->verifs = ev;
+    e->nverif++;
+    e->refs++;
+}
+
+static void on_poll(uv_poll_t *h, int status, int events)
+{
+    esock *s = h->data;
+    ntcp_engine *e = s->e;
+    eattempt *at = s->at;
+    (void)events;
+    if (e->done)
+        return;
+    if (s->kind == SK_CONNECT) {
+        int err = 0;
+        socklen_t sl = sizeof err;
+        if (getsockopt(s->fd, SOL_SOCKET, SO_ERROR, &err, &sl) < 0)
+            err = errno;
+        if (err == 0 && status < 0)
+            err = EIO;
+        if (err == 0) {
+            int fd = s->fd;
+            sock_close(s, true);
+            on_connection(e, at, fd);
+        } else {
+            at->rep->sys_errno = err;
+            if (at->p.role == PLAN_PUNCH) {
+                /* An ICMP error (time exceeded from a router past our NAT,
+                 * port unreachable) or an RST ended the punch socket; our
+                 * NAT's mapping may well live on. The punch socket is what
+                 * must answer the peer's SYN (see punch_one), so punch
+                 * again shortly: routers rate-limit their ICMP errors (Linux:
+                 * a burst of 6, then one a second), so a later punch
+                 * survives. Not after an RST: it has ended our NAT's state
+                 * for that SYN (the known limit of docs/traversal.md), and
+                 * punching again at once would only draw more RSTs (from a
+                 * fresh port, each a new mapping); the regular re-punch
+                 * comes later. The listener stays meanwhile. */
+                unsigned i = s->idx;
+                bool icmp = icmp_error(s->fd);
+                sock_close(s, false);
+                if (!at->stopped && i < 32 && at->repunches < ENGINE_MAX_REPUNCH &&
+                    (err != ECONNREFUSED || icmp)) {
+                    at->repunches++;
+                    at->retry_mask |= 1u << i;
+                    if (!at->retry_at) {
+                        at->retry_at = uv_now(e->loop) + ENGINE_REPUNCH_RETRY_MS;
+                        arm(e);
+                    }
+                }
+                return;
+            }
+            if (err == ECONNREFUSED || err == EHOSTUNREACH || err == ENETUNREACH)
+                at->rep->refusals++;
+            /* Refused: nobody listens there yet (the peer's start may lag
+             * ours by half a broker round trip) or its NAT answered before
+             * its hole existed. Try that target again shortly, until the
+             * attempt's stop; not from a fresh port, where each new SYN
+             * after a reset is a new mapping and moves the peer's
+             * prediction. */
+            unsigned i = s->idx;
+            sock_close(s, false);
+            /* From the session port, at once: while no socket of ours is in
+             * SYN-SENT on this 4-tuple, the peer's SYN finds our listener,
+             * whose SYN-ACK carries another sequence number than the SYN
+             * our NAT recorded; Linux conntrack then marks the rest of the
+             * connection invalid (and a lab NAT lets it out untranslated).
+             * A socket connecting again answers with its own, recorded ISN.
+             * Bounded by the refusal count; each try waits one round trip. */
+            if (!at->stopped && at->p.local == PLAN_LOCAL_SESSION && i < 32 &&
+                at->rep->refusals < 32) {
+                struct sockaddr_storage dst;
+                if (target_at(at, i, &dst))
+                    connect_one(e, at, i, &dst);
+                return;
+            }
+            if (!at->stopped && at->p.local != PLAN_LOCAL_FRESH && i < 32 &&
+                at->rep->refusals < 64) {
+                at->retry_mask |= 1u << i;
+                if (!at->retry_at) {
+                    uint32_t d = e->plan.rtt_ms > 50 ? e->plan.rtt_ms : 50;
+                    at->retry_at = uv_now(e->loop) + d;
+                    arm(e);
+                }
+            }
+        }
+    } else if (s->kind == SK_LISTEN) {
+        for (;;) {
+            struct sockaddr_storage from;
+            socklen_t sl = sizeof from;
+            int fd = accept4(s->fd, (struct sockaddr *)&from, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+            if (fd < 0)
+                break;
+            /* Only the peer: a listener on a public port takes anyone's SYN. */
+            if (at->p.target.addr.ss_family != 0 &&
+                !ntcp_sockaddr_same_ip((const struct sockaddr *)&from,
+                                       (const struct sockaddr *)&at->p.target.addr)) {
+                close(fd);
+                continue;
+            }
+            on_connection(e, at, fd);
+            if (e->done)
+                break;
+        }
+    } else { /* SK_SELECT: the target waits for the requester's choice */
+        uint8_t b = 0;
+        ssize_t n = recv(s->fd, &b, 1, 0);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+            return;
+        if (n == 1 && b == ENGINE_SELECT_BYTE) {
+            int fd = s->fd;
+            struct sockaddr_storage l = s->local, r = s->remote;
+            int64_t cms = s->connected_ms;
+            uint8_t bind[VERIFY_BINDING_SIZE];
+            memcpy(bind, s->binding, sizeof bind);
+            sock_close(s, true);
+            win(e, at, fd, &l, &r, cms, bind);
+        } else {
+            sock_close(s, false);
+            maybe_finish_early(e);
+        }
+    }
+}
+
+/* ---- time ---- */
+
+static void on_tick(uv_timer_t *t);
+
+static void arm(ntcp_engine *e)
+{
+    if (e->done)
+        return;
+    uint64_t now = uv_now(e->loop);
+    uint64_t next = e->hard_end;
+    bool all_stopped = true;
+    for (size_t i = 0; i < e->nat; i++) {
+        eattempt *at = &e->at[i];
+        if (at->stopped)
+            continue;
+        all_stopped = false;
+        uint64_t t = at->started ? e->start_at + at->p.stop_ms : e->start_at + at->p.start_ms;
+        if (t < next)
+            next = t;
+        if (at->next_at && at->next_at < next)
+            next = at->next_at;
+        if (at->retry_at && at->retry_at < next)
+            next = at->retry_at;
+    }
+    if (!all_stopped && e->plan_end < next)
+        next = e->plan_end;
+    uv_timer_start(&e->timer, on_tick, next > now ? next - now : 0, 0);
+}
+
+static void on_tick(uv_timer_t *t)
+{
+    ntcp_engine *e = t->data;
+    if (e->done)
+        return;
+    if (e->plan.status != 0) {
+        finish(e, NTCP_EUNREACHABLE, e->plan.reason);
+        return;
+    }
+    uint64_t now = uv_now(e->loop);
+    if (now >= e->hard_end) {
+        finish(e, NTCP_ETIMEDOUT, "no verified connection by the plan's deadline");
+        return;
+    }
+    /* Stops before starts: successive attempts from the session port take
+     * turns on one 4-tuple, the next starts when the previous stops. */
+    for (size_t i = 0; i < e->nat; i++) {
+        eattempt *at = &e->at[i];
+        if (at->started && !at->stopped &&
+            (now >= e->start_at + at->p.stop_ms || now >= e->plan_end))
+            attempt_stop(e, at, NTCP_ATTEMPT_TIMED_OUT);
+    }
+    for (size_t i = 0; i < e->nat && !e->done; i++) {
+        eattempt *at = &e->at[i];
+        if (!at->started && now >= e->start_at + at->p.start_ms) {
+            if (now >= e->start_at + at->p.stop_ms || now >= e->plan_end) {
+                at->started = at->stopped = true; /* its whole window has passed */
+                at->rep->outcome = NTCP_ATTEMPT_NOT_STARTED;
+                at->rep->why = "its window had passed when the engine started";
+            } else {
+                attempt_start(e, at);
+            }
+        }
+    }
+    for (size_t i = 0; i < e->nat && !e->done; i++) {
+        eattempt *at = &e->at[i];
+        if (at->started && !at->stopped && at->next_at && now >= at->next_at)
+            attempt_issue(e, at);
+        if (at->started && !at->stopped && at->retry_at && now >= at->retry_at) {
+            uint32_t mask = at->retry_mask;
+            at->retry_mask = 0;
+            at->retry_at = 0;
+            for (unsigned k = 0; k < 32 && !at->stopped; k++) {
+                struct sockaddr_storage dst;
+                if (!(mask & (1u << k)) || !target_at(at, k, &dst))
+                    continue;
+                if (at->p.role == PLAN_PUNCH)
+                    punch_one(e, at, k, &dst);
+                else
+                    connect_one(e, at, k, &dst);
+            }
+        }
+    }
+    if (e->done)
+        return;
+    maybe_finish_early(e);
+    arm(e);
+}
+
+static void on_timer_closed(uv_handle_t *h)
+{
+    unref(h->data);
+}
+
+/* Ends the engine: every socket closed, every proof cancelled, the result
+ * delivered. The engine is freed later, when the last handle is closed. */
+static void finish(ntcp_engine *e, int err, const char *reason)
+{
+    if (e->done)
+        return;
+    e->done = true;
+    ntcp_engine_result *r = &e->res;
+    r->err = err;
+    if (err != 0) {
+        r->fd = -1;
+        snprintf(r->reason, sizeof r->reason, "%s", reason ? reason : "failed");
+    }
+    r->elapsed_ms = uv_now(e->loop) - e->t0;
+    int64_t now = rel_now(e);
+    for (size_t i = 0; i < e->nat; i++) {
+        ntcp_attempt_report *rep = e->at[i].rep;
+        if (!e->at[i].stopped && e->at[i].started) {
+            e->at[i].stopped = true;
+            rep->ended_ms = now;
+        }
+        if (rep->outcome == NTCP_ATTEMPT_RUNNING) {
+            if (rep->connections > 0)
+                rep->outcome = err == 0 ? NTCP_ATTEMPT_CONNECTED : NTCP_ATTEMPT_VERIFY_FAILED;
+            else
+                rep->outcome = err == 0 ? NTCP_ATTEMPT_CANCELLED : NTCP_ATTEMPT_TIMED_OUT;
+        }
+    }
+    while (e->socks)
+        sock_close(e->socks, false);
+    for (everif *v = e->verifs; v; v = v->next)
+        ntcp_verify_cancel(v->v);
+    uv_timer_stop(&e->timer);
+    uv_close((uv_handle_t *)&e->timer, on_timer_closed);
+    e->refs++; /* held across the callback: nothing frees e under it */
+    e->cb(e, r, e->user);
+    unref(e);
+}
+
+/* ---- API ---- */
+
+int ntcp_engine_start(uv_loop_t *loop, const ntcp_engine_config *cfg, ntcp_engine_cb cb,
+                      void *user, ntcp_engine **out)
+{
+    if (!loop || !cfg || !cfg->plan || !cb || !cfg->verify.key || !cfg->verify.name ||
+        !cfg->verify.peer_name || cfg->plan->n > PLAN_MAX_ATTEMPTS)
+        return NTCP_EINVAL;
+    if (strlen(cfg->verify.name) > BROKER_NAME_MAX || strlen(cfg->verify.peer_name) > BROKER_NAME_MAX)
+        return NTCP_EINVAL;
+    ntcp_engine *e = calloc(1, sizeof *e);
+    if (!e)
+        return NTCP_ENOMEM;
+    if (uv_timer_init(loop, &e->timer) < 0) {
+        free(e);
+        return NTCP_ENOMEM;
+    }
+    e->timer.data = e;
+    e->refs = 1;
+    e->loop = loop;
+    e->cb = cb;
+    e->user = user;
+    e->plan = *cfg->plan;
+    e->nat = e->plan.status == 0 ? e->plan.n : 0;
+    e->session_port = cfg->session_port;
+    e->local_addr = cfg->local_addr;
+    e->learn_ttl = cfg->learn_ttl ? cfg->learn_ttl : 2;
+    e->vp = cfg->verify;
+    snprintf(e->name, sizeof e->name, "%s", cfg->verify.name);
+    snprintf(e->peer_name, sizeof e->peer_name, "%s", cfg->verify.peer_name);
+    e->vp.name = e->name;
+    e->vp.peer_name = e->peer_name;
+    uint32_t vto = e->vp.timeout_ms ? e->vp.timeout_ms : VERIFY_DEFAULT_TIMEOUT_MS;
+    e->t0 = uv_now(loop);
+    e->start_at = cfg->start_at;
+    e->plan_end = e->start_at + e->plan.deadline_ms;
+    e->hard_end = e->plan_end + (cfg->grace_ms ? cfg->grace_ms : vto);
+    ntcp_engine_result *r = &e->res;
+    r->fd = -1;
+    r->connected_ms = r->verified_ms = -1;
+    r->n = e->nat;
+    for (size_t i = 0; i < e->nat; i++) {
+        eattempt *at = &e->at[i];
+        at->p = e->plan.a[i];
+        if (at->p.repeats == 0)
+            at->p.repeats = 1;
+        at->rep = &r->a[i];
+        at->rep->id = at->p.id;
+        at->rep->method = at->p.method;
+        at->rep->role = at->p.role;
+        at->rep->why = "";
+        at->rep->started_ms = at->rep->connected_ms = at->rep->ended_ms = -1;
+    }
+    if (out)
+        *out = e;
+    /* Even an impossible plan is reported from the loop, never from here. */
+    uv_timer_start(&e->timer, on_tick, 0, 0);
+    if (e->plan.status == 0)
+        arm(e);
+    return 0;
+}
+
+void ntcp_engine_cancel(ntcp_engine *e)
+{
+    if (e && !e->done)
+        finish(e, NTCP_ECLOSED, "cancelled");
+}
+
+static const char *role_name(plan_role_t r)
+{
+    switch (r) {
+    case PLAN_CONNECT: return "connect";
+    case PLAN_ACCEPT: return "accept";
+    case PLAN_SIMOPEN: return "simopen";
+    case PLAN_PUNCH: return "punch";
+    case PLAN_RAW_SYN: return "raw-syn";
+    }
+    return "?";
+}
+
+/* Appends with snprintf rules; *off may run past len (the needed length). */
+static void put(char *buf, size_t len, size_t *off, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void put(char *buf, size_t len, size_t *off, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(*off < len ? buf + *off : NULL, *off < len ? len - *off : 0, fmt, ap);
+    va_end(ap);
+    if (n > 0)
+        *off += (size_t)n;
+}
+
+size_t ntcp_engine_result_json(const ntcp_engine_result *r, char *buf, size_t len)
+{
+    size_t off = 0;
+    char l[64] = "", m[64] = "";
+    if (len)
+        buf[0] = '\0';
+    if (r->err == 0) {
+        ntcp_addr_str((const struct sockaddr *)&r->local, l, sizeof l);
+        ntcp_addr_str((const struct sockaddr *)&r->remote, m, sizeof m);
+    }
+    /* reason: printable ASCII without quotes or backslashes, by construction
+     * of the texts it comes from; replaced defensively anyway. */
+    char reason[sizeof r->reason];
+    size_t k = 0;
+    for (; r->reason[k] && k + 1 < sizeof reason; k++)
+        reason[k] = (r->reason[k] == '"' || r->reason[k] == '\\' || (unsigned char)r->reason[k] < 32)
+                        ? '\''
+                        : r->reason[k];
+    reason[k] = '\0';
+    put(buf, len, &off,
+        "{\"err\":%d,\"method\":\"%s\",\"attempt\":%u,\"local\":\"%s\",\"remote\":\"%s\","
+        "\"connected_ms\":%lld,\"verified_ms\":%lld,\"elapsed_ms\":%llu,\"reason\":\"%s\",\"attempts\":[",
+        r->err, r->err == 0 ? ntcp_method_name(r->method) : "none", r->attempt_id, l, m,
+        (long long)r->connected_ms, (long long)r->verified_ms, (unsigned long long)r->elapsed_ms,
+        reason);
+    for (size_t i = 0; i < r->n; i++) {
+        const ntcp_attempt_report *a = &r->a[i];
+        put(buf, len, &off,
+            "%s{\"id\":%u,\"method\":\"%s\",\"role\":\"%s\",\"outcome\":\"%s\",\"started_ms\":%lld,"
+            "\"connected_ms\":%lld,\"ended_ms\":%lld,\"syns\":%u,\"refusals\":%u,\"connections\":%u,"
+            "\"errno\":%d,\"why\":\"%s\"}",
+            i ? "," : "", a->id, ntcp_method_name(a->method), role_name(a->role),
+            ntcp_attempt_outcome_name(a->outcome), (long long)a->started_ms,
+            (long long)a->connected_ms, (long long)a->ended_ms, a->syns, a->refusals,
+            a->connections, a->sys_errno, a->why ? a->why : "");
+    }
+    put(buf, len, &off, "]}");
+    return off;
+}

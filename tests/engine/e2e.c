@@ -1,0 +1,442 @@
+/*
+ * e2e.c: one peer of the end-to-end traversal test in the lab
+ * (tests/engine/e2e_lab.py runs one in host a and one in host b): discovery
+ * against ntcp-stuntd, a broker session carrying the profile blob, CONNECT-GO,
+ * plan_make(), the attempt engine, then 1 MiB each way on the winning socket,
+ * checked by SHA-256. Prints one JSON line and exits 0 on success, 1 on a
+ * traversal or transfer failure, 2 on a usage or setup error.
+ *
+ *   e2e --name N --stun HOST[:PORT] --broker IP:PORT (--peer NAME | --wait)
+ *       [--timeout-ms MS] [--bytes N]
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <openssl/evp.h>
+#include <poll.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <uv.h>
+
+#include "addr.h"
+#include "engine.h"
+#include "identity.h"
+#include "ntcp.h"
+#include "plan.h"
+#include "session.h"
+#include "verify.h"
+
+typedef struct app {
+    uv_loop_t loop;
+    uv_timer_t timer; /* overall deadline, and connect retries */
+    const char *name, *peer, *broker;
+    bool requester;
+    uint32_t timeout_ms;
+    size_t bytes;
+    EVP_PKEY *key;
+    ntcp_session *s;
+    struct sockaddr_storage broker_addr;
+    plan_profile me_prof; /* my blob, decoded back: what the peer sees */
+    ntcp_nat_behaviour_t tcp4;
+    uint16_t session_port;
+    bool registered, going, done;
+    uint64_t t_go;
+    plan pl;
+    char plan_json[4096];
+    int rc; /* exit code */
+    ntcp_engine_result res;
+    bool have_res;
+    char err[256];
+} app;
+
+static void fail(app *a, const char *why)
+{
+    if (a->done)
+        return;
+    a->done = true;
+    snprintf(a->err, sizeof a->err, "%s", why);
+    a->rc = 1;
+    uv_stop(&a->loop);
+}
+
+/* The session's TCP socket (the one connected to the broker): a test-only
+ * stand-in for what session.c should do itself (bind it with SO_REUSEADDR
+ * and SO_REUSEPORT and say its local port): the options are set on the
+ * connected socket, which the kernel's bind check reads at the time of the
+ * attempts' bind(). */
+static void find_session_sock(uv_handle_t *h, void *arg)
+{
+    app *a = arg;
+    if (h->type != UV_TCP)
+        return;
+    uv_os_fd_t fd;
+    if (uv_fileno(h, &fd) < 0)
+        return;
+    struct sockaddr_storage peer, local;
+    socklen_t sl = sizeof peer;
+    if (getpeername(fd, (struct sockaddr *)&peer, &sl) < 0 ||
+        !ntcp_sockaddr_equal((struct sockaddr *)&peer, (struct sockaddr *)&a->broker_addr))
+        return;
+    sl = sizeof local;
+    if (getsockname(fd, (struct sockaddr *)&local, &sl) < 0)
+        return;
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    a->session_port = ntcp_sa_port(&local);
+}
+
+static void on_engine(ntcp_engine *e, const ntcp_engine_result *r, void *user)
+{
+    (void)e;
+    app *a = user;
+    a->res = *r;
+    a->have_res = true;
+    a->done = true;
+    uv_stop(&a->loop);
+}
+
+/* Both ends: the plan from both profiles, then the engine. */
+static void go(app *a, const broker_go *g)
+{
+    if (a->going)
+        return;
+    a->going = true;
+    a->t_go = uv_now(&a->loop);
+    plan_profile peer;
+    int rc = plan_profile_decode(g->peer.profile, g->peer.profile_len, &peer);
+    if (rc < 0 || !peer.has[PLAN_TCP4]) {
+        fail(a, "the peer's profile blob is missing or invalid");
+        return;
+    }
+    plan_input in;
+    plan_input_init(&in);
+    in.me.tcp = a->me_prof.b[PLAN_TCP4];
+    ntcp_session_public_addr(a->s, &in.me.public_addr);
+    in.me.rtt_ms = a->me_prof.rtt_ms;
+    in.me.nat_hops = a->me_prof.nat_hops;
+    in.peer.tcp = peer.b[PLAN_TCP4];
+    in.peer.public_addr = g->peer.public_addr;
+    in.peer.npriv = g->peer.nprivate < PLAN_MAX_PRIVATE ? g->peer.nprivate : PLAN_MAX_PRIVATE;
+    for (size_t i = 0; i < in.peer.npriv; i++)
+        in.peer.priv[i] = g->peer.private_addr[i];
+    in.peer.rtt_ms = peer.rtt_ms;
+    in.peer.nat_hops = peer.nat_hops;
+    in.initiator = g->role == BROKER_ROLE_REQUESTER;
+    plan_make(&in, &a->pl); /* an impossible plan goes to the engine, which reports it */
+    plan_format(&a->pl, true, a->plan_json, sizeof a->plan_json);
+    uv_walk(&a->loop, find_session_sock, a);
+
+    ntcp_engine_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.plan = &a->pl;
+    cfg.session_port = a->session_port;
+    cfg.start_at = a->t_go + g->start_delay_ms;
+    if (ntcp_verify_params_from_go(&cfg.verify, g) < 0) {
+        fail(a, "CONNECT-GO without the peer's key");
+        return;
+    }
+    cfg.verify.key = a->key;
+    cfg.verify.name = a->name;
+    if (ntcp_engine_start(&a->loop, &cfg, on_engine, a, NULL) < 0)
+        fail(a, "cannot start the engine");
+}
+
+static void on_go(ntcp_session *s, const broker_go *g, void *user)
+{
+    (void)s;
+    go(user, g);
+}
+
+static void ask(app *a);
+
+static void on_connect(ntcp_session *s, int err, int code, const broker_go *g, void *arg)
+{
+    (void)s;
+    app *a = arg;
+    if (a->done || a->going)
+        return;
+    if (err == 0) {
+        go(a, g);
+        return;
+    }
+    /* The peer may not have registered yet: ask again shortly. */
+    if (err == NTCP_ENOTFOUND || err == NTCP_EUNREACHABLE) {
+        ask(a);
+        return;
+    }
+    char why[128];
+    snprintf(why, sizeof why, "connect refused: %s (code %d)", ntcp_strerror(err), code);
+    fail(a, why);
+}
+
+static void ask_now(uv_timer_t *t)
+{
+    app *a = t->data;
+    if (!a->done && !a->going && ntcp_session_connect(a->s, a->peer, 5000, on_connect, a) < 0)
+        fail(a, "ntcp_session_connect failed");
+}
+
+static uv_timer_t retry_timer;
+
+static void ask(app *a)
+{
+    retry_timer.data = a;
+    uv_timer_start(&retry_timer, ask_now, 200, 0);
+}
+
+static void on_state(ntcp_session *s, int state, int err, int code, void *user)
+{
+    (void)s;
+    (void)err;
+    (void)code;
+    app *a = user;
+    if (state == NTCP_SESSION_REGISTERED && !a->registered) {
+        a->registered = true;
+        fprintf(stderr, "%s: registered\n", a->name);
+        if (a->requester) {
+            retry_timer.data = a;
+            uv_timer_start(&retry_timer, ask_now, 0, 0);
+        }
+    }
+}
+
+static void on_deadline(uv_timer_t *t)
+{
+    fail(t->data, "overall timeout (no engine result)");
+}
+
+/* Deterministic data per sender: both ends can hash what the other sends. */
+static uint8_t data_byte(bool requester, size_t i)
+{
+    uint32_t x = (uint32_t)i * 2654435761u + (requester ? 0x1234567u : 0x7654321u);
+    x ^= x >> 13;
+    x *= 0x5bd1e995u;
+    return (uint8_t)(x >> 24);
+}
+
+static void sha_of(bool requester, size_t n, uint8_t out[32])
+{
+    EVP_MD_CTX *c = EVP_MD_CTX_new();
+    EVP_DigestInit_ex(c, EVP_sha256(), NULL);
+    uint8_t buf[4096];
+    for (size_t off = 0; off < n;) {
+        size_t k = n - off < sizeof buf ? n - off : sizeof buf;
+        for (size_t i = 0; i < k; i++)
+            buf[i] = data_byte(requester, off + i);
+        EVP_DigestUpdate(c, buf, k);
+        off += k;
+    }
+    EVP_DigestFinal_ex(c, out, NULL);
+    EVP_MD_CTX_free(c);
+}
+
+static uint64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* Sends n bytes and receives n bytes at once (poll: neither end blocks the
+ * other's sending), then checks the received bytes' SHA-256. */
+static int transfer(int fd, bool requester, size_t n, uint32_t timeout_ms, uint64_t *ms)
+{
+    uint64_t t0 = mono_ms();
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    EVP_MD_CTX *c = EVP_MD_CTX_new();
+    EVP_DigestInit_ex(c, EVP_sha256(), NULL);
+    size_t sent = 0, got = 0;
+    uint8_t buf[16384];
+    int rc = -1;
+    while (sent < n || got < n) {
+        if (mono_ms() - t0 > timeout_ms)
+            goto out;
+        struct pollfd p = {.fd = fd, .events = (short)((got < n ? POLLIN : 0) | (sent < n ? POLLOUT : 0))};
+        if (poll(&p, 1, 200) < 0 && errno != EINTR)
+            goto out;
+        if (sent < n && (p.revents & POLLOUT)) {
+            size_t k = n - sent < sizeof buf ? n - sent : sizeof buf;
+            for (size_t i = 0; i < k; i++)
+                buf[i] = data_byte(requester, sent + i);
+            ssize_t w = send(fd, buf, k, MSG_NOSIGNAL);
+            if (w < 0 && errno != EAGAIN && errno != EINTR)
+                goto out;
+            if (w > 0)
+                sent += (size_t)w;
+        }
+        if (got < n && (p.revents & (POLLIN | POLLHUP | POLLERR))) {
+            size_t k = n - got < sizeof buf ? n - got : sizeof buf;
+            ssize_t r = recv(fd, buf, k, 0);
+            if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR))
+                goto out;
+            if (r > 0) {
+                EVP_DigestUpdate(c, buf, (size_t)r);
+                got += (size_t)r;
+            }
+        }
+    }
+    uint8_t h[32], want[32];
+    EVP_DigestFinal_ex(c, h, NULL);
+    sha_of(!requester, n, want);
+    rc = memcmp(h, want, 32) == 0 ? 0 : 1;
+out:
+    EVP_MD_CTX_free(c);
+    *ms = mono_ms() - t0;
+    return rc;
+}
+
+static void usage(void)
+{
+    fprintf(stderr, "usage: e2e --name N --stun HOST[:PORT] --broker IP:PORT (--peer NAME | --wait)\n"
+                    "           [--timeout-ms MS] [--bytes N]\n");
+}
+
+static void drain_closed(uv_handle_t *h, void *arg)
+{
+    (void)arg;
+    if (!uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+int main(int argc, char **argv)
+{
+    app a;
+    memset(&a, 0, sizeof a);
+    a.timeout_ms = 30000;
+    a.bytes = 1 << 20;
+    const char *stun = NULL;
+    bool wait = false;
+    static const struct option opts[] = {
+        {"name", 1, 0, 'n'}, {"stun", 1, 0, 's'},       {"broker", 1, 0, 'b'}, {"peer", 1, 0, 'p'},
+        {"wait", 0, 0, 'w'}, {"timeout-ms", 1, 0, 't'}, {"bytes", 1, 0, 'B'},  {0, 0, 0, 0}};
+    for (int c; (c = getopt_long(argc, argv, "", opts, NULL)) != -1;) {
+        switch (c) {
+        case 'n': a.name = optarg; break;
+        case 's': stun = optarg; break;
+        case 'b': a.broker = optarg; break;
+        case 'p': a.peer = optarg; break;
+        case 'w': wait = true; break;
+        case 't': a.timeout_ms = (uint32_t)strtoul(optarg, NULL, 10); break;
+        case 'B': a.bytes = strtoul(optarg, NULL, 10); break;
+        default: usage(); return 2;
+        }
+    }
+    if (!a.name || !stun || !a.broker || (!a.peer) == !wait) {
+        usage();
+        return 2;
+    }
+    a.requester = a.peer != NULL;
+    if (ntcp_parse_hostport(a.broker, &a.broker_addr) < 0) {
+        fprintf(stderr, "e2e: bad --broker\n");
+        return 2;
+    }
+    uint64_t t_start = mono_ms();
+
+    /* 1. Discovery, TCP over IPv4. */
+    ntcp_config_t nc;
+    ntcp_config_init(&nc);
+    const char *servers[1] = {stun};
+    nc.stun_servers = servers;
+    nc.n_stun_servers = 1;
+    ntcp_t *ctx = NULL;
+    if (ntcp_new(&nc, &ctx) < 0) {
+        fprintf(stderr, "e2e: ntcp_new failed\n");
+        return 2;
+    }
+    ntcp_nat_profile_t np;
+    memset(&np, 0, sizeof np);
+    np.size = sizeof np;
+    int drc = ntcp_discover_ex(ctx, NTCP_DISCOVER_TCP | NTCP_DISCOVER_IPV4, &np, 15000);
+    ntcp_free(ctx);
+    if (drc < 0 && drc != NTCP_EPROTO) {
+        printf("{\"name\":\"%s\",\"ok\":false,\"stage\":\"discover\",\"err\":\"%s\"}\n", a.name,
+               ntcp_strerror(drc));
+        return 1;
+    }
+    uint64_t discover_ms = mono_ms() - t_start;
+
+    /* 2. The profile blob, and what the peer will decode of it. */
+    plan_profile pp;
+    plan_profile_from_nat(&pp, &np, false, 0);
+    uint8_t blob[PLAN_BLOB_MAX];
+    int blen = plan_profile_encode(&pp, blob, sizeof blob);
+    if (blen < 0 || plan_profile_decode(blob, (size_t)blen, &a.me_prof) < 0) {
+        fprintf(stderr, "e2e: profile blob: %s\n", ntcp_strerror(blen));
+        return 2;
+    }
+
+    /* 3. The broker session. */
+    if (ntcp_identity_generate(&a.key) < 0) {
+        fprintf(stderr, "e2e: no key\n");
+        return 2;
+    }
+    if (uv_loop_init(&a.loop) < 0)
+        return 2;
+    uv_timer_init(&a.loop, &a.timer);
+    uv_timer_init(&a.loop, &retry_timer);
+    a.timer.data = &a;
+    uv_timer_start(&a.timer, on_deadline, a.timeout_ms, 0);
+    ntcp_session_config sc;
+    memset(&sc, 0, sizeof sc);
+    sc.broker = a.broker;
+    sc.name = a.name;
+    sc.key = a.key;
+    sc.profile = blob;
+    sc.profile_len = (size_t)blen;
+    sc.on_go = on_go;
+    sc.on_state = on_state;
+    sc.user = &a;
+    if (ntcp_session_start(&a.loop, &sc, &a.s) < 0) {
+        fprintf(stderr, "e2e: session start failed\n");
+        return 2;
+    }
+    uv_run(&a.loop, UV_RUN_DEFAULT);
+
+    /* 4. The result, and 1 MiB each way on the winner. */
+    uint64_t xfer_ms = 0;
+    int xrc = -1;
+    if (a.have_res && a.res.err == 0) {
+        xrc = transfer(a.res.fd, a.requester, a.bytes, 20000, &xfer_ms);
+        close(a.res.fd);
+        a.rc = xrc == 0 ? 0 : 1;
+    } else {
+        a.rc = 1;
+    }
+    static char ej[8192];
+    if (a.have_res)
+        ntcp_engine_result_json(&a.res, ej, sizeof ej);
+    else
+        snprintf(ej, sizeof ej, "null");
+    char pub[64] = "";
+    struct sockaddr_storage pa;
+    if (a.s && ntcp_session_public_addr(a.s, &pa) == 0)
+        ntcp_addr_str((struct sockaddr *)&pa, pub, sizeof pub);
+    printf("{\"name\":\"%s\",\"role\":\"%s\",\"ok\":%s,\"classic\":\"%s\",\"syn\":\"%s\","
+           "\"public\":\"%s\",\"session_port\":%u,\"discover_ms\":%llu,"
+           "\"method\":\"%s\",\"ms\":%lld,\"transfer\":\"%s\",\"transfer_ms\":%llu,\"bytes\":%zu,"
+           "\"error\":\"%s\",\"engine\":%s,\"plan\":%s}\n",
+           a.name, a.requester ? "requester" : "target", a.rc == 0 ? "true" : "false",
+           ntcp_classic_name(&np.tcp4), ntcp_syn_name(np.tcp4.syn), pub, a.session_port,
+           (unsigned long long)discover_ms,
+           a.have_res && a.res.err == 0 ? ntcp_method_name(a.res.method) : "none",
+           a.have_res ? (long long)a.res.elapsed_ms : -1LL,
+           xrc == 0 ? "sha256-ok" : xrc == 1 ? "sha256-mismatch" : "none",
+           (unsigned long long)xfer_ms, a.bytes, a.err, ej,
+           a.plan_json[0] ? a.plan_json : "null");
+    fflush(stdout);
+
+    ntcp_session_close(a.s);
+    uv_walk(&a.loop, drain_closed, NULL);
+    uv_run(&a.loop, UV_RUN_DEFAULT);
+    uv_loop_close(&a.loop);
+    EVP_PKEY_free(a.key);
+    return a.rc;
+}
