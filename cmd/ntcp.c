@@ -306,6 +306,25 @@ static int build_request(const options *o, const uint8_t tid[STUN_TID_SIZE], uin
     return stun_build_finish(&b, NULL);
 }
 
+/* Common to UDP and TCP: note the server, make the transaction id and the
+ * request. Returns the request's length, or -1 after fail(). */
+static int prepare_request(result *r, const struct addrinfo *ai, const options *o,
+                           uint8_t tid[STUN_TID_SIZE], uint8_t *req, size_t cap)
+{
+    memcpy(&r->server, ai->ai_addr, ai->ai_addrlen);
+    r->have_server = true;
+    if (make_tid(o, tid) < 0) {
+        fail(r, EXIT_NOANSWER, "local-error", "no random bytes for the transaction id");
+        return -1;
+    }
+    int reqlen = build_request(o, tid, req, cap);
+    if (reqlen < 0) {
+        fail(r, EXIT_PROTO, "local-error", "cannot build the request: %s", ntcp_strerror(reqlen));
+        return -1;
+    }
+    return reqlen;
+}
+
 /* Takes what we print from a response that matched our transaction. */
 static void take_response(const options *o, const stun_msg *m, result *r)
 {
@@ -456,17 +475,9 @@ static void run_udp(const options *o, const struct addrinfo *ai, result *r)
     int fd = -1;
     bool malformed = false;
 
-    memcpy(&r->server, ai->ai_addr, ai->ai_addrlen);
-    r->have_server = true;
-    if (make_tid(o, tid) < 0) {
-        fail(r, EXIT_NOANSWER, "local-error", "no random bytes for the transaction id");
+    int reqlen = prepare_request(r, ai, o, tid, req, sizeof req);
+    if (reqlen < 0)
         return;
-    }
-    int reqlen = build_request(o, tid, req, sizeof req);
-    if (reqlen < 0) {
-        fail(r, EXIT_PROTO, "local-error", "cannot build the request: %s", ntcp_strerror(reqlen));
-        return;
-    }
     fd = socket(ai->ai_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         fail(r, EXIT_NOANSWER, "local-error", "socket: %s", strerror(errno));
@@ -665,17 +676,9 @@ static void run_tcp(const options *o, const struct addrinfo *ai, result *r)
     bool got_response = false, sent = false, connected = false;
     int64_t sent_at = 0;
 
-    memcpy(&r->server, ai->ai_addr, ai->ai_addrlen);
-    r->have_server = true;
-    if (make_tid(o, tid) < 0) {
-        fail(r, EXIT_NOANSWER, "local-error", "no random bytes for the transaction id");
+    int reqlen = prepare_request(r, ai, o, tid, req, sizeof req);
+    if (reqlen < 0)
         return;
-    }
-    int reqlen = build_request(o, tid, req, sizeof req);
-    if (reqlen < 0) {
-        fail(r, EXIT_PROTO, "local-error", "cannot build the request: %s", ntcp_strerror(reqlen));
-        return;
-    }
     fd = tcp_socket(ai->ai_family, o->have_cb);
     if (fd < 0) {
         fail(r, EXIT_NOANSWER, "local-error", "socket: %s", strerror(errno));
