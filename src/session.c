@@ -307,8 +307,18 @@ static void start_connect(ntcp_session *s)
 {
     if (s->tcp_open)
         return; /* the old handle is still closing: next tick */
-    if (uv_tcp_init(s->loop, &s->tcp) < 0)
+    /* The socket exists before connect() so that it can share its port:
+     * traversal attempts bind the session's port (PLAN_LOCAL_SESSION), whose
+     * mapping the broker has seen, with SO_REUSEADDR and SO_REUSEPORT, and
+     * the kernel lets them only when this socket set both too. */
+    if (uv_tcp_init_ex(s->loop, &s->tcp, s->broker.ss_family) < 0)
         return;
+    uv_os_fd_t fd;
+    if (uv_fileno((uv_handle_t *)&s->tcp, &fd) == 0) {
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    }
     s->tcp.data = s;
     s->tcp_open = true;
     s->open_handles++;
@@ -676,6 +686,32 @@ int ntcp_session_public_addr(const ntcp_session *s, struct sockaddr_storage *out
 {
     *out = s->public_addr;
     return s->public_addr.ss_family ? 0 : NTCP_ENOTFOUND;
+}
+
+int ntcp_session_local_addr(const ntcp_session *s, struct sockaddr_storage *out)
+{
+    memset(out, 0, sizeof *out);
+    if (!s->tcp_open || s->conn == C_NONE)
+        return NTCP_ENOTFOUND;
+    int len = (int)sizeof *out;
+    if (uv_tcp_getsockname(&s->tcp, (struct sockaddr *)out, &len) < 0 || ntcp_sa_port(out) == 0) {
+        memset(out, 0, sizeof *out);
+        return NTCP_ENOTFOUND;
+    }
+    return 0;
+}
+
+int ntcp_session_local_udp(const ntcp_session *s, struct sockaddr_storage *out)
+{
+    memset(out, 0, sizeof *out);
+    if (!s->has_udp)
+        return NTCP_ENOTFOUND;
+    int len = (int)sizeof *out;
+    if (uv_udp_getsockname(&s->udp, (struct sockaddr *)out, &len) < 0) {
+        memset(out, 0, sizeof *out);
+        return NTCP_ENOTFOUND;
+    }
+    return 0;
 }
 
 int ntcp_session_public_udp(const ntcp_session *s, struct sockaddr_storage *out)

@@ -74,6 +74,11 @@ int ntcp_session_state(const ntcp_session *s);
 /* The TCP (and UDP, once a keepalive was answered) address the broker sees. */
 int ntcp_session_public_addr(const ntcp_session *s, struct sockaddr_storage *out);
 int ntcp_session_public_udp(const ntcp_session *s, struct sockaddr_storage *out);
+/* This end's address of the TCP connection to the broker (its socket sets
+ * SO_REUSEADDR and SO_REUSEPORT, so traversal attempts may bind the same
+ * port), and of the UDP keepalive socket. NTCP_ENOTFOUND while there is none. */
+int ntcp_session_local_addr(const ntcp_session *s, struct sockaddr_storage *out);
+int ntcp_session_local_udp(const ntcp_session *s, struct sockaddr_storage *out);
 /* How many times the session has registered (1 after the first). */
 unsigned ntcp_session_registrations(const ntcp_session *s);
 

@@ -66,33 +66,6 @@ static void fail(app *a, const char *why)
     uv_stop(&a->loop);
 }
 
-/* The session's TCP socket (the one connected to the broker): a test-only
- * stand-in for what session.c should do itself (bind it with SO_REUSEADDR
- * and SO_REUSEPORT and say its local port): the options are set on the
- * connected socket, which the kernel's bind check reads at the time of the
- * attempts' bind(). */
-static void find_session_sock(uv_handle_t *h, void *arg)
-{
-    app *a = arg;
-    if (h->type != UV_TCP)
-        return;
-    uv_os_fd_t fd;
-    if (uv_fileno(h, &fd) < 0)
-        return;
-    struct sockaddr_storage peer, local;
-    socklen_t sl = sizeof peer;
-    if (getpeername(fd, (struct sockaddr *)&peer, &sl) < 0 ||
-        !ntcp_sockaddr_equal((struct sockaddr *)&peer, (struct sockaddr *)&a->broker_addr))
-        return;
-    sl = sizeof local;
-    if (getsockname(fd, (struct sockaddr *)&local, &sl) < 0)
-        return;
-    int one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
-    a->session_port = ntcp_sa_port(&local);
-}
-
 static void on_engine(ntcp_engine *e, const ntcp_engine_result *r, void *user)
 {
     (void)e;
@@ -132,7 +105,9 @@ static void go(app *a, const broker_go *g)
     in.initiator = g->role == BROKER_ROLE_REQUESTER;
     plan_make(&in, &a->pl); /* an impossible plan goes to the engine, which reports it */
     plan_format(&a->pl, true, a->plan_json, sizeof a->plan_json);
-    uv_walk(&a->loop, find_session_sock, a);
+    struct sockaddr_storage sl;
+    if (ntcp_session_local_addr(a->s, &sl) == 0)
+        a->session_port = ntcp_sa_port(&sl);
 
     ntcp_engine_config cfg;
     memset(&cfg, 0, sizeof cfg);
