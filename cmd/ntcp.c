@@ -51,6 +51,10 @@ static void usage_main(FILE *f)
             "NAT traversal for plain TCP connections.\n"
             "\n"
             "Verbs:\n"
+            "  connect  open a TCP connection to a peer by name, through NATs; stdin to\n"
+            "           the peer, the peer to stdout (see `ntcp help connect`)\n"
+            "  listen   register a name with the broker and wait for a peer's connect\n"
+            "           (see `ntcp help listen`)\n"
             "  discover find out what NAT or firewall is in the way, for UDP and TCP,\n"
             "           IPv4 and IPv6 (see `ntcp help discover`)\n"
             "  stun     query a STUN/STUNT server: mapped address, RFC 5780 and\n"
@@ -62,7 +66,8 @@ static void usage_main(FILE *f)
             "  -V, --version   show the version\n"
             "\n"
             "Exit codes: 0 success, 1 usage error, 2 no answer or unreachable,\n"
-            "3 error response, protocol error, or (discover) a partial result.\n");
+            "3 error response, protocol error, (discover) a partial result, or\n"
+            "(connect) an unknown peer; connect and listen: 4 refused, 5 I/O error.\n");
 }
 
 static void usage_stun(FILE *f)
@@ -1248,6 +1253,14 @@ int main(int argc, char **argv)
             ntcp_usage_discover(stdout);
             return EXIT_OK;
         }
+        if (!strcmp(argv[2], "listen")) {
+            ntcp_usage_listen(stdout);
+            return EXIT_OK;
+        }
+        if (!strcmp(argv[2], "connect")) {
+            ntcp_usage_connect(stdout);
+            return EXIT_OK;
+        }
         fprintf(stderr, "%s: no verb %s\n", prog, argv[2]);
         return EXIT_USAGE;
     }
@@ -1255,6 +1268,10 @@ int main(int argc, char **argv)
         return cmd_stun(argc - 1, argv + 1);
     if (!strcmp(verb, "discover"))
         return ntcp_verb_discover(argc - 1, argv + 1);
+    if (!strcmp(verb, "listen"))
+        return ntcp_verb_listen(argc - 1, argv + 1);
+    if (!strcmp(verb, "connect"))
+        return ntcp_verb_connect(argc - 1, argv + 1);
     fprintf(stderr, "%s: unknown verb %s\n", prog, verb);
     usage_main(stderr);
     return EXIT_USAGE;

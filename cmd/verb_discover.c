@@ -211,7 +211,7 @@ static void print_json(const ntcp_nat_profile_t *p, int status)
 }
 
 /* The configuration file used when none is named: the first that exists. */
-static const char *default_config(char *buf, size_t len)
+const char *ntcp_cli_default_config(char *buf, size_t len)
 {
     const char *env = getenv("NTCP_CONFIG");
     if (env && *env)
@@ -286,7 +286,7 @@ int ntcp_verb_discover(int argc, char **argv)
     ntcp_t *ctx = NULL;
     int rc;
     char confbuf[4096];
-    if (nservers == 0 && !config && !(config = default_config(confbuf, sizeof confbuf))) {
+    if (nservers == 0 && !config && !(config = ntcp_cli_default_config(confbuf, sizeof confbuf))) {
         fprintf(stderr, "ntcp discover: no server: give --server HOST, --config FILE, or put\n"
                         "  stun_server = HOST[:PORT] in $NTCP_CONFIG, ~/.config/ntcp/ntcp.conf or\n"
                         "  /etc/ntcp/ntcp.conf\n");

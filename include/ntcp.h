@@ -43,6 +43,11 @@ enum {
     NTCP_EPROTO = -17,       /* the peer broke the protocol */
     NTCP_ECONFIG = -18,      /* configuration file or option invalid */
     NTCP_ECLOSED = -19,      /* the object was closed or stopped */
+    NTCP_ENOPEER = -20,      /* the broker knows no peer of that name (NTCP 0.2's 700) */
+    NTCP_EREFUSED = -21,     /* the peer (its policy) or the broker refused the connection */
+    NTCP_ENOTREADY = -22,    /* not registered with the broker (yet): see ntcp_listen() */
+    NTCP_ETLS = -23,         /* TLS with the broker failed (not TLS, bad record, alert) */
+    NTCP_ECERT = -24,        /* the broker's certificate was refused (CA, name or pin) */
 };
 
 /* ---- NAT behaviour (RFC 4787 for UDP, RFC 5382 for TCP) ----
@@ -166,7 +171,13 @@ int ntcp_add_stun_server(ntcp_t *ctx, const char *server);
 const char *ntcp_get_broker(const ntcp_t *ctx);
 const char *ntcp_get_name(const ntcp_t *ctx);
 const char *ntcp_get_key_file(const ntcp_t *ctx);
+/* The i-th STUN server (from 0), or NULL past the end. */
+const char *ntcp_get_stun_server(const ntcp_t *ctx, size_t i);
 
+/* Frees the context: stops its runtime (the broker session is closed, every
+ * attempt in flight ends, blocked calls return NTCP_ECLOSED, connections
+ * queued for ntcp_accept() are closed). Descriptors already handed over stay
+ * open. Must not be called from a callback. */
 void ntcp_free(ntcp_t *ctx);
 
 /* ---- NAT discovery ---- */
@@ -207,6 +218,114 @@ typedef void (*ntcp_discover_cb)(ntcp_t *ctx, int status, const ntcp_nat_profile
                                  void *user_ptr);
 int ntcp_discover_start(ntcp_t *ctx, struct uv_loop_s *loop, unsigned flags, int timeout_ms,
                         ntcp_discover_cb cb, void *user_ptr);
+
+/* ---- Connections: ntcp_listen, ntcp_accept, ntcp_connect ----
+ *
+ * A context with a broker and a name (ntcp_config_t or the configuration
+ * file) opens plain TCP connections to other peers by name, whatever NATs sit
+ * between (docs/traversal.md). The first call that needs it starts the
+ * context's runtime: one thread of the library's own, which discovers the NAT
+ * (when STUN servers are configured), registers the name with the broker under
+ * the context's Ed25519 key, keeps the registration alive and registers again
+ * after the broker restarts. Every connection is verified before it is
+ * handed over: the peer proved on it that it holds the key the broker bound
+ * to its name (docs/verify.md).
+ *
+ * The returned descriptor is the caller's: a connected TCP socket in blocking
+ * mode (set O_NONBLOCK yourself if you want it), closed with close(). Nothing
+ * of the library stays on it.
+ *
+ * Thread safety: the functions below may be called from any thread, also at
+ * once; configure the context (ntcp_add_stun_server, ntcp_set_policy) before
+ * the first of them. Asynchronous callbacks run on the runtime thread: they
+ * must not block, and must not call ntcp_free(). */
+
+/* How the connection was made. */
+typedef enum ntcp_transport {
+    NTCP_TCP = 0,
+    NTCP_UDP = 1,
+} ntcp_transport_t;
+
+typedef struct ntcp_conn_info {
+    size_t size;            /* sizeof(ntcp_conn_info_t): set it before the call */
+    ntcp_transport_t transport;
+    char peer[65];          /* the peer's name, as the broker vouched for it */
+    int initiator;          /* 1: this end called ntcp_connect() */
+    char method[16];        /* "same-lan", "direct", "reversal", "stunt2",
+                               "p2pnat", "predict", ... ("" on failure) */
+    struct sockaddr_storage local, remote; /* of the connection */
+    struct sockaddr_storage public_addr;   /* this end as the broker sees it */
+    struct sockaddr_storage peer_public;   /* the peer as the broker sees it */
+    /* Milliseconds. For the initiator from its call, for the target from the
+     * broker's offer. -1: the step did not happen. */
+    int64_t broker_ms;      /* the broker's CONNECT-GO arrived */
+    int64_t start_ms;       /* the common start time of both ends' attempts */
+    int64_t connected_ms;   /* the winning attempt's TCP handshake completed */
+    int64_t verified_ms;    /* the key proof ended: the socket is handed over */
+    uint32_t rtt_ms;        /* this end's round trip to the broker */
+    unsigned attempts;      /* attempts the plan had */
+    char detail[256];       /* one line: the plan and what happened; on failure, why */
+} ntcp_conn_info_t;
+
+/* Asks the broker for this peer's offers: register `name` (NULL: the
+ * context's name) and accept incoming connections from then on, queued until
+ * ntcp_accept() takes them. Blocks until registered or timeout_ms (<= 0: 30 s)
+ * passed. Returns 0, NTCP_ECONFIG (no broker or name), NTCP_ETIMEDOUT,
+ * NTCP_EREFUSED (the broker refused the registration: the name is bound to
+ * another key, or not authorized), or another error. Calling it again with
+ * the same name returns 0 at once. */
+int ntcp_listen(ntcp_t *ctx, const char *name, int timeout_ms);
+
+/* Waits for the next verified incoming connection (TCP, or a UDP path made
+ * by ntcp_udp_punch() on the other end: info->transport says which).
+ * Returns the descriptor, or NTCP_ETIMEDOUT after timeout_ms (< 0: forever,
+ * 0: poll), NTCP_ENOTREADY before ntcp_listen(), NTCP_ECLOSED when the context
+ * is being freed. info may be NULL. */
+int ntcp_accept(ntcp_t *ctx, ntcp_conn_info_t *info, int timeout_ms);
+
+/* Opens a TCP connection to the peer registered as `peer`. Registers the
+ * context's name first when ntcp_listen() was not called. Blocks for at most
+ * about timeout_ms (<= 0: 30 s). Returns the descriptor, or:
+ *   NTCP_ENOPEER       the broker knows no such peer;
+ *   NTCP_EREFUSED      the peer's policy or the broker refused;
+ *   NTCP_EUNREACHABLE  no method can traverse the two NATs, or every attempt
+ *                      failed (info->detail says which and why);
+ *   NTCP_ETIMEDOUT     the time ran out;
+ *   NTCP_EINTEGRITY    something answered but could not prove the peer's key;
+ *   NTCP_ECONFIG       no broker or no name configured.
+ * info (may be NULL) is filled in every case. */
+int ntcp_connect(ntcp_t *ctx, const char *peer, ntcp_conn_info_t *info, int timeout_ms);
+
+/* The asynchronous forms. cb runs once, on the runtime thread, with the
+ * descriptor (>= 0, the callee's to close) or an error, and info (valid during
+ * the call only). They return 0 when the request was queued, or an error with
+ * no callback. */
+typedef void (*ntcp_conn_cb)(ntcp_t *ctx, int fd_or_err, const ntcp_conn_info_t *info,
+                             void *user_ptr);
+typedef void (*ntcp_listen_cb)(ntcp_t *ctx, int status, void *user_ptr);
+int ntcp_listen_async(ntcp_t *ctx, const char *name, ntcp_listen_cb cb, void *user_ptr);
+int ntcp_connect_async(ntcp_t *ctx, const char *peer, int timeout_ms, ntcp_conn_cb cb,
+                       void *user_ptr);
+/* The next incoming connection goes to cb instead of the ntcp_accept()
+ * queue (one callback per call; a connection already queued is given at
+ * once). */
+int ntcp_accept_async(ntcp_t *ctx, ntcp_conn_cb cb, void *user_ptr);
+
+/* Who may connect: called on the runtime thread for each offer, before any
+ * packet is sent to the peer; return 1 to accept, 0 to refuse (the requester
+ * gets NTCP_EREFUSED). Without a policy every offer is accepted. Set it before
+ * ntcp_listen(). */
+typedef int (*ntcp_policy_fn)(ntcp_t *ctx, const char *peer, ntcp_transport_t transport,
+                              void *user_ptr);
+int ntcp_set_policy(ntcp_t *ctx, ntcp_policy_fn fn, void *user_ptr);
+
+/* The profile the runtime discovered and registered (zeroed, with status
+ * NTCP_ENOTREADY, before the runtime has one). Returns the discovery status. */
+int ntcp_get_profile(ntcp_t *ctx, ntcp_nat_profile_t *profile);
+
+/* One JSON object describing info (method, times, addresses), snprintf
+ * rules: returns the length it needed. */
+size_t ntcp_conn_info_json(const ntcp_conn_info_t *info, int status, char *buf, size_t len);
 
 /* A static, never-NULL English description of an NTCP_E* code. */
 const char *ntcp_strerror(int err);

@@ -68,6 +68,11 @@ const char *ntcp_get_key_file(const ntcp_t *ctx)
     return ctx ? ctx->key_file : NULL;
 }
 
+const char *ntcp_get_stun_server(const ntcp_t *ctx, size_t i)
+{
+    return ctx && i < ctx->n_stun_servers ? ctx->stun_servers[i] : NULL;
+}
+
 int ntcp_new(const ntcp_config_t *cfg, ntcp_t **out)
 {
     if (!out)
@@ -78,6 +83,7 @@ int ntcp_new(const ntcp_config_t *cfg, ntcp_t **out)
     ntcp_t *ctx = calloc(1, sizeof *ctx);
     if (!ctx)
         return NTCP_ENOMEM;
+    pthread_mutex_init(&ctx->rt_mu, NULL);
     for (size_t i = 0; cfg && i < cfg->n_stun_servers; i++) {
         int rc = ntcp_add_stun_server(ctx, cfg->stun_servers[i]);
         if (rc < 0) {
@@ -158,6 +164,8 @@ void ntcp_free(ntcp_t *ctx)
 {
     if (!ctx)
         return;
+    ntcp_rt_shutdown(ctx);
+    pthread_mutex_destroy(&ctx->rt_mu);
     for (size_t i = 0; i < ctx->n_stun_servers; i++)
         free(ctx->stun_servers[i]);
     free(ctx->stun_servers);

@@ -5,13 +5,24 @@
 #ifndef NTCP_CONTEXT_H
 #define NTCP_CONTEXT_H
 
+#include <pthread.h>
+
 #include "addr.h"
 #include "ntcp.h"
+
+struct ntcp_rt; /* api.c: the runtime thread of ntcp_listen/ntcp_connect */
 
 struct ntcp {
     char **stun_servers; /* owned, each malloc'd */
     size_t n_stun_servers;
     char *broker, *name, *key_file; /* owned, or NULL */
+    pthread_mutex_t rt_mu;          /* guards rt's creation */
+    struct ntcp_rt *rt;             /* NULL until the first call that needs it */
+    ntcp_policy_fn policy;
+    void *policy_user;
 };
+
+/* Stops and frees the runtime (api.c); ntcp_free() calls it first. */
+void ntcp_rt_shutdown(ntcp_t *ctx);
 
 #endif /* NTCP_CONTEXT_H */

@@ -26,6 +26,11 @@ const char *ntcp_strerror(int err)
     case NTCP_EPROTO: return "protocol error";
     case NTCP_ECONFIG: return "invalid configuration";
     case NTCP_ECLOSED: return "closed";
+    case NTCP_ENOPEER: return "unknown peer";
+    case NTCP_EREFUSED: return "refused";
+    case NTCP_ENOTREADY: return "not registered with the broker";
+    case NTCP_ETLS: return "TLS failed";
+    case NTCP_ECERT: return "certificate refused";
     }
     return "unknown error";
 }

@@ -6,7 +6,9 @@
 #include "session.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <stdlib.h>
+#include <unistd.h>
 #include <string.h>
 
 #include <openssl/crypto.h>
@@ -44,7 +46,7 @@ struct ntcp_session {
     uv_loop_t *loop;
     uv_tcp_t tcp;
     uv_connect_t creq;
-    uv_udp_t udp;
+    uv_udp_t *udp;                /* heap: a taken socket's handle closes while its successor runs */
     uv_timer_t timer;
     int open_handles;
     bool tcp_open, has_udp, closed;
@@ -68,6 +70,7 @@ struct ntcp_session {
 
     uint64_t next_refresh_ms, reconnect_ms, connect_deadline_ms;
     uint8_t udp_key[BROKER_UDP_KEY_SIZE];
+    uint64_t udp_keepalive_at;    /* a replacement socket's first keepalive (0: none due) */
     struct sockaddr_storage public_addr, public_udp;
     unsigned registrations;
     txn *txns;
@@ -168,8 +171,16 @@ static void build_send(ntcp_session *s, stun_builder *sb)
 
 static void add_own_info(ntcp_session *s, stun_builder *sb)
 {
-    for (size_t i = 0; i < s->nprivate; i++)
-        broker_build_baddr(sb, BROKER_ATTR_PRIVATE_ADDR, &s->priv[i]);
+    /* A private address given without a port gets the session's local TCP
+     * port: the one a same-LAN peer connects to (PLAN_LOCAL_SESSION). */
+    struct sockaddr_storage local;
+    uint16_t lport = ntcp_session_local_addr(s, &local) == 0 ? ntcp_sa_port(&local) : 0;
+    for (size_t i = 0; i < s->nprivate; i++) {
+        broker_addr pa = s->priv[i];
+        if (pa.port == 0)
+            pa.port = lport;
+        broker_build_baddr(sb, BROKER_ATTR_PRIVATE_ADDR, &pa);
+    }
     if (s->profile_len)
         stun_build_attr(sb, BROKER_ATTR_PROFILE, s->profile, s->profile_len);
 }
@@ -204,7 +215,7 @@ static void send_udp_keepalive(ntcp_session *s)
     int n = stun_build_finish(&sb, NULL);
     if (n > 0) {
         uv_buf_t ub = uv_buf_init((char *)buf, (unsigned)n);
-        uv_udp_try_send(&s->udp, &ub, 1, (struct sockaddr *)&s->broker_udp);
+        uv_udp_try_send(s->udp, &ub, 1, (struct sockaddr *)&s->broker_udp);
     }
 }
 
@@ -570,12 +581,91 @@ static void on_tick(uv_timer_t *timer)
             lose(s, NTCP_ETIMEDOUT, 0);
         break;
     case C_REGISTERED:
+        if (s->udp_keepalive_at && now >= s->udp_keepalive_at) {
+            s->udp_keepalive_at = 0;
+            send_udp_keepalive(s);
+        }
         if (now >= s->next_refresh_ms) {
             s->next_refresh_ms = now + s->refresh_ms;
             send_refresh(s);
         }
         break;
     }
+}
+
+/* ---- the UDP keepalive socket ---- */
+
+static void on_udp_closed(uv_handle_t *h)
+{
+    ntcp_session *s = h->data;
+    free(h);
+    if (--s->open_handles == 0) {
+        free(s->broker_id);
+        free(s);
+    }
+}
+
+/* Opens the UDP keepalive socket on an ephemeral port. has_udp is set as
+ * soon as a handle exists, so that close() closes it. */
+static int udp_open(ntcp_session *s)
+{
+    struct sockaddr_storage any;
+    memset(&any, 0, sizeof any);
+    any.ss_family = s->broker_udp.ss_family;
+    uv_udp_t *u = malloc(sizeof *u);
+    if (!u || uv_udp_init(s->loop, u) < 0) {
+        free(u);
+        s->has_udp = false;
+        return NTCP_ESYS;
+    }
+    u->data = s;
+    s->udp = u;
+    s->open_handles++;
+    s->has_udp = true;
+    if (uv_udp_bind(u, (struct sockaddr *)&any, 0) < 0 ||
+        uv_udp_recv_start(u, on_udp_alloc, on_udp) < 0)
+        return NTCP_ESYS;
+    return 0;
+}
+
+int ntcp_session_take_udp(ntcp_session *s, uint32_t keepalive_delay_ms, int *fd,
+                          struct sockaddr_storage *local, struct sockaddr_storage *public_udp)
+{
+    *fd = -1;
+    if (!s || s->closed || !s->has_udp)
+        return NTCP_ENOTFOUND;
+    uv_os_fd_t ofd;
+    if (uv_fileno((uv_handle_t *)s->udp, &ofd) < 0)
+        return NTCP_ESYS;
+    /* The handle owns its descriptor and closes it with itself; the caller
+     * gets a duplicate of the same socket (same port, same NAT mapping,
+     * datagrams already queued included). */
+    int nfd = fcntl(ofd, F_DUPFD_CLOEXEC, 0);
+    if (nfd < 0)
+        return NTCP_ESYS;
+    if (local) {
+        socklen_t len = sizeof *local;
+        memset(local, 0, sizeof *local);
+        getsockname(nfd, (struct sockaddr *)local, &len);
+    }
+    if (public_udp)
+        *public_udp = s->public_udp;
+    uv_udp_recv_stop(s->udp);
+    uv_close((uv_handle_t *)s->udp, on_udp_closed);
+    s->udp = NULL;
+    memset(&s->public_udp, 0, sizeof s->public_udp);
+    if (udp_open(s) < 0) {
+        /* No replacement: the session goes on without UDP keepalives. */
+        if (s->has_udp && s->udp)
+            uv_close((uv_handle_t *)s->udp, on_udp_closed);
+        s->udp = NULL;
+        s->has_udp = false;
+    } else if (s->conn == C_REGISTERED) {
+        uint64_t at = now_ms(s) + keepalive_delay_ms;
+        s->udp_keepalive_at = at ? at : 1;
+    }
+    *fd = nfd;
+    return 0;
 }
 
 /* ---- API ---- */
@@ -623,20 +713,9 @@ int ntcp_session_start(uv_loop_t *loop, const ntcp_session_config *cfg, ntcp_ses
     uv_timer_init(loop, &s->timer);
     s->timer.data = s;
     s->open_handles++;
-    if (cfg->broker_udp) {
-        struct sockaddr_storage any;
-        memset(&any, 0, sizeof any);
-        any.ss_family = s->broker_udp.ss_family;
-        if (uv_udp_init(loop, &s->udp) == 0) {
-            s->udp.data = s;
-            s->open_handles++;
-            s->has_udp = true;
-            if (uv_udp_bind(&s->udp, (struct sockaddr *)&any, 0) < 0 ||
-                uv_udp_recv_start(&s->udp, on_udp_alloc, on_udp) < 0) {
-                ntcp_session_close(s);
-                return NTCP_ESYS;
-            }
-        }
+    if (cfg->broker_udp && udp_open(s) < 0) {
+        ntcp_session_close(s);
+        return NTCP_ESYS;
     }
     uv_timer_start(&s->timer, on_tick, TICK_MS, TICK_MS);
     start_connect(s);
@@ -672,8 +751,8 @@ void ntcp_session_close(ntcp_session *s)
     }
     s->conn = C_CLOSING;
     uv_close((uv_handle_t *)&s->timer, on_handle_closed);
-    if (s->has_udp)
-        uv_close((uv_handle_t *)&s->udp, on_handle_closed);
+    if (s->has_udp && s->udp)
+        uv_close((uv_handle_t *)s->udp, on_udp_closed);
     /* The TCP handle, if open, is closing already and frees s last. */
 }
 
@@ -707,7 +786,7 @@ int ntcp_session_local_udp(const ntcp_session *s, struct sockaddr_storage *out)
     if (!s->has_udp)
         return NTCP_ENOTFOUND;
     int len = (int)sizeof *out;
-    if (uv_udp_getsockname(&s->udp, (struct sockaddr *)out, &len) < 0) {
+    if (!s->udp || uv_udp_getsockname(s->udp, (struct sockaddr *)out, &len) < 0) {
         memset(out, 0, sizeof *out);
         return NTCP_ENOTFOUND;
     }
@@ -726,10 +805,11 @@ unsigned ntcp_session_registrations(const ntcp_session *s)
 }
 
 static int request(ntcp_session *s, uint16_t method, uint8_t kind, const char *name,
-                   uint32_t timeout_ms, ntcp_session_connect_cb ccb, ntcp_session_lookup_cb lcb,
-                   void *arg)
+                   uint32_t transport, uint32_t timeout_ms, ntcp_session_connect_cb ccb,
+                   ntcp_session_lookup_cb lcb, void *arg)
 {
-    if (!s || s->closed || !name || !broker_name_valid(name, strlen(name)) || (!ccb && !lcb))
+    if (!s || s->closed || !name || !broker_name_valid(name, strlen(name)) || (!ccb && !lcb) ||
+        transport > BROKER_TRANSPORT_UDP)
         return NTCP_EINVAL;
     if (!timeout_ms)
         timeout_ms = 10000;
@@ -753,6 +833,9 @@ static int request(ntcp_session *s, uint16_t method, uint8_t kind, const char *n
     stun_build_attr(&sb, BROKER_ATTR_NAME, name, strlen(name));
     if (method == BROKER_CONNECT)
         stun_build_u32(&sb, BROKER_ATTR_TIMEOUT, timeout_ms);
+    /* Absent means TCP: a TCP connect is what a version-1 broker knows. */
+    if (method == BROKER_CONNECT && transport != BROKER_TRANSPORT_TCP)
+        stun_build_u32(&sb, BROKER_ATTR_TRANSPORT, transport);
     build_send(s, &sb);
     return 0;
 }
@@ -760,11 +843,18 @@ static int request(ntcp_session *s, uint16_t method, uint8_t kind, const char *n
 int ntcp_session_connect(ntcp_session *s, const char *name, uint32_t timeout_ms,
                          ntcp_session_connect_cb cb, void *arg)
 {
-    return request(s, BROKER_CONNECT, T_CONNECT, name, timeout_ms, cb, NULL, arg);
+    return request(s, BROKER_CONNECT, T_CONNECT, name, BROKER_TRANSPORT_TCP, timeout_ms, cb, NULL,
+                   arg);
+}
+
+int ntcp_session_connect_ex(ntcp_session *s, const char *name, uint32_t transport,
+                            uint32_t timeout_ms, ntcp_session_connect_cb cb, void *arg)
+{
+    return request(s, BROKER_CONNECT, T_CONNECT, name, transport, timeout_ms, cb, NULL, arg);
 }
 
 int ntcp_session_lookup(ntcp_session *s, const char *name, uint32_t timeout_ms,
                         ntcp_session_lookup_cb cb, void *arg)
 {
-    return request(s, BROKER_LOOKUP, T_LOOKUP, name, timeout_ms, NULL, cb, arg);
+    return request(s, BROKER_LOOKUP, T_LOOKUP, name, 0, timeout_ms, NULL, cb, arg);
 }

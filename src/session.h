@@ -47,7 +47,9 @@ typedef struct ntcp_session_config {
     const char *name;        /* the name to register (required) */
     EVP_PKEY *key;           /* Ed25519 identity, borrowed: must outlive the session */
     const char *broker_id;   /* the broker identity we expect; NULL: the one it presents */
-    const struct sockaddr_storage *private_addrs; /* copied; up to BROKER_MAX_PRIVATE */
+    /* copied; up to BROKER_MAX_PRIVATE. A port of 0 is sent as the session's
+     * local TCP port (where same-LAN peers connect). */
+    const struct sockaddr_storage *private_addrs;
     size_t nprivate;
     const uint8_t *profile;  /* NAT profile blob, copied; up to BROKER_PROFILE_MAX */
     size_t profile_len;
@@ -101,6 +103,36 @@ int ntcp_session_connect(ntcp_session *s, const char *name, uint32_t timeout_ms,
                          ntcp_session_connect_cb cb, void *arg);
 int ntcp_session_lookup(ntcp_session *s, const char *name, uint32_t timeout_ms,
                         ntcp_session_lookup_cb cb, void *arg);
+/* The same with a transport (enum broker_transport): BROKER_TRANSPORT_UDP
+ * asks the broker for a UDP connect (the CONNECT carries TRANSPORT; the
+ * target's OFFER and both CONNECT-GOs say go->transport == UDP and carry
+ * each end's PUBLIC-UDP). ntcp_session_connect() is the TCP form. NTCP_EINVAL
+ * for a transport this version does not know. */
+int ntcp_session_connect_ex(ntcp_session *s, const char *name, uint32_t transport,
+                            uint32_t timeout_ms, ntcp_session_connect_cb cb, void *arg);
+
+/* Hands the UDP keepalive socket over to a UDP punch (src/udp_punch.h).
+ * That socket is the one whose NAT mapping the broker saw and put in the
+ * CONNECT-GOs (PUBLIC-UDP), so the punch must send from it: a fresh socket
+ * would have a mapping nobody knows. *fd is a duplicate of it, the caller's
+ * (non-blocking, close-on-exec; datagrams already queued stay in it); the
+ * session closes its own handle and opens a new socket on another ephemeral
+ * port, whose first keepalive leaves keepalive_delay_ms later (while
+ * registered), so the broker learns the new mapping for the next connect.
+ * Until that keepalive has reached the broker, a CONNECT-GO carries the
+ * taken socket's mapping (documented in docs/udp.md).
+ *
+ * Why not SO_REUSEPORT on one port: Linux spreads the datagrams of
+ * unconnected UDP sockets sharing a port by a hash of the source, so the
+ * peer's probes and HELLOs would land in the session's socket about half
+ * the time; only a *connected* socket is preferred for its exact 4-tuple,
+ * and the punch cannot connect before it knows which path works.
+ *
+ * local and public_udp (may be NULL) get the socket's local address and
+ * the mapping the broker reported for it (family 0 if none yet). Returns 0,
+ * NTCP_ENOTFOUND (no UDP socket: broker_udp not configured) or NTCP_ESYS. */
+int ntcp_session_take_udp(ntcp_session *s, uint32_t keepalive_delay_ms, int *fd,
+                          struct sockaddr_storage *local, struct sockaddr_storage *public_udp);
 
 /* Parses "IP:PORT" or "[IPv6]:PORT" (numeric only). Returns 0 or NTCP_EINVAL. */
 int ntcp_parse_hostport(const char *s, struct sockaddr_storage *out);

@@ -1,0 +1,1207 @@
+/*
+ * api.c: ntcp_listen, ntcp_accept, ntcp_connect and their asynchronous
+ * forms: the context's runtime.
+ *
+ * The runtime is one thread with a libuv loop, started by the first call that
+ * needs it. Bring-up: discovery (TCP and UDP over IPv4, when STUN servers are
+ * configured), then the broker session (src/session.c) with the profile blob
+ * and the private addresses. Each connection, at either end, is a `conn`:
+ * the initiator asks the broker (CONNECT), both ends get a CONNECT-GO, make
+ * the plan (src/plan.c) from both profiles and run it (src/engine.c); the
+ * engine's verified socket is handed to the caller.
+ *
+ * Threads. Callers queue requests under rt->mu and wake the loop with a
+ * uv_async; blocking callers then wait on rt->cv for their request's `done`.
+ * Everything else in struct ntcp_rt is the loop thread's alone, except the
+ * fields marked (mu). A blocking caller counts itself in rt->users, so that
+ * ntcp_free() from another thread waits for it to leave before freeing.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <ifaddrs.h>
+#include <net/if.h>
+#include <netdb.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/evp.h>
+#include <uv.h>
+
+#include "addr.h"
+#include "broker_proto.h"
+#include "context.h"
+#include "engine.h"
+#include "identity.h"
+#include "ntcp.h"
+#include "plan.h"
+#include "session.h"
+#include "verify.h"
+
+#define DEFAULT_TIMEOUT_MS 30000
+#define DISCOVER_TIMEOUT_MS 15000
+#define TICK_MS 50
+
+enum req_kind { R_LISTEN, R_CONNECT, R_ACCEPT_CB };
+
+typedef struct req req;
+struct req {
+    req *next;
+    int kind;
+    char name[BROKER_NAME_MAX + 1]; /* R_LISTEN: the name; R_CONNECT: the peer */
+    ntcp_transport_t transport;
+    uint64_t t0;       /* uv_hrtime() / 1e6 at the call */
+    uint64_t deadline; /* on the same clock */
+    ntcp_conn_cb conn_cb;
+    ntcp_listen_cb listen_cb;
+    void *user;
+    /* A blocking caller's request lives on its stack: done, status and info
+     * are written under rt->mu and the caller is woken. */
+    bool blocking;
+    bool done;
+    int status; /* fd or error */
+    ntcp_conn_info_t info;
+};
+
+typedef struct queued {
+    struct queued *next;
+    int fd;
+    ntcp_conn_info_t info;
+} queued;
+
+enum phase { P_IDLE, P_DISCOVER, P_REGISTERING, P_REGISTERED };
+
+typedef struct conn conn;
+
+typedef struct ntcp_rt {
+    ntcp_t *ctx;
+    pthread_t th;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    /* (mu) */
+    req *rq_head, *rq_tail; /* new requests, for the loop */
+    queued *aq_head, *aq_tail;
+    bool stopping, stopped;
+    bool listening;
+    unsigned users;
+    int prof_status;
+    ntcp_nat_profile_t prof;
+
+    /* the loop thread's */
+    uv_loop_t loop;
+    uv_async_t wake;
+    uv_timer_t tick;
+    int phase;
+    char name[BROKER_NAME_MAX + 1];
+    EVP_PKEY *key;
+    ntcp_session *s;
+    uint8_t blob[PLAN_BLOB_MAX];
+    int blen;
+    plan_profile me;
+    req *waiting;                   /* listens and connects waiting for the registration */
+    req *acb_head, *acb_tail;       /* ntcp_accept_async() callbacks */
+    conn *conns;
+    int reg_err;                    /* the last registration refusal (NTCP_EREFUSED), or 0 */
+    char broker_hp[80];             /* "IP:PORT" */
+} ntcp_rt;
+
+struct conn {
+    conn *next;
+    ntcp_rt *rt;
+    req *r; /* the initiator's request; NULL at the target */
+    bool going, finished;
+    uint64_t t0;
+    ntcp_engine *e;
+    plan pl;
+    ntcp_conn_info_t info;
+    int cancel_err; /* why the engine was cancelled (NTCP_ETIMEDOUT, NTCP_ECLOSED) */
+};
+
+static uint64_t mono_ms(void)
+{
+    return uv_hrtime() / 1000000u;
+}
+
+static void info_init(ntcp_conn_info_t *i, const char *peer, bool initiator)
+{
+    memset(i, 0, sizeof *i);
+    i->size = sizeof *i;
+    snprintf(i->peer, sizeof i->peer, "%s", peer ? peer : "");
+    i->initiator = initiator;
+    i->broker_ms = i->start_ms = i->connected_ms = i->verified_ms = -1;
+}
+
+/* Copies what the caller's (possibly older, smaller) struct has room for. */
+static void info_copy_out(ntcp_conn_info_t *dst, const ntcp_conn_info_t *src)
+{
+    if (!dst)
+        return;
+    size_t n = dst->size && dst->size < sizeof *src ? dst->size : sizeof *src;
+    memcpy(dst, src, n);
+    dst->size = n;
+}
+
+/* ---- completing requests ---- */
+
+static void req_complete(ntcp_rt *rt, req *r, int status, const ntcp_conn_info_t *info)
+{
+    if (r->blocking) {
+        pthread_mutex_lock(&rt->mu);
+        r->status = status;
+        if (info)
+            r->info = *info;
+        r->done = true;
+        pthread_cond_broadcast(&rt->cv);
+        pthread_mutex_unlock(&rt->mu);
+        return;
+    }
+    if (r->kind == R_LISTEN) {
+        if (r->listen_cb)
+            r->listen_cb(rt->ctx, status, r->user);
+    } else if (r->conn_cb) {
+        ntcp_conn_info_t empty;
+        if (!info) {
+            info_init(&empty, r->kind == R_CONNECT ? r->name : "", r->kind == R_CONNECT);
+            info = &empty;
+        }
+        r->conn_cb(rt->ctx, status, info, r->user);
+    } else if (status >= 0) {
+        close(status);
+    }
+    free(r);
+}
+
+static void unlink_waiting(ntcp_rt *rt, req *r)
+{
+    for (req **p = &rt->waiting; *p; p = &(*p)->next)
+        if (*p == r) {
+            *p = r->next;
+            return;
+        }
+}
+
+/* An incoming verified connection: to an accept callback, or the queue. */
+static void deliver_incoming(ntcp_rt *rt, int fd, const ntcp_conn_info_t *info)
+{
+    if (rt->acb_head) {
+        req *r = rt->acb_head;
+        rt->acb_head = r->next;
+        if (!rt->acb_head)
+            rt->acb_tail = NULL;
+        req_complete(rt, r, fd, info);
+        return;
+    }
+    queued *q = malloc(sizeof *q);
+    if (!q) {
+        close(fd);
+        return;
+    }
+    q->next = NULL;
+    q->fd = fd;
+    q->info = *info;
+    pthread_mutex_lock(&rt->mu);
+    if (rt->aq_tail)
+        rt->aq_tail->next = q;
+    else
+        rt->aq_head = q;
+    rt->aq_tail = q;
+    pthread_cond_broadcast(&rt->cv);
+    pthread_mutex_unlock(&rt->mu);
+}
+
+/* ---- connections ---- */
+
+static void conn_free(conn *c)
+{
+    ntcp_rt *rt = c->rt;
+    for (conn **p = &rt->conns; *p; p = &(*p)->next)
+        if (*p == c) {
+            *p = c->next;
+            break;
+        }
+    free(c);
+}
+
+static void conn_finish(conn *c, int status)
+{
+    if (c->finished)
+        return;
+    c->finished = true;
+    ntcp_rt *rt = c->rt;
+    if (status < 0 && !c->info.detail[0])
+        snprintf(c->info.detail, sizeof c->info.detail, "%s", ntcp_strerror(status));
+    if (c->r) {
+        req *r = c->r;
+        c->r = NULL;
+        req_complete(rt, r, status, &c->info);
+    } else if (status >= 0) {
+        deliver_incoming(rt, status, &c->info);
+    }
+    if (!c->e)
+        conn_free(c); /* else freed by the engine's callback */
+}
+
+static int64_t since(const conn *c, uint64_t t)
+{
+    return t >= c->t0 ? (int64_t)(t - c->t0) : 0;
+}
+
+static void on_engine(ntcp_engine *e, const ntcp_engine_result *res, void *user)
+{
+    (void)e;
+    conn *c = user;
+    c->e = NULL;
+    ntcp_conn_info_t *i = &c->info;
+    i->attempts = (unsigned)res->n;
+    snprintf(i->detail, sizeof i->detail, "%s", res->reason);
+    int status = res->err;
+    if (status == 0) {
+        /* Blocking mode, as a socket from accept() or connect() would be. */
+        int fl = fcntl(res->fd, F_GETFL);
+        if (fl >= 0)
+            fcntl(res->fd, F_SETFL, fl & ~O_NONBLOCK);
+        snprintf(i->method, sizeof i->method, "%s", ntcp_method_name(res->method));
+        i->local = res->local;
+        i->remote = res->remote;
+        if (i->start_ms >= 0) {
+            i->connected_ms = i->start_ms + res->connected_ms;
+            i->verified_ms = i->start_ms + res->verified_ms;
+        }
+        status = res->fd;
+    } else if (status == NTCP_ECLOSED && c->cancel_err) {
+        status = c->cancel_err;
+    }
+    if (c->finished) { /* its caller already had an answer */
+        if (status >= 0)
+            close(status);
+        conn_free(c);
+        return;
+    }
+    conn_finish(c, status); /* frees c: its engine has ended */
+}
+
+/* Both ends: the plan from both profiles, then the engine. */
+static void conn_go(conn *c, const broker_go *g)
+{
+    ntcp_rt *rt = c->rt;
+    if (c->going || c->finished)
+        return;
+    c->going = true;
+    uint64_t now = mono_ms();
+    ntcp_conn_info_t *i = &c->info;
+    i->broker_ms = since(c, now);
+    i->start_ms = i->broker_ms + g->start_delay_ms;
+    i->peer_public = g->peer.public_addr;
+    i->rtt_ms = g->rtt_us / 1000;
+    ntcp_session_public_addr(rt->s, &i->public_addr);
+    snprintf(i->peer, sizeof i->peer, "%s", g->peer.name);
+
+    plan_profile peer;
+    memset(&peer, 0, sizeof peer);
+    if (g->peer.profile_len && plan_profile_decode(g->peer.profile, g->peer.profile_len, &peer) < 0)
+        memset(&peer, 0, sizeof peer); /* an unreadable profile is an unknown one */
+    plan_input in;
+    plan_input_init(&in);
+    if (rt->me.has[PLAN_TCP4])
+        in.me.tcp = rt->me.b[PLAN_TCP4];
+    in.me.public_addr = i->public_addr;
+    in.me.rtt_ms = rt->me.rtt_ms;
+    in.me.nat_hops = rt->me.nat_hops;
+    if (peer.has[PLAN_TCP4])
+        in.peer.tcp = peer.b[PLAN_TCP4];
+    in.peer.public_addr = g->peer.public_addr;
+    in.peer.npriv = g->peer.nprivate < PLAN_MAX_PRIVATE ? g->peer.nprivate : PLAN_MAX_PRIVATE;
+    for (size_t k = 0; k < in.peer.npriv; k++)
+        in.peer.priv[k] = g->peer.private_addr[k];
+    in.peer.rtt_ms = peer.rtt_ms;
+    in.peer.nat_hops = peer.nat_hops;
+    in.initiator = g->role == BROKER_ROLE_REQUESTER;
+    plan_make(&in, &c->pl); /* an impossible plan goes to the engine, which reports it */
+
+    ntcp_engine_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.plan = &c->pl;
+    struct sockaddr_storage sl;
+    if (ntcp_session_local_addr(rt->s, &sl) == 0)
+        cfg.session_port = ntcp_sa_port(&sl);
+    cfg.start_at = uv_now(&rt->loop) + g->start_delay_ms;
+    if (ntcp_verify_params_from_go(&cfg.verify, g) < 0) {
+        conn_finish(c, NTCP_EPROTO);
+        snprintf(i->detail, sizeof i->detail, "the broker's CONNECT-GO has no key for %s", i->peer);
+        return;
+    }
+    cfg.verify.key = rt->key;
+    cfg.verify.name = rt->name;
+    int rc = ntcp_engine_start(&rt->loop, &cfg, on_engine, c, &c->e);
+    if (rc < 0) {
+        c->e = NULL;
+        snprintf(i->detail, sizeof i->detail, "cannot start the attempts: %s", ntcp_strerror(rc));
+        conn_finish(c, rc);
+    }
+}
+
+static void on_connect_answer(ntcp_session *s, int err, int code, const broker_go *g, void *arg)
+{
+    (void)s;
+    conn *c = arg;
+    if (c->finished) {
+        if (!c->e)
+            conn_free(c);
+        return;
+    }
+    if (err == 0) {
+        conn_go(c, g);
+        return;
+    }
+    int st = err;
+    const char *why = NULL;
+    if (err == NTCP_ENOTFOUND) {
+        st = NTCP_ENOPEER;
+        why = "the broker knows no peer of that name";
+    } else if (err == NTCP_EPROTO && (code == 603 || code == 403)) {
+        st = NTCP_EREFUSED;
+        why = code == 603 ? "the peer declined the connection" : "the broker refused: not authorized";
+    } else if (err == NTCP_EPROTO && (code == 408 || code == 410)) {
+        st = NTCP_EUNREACHABLE;
+        why = code == 408 ? "the peer did not answer the broker's offer" : "the peer left";
+    } else if (err == NTCP_EPROTO && code == 429) {
+        st = NTCP_EREFUSED;
+        why = "the broker's rate limit";
+    } else if (err == NTCP_ECLOSED || err == NTCP_EUNREACHABLE) {
+        why = "the broker session was lost";
+    }
+    if (why)
+        snprintf(c->info.detail, sizeof c->info.detail, "%s (code %d)", why, code);
+    else
+        snprintf(c->info.detail, sizeof c->info.detail, "broker: %s (code %d)",
+                 ntcp_strerror(err), code);
+    conn_finish(c, st);
+}
+
+static void connect_now(ntcp_rt *rt, req *r)
+{
+    conn *c = calloc(1, sizeof *c);
+    if (!c) {
+        req_complete(rt, r, NTCP_ENOMEM, NULL);
+        return;
+    }
+    c->rt = rt;
+    c->r = r;
+    c->t0 = r->t0;
+    info_init(&c->info, r->name, true);
+    c->info.transport = r->transport;
+    c->next = rt->conns;
+    rt->conns = c;
+    uint64_t now = mono_ms();
+    uint32_t left = r->deadline > now ? (uint32_t)(r->deadline - now) : 1;
+    int rc = ntcp_session_connect(rt->s, r->name, left, on_connect_answer, c);
+    if (rc < 0) {
+        snprintf(c->info.detail, sizeof c->info.detail, "cannot ask the broker: %s",
+                 ntcp_strerror(rc));
+        conn_finish(c, rc);
+    }
+}
+
+/* ---- the session ---- */
+
+static bool on_offer(ntcp_session *s, const broker_peer_info *from, void *user)
+{
+    (void)s;
+    ntcp_rt *rt = user;
+    pthread_mutex_lock(&rt->mu);
+    bool ok = rt->listening && !rt->stopping;
+    pthread_mutex_unlock(&rt->mu);
+    if (ok && rt->ctx->policy)
+        ok = rt->ctx->policy(rt->ctx, from->name, NTCP_TCP, rt->ctx->policy_user) != 0;
+    return ok;
+}
+
+static void on_go(ntcp_session *s, const broker_go *g, void *user)
+{
+    (void)s;
+    ntcp_rt *rt = user;
+    conn *c = calloc(1, sizeof *c);
+    if (!c)
+        return;
+    c->rt = rt;
+    c->t0 = mono_ms();
+    info_init(&c->info, g->peer.name, false);
+    c->next = rt->conns;
+    rt->conns = c;
+    conn_go(c, g);
+}
+
+static void registered(ntcp_rt *rt)
+{
+    rt->phase = P_REGISTERED;
+    rt->reg_err = 0;
+    req *w = rt->waiting;
+    rt->waiting = NULL;
+    while (w) {
+        req *n = w->next;
+        w->next = NULL;
+        if (w->kind == R_LISTEN) {
+            pthread_mutex_lock(&rt->mu);
+            rt->listening = true;
+            pthread_mutex_unlock(&rt->mu);
+            req_complete(rt, w, 0, NULL);
+        } else {
+            connect_now(rt, w);
+        }
+        w = n;
+    }
+}
+
+static void on_state(ntcp_session *s, int state, int err, int code, void *user)
+{
+    (void)s;
+    ntcp_rt *rt = user;
+    if (state == NTCP_SESSION_REGISTERED) {
+        registered(rt);
+        return;
+    }
+    if (rt->phase == P_REGISTERED)
+        rt->phase = P_REGISTERING; /* the session registers again by itself */
+    if (err == NTCP_EPROTO && (code == 403 || code == 409)) {
+        /* Refused: waiting callers learn it now (the session keeps trying). */
+        rt->reg_err = NTCP_EREFUSED;
+        req *w = rt->waiting;
+        rt->waiting = NULL;
+        while (w) {
+            req *n = w->next;
+            ntcp_conn_info_t info;
+            info_init(&info, w->kind == R_CONNECT ? w->name : "", w->kind == R_CONNECT);
+            snprintf(info.detail, sizeof info.detail,
+                     code == 403 ? "the broker refused the registration of %s: not authorized"
+                                 : "the broker refused the registration of %s: the name is "
+                                   "bound to another key",
+                     rt->name);
+            req_complete(rt, w, NTCP_EREFUSED, &info);
+            w = n;
+        }
+    }
+}
+
+/* Resolves "host:port" to a numeric "IP:PORT" the session parses. */
+static int resolve_broker(const char *hp, char *out, size_t len)
+{
+    char host[256];
+    uint16_t port;
+    if (ntcp_split_host_port(hp, host, sizeof host, &port, 0) < 0 || port == 0)
+        return NTCP_ECONFIG;
+    struct addrinfo hints, *res = NULL;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_flags = AI_ADDRCONFIG;
+    if (getaddrinfo(host, NULL, &hints, &res) != 0 || !res)
+        return NTCP_EUNREACHABLE;
+    /* IPv4 first: the planner works on the TCP-over-IPv4 behaviour. */
+    const struct addrinfo *pick = res;
+    for (const struct addrinfo *a = res; a; a = a->ai_next)
+        if (a->ai_family == AF_INET) {
+            pick = a;
+            break;
+        }
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof ss);
+    memcpy(&ss, pick->ai_addr, pick->ai_addrlen);
+    freeaddrinfo(res);
+    ntcp_sa_set_port(&ss, port);
+    char ip[INET6_ADDRSTRLEN + 10];
+    ntcp_addr_str((struct sockaddr *)&ss, ip, sizeof ip);
+    snprintf(out, len, "%s", ip);
+    return 0;
+}
+
+/* The private addresses same-LAN peers may reach us on: the interface the
+ * STUN probe left from first, then every other address that is up and not
+ * loopback, of the broker's family. Port 0: the session sends its own. */
+static size_t private_addrs(const ntcp_rt *rt, int family, struct sockaddr_storage *out,
+                            size_t max)
+{
+    size_t n = 0;
+    const struct sockaddr_storage *probe = &rt->prof.tcp4.local;
+    if (probe->ss_family == family && n < max) {
+        out[n] = *probe;
+        ntcp_sa_set_port(&out[n], 0);
+        n++;
+    }
+    struct ifaddrs *ifs = NULL;
+    if (getifaddrs(&ifs) < 0)
+        return n;
+    for (struct ifaddrs *i = ifs; i && n < max; i = i->ifa_next) {
+        if (!i->ifa_addr || i->ifa_addr->sa_family != family || !(i->ifa_flags & IFF_UP) ||
+            (i->ifa_flags & IFF_LOOPBACK))
+            continue;
+        struct sockaddr_storage a;
+        memset(&a, 0, sizeof a);
+        memcpy(&a, i->ifa_addr, family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6));
+        if (family == AF_INET6 && IN6_IS_ADDR_LINKLOCAL(&((struct sockaddr_in6 *)&a)->sin6_addr))
+            continue;
+        ntcp_sa_set_port(&a, 0);
+        bool dup = false;
+        for (size_t k = 0; k < n; k++)
+            dup = dup || ntcp_sockaddr_same_ip((struct sockaddr *)&a, (struct sockaddr *)&out[k]);
+        if (!dup)
+            out[n++] = a;
+    }
+    freeifaddrs(ifs);
+    return n;
+}
+
+static void fail_waiting(ntcp_rt *rt, int err, const char *why)
+{
+    req *w = rt->waiting;
+    rt->waiting = NULL;
+    while (w) {
+        req *n = w->next;
+        ntcp_conn_info_t info;
+        info_init(&info, w->kind == R_CONNECT ? w->name : "", w->kind == R_CONNECT);
+        snprintf(info.detail, sizeof info.detail, "%s", why);
+        req_complete(rt, w, err, &info);
+        w = n;
+    }
+}
+
+static void start_session(ntcp_rt *rt)
+{
+    ntcp_t *ctx = rt->ctx;
+    char why[256];
+    int rc = resolve_broker(ctx->broker, rt->broker_hp, sizeof rt->broker_hp);
+    if (rc < 0) {
+        snprintf(why, sizeof why, "cannot resolve the broker %s", ctx->broker);
+        rt->phase = P_IDLE;
+        fail_waiting(rt, rc, why);
+        return;
+    }
+    if (!rt->key) {
+        rc = ctx->key_file ? ntcp_identity_load(ctx->key_file, 1, &rt->key)
+                           : ntcp_identity_generate(&rt->key);
+        if (rc < 0) {
+            snprintf(why, sizeof why, "cannot load or make the key %s: %s",
+                     ctx->key_file ? ctx->key_file : "(ephemeral)", ntcp_strerror(rc));
+            rt->phase = P_IDLE;
+            fail_waiting(rt, rc == NTCP_ENOMEM ? rc : NTCP_ECONFIG, why);
+            return;
+        }
+    }
+    struct sockaddr_storage baddr;
+    ntcp_parse_hostport(rt->broker_hp, &baddr);
+    struct sockaddr_storage priv[BROKER_MAX_PRIVATE];
+    size_t npriv = private_addrs(rt, baddr.ss_family, priv, BROKER_MAX_PRIVATE);
+
+    ntcp_session_config sc;
+    memset(&sc, 0, sizeof sc);
+    sc.broker = rt->broker_hp;
+    sc.broker_udp = rt->broker_hp; /* ntcp-brokerd --udp on the same address and port */
+    sc.name = rt->name;
+    sc.key = rt->key;
+    sc.private_addrs = priv;
+    sc.nprivate = npriv;
+    sc.profile = rt->blen > 0 ? rt->blob : NULL;
+    sc.profile_len = rt->blen > 0 ? (size_t)rt->blen : 0;
+    sc.on_offer = on_offer;
+    sc.on_go = on_go;
+    sc.on_state = on_state;
+    sc.user = rt;
+    rt->phase = P_REGISTERING;
+    rc = ntcp_session_start(&rt->loop, &sc, &rt->s);
+    if (rc < 0) {
+        rt->s = NULL;
+        rt->phase = P_IDLE;
+        fail_waiting(rt, rc, "cannot start the broker session");
+    }
+}
+
+static void on_discovered(ntcp_t *ctx, int status, const ntcp_nat_profile_t *np, void *user)
+{
+    (void)ctx;
+    ntcp_rt *rt = user;
+    pthread_mutex_lock(&rt->mu);
+    rt->prof = *np;
+    rt->prof_status = status;
+    pthread_mutex_unlock(&rt->mu);
+    if (rt->phase != P_DISCOVER)
+        return; /* stopping */
+    plan_profile pp;
+    plan_profile_from_nat(&pp, np, false, 0);
+    rt->blen = plan_profile_encode(&pp, rt->blob, sizeof rt->blob);
+    if (rt->blen < 0 || plan_profile_decode(rt->blob, (size_t)rt->blen, &rt->me) < 0) {
+        rt->blen = 0;
+        memset(&rt->me, 0, sizeof rt->me);
+    }
+    start_session(rt);
+}
+
+static void bring_up(ntcp_rt *rt)
+{
+    ntcp_t *ctx = rt->ctx;
+    if (ctx->n_stun_servers == 0) {
+        /* No discovery: the profile stays unknown and the planner tries
+         * what works without one. */
+        pthread_mutex_lock(&rt->mu);
+        rt->prof_status = NTCP_ECONFIG;
+        pthread_mutex_unlock(&rt->mu);
+        start_session(rt);
+        return;
+    }
+    rt->phase = P_DISCOVER;
+    int rc = ntcp_discover_start(ctx, &rt->loop,
+                                 NTCP_DISCOVER_TCP | NTCP_DISCOVER_UDP | NTCP_DISCOVER_IPV4,
+                                 DISCOVER_TIMEOUT_MS, on_discovered, rt);
+    if (rc < 0)
+        start_session(rt);
+}
+
+/* ---- requests on the loop ---- */
+
+static void handle(ntcp_rt *rt, req *r)
+{
+    if (r->kind == R_ACCEPT_CB) {
+        /* A connection already queued goes to it at once. */
+        pthread_mutex_lock(&rt->mu);
+        queued *q = rt->aq_head;
+        if (q) {
+            rt->aq_head = q->next;
+            if (!rt->aq_head)
+                rt->aq_tail = NULL;
+        }
+        pthread_mutex_unlock(&rt->mu);
+        if (q) {
+            req_complete(rt, r, q->fd, &q->info);
+            free(q);
+            return;
+        }
+        r->next = NULL;
+        if (rt->acb_tail)
+            rt->acb_tail->next = r;
+        else
+            rt->acb_head = r;
+        rt->acb_tail = r;
+        return;
+    }
+    const char *name = r->kind == R_LISTEN ? r->name : rt->ctx->name;
+    if (r->kind == R_LISTEN && !r->name[0])
+        name = rt->ctx->name;
+    if (rt->phase != P_IDLE && name && strcmp(name, rt->name) != 0 && r->kind == R_LISTEN) {
+        ntcp_conn_info_t info;
+        info_init(&info, "", false);
+        snprintf(info.detail, sizeof info.detail,
+                 "this context is registered as %s: one name per context", rt->name);
+        req_complete(rt, r, NTCP_EINVAL, &info);
+        return;
+    }
+    if (rt->phase == P_REGISTERED) {
+        if (r->kind == R_LISTEN) {
+            pthread_mutex_lock(&rt->mu);
+            rt->listening = true;
+            pthread_mutex_unlock(&rt->mu);
+            req_complete(rt, r, 0, NULL);
+        } else {
+            connect_now(rt, r);
+        }
+        return;
+    }
+    r->next = rt->waiting;
+    rt->waiting = r;
+    if (rt->phase == P_IDLE) {
+        snprintf(rt->name, sizeof rt->name, "%s", name);
+        bring_up(rt);
+    }
+}
+
+static void on_wake(uv_async_t *a)
+{
+    ntcp_rt *rt = a->data;
+    pthread_mutex_lock(&rt->mu);
+    req *list = rt->rq_head;
+    rt->rq_head = rt->rq_tail = NULL;
+    bool stop = rt->stopping;
+    pthread_mutex_unlock(&rt->mu);
+    while (list) {
+        req *n = list->next;
+        list->next = NULL;
+        if (stop)
+            req_complete(rt, list, NTCP_ECLOSED, NULL);
+        else
+            handle(rt, list);
+        list = n;
+    }
+    if (!stop)
+        return;
+
+    /* Stop: every request and connection ends, every handle closes. */
+    fail_waiting(rt, NTCP_ECLOSED, "the context is being freed");
+    while (rt->acb_head) {
+        req *r = rt->acb_head;
+        rt->acb_head = r->next;
+        req_complete(rt, r, NTCP_ECLOSED, NULL);
+    }
+    rt->acb_tail = NULL;
+    for (conn *c = rt->conns, *n; c; c = n) {
+        n = c->next;
+        if (c->e) {
+            c->cancel_err = NTCP_ECLOSED;
+            ntcp_engine_cancel(c->e); /* its callback frees c */
+        }
+        /* Without an engine, c waits for the broker's answer: closing the
+         * session below gives it (NTCP_ECLOSED), and on_connect_answer ends it. */
+    }
+    if (rt->s) {
+        ntcp_session_close(rt->s); /* pending connects complete with NTCP_ECLOSED */
+        rt->s = NULL;
+    }
+    rt->phase = P_IDLE;
+    uv_close((uv_handle_t *)&rt->tick, NULL);
+    uv_close((uv_handle_t *)&rt->wake, NULL);
+}
+
+static void on_tick(uv_timer_t *t)
+{
+    ntcp_rt *rt = t->data;
+    uint64_t now = mono_ms();
+    for (req *w = rt->waiting, *n; w; w = n) {
+        n = w->next;
+        if (now < w->deadline)
+            continue;
+        unlink_waiting(rt, w);
+        ntcp_conn_info_t info;
+        info_init(&info, w->kind == R_CONNECT ? w->name : "", w->kind == R_CONNECT);
+        snprintf(info.detail, sizeof info.detail, "%s",
+                 rt->phase == P_DISCOVER ? "timed out discovering the NAT"
+                                         : "timed out registering with the broker");
+        req_complete(rt, w, NTCP_ETIMEDOUT, &info);
+    }
+    for (conn *c = rt->conns, *n; c; c = n) {
+        n = c->next;
+        if (!c->r || c->finished || now < c->r->deadline)
+            continue;
+        if (c->e) {
+            c->cancel_err = NTCP_ETIMEDOUT;
+            ntcp_engine_cancel(c->e);
+        } else {
+            snprintf(c->info.detail, sizeof c->info.detail, "%s",
+                     c->going ? "timed out" : "timed out waiting for the broker's answer");
+            c->finished = true;
+            req *r = c->r;
+            c->r = NULL;
+            req_complete(rt, r, NTCP_ETIMEDOUT, &c->info);
+            /* the session's answer will still come: on_connect_answer frees c */
+        }
+    }
+}
+
+static void *rt_main(void *arg)
+{
+    ntcp_rt *rt = arg;
+    uv_run(&rt->loop, UV_RUN_DEFAULT);
+    /* Closing callbacks of the session and engines. */
+    uv_run(&rt->loop, UV_RUN_DEFAULT);
+    /* Connections still in the list were waiting for a broker answer that
+     * the closed session will never give. */
+    while (rt->conns)
+        conn_free(rt->conns);
+    pthread_mutex_lock(&rt->mu);
+    rt->stopped = true;
+    pthread_cond_broadcast(&rt->cv);
+    pthread_mutex_unlock(&rt->mu);
+    return NULL;
+}
+
+static ntcp_rt *get_rt(ntcp_t *ctx, int *err)
+{
+    pthread_mutex_lock(&ctx->rt_mu);
+    ntcp_rt *rt = ctx->rt;
+    if (rt) {
+        pthread_mutex_unlock(&ctx->rt_mu);
+        return rt;
+    }
+    *err = NTCP_ENOMEM;
+    rt = calloc(1, sizeof *rt);
+    if (!rt)
+        goto out;
+    rt->ctx = ctx;
+    rt->prof_status = NTCP_ENOTREADY;
+    pthread_mutex_init(&rt->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&rt->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    *err = NTCP_ESYS;
+    if (uv_loop_init(&rt->loop) < 0)
+        goto fail;
+    uv_async_init(&rt->loop, &rt->wake, on_wake);
+    rt->wake.data = rt;
+    uv_timer_init(&rt->loop, &rt->tick);
+    rt->tick.data = rt;
+    uv_timer_start(&rt->tick, on_tick, TICK_MS, TICK_MS);
+    if (pthread_create(&rt->th, NULL, rt_main, rt) != 0) {
+        uv_close((uv_handle_t *)&rt->wake, NULL);
+        uv_close((uv_handle_t *)&rt->tick, NULL);
+        uv_run(&rt->loop, UV_RUN_DEFAULT);
+        uv_loop_close(&rt->loop);
+        goto fail;
+    }
+    ctx->rt = rt;
+    pthread_mutex_unlock(&ctx->rt_mu);
+    return rt;
+fail:
+    pthread_cond_destroy(&rt->cv);
+    pthread_mutex_destroy(&rt->mu);
+    free(rt);
+    rt = NULL;
+out:
+    pthread_mutex_unlock(&ctx->rt_mu);
+    return NULL;
+}
+
+void ntcp_rt_shutdown(ntcp_t *ctx)
+{
+    ntcp_rt *rt = ctx->rt;
+    if (!rt)
+        return;
+    pthread_mutex_lock(&rt->mu);
+    rt->stopping = true;
+    pthread_cond_broadcast(&rt->cv);
+    pthread_mutex_unlock(&rt->mu);
+    uv_async_send(&rt->wake);
+    pthread_join(rt->th, NULL);
+    pthread_mutex_lock(&rt->mu);
+    while (rt->users > 0) /* blocked callers leave (their requests ended) */
+        pthread_cond_wait(&rt->cv, &rt->mu);
+    pthread_mutex_unlock(&rt->mu);
+    for (queued *q = rt->aq_head, *n; q; q = n) {
+        n = q->next;
+        close(q->fd);
+        free(q);
+    }
+    EVP_PKEY_free(rt->key);
+    uv_loop_close(&rt->loop);
+    pthread_cond_destroy(&rt->cv);
+    pthread_mutex_destroy(&rt->mu);
+    free(rt);
+    ctx->rt = NULL;
+}
+
+/* ---- the public functions ---- */
+
+static int check_ready(ntcp_t *ctx)
+{
+    if (!ctx->broker || !ctx->name)
+        return NTCP_ECONFIG;
+    return 0;
+}
+
+static uint64_t deadline_of(int timeout_ms)
+{
+    return mono_ms() + (uint64_t)(timeout_ms > 0 ? timeout_ms : DEFAULT_TIMEOUT_MS);
+}
+
+/* Queues r for the loop. Returns 0, or NTCP_ECLOSED (r not queued). */
+static int submit(ntcp_rt *rt, req *r)
+{
+    pthread_mutex_lock(&rt->mu);
+    if (rt->stopping) {
+        pthread_mutex_unlock(&rt->mu);
+        return NTCP_ECLOSED;
+    }
+    r->next = NULL;
+    if (rt->rq_tail)
+        rt->rq_tail->next = r;
+    else
+        rt->rq_head = r;
+    rt->rq_tail = r;
+    if (r->blocking)
+        rt->users++;
+    pthread_mutex_unlock(&rt->mu);
+    uv_async_send(&rt->wake);
+    return 0;
+}
+
+/* Waits for a blocking request to be done; returns its status. */
+static int wait_done(ntcp_rt *rt, req *r)
+{
+    pthread_mutex_lock(&rt->mu);
+    while (!r->done)
+        pthread_cond_wait(&rt->cv, &rt->mu);
+    rt->users--;
+    pthread_cond_broadcast(&rt->cv);
+    pthread_mutex_unlock(&rt->mu);
+    return r->status;
+}
+
+static int check_name(const char *name)
+{
+    return name && broker_name_valid(name, strlen(name)) ? 0 : NTCP_EINVAL;
+}
+
+int ntcp_listen(ntcp_t *ctx, const char *name, int timeout_ms)
+{
+    if (!ctx || (name && check_name(name) < 0))
+        return NTCP_EINVAL;
+    if (!ctx->broker || (!name && !ctx->name))
+        return NTCP_ECONFIG;
+    int err = 0;
+    ntcp_rt *rt = get_rt(ctx, &err);
+    if (!rt)
+        return err;
+    req r;
+    memset(&r, 0, sizeof r);
+    r.kind = R_LISTEN;
+    snprintf(r.name, sizeof r.name, "%s", name ? name : ctx->name);
+    r.t0 = mono_ms();
+    r.deadline = deadline_of(timeout_ms);
+    r.blocking = true;
+    int rc = submit(rt, &r);
+    return rc < 0 ? rc : wait_done(rt, &r);
+}
+
+int ntcp_listen_async(ntcp_t *ctx, const char *name, ntcp_listen_cb cb, void *user_ptr)
+{
+    if (!ctx || !cb || (name && check_name(name) < 0))
+        return NTCP_EINVAL;
+    if (!ctx->broker || (!name && !ctx->name))
+        return NTCP_ECONFIG;
+    int err = 0;
+    ntcp_rt *rt = get_rt(ctx, &err);
+    if (!rt)
+        return err;
+    req *r = calloc(1, sizeof *r);
+    if (!r)
+        return NTCP_ENOMEM;
+    r->kind = R_LISTEN;
+    snprintf(r->name, sizeof r->name, "%s", name ? name : ctx->name);
+    r->t0 = mono_ms();
+    r->deadline = deadline_of(0);
+    r->listen_cb = cb;
+    r->user = user_ptr;
+    int rc = submit(rt, r);
+    if (rc < 0)
+        free(r);
+    return rc;
+}
+
+static int connect_common(ntcp_t *ctx, const char *peer, ntcp_transport_t transport,
+                          int timeout_ms, req *r)
+{
+    if (!ctx || check_name(peer) < 0 || (transport != NTCP_TCP && transport != NTCP_UDP))
+        return NTCP_EINVAL;
+    int rc = check_ready(ctx);
+    if (rc < 0)
+        return rc;
+    if (transport == NTCP_UDP)
+        return NTCP_EINVAL; /* not yet: ntcp_udp_punch() */
+    r->kind = R_CONNECT;
+    snprintf(r->name, sizeof r->name, "%s", peer);
+    r->transport = transport;
+    r->t0 = mono_ms();
+    r->deadline = deadline_of(timeout_ms);
+    return 0;
+}
+
+int ntcp_connect(ntcp_t *ctx, const char *peer, ntcp_conn_info_t *info, int timeout_ms)
+{
+    req r;
+    memset(&r, 0, sizeof r);
+    int rc = connect_common(ctx, peer, NTCP_TCP, timeout_ms, &r);
+    if (rc == 0) {
+        ntcp_rt *rt = get_rt(ctx, &rc);
+        if (rt) {
+            r.blocking = true;
+            rc = submit(rt, &r);
+            if (rc == 0) {
+                rc = wait_done(rt, &r);
+                info_copy_out(info, &r.info);
+                return rc;
+            }
+        }
+    }
+    if (info) {
+        ntcp_conn_info_t tmp;
+        info_init(&tmp, peer, true);
+        snprintf(tmp.detail, sizeof tmp.detail, "%s",
+                 rc == NTCP_ECONFIG ? "no broker or no name configured" : ntcp_strerror(rc));
+        info_copy_out(info, &tmp);
+    }
+    return rc;
+}
+
+int ntcp_connect_async(ntcp_t *ctx, const char *peer, int timeout_ms, ntcp_conn_cb cb,
+                       void *user_ptr)
+{
+    if (!cb)
+        return NTCP_EINVAL;
+    req *r = calloc(1, sizeof *r);
+    if (!r)
+        return NTCP_ENOMEM;
+    int rc = connect_common(ctx, peer, NTCP_TCP, timeout_ms, r);
+    ntcp_rt *rt = rc == 0 ? get_rt(ctx, &rc) : NULL;
+    if (rt) {
+        r->conn_cb = cb;
+        r->user = user_ptr;
+        rc = submit(rt, r);
+    }
+    if (rc < 0)
+        free(r);
+    return rc;
+}
+
+int ntcp_accept(ntcp_t *ctx, ntcp_conn_info_t *info, int timeout_ms)
+{
+    if (!ctx)
+        return NTCP_EINVAL;
+    pthread_mutex_lock(&ctx->rt_mu);
+    ntcp_rt *rt = ctx->rt;
+    pthread_mutex_unlock(&ctx->rt_mu);
+    if (!rt)
+        return NTCP_ENOTREADY;
+    struct timespec until;
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    if (timeout_ms > 0) {
+        until.tv_sec += timeout_ms / 1000;
+        until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+    }
+    pthread_mutex_lock(&rt->mu);
+    if (!rt->listening) {
+        pthread_mutex_unlock(&rt->mu);
+        return NTCP_ENOTREADY;
+    }
+    rt->users++;
+    int rc = NTCP_ETIMEDOUT;
+    for (;;) {
+        if (rt->stopping) {
+            rc = NTCP_ECLOSED;
+            break;
+        }
+        queued *q = rt->aq_head;
+        if (q) {
+            rt->aq_head = q->next;
+            if (!rt->aq_head)
+                rt->aq_tail = NULL;
+            rc = q->fd;
+            info_copy_out(info, &q->info);
+            free(q);
+            break;
+        }
+        if (timeout_ms == 0)
+            break;
+        if (timeout_ms < 0)
+            pthread_cond_wait(&rt->cv, &rt->mu);
+        else if (pthread_cond_timedwait(&rt->cv, &rt->mu, &until) == ETIMEDOUT)
+            timeout_ms = 0; /* one last look */
+    }
+    rt->users--;
+    pthread_cond_broadcast(&rt->cv);
+    pthread_mutex_unlock(&rt->mu);
+    return rc;
+}
+
+int ntcp_accept_async(ntcp_t *ctx, ntcp_conn_cb cb, void *user_ptr)
+{
+    if (!ctx || !cb)
+        return NTCP_EINVAL;
+    pthread_mutex_lock(&ctx->rt_mu);
+    ntcp_rt *rt = ctx->rt;
+    pthread_mutex_unlock(&ctx->rt_mu);
+    if (!rt)
+        return NTCP_ENOTREADY;
+    req *r = calloc(1, sizeof *r);
+    if (!r)
+        return NTCP_ENOMEM;
+    r->kind = R_ACCEPT_CB;
+    r->conn_cb = cb;
+    r->user = user_ptr;
+    int rc = submit(rt, r);
+    if (rc < 0)
+        free(r);
+    return rc;
+}
+
+int ntcp_set_policy(ntcp_t *ctx, ntcp_policy_fn fn, void *user_ptr)
+{
+    if (!ctx)
+        return NTCP_EINVAL;
+    ctx->policy = fn;
+    ctx->policy_user = user_ptr;
+    return 0;
+}
+
+int ntcp_get_profile(ntcp_t *ctx, ntcp_nat_profile_t *profile)
+{
+    if (!ctx || !profile)
+        return NTCP_EINVAL;
+    memset(profile, 0, sizeof *profile);
+    profile->size = sizeof *profile;
+    pthread_mutex_lock(&ctx->rt_mu);
+    ntcp_rt *rt = ctx->rt;
+    int st = NTCP_ENOTREADY;
+    if (rt) {
+        pthread_mutex_lock(&rt->mu);
+        *profile = rt->prof;
+        st = rt->prof_status;
+        pthread_mutex_unlock(&rt->mu);
+    }
+    pthread_mutex_unlock(&ctx->rt_mu);
+    return st;
+}
+
+static size_t json_str(char *buf, size_t len, size_t off, const char *s)
+{
+    /* Names and addresses are plain; escape the rest of detail conservatively. */
+    for (; *s; s++) {
+        char c = *s;
+        int n;
+        if (c == '"' || c == '\\')
+            n = snprintf(buf + (off < len ? off : len), off < len ? len - off : 0, "\\%c", c);
+        else if ((unsigned char)c < 0x20)
+            n = snprintf(buf + (off < len ? off : len), off < len ? len - off : 0, "\\u%04x", c);
+        else
+            n = snprintf(buf + (off < len ? off : len), off < len ? len - off : 0, "%c", c);
+        off += (size_t)(n > 0 ? n : 0);
+    }
+    return off;
+}
+
+size_t ntcp_conn_info_json(const ntcp_conn_info_t *i, int status, char *buf, size_t len)
+{
+    char loc[64] = "", rem[64] = "", pub[64] = "", ppub[64] = "";
+    if (i->local.ss_family)
+        ntcp_addr_str((const struct sockaddr *)&i->local, loc, sizeof loc);
+    if (i->remote.ss_family)
+        ntcp_addr_str((const struct sockaddr *)&i->remote, rem, sizeof rem);
+    if (i->public_addr.ss_family)
+        ntcp_addr_str((const struct sockaddr *)&i->public_addr, pub, sizeof pub);
+    if (i->peer_public.ss_family)
+        ntcp_addr_str((const struct sockaddr *)&i->peer_public, ppub, sizeof ppub);
+    size_t off = 0;
+#define PUT(...)                                                                                   \
+    do {                                                                                           \
+        int n_ = snprintf(buf + (off < len ? off : len), off < len ? len - off : 0, __VA_ARGS__);  \
+        off += (size_t)(n_ > 0 ? n_ : 0);                                                          \
+    } while (0)
+    PUT("{\"ok\":%s,\"error\":\"%s\",\"transport\":\"%s\",\"peer\":\"", status >= 0 ? "true" : "false",
+        status >= 0 ? "" : ntcp_strerror(status), i->transport == NTCP_UDP ? "udp" : "tcp");
+    off = json_str(buf, len, off, i->peer);
+    PUT("\",\"role\":\"%s\",\"method\":\"%s\",\"local\":\"%s\",\"remote\":\"%s\","
+        "\"public\":\"%s\",\"peer_public\":\"%s\",\"broker_ms\":%lld,\"start_ms\":%lld,"
+        "\"connected_ms\":%lld,\"verified_ms\":%lld,\"rtt_ms\":%u,\"attempts\":%u,\"detail\":\"",
+        i->initiator ? "initiator" : "target", i->method, loc, rem, pub, ppub,
+        (long long)i->broker_ms, (long long)i->start_ms, (long long)i->connected_ms,
+        (long long)i->verified_ms, i->rtt_ms, i->attempts);
+    off = json_str(buf, len, off, i->detail);
+    PUT("\"}");
+#undef PUT
+    if (len)
+        buf[off < len ? off : len - 1] = '\0';
+    return off;
+}
