@@ -107,6 +107,9 @@ typedef struct ntcp_rt {
     conn *conns;
     int reg_err;                    /* the last registration refusal (NTCP_EREFUSED), or 0 */
     char broker_hp[80];             /* "IP:PORT" */
+    bool debug;                     /* $NTCP_DEBUG: plans and results on stderr */
+    struct sockaddr_storage priv[BROKER_MAX_PRIVATE]; /* as registered (port 0: the session's) */
+    size_t npriv;
 } ntcp_rt;
 
 struct conn {
@@ -256,6 +259,13 @@ static void on_engine(ntcp_engine *e, const ntcp_engine_result *res, void *user)
     conn *c = user;
     c->e = NULL;
     ntcp_conn_info_t *i = &c->info;
+    if (c->rt->debug) {
+        /* NTCP_DEBUG set: the plan and every attempt's outcome, for people. */
+        static char pj[8192], ej[8192];
+        plan_format(&c->pl, true, pj, sizeof pj);
+        ntcp_engine_result_json(res, ej, sizeof ej);
+        fprintf(stderr, "ntcp: plan %s\nntcp: result %s\n", pj, ej);
+    }
     i->attempts = (unsigned)res->n;
     snprintf(i->detail, sizeof i->detail, "%s", res->reason);
     int status = res->err;
@@ -309,6 +319,16 @@ static void conn_go(conn *c, const broker_go *g)
     if (rt->me.has[PLAN_TCP4])
         in.me.tcp = rt->me.b[PLAN_TCP4];
     in.me.public_addr = i->public_addr;
+    /* My private addresses as the peer got them from the broker: both plans
+     * must be made from the same facts. */
+    struct sockaddr_storage sl;
+    uint16_t sport = ntcp_session_local_addr(rt->s, &sl) == 0 ? ntcp_sa_port(&sl) : 0;
+    in.me.npriv = rt->npriv < PLAN_MAX_PRIVATE ? rt->npriv : PLAN_MAX_PRIVATE;
+    for (size_t k = 0; k < in.me.npriv; k++) {
+        in.me.priv[k] = rt->priv[k];
+        if (ntcp_sa_port(&in.me.priv[k]) == 0)
+            ntcp_sa_set_port(&in.me.priv[k], sport);
+    }
     in.me.rtt_ms = rt->me.rtt_ms;
     in.me.nat_hops = rt->me.nat_hops;
     if (peer.has[PLAN_TCP4])
@@ -325,9 +345,7 @@ static void conn_go(conn *c, const broker_go *g)
     ntcp_engine_config cfg;
     memset(&cfg, 0, sizeof cfg);
     cfg.plan = &c->pl;
-    struct sockaddr_storage sl;
-    if (ntcp_session_local_addr(rt->s, &sl) == 0)
-        cfg.session_port = ntcp_sa_port(&sl);
+    cfg.session_port = sport;
     cfg.start_at = uv_now(&rt->loop) + g->start_delay_ms;
     if (ntcp_verify_params_from_go(&cfg.verify, g) < 0) {
         conn_finish(c, NTCP_EPROTO);
@@ -592,8 +610,7 @@ static void start_session(ntcp_rt *rt)
     }
     struct sockaddr_storage baddr;
     ntcp_parse_hostport(rt->broker_hp, &baddr);
-    struct sockaddr_storage priv[BROKER_MAX_PRIVATE];
-    size_t npriv = private_addrs(rt, baddr.ss_family, priv, BROKER_MAX_PRIVATE);
+    rt->npriv = private_addrs(rt, baddr.ss_family, rt->priv, BROKER_MAX_PRIVATE);
 
     ntcp_session_config sc;
     memset(&sc, 0, sizeof sc);
@@ -601,8 +618,8 @@ static void start_session(ntcp_rt *rt)
     sc.broker_udp = rt->broker_hp; /* ntcp-brokerd --udp on the same address and port */
     sc.name = rt->name;
     sc.key = rt->key;
-    sc.private_addrs = priv;
-    sc.nprivate = npriv;
+    sc.private_addrs = rt->priv;
+    sc.nprivate = rt->npriv;
     sc.profile = rt->blen > 0 ? rt->blob : NULL;
     sc.profile_len = rt->blen > 0 ? (size_t)rt->blen : 0;
     sc.on_offer = on_offer;
@@ -827,6 +844,8 @@ static ntcp_rt *get_rt(ntcp_t *ctx, int *err)
         goto out;
     rt->ctx = ctx;
     rt->prof_status = NTCP_ENOTREADY;
+    const char *dbg = getenv("NTCP_DEBUG");
+    rt->debug = dbg && *dbg && strcmp(dbg, "0") != 0;
     pthread_mutex_init(&rt->mu, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
