@@ -40,6 +40,7 @@
 #include "ntcp.h"
 #include "plan.h"
 #include "session.h"
+#include "stun.h"
 #include "verify.h"
 
 #define DEFAULT_TIMEOUT_MS 30000
@@ -110,6 +111,9 @@ typedef struct ntcp_rt {
     bool debug;                     /* $NTCP_DEBUG: plans and results on stderr */
     struct sockaddr_storage priv[BROKER_MAX_PRIVATE]; /* as registered (port 0: the session's) */
     size_t npriv;
+    struct sockaddr_storage stun_addr; /* the STUN server that answered discovery */
+    struct sampler *sampling;          /* a port sample in flight, or NULL */
+    bool sample_again;                 /* a connection ended during it */
 } ntcp_rt;
 
 struct conn {
@@ -216,6 +220,163 @@ static void deliver_incoming(ntcp_rt *rt, int fd, const ntcp_conn_info_t *info)
     pthread_mutex_unlock(&rt->mu);
 }
 
+/* ---- the newest external port, with sequential ports ----
+ *
+ * Behind a NAT that gives each new mapping the next port (+delta), every
+ * connection moves the ports the peer must predict: the planner's base is
+ * the newest external port known. After each connection this end opens one
+ * TCP connection to the STUN server, reads the port it was seen from, and
+ * sends the profile with that port to the broker (a REFRESH on the session's
+ * stream, so the broker has it before any later CONNECT or OFFER answer of
+ * ours). Both plans then start from it: the peer from the CONNECT-GO's
+ * blob, this end from the blob it sent last. */
+
+typedef struct sampler {
+    ntcp_rt *rt;
+    uv_tcp_t tcp;
+    uv_connect_t creq;
+    uv_write_t wreq;
+    uv_timer_t timer;
+    uint8_t tid[STUN_TID_SIZE];
+    uint8_t req[64];
+    uint8_t rbuf[512];
+    size_t rlen;
+    int handles;
+    bool ended;
+} sampler;
+
+static void resample(ntcp_rt *rt);
+
+static void sampler_closed(uv_handle_t *h)
+{
+    sampler *sp = h->data;
+    if (--sp->handles > 0)
+        return;
+    ntcp_rt *rt = sp->rt;
+    free(sp);
+    if (rt->sampling == sp)
+        rt->sampling = NULL;
+    if (rt->sample_again && rt->phase != P_IDLE) {
+        rt->sample_again = false;
+        resample(rt);
+    }
+}
+
+static void sampler_end(sampler *sp, uint16_t port)
+{
+    if (sp->ended)
+        return;
+    sp->ended = true;
+    ntcp_rt *rt = sp->rt;
+    if (rt->debug)
+        fprintf(stderr, "ntcp: newest external port %u\n", port);
+    if (port && rt->s && rt->blen > 0) {
+        rt->me.seq_port[PLAN_TCP4] = port;
+        int n = plan_profile_encode(&rt->me, rt->blob, sizeof rt->blob);
+        if (n > 0) {
+            rt->blen = n;
+            ntcp_session_set_profile(rt->s, rt->blob, (size_t)n);
+        }
+    }
+    uv_close((uv_handle_t *)&sp->tcp, sampler_closed);
+    uv_close((uv_handle_t *)&sp->timer, sampler_closed);
+}
+
+static void sampler_timeout(uv_timer_t *t)
+{
+    sampler_end(t->data, 0);
+}
+
+static void sampler_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b)
+{
+    (void)hint;
+    sampler *sp = h->data;
+    *b = uv_buf_init((char *)sp->rbuf + sp->rlen, (unsigned)(sizeof sp->rbuf - sp->rlen));
+}
+
+static void sampler_read(uv_stream_t *st, ssize_t n, const uv_buf_t *b)
+{
+    (void)b;
+    sampler *sp = st->data;
+    if (n < 0) {
+        sampler_end(sp, 0);
+        return;
+    }
+    sp->rlen += (size_t)n;
+    if (sp->rlen < 20)
+        return;
+    size_t want = 20 + ((size_t)sp->rbuf[2] << 8 | sp->rbuf[3]);
+    if (want > sizeof sp->rbuf) {
+        sampler_end(sp, 0);
+        return;
+    }
+    if (sp->rlen < want)
+        return;
+    stun_msg m;
+    struct sockaddr_storage mapped;
+    uint16_t port = 0;
+    if (stun_parse(&m, sp->rbuf, want) == 0 && m.cls == STUN_SUCCESS &&
+        memcmp(m.tid, sp->tid, sizeof sp->tid) == 0 &&
+        (stun_get_addr(&m, STUN_ATTR_XOR_MAPPED_ADDRESS, &mapped) == 0 ||
+         stun_get_addr(&m, STUN_ATTR_MAPPED_ADDRESS, &mapped) == 0))
+        port = ntcp_sa_port(&mapped);
+    sampler_end(sp, port);
+}
+
+static void sampler_written(uv_write_t *w, int status)
+{
+    sampler *sp = w->data;
+    if (status < 0)
+        sampler_end(sp, 0);
+}
+
+static void sampler_connected(uv_connect_t *c, int status)
+{
+    sampler *sp = c->data;
+    if (sp->ended)
+        return;
+    if (status < 0 || uv_read_start((uv_stream_t *)&sp->tcp, sampler_alloc, sampler_read) < 0) {
+        sampler_end(sp, 0);
+        return;
+    }
+    stun_builder sb;
+    stun_build_init(&sb, sp->req, sizeof sp->req, STUN_BINDING, STUN_REQUEST, sp->tid, false);
+    int n = stun_build_finish(&sb, NULL);
+    uv_buf_t b = uv_buf_init((char *)sp->req, (unsigned)(n > 0 ? n : 0));
+    sp->wreq.data = sp;
+    if (n <= 0 || uv_write(&sp->wreq, (uv_stream_t *)&sp->tcp, &b, 1, sampler_written) < 0)
+        sampler_end(sp, 0);
+}
+
+static void resample(ntcp_rt *rt)
+{
+    if (rt->debug)
+        fprintf(stderr, "ntcp: resample: tcp4 %d ports %d stun %d session %d\n",
+                rt->me.has[PLAN_TCP4], rt->me.b[PLAN_TCP4].ports, rt->stun_addr.ss_family,
+                rt->s != NULL);
+    if (!rt->me.has[PLAN_TCP4] || rt->me.b[PLAN_TCP4].ports != NTCP_PORTS_SEQUENTIAL ||
+        !rt->stun_addr.ss_family || !rt->s)
+        return;
+    if (rt->sampling) {
+        rt->sample_again = true;
+        return;
+    }
+    sampler *sp = calloc(1, sizeof *sp);
+    if (!sp)
+        return;
+    sp->rt = rt;
+    stun_new_tid(sp->tid);
+    uv_tcp_init(&rt->loop, &sp->tcp);
+    uv_timer_init(&rt->loop, &sp->timer);
+    sp->tcp.data = sp->timer.data = sp->creq.data = sp;
+    sp->handles = 2;
+    rt->sampling = sp;
+    uv_timer_start(&sp->timer, sampler_timeout, 5000, 0);
+    if (uv_tcp_connect(&sp->creq, &sp->tcp, (struct sockaddr *)&rt->stun_addr,
+                       sampler_connected) < 0)
+        sampler_end(sp, 0);
+}
+
 /* ---- connections ---- */
 
 static void conn_free(conn *c)
@@ -235,6 +396,8 @@ static void conn_finish(conn *c, int status)
         return;
     c->finished = true;
     ntcp_rt *rt = c->rt;
+    if (c->going)
+        resample(rt); /* its attempts made mappings: the ports moved */
     if (status < 0 && !c->info.detail[0])
         snprintf(c->info.detail, sizeof c->info.detail, "%s", ntcp_strerror(status));
     if (c->r) {
@@ -330,6 +493,8 @@ static void conn_go(conn *c, const broker_go *g)
             ntcp_sa_set_port(&in.me.priv[k], sport);
     }
     in.me.rtt_ms = rt->me.rtt_ms;
+    in.me.seq_port = rt->me.seq_port[PLAN_TCP4];
+    in.peer.seq_port = peer.seq_port[PLAN_TCP4];
     in.me.nat_hops = rt->me.nat_hops;
     if (peer.has[PLAN_TCP4])
         in.peer.tcp = peer.b[PLAN_TCP4];
@@ -340,6 +505,9 @@ static void conn_go(conn *c, const broker_go *g)
     in.peer.rtt_ms = peer.rtt_ms;
     in.peer.nat_hops = peer.nat_hops;
     in.initiator = g->role == BROKER_ROLE_REQUESTER;
+    if (rt->debug)
+        fprintf(stderr, "ntcp: plan input: my newest port %u, the peer's %u\n", in.me.seq_port,
+                in.peer.seq_port);
     plan_make(&in, &c->pl); /* an impossible plan goes to the engine, which reports it */
 
     ntcp_engine_config cfg;
@@ -626,6 +794,18 @@ static void start_session(ntcp_rt *rt)
     sc.on_go = on_go;
     sc.on_state = on_state;
     sc.user = rt;
+    /* TLS to the broker: its certificate must carry the host name the
+     * configuration gives (or that address), unless pinned. */
+    char tls_host[256];
+    uint16_t tls_port;
+    if (ctx->broker_tls) {
+        sc.tls = true;
+        sc.tls_ca_file = ctx->broker_ca;
+        sc.tls_pin = ctx->broker_pin;
+        sc.tls_insecure = ctx->broker_tls_insecure != 0;
+        if (ntcp_split_host_port(ctx->broker, tls_host, sizeof tls_host, &tls_port, 0) == 0)
+            sc.tls_host = tls_host;
+    }
     rt->phase = P_REGISTERING;
     rc = ntcp_session_start(&rt->loop, &sc, &rt->s);
     if (rc < 0) {
@@ -645,6 +825,21 @@ static void on_discovered(ntcp_t *ctx, int status, const ntcp_nat_profile_t *np,
     pthread_mutex_unlock(&rt->mu);
     if (rt->phase != P_DISCOVER)
         return; /* stopping */
+    /* The server that answered, for the port samples (resample()). */
+    char host[256];
+    uint16_t port;
+    struct addrinfo hints, *res = NULL;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_INET;
+    hints.ai_socktype = SOCK_STREAM;
+    if (np->server[0] && ntcp_split_host_port(np->server, host, sizeof host, &port, 3478) == 0 &&
+        getaddrinfo(host, NULL, &hints, &res) == 0 && res) {
+        memset(&rt->stun_addr, 0, sizeof rt->stun_addr);
+        memcpy(&rt->stun_addr, res->ai_addr, res->ai_addrlen);
+        ntcp_sa_set_port(&rt->stun_addr, port);
+    }
+    if (res)
+        freeaddrinfo(res);
     plan_profile pp;
     plan_profile_from_nat(&pp, np, false, 0);
     rt->blen = plan_profile_encode(&pp, rt->blob, sizeof rt->blob);
@@ -774,6 +969,8 @@ static void on_wake(uv_async_t *a)
         rt->s = NULL;
     }
     rt->phase = P_IDLE;
+    if (rt->sampling)
+        sampler_end(rt->sampling, 0);
     uv_close((uv_handle_t *)&rt->tick, NULL);
     uv_close((uv_handle_t *)&rt->wake, NULL);
 }

@@ -143,7 +143,8 @@ static plan_ports ports_none(void)
  * wrap like a 16-bit counter; the NAT's real range is unknown. */
 static uint16_t predicted(const side *s, unsigned k)
 {
-    return (uint16_t)(ntcp_sa_port(&s->e->public_addr) + (int32_t)k * s->delta);
+    uint16_t base = s->e->seq_port ? s->e->seq_port : ntcp_sa_port(&s->e->public_addr);
+    return (uint16_t)(base + (int32_t)k * s->delta);
 }
 
 /* Where side s is seen for an attempt from `local` that makes `nmap` new
@@ -748,11 +749,15 @@ size_t plan_format(const plan *p, bool json, char *buf, size_t len)
  *  then each record: kind (0 tcp4, 1 udp4, 2 tcp6, 3 udp6), length (>= 9),
  *  then reach, mapping, filtering, ports, hairpin, syn (one byte each),
  *  delta (i16 BE), lifetime_s/4 (u8, capped), and length - 9 bytes that a
- *  later minor version may define.
+ *  later minor version may define. Minor 1 defines bytes 9-10: the newest
+ *  external port seen (u16 BE, plan_profile.seq_port), present (length 11)
+ *  only when not 0.
  */
 
 #define BLOB_HEAD 8
 #define BLOB_REC 9
+#define BLOB_REC_SEQ 11 /* with seq_port (minor 1) */
+#define BLOB_MINOR 1
 
 static int rec_encode(const ntcp_nat_behaviour_t *b, uint8_t *o)
 {
@@ -783,7 +788,7 @@ int plan_profile_encode(const plan_profile *p, uint8_t *buf, size_t len)
     size_t n = BLOB_HEAD, count = 0;
     tmp[0] = 'N';
     tmp[1] = 'P';
-    tmp[2] = PLAN_BLOB_VERSION << 4;
+    tmp[2] = PLAN_BLOB_VERSION << 4 | BLOB_MINOR;
     tmp[3] = p->raw ? 1 : 0;
     uint32_t rtt = p->rtt_ms > 65535 ? 65535 : p->rtt_ms;
     tmp[4] = (uint8_t)(rtt >> 8);
@@ -792,12 +797,17 @@ int plan_profile_encode(const plan_profile *p, uint8_t *buf, size_t len)
     for (int k = 0; k < PLAN_NBEHAVIOUR; k++) {
         if (!p->has[k])
             continue;
+        uint8_t rlen = p->seq_port[k] ? BLOB_REC_SEQ : BLOB_REC;
         tmp[n] = (uint8_t)k;
-        tmp[n + 1] = BLOB_REC;
+        tmp[n + 1] = rlen;
         int rc = rec_encode(&p->b[k], tmp + n + 2);
         if (rc < 0)
             return rc;
-        n += 2 + BLOB_REC;
+        if (rlen == BLOB_REC_SEQ) {
+            tmp[n + 2 + BLOB_REC] = (uint8_t)(p->seq_port[k] >> 8);
+            tmp[n + 2 + BLOB_REC + 1] = (uint8_t)p->seq_port[k];
+        }
+        n += 2 + rlen;
         count++;
     }
     tmp[7] = (uint8_t)count;
@@ -854,6 +864,8 @@ static int decode(const uint8_t *buf, size_t len, plan_profile *out)
         b->syn = (ntcp_syn_answer_t)q[5];
         b->delta = delta;
         b->lifetime_s = q[8] * 4;
+        if (rlen >= BLOB_REC_SEQ)
+            out->seq_port[kind] = (uint16_t)((unsigned)q[9] << 8 | q[10]);
         out->has[kind] = true;
         off += 2 + (size_t)rlen;
     }

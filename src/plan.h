@@ -71,6 +71,10 @@ typedef struct plan_end {
     bool raw;
     uint32_t rtt_ms;  /* its round trip to the broker or STUN server, 0 = unknown */
     uint8_t nat_hops; /* hops until its packets have left its outermost NAT, 0 = unknown */
+    /* With sequential ports: the newest external port seen (the profile
+     * blob's, sampled after this end's last connection), the base of the
+     * prediction instead of public_addr's port. 0: public_addr's. */
+    uint16_t seq_port;
 } plan_end;
 
 typedef struct plan_input {
@@ -176,6 +180,9 @@ typedef struct plan_profile {
     bool raw;
     uint32_t rtt_ms;  /* sent as 16 bits, capped at 65535 */
     uint8_t nat_hops;
+    /* The newest external port seen for each behaviour (0: none), sent with
+     * sequential ports: the base of the peer's prediction (plan_end.seq_port). */
+    uint16_t seq_port[PLAN_NBEHAVIOUR];
 } plan_profile;
 
 /* Fills p from a discovery result (has[] from what was probed). */

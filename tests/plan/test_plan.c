@@ -798,6 +798,26 @@ static void test_prediction(void **state)
     assert_int_equal(p.a[0].target.step, 4);
     assert_int_equal(port_of(&p.a[0].target.addr), 40003);
     assert_int_equal(p.a[0].repeats, 1);
+
+    /* The newest port seen (seq_port, from the blob) is the base, not the
+     * session's: after 10 more mappings the window starts past them. */
+    make_end(&in.me, &S, 0, false, false, 50, 1);
+    make_end(&in.peer, &P, 1, false, false, 50, 1);
+    in.initiator = true;
+    in.window = 4;
+    in.me.seq_port = 40021;
+    assert_int_equal(plan_make(&in, &p), 0);
+    assert_int_equal(p.a[0].local, PLAN_LOCAL_FRESH);
+    assert_int_equal(port_of(&p.a[0].ext.addr), 40023);
+    /* and the peer, given the same facts, aims at the same ports */
+    plan_input other;
+    plan_input_init(&other);
+    other.me = in.peer;
+    other.peer = in.me;
+    other.initiator = false;
+    other.window = 4;
+    assert_int_equal(plan_make(&other, &p), 0);
+    assert_int_equal(port_of(&p.a[0].target.addr), 40023);
 }
 
 /* Timings: in round trips, and Happy Eyeballs' staging. */
@@ -1003,6 +1023,16 @@ static void test_blob_roundtrip(void **state)
     assert_true(q.raw);
     assert_int_equal(q.rtt_ms, 51);
     assert_int_equal(q.nat_hops, 2);
+    assert_int_equal(q.seq_port[PLAN_TCP4], 0);
+    /* Minor 1: the newest external port travels in a longer record, which
+     * a minor-0 decoder skips (its length says so). */
+    p.seq_port[PLAN_TCP4] = 40021;
+    n = plan_profile_encode(&p, buf, sizeof buf);
+    assert_int_equal(n, 8 + 3 * 11 + 2);
+    assert_int_equal(plan_profile_decode(buf, (size_t)n, &q), 0);
+    assert_int_equal(q.seq_port[PLAN_TCP4], 40021);
+    assert_true(same_behaviour(&q.b[PLAN_TCP4], &p.b[PLAN_TCP4]));
+    p.seq_port[PLAN_TCP4] = 0;
     /* All four fit in the broker's attribute, and within 64 bytes. */
     p.has[PLAN_UDP6] = true;
     p.b[PLAN_UDP6] = p.b[PLAN_UDP4];
