@@ -219,7 +219,9 @@ static void send_udp_keepalive(ntcp_session *s)
     }
 }
 
-static void send_refresh(ntcp_session *s)
+/* A REFRESH; with own_info, carrying the private addresses and the profile
+ * again (the broker stores them: the next CONNECT-GO has them). */
+static void send_refresh_ex(ntcp_session *s, bool own_info)
 {
     txn *t = txn_new(s, T_REFRESH, s->req_timeout);
     if (!t) {
@@ -229,8 +231,30 @@ static void send_refresh(ntcp_session *s)
     uint8_t buf[BROKER_MAX_MESSAGE];
     stun_builder sb;
     stun_build_init(&sb, buf, sizeof buf, BROKER_REFRESH, STUN_REQUEST, t->tid, false);
+    if (own_info)
+        add_own_info(s, &sb);
     build_send(s, &sb);
     send_udp_keepalive(s);
+}
+
+static void send_refresh(ntcp_session *s)
+{
+    send_refresh_ex(s, false);
+}
+
+int ntcp_session_set_profile(ntcp_session *s, const uint8_t *profile, size_t len)
+{
+    if (!s || len > sizeof s->profile || (len && !profile))
+        return NTCP_EINVAL;
+    if (len)
+        memcpy(s->profile, profile, len);
+    s->profile_len = len;
+    /* Registered: now, on the same stream as what follows, so that the
+     * broker has it before any later CONNECT or OFFER answer of ours. Else
+     * the next REGISTER carries it. */
+    if (s->conn == C_REGISTERED)
+        send_refresh_ex(s, true);
+    return 0;
 }
 
 /* ---- connection life ---- */

@@ -81,6 +81,10 @@ int ntcp_session_public_udp(const ntcp_session *s, struct sockaddr_storage *out)
  * port), and of the UDP keepalive socket. NTCP_ENOTFOUND while there is none. */
 int ntcp_session_local_addr(const ntcp_session *s, struct sockaddr_storage *out);
 int ntcp_session_local_udp(const ntcp_session *s, struct sockaddr_storage *out);
+/* Replaces the profile blob (copied) and, when registered, sends it to the
+ * broker at once in a REFRESH; the broker forwards it in the next
+ * CONNECT-GOs. Returns 0 or NTCP_EINVAL. */
+int ntcp_session_set_profile(ntcp_session *s, const uint8_t *profile, size_t len);
 /* How many times the session has registered (1 after the first). */
 unsigned ntcp_session_registrations(const ntcp_session *s);
 
