@@ -138,6 +138,11 @@ int main(int argc, char **argv)
     }
 
     double *ms = calloc((size_t)count, sizeof *ms);
+    /* The steps: to the broker's CONNECT-GO, to the common start, to the
+     * TCP handshake, to the end of the key proof. */
+    double *st[4];
+    for (int k = 0; k < 4; k++)
+        st[k] = calloc((size_t)count, sizeof *st[k]);
     char methods[512] = "";
     int ok = 0, failed = 0;
     uint32_t broker_rtt = 0;
@@ -157,6 +162,10 @@ int main(int argc, char **argv)
         char b;
         (void)!read(fd, &b, 1); /* the server's byte: the connection carried data */
         close(fd);
+        st[0][ok] = (double)info.broker_ms;
+        st[1][ok] = (double)(info.start_ms - info.broker_ms);
+        st[2][ok] = (double)(info.connected_ms - info.start_ms);
+        st[3][ok] = (double)(info.verified_ms - info.connected_ms);
         ms[ok++] = t;
         broker_rtt = info.rtt_ms;
         if (!strstr(methods, info.method) && strlen(methods) + strlen(info.method) + 2 < sizeof methods) {
@@ -167,19 +176,29 @@ int main(int argc, char **argv)
         usleep(100000); /* let the previous connection's sockets close */
     }
     qsort(ms, (size_t)ok, sizeof *ms, cmp_double);
+    double sm[4];
+    for (int k = 0; k < 4; k++) {
+        qsort(st[k], (size_t)ok, sizeof *st[k], cmp_double);
+        sm[k] = pct(st[k], (size_t)ok, 0.5);
+    }
     double rtt = rtt_ms > 0 ? rtt_ms : (double)broker_rtt;
     double med = pct(ms, (size_t)ok, 0.5), p90 = pct(ms, (size_t)ok, 0.9);
     if (json)
         printf("{\"label\":\"%s\",\"ok\":%d,\"failed\":%d,\"median_ms\":%.1f,\"p90_ms\":%.1f,"
-               "\"rtt_ms\":%.1f,\"median_rtts\":%.2f,\"p90_rtts\":%.2f,\"methods\":\"%s\"}\n",
+               "\"rtt_ms\":%.1f,\"median_rtts\":%.2f,\"p90_rtts\":%.2f,\"methods\":\"%s\","
+               "\"median_steps_ms\":{\"broker\":%.0f,\"start_delay\":%.0f,\"handshake\":%.0f,"
+               "\"proof\":%.0f}}\n",
                label, ok, failed, med, p90, rtt, rtt > 0 ? med / rtt : 0, rtt > 0 ? p90 / rtt : 0,
-               methods);
+               methods, sm[0], sm[1], sm[2], sm[3]);
     else
         printf("%-40s %3d ok %2d failed  median %7.1f ms (%5.2f RTT)  p90 %7.1f ms (%5.2f RTT)  "
-               "RTT %.0f ms  %s\n",
+               "RTT %.0f ms  %s\n%-40s steps (median ms): broker %.0f, start delay %.0f, "
+               "handshake %.0f, key proof %.0f\n",
                label, ok, failed, med, rtt > 0 ? med / rtt : 0, p90, rtt > 0 ? p90 / rtt : 0, rtt,
-               methods);
+               methods, "", sm[0], sm[1], sm[2], sm[3]);
     free(ms);
+    for (int k = 0; k < 4; k++)
+        free(st[k]);
     ntcp_free(ctx);
     return ok ? 0 : 1;
 }
