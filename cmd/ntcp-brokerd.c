@@ -1,7 +1,8 @@
 /*
  * ntcp-brokerd: the connection broker program, a thin main() around the
  * broker library (src/broker/): options, logging to stderr, SIGHUP to reload
- * the authorized keys, SIGINT/SIGTERM to stop, a periodic stats line.
+ * the authorized keys and the TLS certificate, SIGINT/SIGTERM to stop, a
+ * periodic stats line.
  */
 #include <getopt.h>
 #include <malloc.h>
@@ -20,6 +21,7 @@
 static const char usage[] =
     "usage: ntcp-brokerd --listen IP:PORT [--udp IP:PORT] [--authorized-keys FILE]\n"
     "                    [--state-dir DIR] [--expiry S] [--id STRING] [--stats S]\n"
+    "                    [--tls-cert FILE --tls-key FILE [--tls-listen IP:PORT]]\n"
     "                    [--verbose] [--quiet]\n"
     "       ntcp-brokerd --help | --version\n"
     "\n"
@@ -34,6 +36,10 @@ static const char usage[] =
     "  --expiry S               a registration lives S seconds without refresh (60)\n"
     "  --id STRING              broker identity peers sign (\"ntcp-brokerd\")\n"
     "  --stats S                log a stats line every S seconds (60; 0: never)\n"
+    "  --tls-cert FILE          PEM certificate (chain) for TLS 1.3; SIGHUP re-reads it\n"
+    "  --tls-key FILE           its PEM private key\n"
+    "                           with both, --listen speaks TLS only, unless:\n"
+    "  --tls-listen IP:PORT     TLS here, and --listen stays plain TCP\n"
     "  --verbose, --quiet       more or fewer log lines\n";
 
 typedef struct app {
@@ -77,16 +83,18 @@ static void on_stats(uv_timer_t *t)
     double secs = (double)(now - a->last_ms) / 1000.0;
     double rps = secs > 0 ? (double)(st.requests - a->last.requests) / secs : 0;
     struct mallinfo2 mi = mallinfo2();
-    char line[400];
+    char line[512];
     snprintf(line, sizeof line,
              "stats: peers %llu, sessions %llu, bindings %llu, requests/s %.1f, "
              "registrations %llu, connects %llu ok %llu failed, refused %llu, bad sessions %llu, "
-             "reaped %llu, rate limited %llu, heap %zu KiB, rss %ld KiB",
+             "reaped %llu, rate limited %llu, tls sessions %llu, tls failures %llu, "
+             "heap %zu KiB, rss %ld KiB",
              (unsigned long long)st.peers, (unsigned long long)st.sessions,
              (unsigned long long)st.bindings, rps, (unsigned long long)st.registrations,
              (unsigned long long)st.connects_ok, (unsigned long long)st.connects_failed,
              (unsigned long long)st.refused, (unsigned long long)st.bad_sessions,
              (unsigned long long)st.reaped, (unsigned long long)st.rate_limited,
+             (unsigned long long)st.tls_sessions, (unsigned long long)st.tls_failed,
              mi.uordblks / 1024, rss_kib());
     log_line(NULL, NTCP_LOG_INFO, line);
     a->last = st;
@@ -99,7 +107,8 @@ static void on_hup(uv_signal_t *h, int sig)
     (void)sig;
     int rc = ntcp_broker_reload(a->broker);
     if (rc < 0)
-        log_line(NULL, NTCP_LOG_ERROR, "reload failed; the previous keys stay in force");
+        log_line(NULL, NTCP_LOG_ERROR,
+                 "reload failed; the previous keys or certificate stay in force");
     else
         log_line(NULL, NTCP_LOG_INFO, "reloaded");
 }
@@ -132,6 +141,9 @@ int main(int argc, char **argv)
         {"expiry", required_argument, NULL, 'e'},
         {"id", required_argument, NULL, 'i'},
         {"stats", required_argument, NULL, 'S'},
+        {"tls-cert", required_argument, NULL, 'C'},
+        {"tls-key", required_argument, NULL, 'K'},
+        {"tls-listen", required_argument, NULL, 'T'},
         {"verbose", no_argument, NULL, 'v'},
         {"quiet", no_argument, NULL, 'q'},
         {"help", no_argument, NULL, 'h'},
@@ -143,7 +155,7 @@ int main(int argc, char **argv)
     cfg.log_level = NTCP_LOG_INFO;
     long stats_s = 60;
     int c;
-    while ((c = getopt_long(argc, argv, "l:u:k:s:e:i:S:vqhV", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "l:u:k:s:e:i:S:C:K:T:vqhV", opts, NULL)) != -1) {
         char *end;
         switch (c) {
         case 'l': cfg.listen = optarg; break;
@@ -151,6 +163,9 @@ int main(int argc, char **argv)
         case 'k': cfg.authorized_keys = optarg; break;
         case 's': cfg.state_dir = optarg; break;
         case 'i': cfg.broker_id = optarg; break;
+        case 'C': cfg.tls_cert = optarg; break;
+        case 'K': cfg.tls_key = optarg; break;
+        case 'T': cfg.tls_listen = optarg; break;
         case 'e': {
             long v = strtol(optarg, &end, 10);
             if (*end || v < 1 || v > 86400) {
@@ -176,6 +191,10 @@ int main(int argc, char **argv)
     }
     if (optind < argc || !cfg.listen) {
         fputs(usage, stderr);
+        return 2;
+    }
+    if (!cfg.tls_cert != !cfg.tls_key || (cfg.tls_listen && !cfg.tls_cert)) {
+        fprintf(stderr, "ntcp-brokerd: --tls-cert and --tls-key go together; --tls-listen needs both\n");
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);

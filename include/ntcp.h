@@ -146,6 +146,14 @@ typedef struct ntcp_config {
     const char *broker;   /* the connection broker, "host:port"; NULL: none */
     const char *name;     /* the name this peer registers under; NULL: none */
     const char *key_file; /* Ed25519 identity (made on first use, mode 0600) */
+    /* TLS 1.3 to the broker (docs/configuration.md); read when size covers
+     * them. The certificate is checked by CA (broker_ca, or the system's
+     * when neither it nor a pin is given) and the broker's host name, or by
+     * pin, or both. */
+    int broker_tls;          /* 1: TLS (a broker written "tls://host:port" says so too) */
+    const char *broker_ca;   /* PEM file of the CAs that may sign the broker's certificate */
+    const char *broker_pin;  /* "sha256/BASE64" of its SubjectPublicKeyInfo; several: commas */
+    int broker_tls_insecure; /* 1: check no certificate at all (tests); not with ca or pin */
 } ntcp_config_t;
 
 void ntcp_config_init(ntcp_config_t *cfg);
@@ -160,7 +168,9 @@ int ntcp_new(const ntcp_config_t *cfg, ntcp_t **out);
  *     several times, each value one server or a list separated by commas or
  *     spaces;
  *   ConnectionBroker (NTCP 0.2's, in its [holePunch]), in any section;
- *   broker, name, key_file: in [ntcp] or before any section.
+ *   broker, name, key_file: in [ntcp] or before any section;
+ *   broker_tls, broker_ca, broker_pin, broker_tls_insecure: likewise (TLS
+ *     to the broker; yes/no for the flags).
  * Returns NTCP_ECONFIG when the file cannot be read or a value is invalid. */
 int ntcp_new_from_file(const char *path, ntcp_t **out);
 
@@ -171,6 +181,12 @@ int ntcp_add_stun_server(ntcp_t *ctx, const char *server);
 const char *ntcp_get_broker(const ntcp_t *ctx);
 const char *ntcp_get_name(const ntcp_t *ctx);
 const char *ntcp_get_key_file(const ntcp_t *ctx);
+/* TLS to the broker: 1 when on, else 0; the CA file and the pins, or NULL;
+ * 1 when certificates are not checked. */
+int ntcp_get_broker_tls(const ntcp_t *ctx);
+const char *ntcp_get_broker_ca(const ntcp_t *ctx);
+const char *ntcp_get_broker_pin(const ntcp_t *ctx);
+int ntcp_get_broker_tls_insecure(const ntcp_t *ctx);
 /* The i-th STUN server (from 0), or NULL past the end. */
 const char *ntcp_get_stun_server(const ntcp_t *ctx, size_t i);
 
@@ -272,8 +288,9 @@ typedef struct ntcp_conn_info {
  * ntcp_accept() takes them. Blocks until registered or timeout_ms (<= 0: 30 s)
  * passed. Returns 0, NTCP_ECONFIG (no broker or name), NTCP_ETIMEDOUT,
  * NTCP_EREFUSED (the broker refused the registration: the name is bound to
- * another key, or not authorized), or another error. Calling it again with
- * the same name returns 0 at once. */
+ * another key, or not authorized), NTCP_ECERT or NTCP_ETLS (TLS to the broker:
+ * its certificate refused, or its port does not speak TLS, or does), or
+ * another error. Calling it again with the same name returns 0 at once. */
 int ntcp_listen(ntcp_t *ctx, const char *name, int timeout_ms);
 
 /* Waits for the next verified incoming connection (TCP, or a UDP path made

@@ -161,6 +161,8 @@ static void req_complete(ntcp_rt *rt, req *r, int status, const ntcp_conn_info_t
         r->status = status;
         if (info)
             r->info = *info;
+        else /* "filled in every case" (ntcp.h), also when ended before it started */
+            info_init(&r->info, r->kind == R_CONNECT ? r->name : "", r->kind == R_CONNECT);
         r->done = true;
         pthread_cond_broadcast(&rt->cv);
         pthread_mutex_unlock(&rt->mu);
@@ -379,6 +381,8 @@ static void resample(ntcp_rt *rt)
 
 /* ---- connections ---- */
 
+static void run_held(ntcp_rt *rt);
+
 static void conn_free(conn *c)
 {
     ntcp_rt *rt = c->rt;
@@ -409,6 +413,7 @@ static void conn_finish(conn *c, int status)
     }
     if (!c->e)
         conn_free(c); /* else freed by the engine's callback */
+    run_held(rt);
 }
 
 static int64_t since(const conn *c, uint64_t t)
@@ -516,8 +521,9 @@ static void conn_go(conn *c, const broker_go *g)
     cfg.session_port = sport;
     cfg.start_at = uv_now(&rt->loop) + g->start_delay_ms;
     if (ntcp_verify_params_from_go(&cfg.verify, g) < 0) {
-        conn_finish(c, NTCP_EPROTO);
+        /* The detail first: conn_finish() hands it over and frees c. */
         snprintf(i->detail, sizeof i->detail, "the broker's CONNECT-GO has no key for %s", i->peer);
+        conn_finish(c, NTCP_EPROTO);
         return;
     }
     cfg.verify.key = rt->key;
@@ -592,6 +598,48 @@ static void connect_now(ntcp_rt *rt, req *r)
     }
 }
 
+/* One connection at a time per context. Every engine of a context listens
+ * on the session port (SO_REUSEPORT), and the kernel gives each incoming
+ * connection to one of those listeners, not to the engine it belongs to: two
+ * engines at once take each other's connections and fail the key proof
+ * ("not our session"). So a connect waits in rt->waiting (with its deadline)
+ * while another connection of this context is under way, and starts when that
+ * one ends. Offers from peers cannot wait: their start time is shared. */
+static bool conns_busy(const ntcp_rt *rt)
+{
+    for (const conn *c = rt->conns; c; c = c->next)
+        if (!c->finished)
+            return true;
+    return false;
+}
+
+static void connect_or_hold(ntcp_rt *rt, req *r)
+{
+    if (!conns_busy(rt)) {
+        connect_now(rt, r);
+        return;
+    }
+    req **p = &rt->waiting;
+    while (*p)
+        p = &(*p)->next;
+    r->next = NULL;
+    *p = r;
+}
+
+static void run_held(ntcp_rt *rt)
+{
+    if (rt->phase != P_REGISTERED || conns_busy(rt))
+        return;
+    req *w = rt->waiting;
+    while (w && w->kind != R_CONNECT)
+        w = w->next;
+    if (!w)
+        return;
+    unlink_waiting(rt, w);
+    w->next = NULL;
+    connect_now(rt, w);
+}
+
 /* ---- the session ---- */
 
 static bool on_offer(ntcp_session *s, const broker_peer_info *from, void *user)
@@ -636,7 +684,7 @@ static void registered(ntcp_rt *rt)
             pthread_mutex_unlock(&rt->mu);
             req_complete(rt, w, 0, NULL);
         } else {
-            connect_now(rt, w);
+            connect_or_hold(rt, w);
         }
         w = n;
     }
@@ -644,7 +692,6 @@ static void registered(ntcp_rt *rt)
 
 static void on_state(ntcp_session *s, int state, int err, int code, void *user)
 {
-    (void)s;
     ntcp_rt *rt = user;
     if (state == NTCP_SESSION_REGISTERED) {
         registered(rt);
@@ -667,6 +714,23 @@ static void on_state(ntcp_session *s, int state, int err, int code, void *user)
                                    "bound to another key",
                      rt->name);
             req_complete(rt, w, NTCP_EREFUSED, &info);
+            w = n;
+        }
+    }
+    if (err == NTCP_ECERT || err == NTCP_ETLS) {
+        /* TLS with the broker failed: its certificate was refused, or the
+         * port does not speak what we do. Waiting callers learn it now,
+         * with the reason; the session keeps trying (slowly, for a
+         * certificate). */
+        req *w = rt->waiting;
+        rt->waiting = NULL;
+        while (w) {
+            req *n = w->next;
+            ntcp_conn_info_t info;
+            info_init(&info, w->kind == R_CONNECT ? w->name : "", w->kind == R_CONNECT);
+            snprintf(info.detail, sizeof info.detail, "TLS with the broker failed: %s",
+                     ntcp_session_tls_error(s));
+            req_complete(rt, w, err, &info);
             w = n;
         }
     }
@@ -915,8 +979,12 @@ static void handle(ntcp_rt *rt, req *r)
             pthread_mutex_unlock(&rt->mu);
             req_complete(rt, r, 0, NULL);
         } else {
-            connect_now(rt, r);
+            connect_or_hold(rt, r);
         }
+        return;
+    }
+    if (rt->phase == P_IDLE && !name) { /* a connect with no name registered */
+        req_complete(rt, r, NTCP_ECONFIG, NULL);
         return;
     }
     r->next = rt->waiting;
@@ -987,8 +1055,10 @@ static void on_tick(uv_timer_t *t)
         ntcp_conn_info_t info;
         info_init(&info, w->kind == R_CONNECT ? w->name : "", w->kind == R_CONNECT);
         snprintf(info.detail, sizeof info.detail, "%s",
-                 rt->phase == P_DISCOVER ? "timed out discovering the NAT"
-                                         : "timed out registering with the broker");
+                 rt->phase == P_DISCOVER     ? "timed out discovering the NAT"
+                 : rt->phase == P_REGISTERED ? "timed out waiting for this context's "
+                                               "connection under way to end"
+                                             : "timed out registering with the broker");
         req_complete(rt, w, NTCP_ETIMEDOUT, &info);
     }
     for (conn *c = rt->conns, *n; c; c = n) {
@@ -1008,6 +1078,7 @@ static void on_tick(uv_timer_t *t)
             /* the session's answer will still come: on_connect_answer frees c */
         }
     }
+    run_held(rt);
 }
 
 static void *rt_main(void *arg)
@@ -1109,9 +1180,21 @@ void ntcp_rt_shutdown(ntcp_t *ctx)
 
 static int check_ready(ntcp_t *ctx)
 {
-    if (!ctx->broker || !ctx->name)
+    if (!ctx->broker)
         return NTCP_ECONFIG;
-    return 0;
+    if (ctx->name)
+        return 0;
+    /* No configured name, but ntcp_listen(ctx, name, ...) registered one:
+     * connects go out under it (ntcp.h). */
+    bool named = false;
+    pthread_mutex_lock(&ctx->rt_mu);
+    if (ctx->rt) {
+        pthread_mutex_lock(&ctx->rt->mu);
+        named = ctx->rt->listening;
+        pthread_mutex_unlock(&ctx->rt->mu);
+    }
+    pthread_mutex_unlock(&ctx->rt_mu);
+    return named ? 0 : NTCP_ECONFIG;
 }
 
 static uint64_t deadline_of(int timeout_ms)

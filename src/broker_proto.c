@@ -32,7 +32,7 @@ bool broker_name_valid(const char *s, size_t len)
 
 static bool is_broker_attr(uint16_t t)
 {
-    return t >= BROKER_ATTR_NAME && t <= BROKER_ATTR_VERSION;
+    return t >= BROKER_ATTR_NAME && t <= BROKER_ATTR_TRANSPORT;
 }
 
 /* The codec already bounds-checks every attribute; here the values. */
@@ -72,6 +72,11 @@ static int check_attr(uint16_t type, const uint8_t *v, uint16_t len)
     case BROKER_ATTR_TIMEOUT:
     case BROKER_ATTR_DETAIL:
     case BROKER_ATTR_VERSION:
+        return len == 4 ? 0 : NTCP_EBADATTR;
+    case BROKER_ATTR_TRANSPORT:
+        /* Any value validates: a broker answers a transport it does not
+         * offer with 400 and keeps the session, so a later version can add
+         * one without ending older peers' sessions. */
         return len == 4 ? 0 : NTCP_EBADATTR;
     }
     return 0;
@@ -265,6 +270,12 @@ int broker_parse_peer_info(const stun_msg *m, broker_peer_info *p)
             p->profile_len = a->len;
             rc = 0;
             break;
+        case BROKER_ATTR_TRANSPORT:
+            if (a->len != 4)
+                return NTCP_EBADATTR;
+            p->transport = rd32(stun_attr_value(m, a));
+            rc = p->transport <= BROKER_TRANSPORT_UDP ? 0 : NTCP_EBADATTR;
+            break;
         default:
             rc = 0;
         }
@@ -293,6 +304,8 @@ int broker_parse_go(const stun_msg *m, broker_go *g)
         return rc;
     if (g->role > BROKER_ROLE_TARGET)
         return NTCP_EBADATTR;
+    g->transport = g->peer.transport;
+    g->peer.transport = 0;
     const stun_attr *a = stun_find(m, BROKER_ATTR_RTT);
     if (a && a->len == 4)
         g->rtt_us = rd32(stun_attr_value(m, a));

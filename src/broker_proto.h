@@ -49,6 +49,8 @@
 #define BROKER_ATTR_TIMEOUT 0x4E1F       /* u32 ms the requester waits for a connect */
 #define BROKER_ATTR_DETAIL 0x4E20        /* u32 detailed error code (700 ...) */
 #define BROKER_ATTR_VERSION 0x4E21       /* u32 protocol version */
+#define BROKER_ATTR_TRANSPORT 0x4E22     /* u32: what the connect is for, enum broker_transport;
+                                          * absent = TCP (CONNECT, OFFER, CONNECT-GO) */
 
 #define BROKER_NAME_MAX 64
 #define BROKER_ID_MAX 128
@@ -64,6 +66,8 @@
 #define BROKER_MAX_MESSAGE 2048
 
 enum broker_role { BROKER_ROLE_REQUESTER = 0, BROKER_ROLE_TARGET = 1 };
+/* The transport a connect asks for (BROKER_ATTR_TRANSPORT). */
+enum broker_transport { BROKER_TRANSPORT_TCP = 0, BROKER_TRANSPORT_UDP = 1 };
 
 /* Error codes on the wire (ERROR-CODE), docs/broker-protocol.md. */
 #define BROKER_ERR_BAD_REQUEST 400
@@ -104,6 +108,9 @@ typedef struct broker_peer_info {
     struct sockaddr_storage private_addr[BROKER_MAX_PRIVATE];
     const uint8_t *profile;
     size_t profile_len;
+    /* OFFER only: the transport the requester asked for (enum
+     * broker_transport); 0 (TCP) when the attribute is absent. */
+    uint32_t transport;
 } broker_peer_info;
 
 /* CONNECT-GO: the peer's data plus the session's timing. */
@@ -113,6 +120,7 @@ typedef struct broker_go {
     uint32_t start_delay_ms; /* from receipt of this message */
     uint32_t role;           /* enum broker_role */
     uint32_t rtt_us;         /* the broker's measure of this end's round trip */
+    uint32_t transport;      /* enum broker_transport: what to punch (TCP when absent) */
 } broker_go;
 
 /* Names: 1..64 bytes of [A-Za-z0-9._@+-], not starting with '.' or '-'. */

@@ -10,6 +10,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include "tls.h"
+
 void ntcp_config_init(ntcp_config_t *cfg)
 {
     memset(cfg, 0, sizeof *cfg);
@@ -46,11 +48,67 @@ static int set_string(char **slot, const char *value)
 
 static int set_broker(ntcp_t *ctx, const char *value)
 {
+    if (value && !strncasecmp(value, "tls://", 6)) {
+        value += 6;
+        ctx->broker_tls = 1;
+    }
     char host[256];
     uint16_t port;
     if (value && (ntcp_split_host_port(value, host, sizeof host, &port, 0) < 0 || port == 0))
         return NTCP_EINVAL; /* the broker has no default port: say which */
     return set_string(&ctx->broker, value);
+}
+
+static int set_pin(ntcp_t *ctx, const char *value)
+{
+    uint8_t pins[NTCP_TLS_MAX_PINS][NTCP_TLS_PIN_SIZE];
+    if (value && ntcp_tls_parse_pins(value, pins, NTCP_TLS_MAX_PINS) < 0)
+        return NTCP_EINVAL;
+    return set_string(&ctx->broker_pin, value);
+}
+
+/* yes/no, true/false, on/off, 1/0. */
+static int set_flag(int *slot, const char *value)
+{
+    static const char *const yes[] = {"yes", "true", "on", "1"}, *const no[] = {"no", "false", "off", "0"};
+    for (size_t i = 0; i < 4; i++) {
+        if (!strcasecmp(value, yes[i]) || !strcasecmp(value, no[i])) {
+            *slot = !strcasecmp(value, yes[i]);
+            return 0;
+        }
+    }
+    return NTCP_EINVAL;
+}
+
+/* A CA or pin without TLS, or "check nothing" with something to check, is
+ * a mistake worth refusing: the user meant something else. */
+static int check_tls(const ntcp_t *ctx)
+{
+    if (!ctx->broker_tls && (ctx->broker_ca || ctx->broker_pin || ctx->broker_tls_insecure))
+        return NTCP_EINVAL;
+    if (ctx->broker_tls_insecure && (ctx->broker_ca || ctx->broker_pin))
+        return NTCP_EINVAL;
+    return 0;
+}
+
+int ntcp_get_broker_tls(const ntcp_t *ctx)
+{
+    return ctx ? ctx->broker_tls : 0;
+}
+
+const char *ntcp_get_broker_ca(const ntcp_t *ctx)
+{
+    return ctx ? ctx->broker_ca : NULL;
+}
+
+const char *ntcp_get_broker_pin(const ntcp_t *ctx)
+{
+    return ctx ? ctx->broker_pin : NULL;
+}
+
+int ntcp_get_broker_tls_insecure(const ntcp_t *ctx)
+{
+    return ctx ? ctx->broker_tls_insecure : 0;
 }
 
 const char *ntcp_get_broker(const ntcp_t *ctx)
@@ -104,6 +162,21 @@ int ntcp_new(const ntcp_config_t *cfg, ntcp_t **out)
             return rc;
         }
     }
+    if (cfg && cfg->size >= offsetof(ntcp_config_t, broker_tls_insecure) +
+                                sizeof cfg->broker_tls_insecure) {
+        if (cfg->broker_tls)
+            ctx->broker_tls = 1; /* a "tls://" broker turned it on already */
+        ctx->broker_tls_insecure = cfg->broker_tls_insecure != 0;
+        int rc = set_string(&ctx->broker_ca, cfg->broker_ca);
+        if (rc == 0)
+            rc = set_pin(ctx, cfg->broker_pin);
+        if (rc == 0)
+            rc = check_tls(ctx);
+        if (rc < 0) {
+            ntcp_free(ctx);
+            return rc;
+        }
+    }
     *out = ctx;
     return 0;
 }
@@ -126,6 +199,14 @@ static int on_ini_line(void *user, const char *section, const char *name, const 
         rc = set_string(&st->ctx->name, value);
     else if (own && !strcasecmp(name, "key_file"))
         rc = set_string(&st->ctx->key_file, value);
+    else if (own && !strcasecmp(name, "broker_tls"))
+        rc = set_flag(&st->ctx->broker_tls, value);
+    else if (own && !strcasecmp(name, "broker_tls_insecure"))
+        rc = set_flag(&st->ctx->broker_tls_insecure, value);
+    else if (own && !strcasecmp(name, "broker_ca"))
+        rc = set_string(&st->ctx->broker_ca, value);
+    else if (own && !strcasecmp(name, "broker_pin"))
+        rc = set_pin(st->ctx, value);
     if (rc < 0) {
         st->err = rc;
         return 0;
@@ -152,6 +233,8 @@ int ntcp_new_from_file(const char *path, ntcp_t **out)
         return rc;
     struct ini_state st = {*out, 0};
     int line = ini_parse(path, on_ini_line, &st);
+    if (line == 0 && !st.err)
+        st.err = check_tls(*out);
     if (line != 0 || st.err) {
         ntcp_free(*out);
         *out = NULL;
@@ -172,5 +255,7 @@ void ntcp_free(ntcp_t *ctx)
     free(ctx->broker);
     free(ctx->name);
     free(ctx->key_file);
+    free(ctx->broker_ca);
+    free(ctx->broker_pin);
     free(ctx);
 }

@@ -16,6 +16,8 @@ struct ntcp {
     char **stun_servers; /* owned, each malloc'd */
     size_t n_stun_servers;
     char *broker, *name, *key_file; /* owned, or NULL */
+    int broker_tls, broker_tls_insecure; /* 0 or 1 */
+    char *broker_ca, *broker_pin;   /* owned, or NULL */
     pthread_mutex_t rt_mu;          /* guards rt's creation */
     struct ntcp_rt *rt;             /* NULL until the first call that needs it */
     ntcp_policy_fn policy;

@@ -7,6 +7,7 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
 #include <string.h>
@@ -17,6 +18,7 @@
 #include "addr.h"
 #include "identity.h"
 #include "ntcp.h"
+#include "tls.h"
 
 #define TICK_MS 20
 
@@ -40,7 +42,7 @@ typedef struct wreq {
     uint8_t data[];
 } wreq;
 
-enum { C_NONE, C_CONNECTING, C_HELLO, C_SIGNED, C_REGISTERED, C_CLOSING };
+enum { C_NONE, C_CONNECTING, C_HELLO, C_SIGNED, C_REGISTERED, C_CLOSING, C_TLS };
 
 struct ntcp_session {
     uv_loop_t *loop;
@@ -71,9 +73,20 @@ struct ntcp_session {
     uint64_t next_refresh_ms, reconnect_ms, connect_deadline_ms;
     uint8_t udp_key[BROKER_UDP_KEY_SIZE];
     uint64_t udp_keepalive_at;    /* a replacement socket's first keepalive (0: none due) */
+    uint64_t udp_retry_at;        /* next keepalive while none was answered */
+    uint32_t udp_retry_gap;       /* its backoff: 250 ms doubling to 5 s */
     struct sockaddr_storage public_addr, public_udp;
     unsigned registrations;
     txn *txns;
+
+    /* TLS (tls_ctx non-NULL): one connection object per TCP connection. */
+    SSL_CTX *tls_ctx;
+    ntcp_tls *tls;
+    ntcp_tls_verify tls_verify;
+    uint8_t tls_pins[NTCP_TLS_MAX_PINS][NTCP_TLS_PIN_SIZE];
+    char *tls_ca_file, *tls_host; /* tls_host: the name, or the broker's IP */
+    char tls_err[320];
+    uint8_t cbuf[16384 + 512];    /* ciphertext as read; one record at a time is enough */
 
     stun_framer framer;
     uint8_t rbuf[2 * BROKER_MAX_MESSAGE];
@@ -147,7 +160,7 @@ static void on_written(uv_write_t *req, int status)
 
 static void lose(ntcp_session *s, int err, int code);
 
-static void send_tcp(ntcp_session *s, const uint8_t *msg, size_t len)
+static void send_raw(ntcp_session *s, const uint8_t *msg, size_t len)
 {
     wreq *w = malloc(sizeof *w + len);
     if (!w) {
@@ -160,6 +173,39 @@ static void send_tcp(ntcp_session *s, const uint8_t *msg, size_t len)
         free(w);
         lose(s, NTCP_ESYS, 0);
     }
+}
+
+/* Sends the TLS records the connection has made (handshake, messages,
+ * alerts, KeyUpdate answers). */
+static void tls_flush(ntcp_session *s)
+{
+    size_t n = ntcp_tls_pending(s->tls);
+    if (n == 0)
+        return;
+    wreq *w = malloc(sizeof *w + n);
+    if (!w) {
+        lose(s, NTCP_ENOMEM, 0);
+        return;
+    }
+    n = ntcp_tls_take(s->tls, w->data, n);
+    uv_buf_t buf = uv_buf_init((char *)w->data, (unsigned)n);
+    if (uv_write(&w->req, (uv_stream_t *)&s->tcp, &buf, 1, on_written) < 0) {
+        free(w);
+        lose(s, NTCP_ESYS, 0);
+    }
+}
+
+static void send_tcp(ntcp_session *s, const uint8_t *msg, size_t len)
+{
+    if (!s->tls) {
+        send_raw(s, msg, len);
+        return;
+    }
+    if (ntcp_tls_write(s->tls, msg, len) < 0) {
+        lose(s, NTCP_ETLS, 0);
+        return;
+    }
+    tls_flush(s);
 }
 
 static void build_send(ntcp_session *s, stun_builder *sb)
@@ -259,14 +305,26 @@ int ntcp_session_set_profile(ntcp_session *s, const uint8_t *profile, size_t len
 
 /* ---- connection life ---- */
 
+static void session_free(ntcp_session *s)
+{
+    ntcp_tls_free(s->tls);
+    SSL_CTX_free(s->tls_ctx);
+    free(s->tls_ca_file);
+    free(s->tls_host);
+    free(s->broker_id);
+    free(s);
+}
+
 static void on_tcp_closed(uv_handle_t *h)
 {
     ntcp_session *s = h->data;
+    /* Freed here, not in lose(): a read callback may still be walking it. */
+    ntcp_tls_free(s->tls);
+    s->tls = NULL;
     s->tcp_open = false;
     s->open_handles--;
     if (s->closed && s->open_handles == 0) {
-        free(s->broker_id);
-        free(s);
+        session_free(s);
         return;
     }
     if (!s->closed)
@@ -287,6 +345,18 @@ static void lose(ntcp_session *s, int err, int code)
 {
     if (s->conn == C_CLOSING || s->conn == C_NONE)
         return;
+    if (s->closed && s->tls && ntcp_tls_established(s->tls)) {
+        /* Closed by the application: close_notify, best effort, so the
+         * broker sees an orderly end (RFC 8446 6.1). */
+        uint8_t notify[128];
+        uv_os_fd_t fd;
+        ntcp_tls_shutdown(s->tls);
+        size_t n = ntcp_tls_take(s->tls, notify, sizeof notify);
+        /* send(), not a libuv write: MSG_NOSIGNAL, a broker gone already
+         * must not raise SIGPIPE in the application. */
+        if (n && uv_fileno((uv_handle_t *)&s->tcp, &fd) == 0)
+            (void)!send(fd, notify, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+    }
     s->conn = C_CLOSING;
     txn *t = s->txns;
     s->txns = NULL;
@@ -313,6 +383,11 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
 {
     (void)hint;
     ntcp_session *s = h->data;
+    if (s->tls) {
+        buf->base = (char *)s->cbuf;
+        buf->len = sizeof s->cbuf;
+        return;
+    }
     uint8_t *p;
     size_t avail;
     stun_framer_space(&s->framer, &p, &avail);
@@ -331,11 +406,25 @@ static void on_connected(uv_connect_t *req, int status)
     }
     uv_tcp_nodelay(&s->tcp, 1);
     stun_framer_init(&s->framer, s->rbuf, sizeof s->rbuf);
+    if (s->tls_ctx) {
+        /* REGISTER waits for the handshake: names and addresses only ever
+         * travel encrypted. */
+        if (!(s->tls = ntcp_tls_new(s->tls_ctx, false, s->tls_host, &s->tls_verify))) {
+            lose(s, NTCP_ENOMEM, 0);
+            return;
+        }
+        s->conn = C_TLS;
+    }
     if (uv_read_start((uv_stream_t *)&s->tcp, on_alloc, on_read) < 0) {
         lose(s, NTCP_ESYS, 0);
         return;
     }
-    send_hello(s);
+    if (s->tls) {
+        ntcp_tls_read(s->tls, NULL, 0); /* makes the ClientHello */
+        tls_flush(s);
+    } else {
+        send_hello(s);
+    }
 }
 
 static void start_connect(ntcp_session *s)
@@ -527,15 +616,9 @@ static void on_message(ntcp_session *s, const uint8_t *data, size_t len)
     }
 }
 
-static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
+/* Hands the whole messages the framer holds to on_message. */
+static void take_messages(ntcp_session *s)
 {
-    ntcp_session *s = st->data;
-    (void)buf;
-    if (nread < 0) {
-        lose(s, NTCP_ECLOSED, 0);
-        return;
-    }
-    stun_framer_commit(&s->framer, (size_t)nread);
     const uint8_t *msg;
     size_t len;
     int rc;
@@ -546,6 +629,78 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
         }
         on_message(s, msg, len);
     }
+}
+
+static void tls_failed(ntcp_session *s, int err)
+{
+    snprintf(s->tls_err, sizeof s->tls_err, "%s", ntcp_tls_error(s->tls));
+    /* A certificate we refuse will not change in a second: retry slowly. */
+    if (err == NTCP_ECERT)
+        s->backoff = backoff_cap(s);
+    lose(s, err, 0);
+}
+
+/* Ciphertext in; the handshake, then plaintext into the framer. */
+static void on_read_tls(ntcp_session *s, const uint8_t *p, size_t n)
+{
+    if (s->conn == C_TLS && n >= 8 && p[0] < 0x40 && p[4] == 0x21 && p[5] == 0x12 &&
+        p[6] == 0xA4 && p[7] == 0x42) {
+        /* A STUN header (magic cookie) where the ServerHello should be. */
+        snprintf(s->tls_err, sizeof s->tls_err, "the broker answered in plain TCP: no TLS on this port");
+        lose(s, NTCP_ETLS, 0);
+        return;
+    }
+    if (ntcp_tls_feed(s->tls, p, n) < 0) {
+        lose(s, NTCP_ENOMEM, 0);
+        return;
+    }
+    while (s->conn != C_CLOSING) {
+        uint8_t *space;
+        size_t avail;
+        stun_framer_space(&s->framer, &space, &avail);
+        if (avail == 0) {
+            lose(s, NTCP_EPROTO, 0);
+            return;
+        }
+        int rc = ntcp_tls_read(s->tls, space, avail);
+        tls_flush(s);
+        if (s->conn == C_TLS && rc >= 0 && ntcp_tls_established(s->tls)) {
+            s->tls_err[0] = '\0';
+            send_hello(s);
+        }
+        if (rc == 0 || s->conn == C_CLOSING)
+            return;
+        if (rc < 0) {
+            tls_failed(s, rc);
+            return;
+        }
+        stun_framer_commit(&s->framer, (size_t)rc);
+        take_messages(s);
+    }
+}
+
+static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
+{
+    ntcp_session *s = st->data;
+    if (nread < 0) {
+        lose(s, NTCP_ECLOSED, 0);
+        return;
+    }
+    if (s->tls) {
+        on_read_tls(s, (const uint8_t *)buf->base, (size_t)nread);
+        return;
+    }
+    /* A TLS record (alert or handshake, version 3.x) where the answer to
+     * REGISTER should be: the broker speaks TLS and we do not. */
+    const uint8_t *b = (const uint8_t *)buf->base;
+    if (s->conn == C_HELLO && stun_framer_pending(&s->framer) == 0 && nread >= 2 &&
+        (b[0] == 0x15 || b[0] == 0x16) && b[1] == 0x03) {
+        snprintf(s->tls_err, sizeof s->tls_err, "the broker speaks TLS: turn TLS on");
+        lose(s, NTCP_ETLS, 0);
+        return;
+    }
+    stun_framer_commit(&s->framer, (size_t)nread);
+    take_messages(s);
 }
 
 static void on_udp(uv_udp_t *u, ssize_t nread, const uv_buf_t *buf, const struct sockaddr *from,
@@ -601,13 +756,29 @@ static void on_tick(uv_timer_t *timer)
             start_connect(s);
         break;
     case C_CONNECTING:
+    case C_TLS: /* a broker that never finishes the handshake */
         if (now >= s->connect_deadline_ms)
             lose(s, NTCP_ETIMEDOUT, 0);
         break;
     case C_REGISTERED:
         if (s->udp_keepalive_at && now >= s->udp_keepalive_at) {
             s->udp_keepalive_at = 0;
+            s->udp_retry_gap = 250;
+            s->udp_retry_at = now + s->udp_retry_gap;
             send_udp_keepalive(s);
+        } else if (s->has_udp && !s->udp_keepalive_at && !s->public_udp.ss_family &&
+                   now >= s->udp_retry_at) {
+            /* No keepalive answered yet: one was lost, and without the
+             * mapping no UDP connect can be punched. Again, with backoff. */
+            if (s->udp_retry_at) {
+                s->udp_retry_gap = s->udp_retry_gap ? s->udp_retry_gap * 2 : 250;
+                if (s->udp_retry_gap > 5000)
+                    s->udp_retry_gap = 5000;
+                send_udp_keepalive(s);
+            } else {
+                s->udp_retry_gap = 250; /* the one sent at registration is in flight */
+            }
+            s->udp_retry_at = now + s->udp_retry_gap;
         }
         if (now >= s->next_refresh_ms) {
             s->next_refresh_ms = now + s->refresh_ms;
@@ -624,8 +795,7 @@ static void on_udp_closed(uv_handle_t *h)
     ntcp_session *s = h->data;
     free(h);
     if (--s->open_handles == 0) {
-        free(s->broker_id);
-        free(s);
+        session_free(s);
     }
 }
 
@@ -687,12 +857,47 @@ int ntcp_session_take_udp(ntcp_session *s, uint32_t keepalive_delay_ms, int *fd,
     } else if (s->conn == C_REGISTERED) {
         uint64_t at = now_ms(s) + keepalive_delay_ms;
         s->udp_keepalive_at = at ? at : 1;
+        s->udp_retry_at = 0;
     }
     *fd = nfd;
     return 0;
 }
 
 /* ---- API ---- */
+
+static int tls_setup(ntcp_session *s, const ntcp_session_config *cfg)
+{
+    /* "Check nothing" together with something to check is a mistake. */
+    if (cfg->tls_insecure && (cfg->tls_ca_file || cfg->tls_pin))
+        return NTCP_EINVAL;
+    s->tls_verify.insecure = cfg->tls_insecure;
+    if (cfg->tls_pin) {
+        int n = ntcp_tls_parse_pins(cfg->tls_pin, s->tls_pins, NTCP_TLS_MAX_PINS);
+        if (n < 0)
+            return NTCP_EINVAL;
+        s->tls_verify.pins = (const uint8_t(*)[NTCP_TLS_PIN_SIZE])s->tls_pins;
+        s->tls_verify.npins = (size_t)n;
+    }
+    if (cfg->tls_ca_file && !(s->tls_ca_file = strdup(cfg->tls_ca_file)))
+        return NTCP_ENOMEM;
+    s->tls_verify.ca_file = s->tls_ca_file;
+    char ip[INET6_ADDRSTRLEN] = "";
+    if (!cfg->tls_host) {
+        /* No name given: the certificate must carry the broker's address. */
+        const void *a = s->broker.ss_family == AF_INET6
+                            ? (const void *)&((struct sockaddr_in6 *)&s->broker)->sin6_addr
+                            : (const void *)&((struct sockaddr_in *)&s->broker)->sin_addr;
+        inet_ntop(s->broker.ss_family, a, ip, sizeof ip);
+    }
+    if (!(s->tls_host = strdup(cfg->tls_host ? cfg->tls_host : ip)))
+        return NTCP_ENOMEM;
+    char why[320];
+    if (!(s->tls_ctx = ntcp_tls_client_ctx(&s->tls_verify, why, sizeof why))) {
+        snprintf(s->tls_err, sizeof s->tls_err, "%s", why);
+        return NTCP_ECONFIG;
+    }
+    return 0;
+}
 
 int ntcp_session_start(uv_loop_t *loop, const ntcp_session_config *cfg, ntcp_session **out)
 {
@@ -714,6 +919,13 @@ int ntcp_session_start(uv_loop_t *loop, const ntcp_session_config *cfg, ntcp_ses
     if (cfg->broker_id && !(s->broker_id = strdup(cfg->broker_id))) {
         free(s);
         return NTCP_ENOMEM;
+    }
+    if (cfg->tls) {
+        int rc = tls_setup(s, cfg);
+        if (rc < 0) {
+            session_free(s);
+            return rc;
+        }
     }
     strcpy(s->name, cfg->name);
     s->key = cfg->key;
@@ -751,8 +963,7 @@ static void on_handle_closed(uv_handle_t *h)
 {
     ntcp_session *s = h->data;
     if (--s->open_handles == 0) {
-        free(s->broker_id);
-        free(s);
+        session_free(s);
     }
 }
 
@@ -821,6 +1032,11 @@ int ntcp_session_public_udp(const ntcp_session *s, struct sockaddr_storage *out)
 {
     *out = s->public_udp;
     return s->public_udp.ss_family ? 0 : NTCP_ENOTFOUND;
+}
+
+const char *ntcp_session_tls_error(const ntcp_session *s)
+{
+    return s->tls_err;
 }
 
 unsigned ntcp_session_registrations(const ntcp_session *s)

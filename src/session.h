@@ -61,11 +61,25 @@ typedef struct ntcp_session_config {
     ntcp_session_go_fn on_go;
     ntcp_session_state_fn on_state;
     void *user;
+    /* TLS 1.3 to the broker (docs/broker-protocol.md 1), when tls is set. The
+     * broker's certificate is checked against tls_ca_file (PEM trust
+     * anchors; NULL and no pin: the system's) and tls_host (a DNS name, also
+     * sent as SNI; NULL: the broker's IP address), or against tls_pin
+     * ("sha256/BASE64" of its SubjectPublicKeyInfo, several separated by
+     * commas; a pin alone accepts a self-signed certificate), or both.
+     * tls_insecure checks nothing and is never implied. A refused
+     * certificate ends the attempt with NTCP_ECERT, any other TLS failure
+     * with NTCP_ETLS; ntcp_session_tls_error() says why. Strings are copied. */
+    bool tls;
+    bool tls_insecure;
+    const char *tls_ca_file;
+    const char *tls_host;
+    const char *tls_pin;
 } ntcp_session_config;
 
 /* Starts the session on loop (it connects at once). *out is owned by the
- * caller and released with ntcp_session_close(). Returns 0, NTCP_EINVAL or
- * NTCP_ENOMEM. */
+ * caller and released with ntcp_session_close(). Returns 0, NTCP_EINVAL,
+ * NTCP_ECONFIG (the TLS CA file does not load) or NTCP_ENOMEM. */
 int ntcp_session_start(uv_loop_t *loop, const ntcp_session_config *cfg, ntcp_session **out);
 
 /* Stops: pending requests complete with NTCP_ECLOSED, then the session is
@@ -81,6 +95,9 @@ int ntcp_session_public_udp(const ntcp_session *s, struct sockaddr_storage *out)
  * port), and of the UDP keepalive socket. NTCP_ENOTFOUND while there is none. */
 int ntcp_session_local_addr(const ntcp_session *s, struct sockaddr_storage *out);
 int ntcp_session_local_udp(const ntcp_session *s, struct sockaddr_storage *out);
+/* Why the last TLS attempt failed ("certificate pin mismatch",
+ * "certificate verify failed: ...", "the broker speaks TLS", ...), or "". */
+const char *ntcp_session_tls_error(const ntcp_session *s);
 /* Replaces the profile blob (copied) and, when registered, sends it to the
  * broker at once in a REFRESH; the broker forwards it in the next
  * CONNECT-GOs. Returns 0 or NTCP_EINVAL. */

@@ -19,6 +19,7 @@
 #include "identity.h"
 #include "ntcp.h"
 #include "session.h"
+#include "tls.h"
 
 #define TICK_MS 100
 
@@ -96,6 +97,10 @@ static void on_session_closed(uv_handle_t *h)
     free(s->in);
     free(s->out);
     free(s->extra);
+    if (s->tls) {
+        ntcp_tls_free(s->tls);
+        b->st.tls_sessions--;
+    }
     free(s);
     b->st.sessions--;
     if (b->stopping)
@@ -148,10 +153,10 @@ static void start_write(bsession *s)
     }
 }
 
-/* Sends a whole message: straight to the socket when it takes it (the usual
- * case, no copy), else into the session's output buffer. A peer that does
- * not read is closed once OUTBUF_CAP is full. */
-static void send_msg(bsession *s, const uint8_t *msg, size_t len)
+/* Sends bytes: straight to the socket when it takes them (the usual case,
+ * no copy), else into the session's output buffer. A peer that does not
+ * read is closed once OUTBUF_CAP is full. */
+static void send_raw(bsession *s, const uint8_t *msg, size_t len)
 {
     if (uv_is_closing((uv_handle_t *)&s->tcp))
         return;
@@ -183,6 +188,32 @@ static void send_msg(bsession *s, const uint8_t *msg, size_t len)
     o->len += (uint32_t)(len - done);
     if (o->wlen == 0)
         start_write(s);
+}
+
+/* Sends the TLS records waiting in the session's memory BIO: a handshake
+ * flight, an alert, close_notify, a KeyUpdate answer, encrypted messages. */
+static void flush_tls(bsession *s)
+{
+    uint8_t buf[4096];
+    size_t n;
+    while (!uv_is_closing((uv_handle_t *)&s->tcp) && (n = ntcp_tls_take(s->tls, buf, sizeof buf)) > 0)
+        send_raw(s, buf, n);
+}
+
+/* Sends a whole message, encrypted on a TLS session. */
+static void send_msg(bsession *s, const uint8_t *msg, size_t len)
+{
+    if (!s->tls) {
+        send_raw(s, msg, len);
+        return;
+    }
+    if (uv_is_closing((uv_handle_t *)&s->tcp))
+        return;
+    if (ntcp_tls_write(s->tls, msg, len) < 0) {
+        session_close(s, false);
+        return;
+    }
+    flush_tls(s);
 }
 
 /* ---- closing ---- */
@@ -250,6 +281,12 @@ void session_close(bsession *s, bool flush)
         } else {
             p = p->next;
         }
+    }
+    if (s->tls && flush) {
+        /* An orderly end: close_notify after what is queued, so that the
+         * peer can tell it from a cut connection (RFC 8446 6.1). */
+        ntcp_tls_shutdown(s->tls);
+        flush_tls(s);
     }
     uv_read_stop((uv_stream_t *)&s->tcp);
     if (!flush || !s->out) {
@@ -417,6 +454,11 @@ static void verify_work(uv_work_t *req);
 static void verify_done(uv_work_t *req, int status);
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf);
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
+
+static const char *frame_error(int rc)
+{
+    return rc == NTCP_ERANGE ? "Message too large" : rc == NTCP_ETLS ? "TLS on a plain port" : "Not STUN";
+}
 
 static void do_register(bsession *s, const stun_msg *m, const struct sockaddr *src)
 {
@@ -686,6 +728,12 @@ static void do_connect(bsession *s, const stun_msg *m)
         answer_error(s, m->method, m->tid, BROKER_ERR_RATE_LIMITED, "Too many connects pending");
         return;
     }
+    uint32_t transport = BROKER_TRANSPORT_TCP;
+    if (stun_get_u32(m, BROKER_ATTR_TRANSPORT, &transport) == 0 && transport > BROKER_TRANSPORT_UDP) {
+        /* A transport of a later version: refused, the session stays. */
+        answer_error(s, m->method, m->tid, BROKER_ERR_BAD_REQUEST, "Unknown transport");
+        return;
+    }
     pending *p = b->pend_free;
     if (p) {
         b->pend_free = p->next;
@@ -704,6 +752,7 @@ static void do_connect(bsession *s, const stun_msg *m)
         timeout = want;
     p->req = s;
     p->tgt = t;
+    p->transport = transport;
     s->npending++;
     t->npending++;
     memcpy(p->req_tid, m->tid, STUN_TID_SIZE);
@@ -725,6 +774,8 @@ static void do_connect(bsession *s, const stun_msg *m)
     stun_build_init(&sb, buf, sizeof buf, BROKER_OFFER, STUN_REQUEST, p->offer_tid, false);
     broker_build_peer_info(&sb, &info);
     stun_build_u32(&sb, BROKER_ATTR_TIMEOUT, timeout);
+    if (transport != BROKER_TRANSPORT_TCP)
+        stun_build_u32(&sb, BROKER_ATTR_TRANSPORT, transport);
     finish_send(t, &sb);
 }
 
@@ -742,6 +793,7 @@ static void do_offer_answer(bsession *t, const stun_msg *m)
     bsession *r = p->req;
     uint8_t req_tid[STUN_TID_SIZE];
     memcpy(req_tid, p->req_tid, sizeof req_tid);
+    uint32_t transport = p->transport;
     rtt_sample(t, uv_hrtime() / 1000 - p->sent_us);
     pending_free(b, p);
     if (m->cls == STUN_ERROR) {
@@ -759,8 +811,18 @@ static void do_offer_answer(bsession *t, const stun_msg *m)
      * end waits S minus its own arrival. */
     uint32_t rr = session_rtt(r), rt = session_rtt(t);
     uint32_t slow = rr > rt ? rr : rt;
-    uint32_t dr = (uint32_t)((slow - rr) / 2 + 999) / 1000 + b->start_margin_ms;
-    uint32_t dt = (uint32_t)((slow - rt) / 2 + 999) / 1000 + b->start_margin_ms;
+    /* The margin covers the jitter of the GOs' trips and of both ends'
+     * processing: an eighth of the slower round trip, 2 to 20 ms, unless
+     * configured. A SYN that leaves a little early costs nothing (its
+     * mapping is there before the peer's SYN arrives, half a round trip
+     * later); a margin wider than needed costs every connection its time. */
+    uint32_t margin = b->start_margin_ms;
+    if (!margin) {
+        margin = slow / 8000;
+        margin = margin < 2 ? 2 : margin > 20 ? 20 : margin;
+    }
+    uint32_t dr = (uint32_t)((slow - rr) / 2 + 999) / 1000 + margin;
+    uint32_t dt = (uint32_t)((slow - rt) / 2 + 999) / 1000 + margin;
 
     uint8_t buf[BROKER_MAX_MESSAGE];
     stun_builder sb;
@@ -772,6 +834,8 @@ static void do_offer_answer(bsession *t, const stun_msg *m)
     stun_build_u32(&sb, BROKER_ATTR_START_DELAY, dr);
     stun_build_u32(&sb, BROKER_ATTR_ROLE, BROKER_ROLE_REQUESTER);
     stun_build_u32(&sb, BROKER_ATTR_RTT, rr);
+    if (transport != BROKER_TRANSPORT_TCP)
+        stun_build_u32(&sb, BROKER_ATTR_TRANSPORT, transport);
     finish_send(r, &sb);
     if (r->state == S_CLOSING) {
         b->st.connects_failed++; /* the requester is gone: no GO for the target */
@@ -787,6 +851,8 @@ static void do_offer_answer(bsession *t, const stun_msg *m)
     stun_build_u32(&sb, BROKER_ATTR_START_DELAY, dt);
     stun_build_u32(&sb, BROKER_ATTR_ROLE, BROKER_ROLE_TARGET);
     stun_build_u32(&sb, BROKER_ATTR_RTT, rt);
+    if (transport != BROKER_TRANSPORT_TCP)
+        stun_build_u32(&sb, BROKER_ATTR_TRANSPORT, transport);
     finish_send(t, &sb);
     b->st.connects_ok++;
 }
@@ -910,6 +976,8 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
 /* Total length of the message starting at p (>= 4 bytes), or an error. */
 static int frame_len(const uint8_t *p, size_t *total)
 {
+    if (p[0] == 0x16 && p[1] == 0x03)
+        return NTCP_ETLS; /* a TLS ClientHello's record: this port is plain */
     if (p[0] & 0xC0)
         return NTCP_ENOTSTUN;
     size_t mlen = (size_t)((p[2] << 8) | p[3]);
@@ -919,15 +987,9 @@ static int frame_len(const uint8_t *p, size_t *total)
     return *total > BROKER_MAX_MESSAGE ? NTCP_ERANGE : 0;
 }
 
-static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
+/* Plaintext from the peer: straight from the socket, or decrypted. */
+static void on_plain(bsession *s, const uint8_t *p, size_t n)
 {
-    bsession *s = stream->data;
-    if (nread < 0) {
-        session_close(s, false);
-        return;
-    }
-    const uint8_t *p = (const uint8_t *)buf->base;
-    size_t n = (size_t)nread;
     while (n > 0 && s->state != S_CLOSING) {
         size_t total;
         if (s->busy) {
@@ -953,7 +1015,7 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
             int rc = frame_len(s->in, &total);
             if (rc < 0) {
                 fail_session(s, 0, NULL, BROKER_ERR_BAD_REQUEST,
-                             rc == NTCP_ERANGE ? "Message too large" : "Not STUN");
+                             frame_error(rc));
                 return;
             }
             take = total - s->inlen;
@@ -976,7 +1038,7 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
         int rc = frame_len(p, &total);
         if (rc < 0) {
             fail_session(s, 0, NULL, BROKER_ERR_BAD_REQUEST,
-                         rc == NTCP_ERANGE ? "Message too large" : "Not STUN");
+                         frame_error(rc));
             return;
         }
         if (total > n) {
@@ -992,6 +1054,51 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
         p += total;
         n -= total;
     }
+}
+
+/* Ciphertext from a TLS session: the handshake, then records, each split
+ * or coalesced any way; their plaintext goes through on_plain. A client
+ * that stalls in the handshake is reaped like a silent plain one (it is
+ * not registered within the handshake time). */
+static void on_tls(bsession *s, const uint8_t *p, size_t n)
+{
+    ntcp_broker *b = s->b;
+    if (ntcp_tls_feed(s->tls, p, n) < 0) {
+        session_close(s, false);
+        return;
+    }
+    int rc = 0;
+    while (s->state != S_CLOSING && (rc = ntcp_tls_read(s->tls, b->pbuf, sizeof b->pbuf)) > 0)
+        on_plain(s, b->pbuf, (size_t)rc);
+    if (s->state == S_CLOSING)
+        return;
+    flush_tls(s);
+    if (rc == NTCP_ECLOSED) {
+        session_close(s, true); /* close_notify: ours goes back, then the end */
+    } else if (rc < 0) {
+        char addr[64];
+        struct sockaddr_storage ss;
+        broker_addr_to_sa(&s->pub, &ss);
+        broker_logf(b, NTCP_LOG_DEBUG, "session %s: %s; closed",
+                    ntcp_addr_str((struct sockaddr *)&ss, addr, sizeof addr),
+                    ntcp_tls_error(s->tls));
+        b->st.tls_failed++;
+        b->st.bad_sessions++;
+        session_close(s, true); /* the alert, if OpenSSL made one, goes first */
+    }
+}
+
+static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
+{
+    bsession *s = stream->data;
+    if (nread < 0) {
+        session_close(s, false);
+        return;
+    }
+    if (s->tls)
+        on_tls(s, (const uint8_t *)buf->base, (size_t)nread);
+    else
+        on_plain(s, (const uint8_t *)buf->base, (size_t)nread);
 }
 
 static void on_connection(uv_stream_t *server, int status)
@@ -1034,6 +1141,15 @@ static void on_connection(uv_stream_t *server, int status)
     s->tokens_ms = s->last_ms = uv_now(b->loop);
     list_append(s);
     uv_tcp_nodelay(&s->tcp, 1);
+    bool tls = server == (uv_stream_t *)&b->tls_listener ||
+               (b->listen_tls && server == (uv_stream_t *)&b->listener);
+    if (tls) {
+        if (!(s->tls = ntcp_tls_new(b->tls_ctx, true, NULL, NULL))) {
+            session_close(s, false);
+            return;
+        }
+        b->st.tls_sessions++;
+    }
     if (uv_read_start((uv_stream_t *)&s->tcp, on_alloc, on_read) < 0)
         session_close(s, false);
 }
@@ -1137,6 +1253,9 @@ static void free_broker(ntcp_broker *b)
     free(b->authorized_keys);
     free(b->state_dir);
     free(b->broker_id);
+    free(b->tls_cert);
+    free(b->tls_key);
+    SSL_CTX_free(b->tls_ctx);
     if (b->journal_fd >= 0)
         close(b->journal_fd);
     free(b);
@@ -1172,6 +1291,11 @@ int ntcp_broker_start(uv_loop_t *loop, const ntcp_broker_config *cfg, ntcp_broke
         return NTCP_ECONFIG;
     if (cfg->udp && ntcp_parse_hostport(cfg->udp, &udp_addr) < 0)
         return NTCP_ECONFIG;
+    struct sockaddr_storage tls_addr;
+    if (cfg->tls_listen && ntcp_parse_hostport(cfg->tls_listen, &tls_addr) < 0)
+        return NTCP_ECONFIG;
+    if (!cfg->tls_cert != !cfg->tls_key || (cfg->tls_listen && !cfg->tls_cert))
+        return NTCP_ECONFIG; /* a certificate needs its key, a TLS port both */
     const char *id = cfg->broker_id ? cfg->broker_id : "ntcp-brokerd";
     if (strlen(id) == 0 || strlen(id) > BROKER_ID_MAX)
         return NTCP_ECONFIG;
@@ -1188,7 +1312,7 @@ int ntcp_broker_start(uv_loop_t *loop, const ntcp_broker_config *cfg, ntcp_broke
     b->expiry_s = cfg->expiry_s ? cfg->expiry_s : 60;
     b->handshake_ms = cfg->handshake_ms ? cfg->handshake_ms : 10000;
     b->offer_timeout_ms = cfg->offer_timeout_ms ? cfg->offer_timeout_ms : 5000;
-    b->start_margin_ms = cfg->start_margin_ms ? cfg->start_margin_ms : 20;
+    b->start_margin_ms = cfg->start_margin_ms; /* 0: from the round trips */
     b->peer_rate = cfg->peer_rate ? cfg->peer_rate : 50;
     b->peer_burst = cfg->peer_burst ? cfg->peer_burst : 100;
     b->source_rate = cfg->source_rate ? cfg->source_rate : 100;
@@ -1221,6 +1345,22 @@ int ntcp_broker_start(uv_loop_t *loop, const ntcp_broker_config *cfg, ntcp_broke
         }
     }
 
+    if (cfg->tls_cert) {
+        char why[320];
+        rc = NTCP_ENOMEM;
+        if (!(b->tls_cert = strdup(cfg->tls_cert)) || !(b->tls_key = strdup(cfg->tls_key)))
+            goto fail;
+        if (!(b->tls_ctx = ntcp_tls_server_ctx(b->tls_cert, b->tls_key, why, sizeof why))) {
+            broker_logf(b, NTCP_LOG_ERROR, "%s", why);
+            rc = NTCP_ECONFIG;
+            goto fail;
+        }
+        /* A certificate alone makes the one port TLS-only: whoever gives
+         * one wants names and addresses kept private, not a plain port
+         * left open beside it. A second port serves both, for migrations. */
+        b->listen_tls = !cfg->tls_listen;
+    }
+
     rc = NTCP_ESYS;
     if (uv_tcp_init(loop, &b->listener) < 0)
         goto fail;
@@ -1240,6 +1380,17 @@ int ntcp_broker_start(uv_loop_t *loop, const ntcp_broker_config *cfg, ntcp_broke
                 err = uv_udp_recv_start(&b->udp, on_udp_alloc, on_udp);
         }
     }
+    if (err == 0 && cfg->tls_listen) {
+        err = uv_tcp_init(loop, &b->tls_listener);
+        if (err == 0) {
+            b->tls_listener.data = b;
+            b->open_handles++;
+            b->has_tls_listener = true;
+            err = uv_tcp_bind(&b->tls_listener, (struct sockaddr *)&tls_addr, 0);
+            if (err == 0)
+                err = uv_listen((uv_stream_t *)&b->tls_listener, 4096, on_connection);
+        }
+    }
     if (err == 0) {
         err = uv_timer_init(loop, &b->timer);
         if (err == 0) {
@@ -1255,7 +1406,7 @@ int ntcp_broker_start(uv_loop_t *loop, const ntcp_broker_config *cfg, ntcp_broke
         ntcp_broker_stop(b, NULL, NULL);
         return NTCP_ESYS;
     }
-    char a[64], u[64] = "";
+    char a[64], u[64] = "", t[80] = "";
     struct sockaddr_storage bound;
     if (ntcp_broker_tcp_addr(b, &bound) == 0)
         ntcp_addr_str((struct sockaddr *)&bound, a, sizeof a);
@@ -1263,9 +1414,13 @@ int ntcp_broker_start(uv_loop_t *loop, const ntcp_broker_config *cfg, ntcp_broke
         ntcp_addr_str((struct sockaddr *)&tcp_addr, a, sizeof a);
     if (b->has_udp && ntcp_broker_udp_addr(b, &bound) == 0)
         ntcp_addr_str((struct sockaddr *)&bound, u, sizeof u);
-    broker_logf(b, NTCP_LOG_INFO, "listening on %s (TCP)%s%s, id \"%s\", expiry %us%s", a,
-                b->has_udp ? " and UDP " : "", u, b->broker_id, b->expiry_s,
-                b->authorized_keys ? ", authorized keys only" : "");
+    if (b->has_tls_listener && ntcp_broker_tls_addr(b, &bound) == 0) {
+        char ta[64];
+        snprintf(t, sizeof t, ", %s (TLS)", ntcp_addr_str((struct sockaddr *)&bound, ta, sizeof ta));
+    }
+    broker_logf(b, NTCP_LOG_INFO, "listening on %s (%s)%s%s%s, id \"%s\", expiry %us%s", a,
+                b->listen_tls ? "TLS" : "TCP", t, b->has_udp ? " and UDP " : "", u, b->broker_id,
+                b->expiry_s, b->authorized_keys ? ", authorized keys only" : "");
     *out = b;
     return 0;
 fail:
@@ -1275,9 +1430,23 @@ fail:
 
 int ntcp_broker_reload(ntcp_broker *b)
 {
-    if (!b->authorized_keys)
-        return 0;
-    return keys_load_authorized(b, true);
+    int rc = b->authorized_keys ? keys_load_authorized(b, true) : 0;
+    if (b->tls_ctx) {
+        /* Sessions hold their own reference to the context they began with:
+         * the old one goes when the last of them does. */
+        char why[320];
+        SSL_CTX *fresh = ntcp_tls_server_ctx(b->tls_cert, b->tls_key, why, sizeof why);
+        if (fresh) {
+            SSL_CTX_free(b->tls_ctx);
+            b->tls_ctx = fresh;
+            broker_logf(b, NTCP_LOG_INFO, "TLS certificate reloaded from %s", b->tls_cert);
+        } else {
+            broker_logf(b, NTCP_LOG_ERROR, "%s; the previous certificate stays", why);
+            if (rc == 0)
+                rc = NTCP_ECONFIG;
+        }
+    }
+    return rc;
 }
 
 void ntcp_broker_get_stats(const ntcp_broker *b, ntcp_broker_stats *st)
@@ -1289,6 +1458,15 @@ int ntcp_broker_tcp_addr(const ntcp_broker *b, struct sockaddr_storage *out)
 {
     int len = sizeof *out;
     return uv_tcp_getsockname(&b->listener, (struct sockaddr *)out, &len) == 0 ? 0 : NTCP_ESYS;
+}
+
+int ntcp_broker_tls_addr(const ntcp_broker *b, struct sockaddr_storage *out)
+{
+    if (!b->tls_ctx)
+        return NTCP_ENOTFOUND;
+    const uv_tcp_t *l = b->has_tls_listener ? &b->tls_listener : &b->listener;
+    int len = sizeof *out;
+    return uv_tcp_getsockname(l, (struct sockaddr *)out, &len) == 0 ? 0 : NTCP_ESYS;
 }
 
 int ntcp_broker_udp_addr(const ntcp_broker *b, struct sockaddr_storage *out)
@@ -1314,6 +1492,8 @@ void ntcp_broker_stop(ntcp_broker *b, void (*done)(void *arg), void *arg)
         session_close(b->reg_head, false);
     /* Sessions close on their own; the broker goes once its handles have. */
     uv_close((uv_handle_t *)&b->listener, on_handle_closed);
+    if (b->has_tls_listener)
+        uv_close((uv_handle_t *)&b->tls_listener, on_handle_closed);
     if (b->has_udp)
         uv_close((uv_handle_t *)&b->udp, on_handle_closed);
     if (b->has_timer)

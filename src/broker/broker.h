@@ -32,7 +32,8 @@ typedef struct ntcp_broker_config {
     uint32_t expiry_s;           /* a registration lives this long without refresh; 60 */
     uint32_t handshake_ms;       /* time a new session has to register; 10000 */
     uint32_t offer_timeout_ms;   /* time a target has to answer a connect offer; 5000 */
-    uint32_t start_margin_ms;    /* added to both start delays; 20 */
+    uint32_t start_margin_ms;    /* added to both start delays; 0: an eighth of the
+                                  * slower round trip, 2 to 20 ms */
     double peer_rate;            /* requests/s per session; 50 (negative: unlimited) */
     uint32_t peer_burst;         /* 100 */
     double source_rate;          /* new sessions + signed registrations /s per source IP;
@@ -42,6 +43,12 @@ typedef struct ntcp_broker_config {
     ntcp_broker_log_fn log;      /* NULL: no logging */
     void *log_user;
     int log_level;               /* lines above this level are not produced; NTCP_LOG_INFO */
+    /* TLS 1.3 (docs/broker-protocol.md 1.1): PEM certificate (chain) and key.
+     * Without tls_listen, `listen` speaks TLS only; with it, `listen` stays
+     * plain and tls_listen ("IP:PORT") speaks TLS. */
+    const char *tls_cert;
+    const char *tls_key;
+    const char *tls_listen;
 } ntcp_broker_config;
 
 typedef struct ntcp_broker_stats {
@@ -57,16 +64,22 @@ typedef struct ntcp_broker_stats {
     uint64_t bad_sessions; /* closed for garbage, oversize or protocol violation */
     uint64_t reaped;       /* closed for silence */
     uint64_t rate_limited;
+    uint64_t tls_sessions; /* open sessions that speak TLS */
+    uint64_t tls_failed;   /* TLS handshakes or records that failed (also in bad_sessions) */
 } ntcp_broker_stats;
 
 /* Binds the sockets, loads keys/state and starts serving on loop. On success
  * *out is the broker (owned by the caller: ntcp_broker_stop()). Returns 0,
- * NTCP_EINVAL, NTCP_ECONFIG (bad address, unreadable keys or state),
+ * NTCP_EINVAL, NTCP_ECONFIG (bad address, unreadable keys or state, a TLS
+ * certificate or key that does not load or match, half a TLS setting),
  * NTCP_ESYS (bind failed; errno set) or NTCP_ENOMEM. */
 int ntcp_broker_start(uv_loop_t *loop, const ntcp_broker_config *cfg, ntcp_broker **out);
 
-/* Re-reads the authorized-keys file (SIGHUP). Sessions whose name left the
- * file or whose key changed are closed. On error the old keys stay. */
+/* Re-reads the authorized-keys file and the TLS certificate and key
+ * (SIGHUP). Sessions whose name left the file or whose key changed are
+ * closed; TLS sessions already open keep the certificate they started with.
+ * On error the old keys (or certificate) stay, and the error is returned
+ * (the other part is reloaded all the same). */
 int ntcp_broker_reload(ntcp_broker *b);
 
 void ntcp_broker_get_stats(const ntcp_broker *b, ntcp_broker_stats *st);
@@ -74,6 +87,9 @@ void ntcp_broker_get_stats(const ntcp_broker *b, ntcp_broker_stats *st);
 /* The bound addresses (useful with port 0). NTCP_ENOTFOUND for no UDP. */
 int ntcp_broker_tcp_addr(const ntcp_broker *b, struct sockaddr_storage *out);
 int ntcp_broker_udp_addr(const ntcp_broker *b, struct sockaddr_storage *out);
+/* The address that speaks TLS: tls_listen's, or listen's when TLS replaces
+ * plain TCP there. NTCP_ENOTFOUND without TLS. */
+int ntcp_broker_tls_addr(const ntcp_broker *b, struct sockaddr_storage *out);
 
 /* Closes every session and socket. b is freed once every handle is closed,
  * then done(arg) runs (done may be NULL). The loop must keep running. */

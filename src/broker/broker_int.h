@@ -55,6 +55,7 @@ typedef struct bsession {
     uint32_t rtt_us;               /* smoothed application round trip */
     uint8_t *in;                   /* BROKER_MAX_MESSAGE, only while split */
     outbuf *out;
+    struct ntcp_tls *tls;          /* NULL: plain TCP */
     uint8_t *extra;                /* nprivate broker_addr then the profile */
     broker_addr pub;               /* TCP source as the broker sees it */
     broker_addr udp;               /* UDP mapping, family 0 until learned */
@@ -68,6 +69,7 @@ typedef struct pending {
     bsession *req, *tgt;
     uint64_t deadline_ms;
     uint64_t sent_us;              /* when the offer left, for the target's RTT */
+    uint32_t transport;            /* enum broker_transport, from the CONNECT */
     uint8_t req_tid[STUN_TID_SIZE];
     uint8_t offer_tid[STUN_TID_SIZE];
 } pending;
@@ -99,6 +101,10 @@ typedef struct src_bucket {
 struct ntcp_broker {
     uv_loop_t *loop;
     uv_tcp_t listener;
+    uv_tcp_t tls_listener;         /* with tls_listen only */
+    bool has_tls_listener, listen_tls; /* listen_tls: `listener` speaks TLS */
+    struct ssl_ctx_st *tls_ctx;    /* NULL: no TLS; reloaded by SIGHUP */
+    char *tls_cert, *tls_key;
     uv_udp_t udp;
     uv_timer_t timer;
     bool has_udp, has_timer;
@@ -137,6 +143,7 @@ struct ntcp_broker {
 
     ntcp_broker_stats st;
     uint8_t rbuf[65536];           /* every TCP read lands here first */
+    uint8_t pbuf[16384];           /* plaintext of a TLS session's records */
     uint8_t ubuf[BROKER_MAX_MESSAGE];
 };
 

@@ -168,6 +168,7 @@ typedef struct peer {
     int refusals; /* state changes with a broker code */
     bool accept;
     bool offered;
+    uint32_t offer_transport;
     char offer_from[BROKER_NAME_MAX + 1];
     uint8_t offer_key[32];
     bool got_go;
@@ -180,6 +181,7 @@ static bool on_offer(ntcp_session *s, const broker_peer_info *from, void *user)
     peer *p = user;
     (void)s;
     p->offered = true;
+    p->offer_transport = from->transport;
     strcpy(p->offer_from, from->name);
     memcpy(p->offer_key, from->public_key, 32);
     return p->accept;
@@ -558,16 +560,19 @@ static void test_register_lookup_connect(void **state)
     assert_memory_equal(r.go.nonce, b.go.nonce, BROKER_NONCE_SIZE);
     uint8_t zero[BROKER_NONCE_SIZE] = {0};
     assert_memory_not_equal(r.go.nonce, zero, BROKER_NONCE_SIZE);
-    /* Start delays: each end waits the margin (20 ms) plus half the
-     * difference between the slower end's round trip and its own, so the
-     * slower end waits just the margin and both SYNs leave together. */
+    /* Start delays: each end waits the margin (an eighth of the slower
+     * round trip, 2 to 20 ms, by default) plus half the difference between
+     * the slower end's round trip and its own, so the slower end waits just
+     * the margin and both SYNs leave together. */
     assert_true(r.go.rtt_us > 0 && b.go.rtt_us > 0);
     uint32_t slow = r.go.rtt_us > b.go.rtt_us ? r.go.rtt_us : b.go.rtt_us;
+    uint32_t margin = slow / 8000;
+    margin = margin < 2 ? 2 : margin > 20 ? 20 : margin;
     assert_int_equal(r.go.start_delay_ms, (slow - r.go.rtt_us) / 2 / 1000 +
-                                              ((slow - r.go.rtt_us) / 2 % 1000 ? 1 : 0) + 20);
+                                              ((slow - r.go.rtt_us) / 2 % 1000 ? 1 : 0) + margin);
     assert_int_equal(b.go.start_delay_ms, (slow - b.go.rtt_us) / 2 / 1000 +
-                                              ((slow - b.go.rtt_us) / 2 % 1000 ? 1 : 0) + 20);
-    assert_true(r.go.start_delay_ms == 20 || b.go.start_delay_ms == 20);
+                                              ((slow - b.go.rtt_us) / 2 % 1000 ? 1 : 0) + margin);
+    assert_true(r.go.start_delay_ms == margin || b.go.start_delay_ms == margin);
 
     /* A second connect gets a fresh nonce. */
     uint8_t first[BROKER_NONCE_SIZE];
@@ -585,6 +590,88 @@ static void test_register_lookup_connect(void **state)
     assert_int_equal(st.peers, 2);
     assert_int_equal(st.connects_ok, 2);
     assert_int_equal(st.pending, 0);
+    peer_stop(&a);
+    peer_stop(&b);
+}
+
+/* A UDP connect (issue 7): TRANSPORT goes from the CONNECT to the OFFER and
+ * both CONNECT-GOs, which carry each end's PUBLIC-UDP; the session hands its
+ * keepalive socket over and teaches the broker its successor's mapping. */
+static bool udp_known(void *arg)
+{
+    struct sockaddr_storage ss;
+    return ntcp_session_public_udp(((peer *)arg)->s, &ss) == 0;
+}
+
+static void test_udp_connect_and_take(void **state)
+{
+    fx *f = *state;
+    start_broker(f);
+    peer a, b;
+    peer_start(f, &a, "alice", NULL);
+    peer_start(f, &b, "bob", NULL);
+    assert_true(wait_for(f, is_registered, &a, 3000));
+    assert_true(wait_for(f, is_registered, &b, 3000));
+    assert_true(wait_for(f, udp_known, &a, 3000));
+    assert_true(wait_for(f, udp_known, &b, 3000));
+    struct sockaddr_storage audp, budp, blocal;
+    assert_int_equal(ntcp_session_public_udp(a.s, &audp), 0);
+    assert_int_equal(ntcp_session_public_udp(b.s, &budp), 0);
+    assert_int_equal(ntcp_session_local_udp(b.s, &blocal), 0);
+
+    /* TCP, the default: no transport anywhere. */
+    result r;
+    memset(&r, 0, sizeof r);
+    assert_int_equal(ntcp_session_connect(a.s, "bob", 3000, on_connect_done, &r), 0);
+    assert_true(wait_for(f, result_done, &r, 4000));
+    assert_int_equal(r.err, 0);
+    assert_true(wait_for(f, flag_set, &b.got_go, 2000));
+    assert_int_equal(b.offer_transport, BROKER_TRANSPORT_TCP);
+    assert_int_equal(r.go.transport, BROKER_TRANSPORT_TCP);
+    assert_int_equal(b.go.transport, BROKER_TRANSPORT_TCP);
+
+    /* UDP. */
+    b.got_go = false;
+    b.offered = false;
+    memset(&r, 0, sizeof r);
+    assert_int_equal(ntcp_session_connect_ex(a.s, "bob", BROKER_TRANSPORT_UDP, 3000,
+                                             on_connect_done, &r), 0);
+    assert_true(wait_for(f, result_done, &r, 4000));
+    assert_int_equal(r.err, 0);
+    assert_true(wait_for(f, flag_set, &b.got_go, 2000));
+    assert_true(b.offered);
+    assert_int_equal(b.offer_transport, BROKER_TRANSPORT_UDP);
+    assert_int_equal(r.go.transport, BROKER_TRANSPORT_UDP);
+    assert_int_equal(b.go.transport, BROKER_TRANSPORT_UDP);
+    assert_true(same_addr(&r.go.peer.public_udp, &budp));
+    assert_true(same_addr(&b.go.peer.public_udp, &audp));
+    assert_memory_equal(r.go.nonce, b.go.nonce, BROKER_NONCE_SIZE);
+    /* A transport this version does not know is refused locally. */
+    assert_int_equal(ntcp_session_connect_ex(a.s, "bob", 2, 3000, on_connect_done, &r),
+                     NTCP_EINVAL);
+
+    /* The target takes its keepalive socket: the same port the broker saw. */
+    int fd = -1;
+    struct sockaddr_storage tl, tp, nl;
+    assert_int_equal(ntcp_session_take_udp(b.s, 0, &fd, &tl, &tp), 0);
+    assert_true(fd >= 0);
+    assert_true(same_addr(&tl, &blocal));
+    assert_true(same_addr(&tp, &budp));
+    /* A successor on another port, whose keepalive updates the broker. */
+    assert_int_equal(ntcp_session_local_udp(b.s, &nl), 0);
+    assert_int_not_equal(((struct sockaddr_in *)&nl)->sin_port,
+                         ((struct sockaddr_in *)&blocal)->sin_port);
+    assert_true(wait_for(f, udp_known, &b, 3000));
+    struct sockaddr_storage nudp;
+    assert_int_equal(ntcp_session_public_udp(b.s, &nudp), 0);
+    assert_false(same_addr(&nudp, &budp));
+    lookup(f, &a, "bob", &r);
+    assert_int_equal(r.err, 0);
+    assert_true(same_addr(&r.info.public_udp, &nudp));
+    /* The taken socket still works and is no longer the session's. */
+    uint8_t ping[4] = {1, 2, 3, 4};
+    assert_int_equal(sendto(fd, ping, 4, 0, (struct sockaddr *)&nl, sizeof(struct sockaddr_in)), 4);
+    close(fd);
     peer_stop(&a);
     peer_stop(&b);
 }
@@ -1230,6 +1317,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_register_lookup_connect, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unknown_and_declined, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_udp_connect_and_take, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_signature_and_replay, setup, teardown),
         cmocka_unit_test_setup_teardown(test_second_key_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_authorized_keys, setup, teardown),

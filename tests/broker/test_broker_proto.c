@@ -128,6 +128,41 @@ static void test_go_roundtrip(void **state)
     assert_int_equal(g.start_delay_ms, 37);
     assert_int_equal(g.role, BROKER_ROLE_TARGET);
     assert_int_equal(g.rtt_us, 1234);
+    assert_int_equal(g.transport, BROKER_TRANSPORT_TCP); /* absent: TCP */
+
+    /* TRANSPORT: UDP in a GO and an OFFER; a value this version does not
+     * know validates (the broker answers it) but does not parse. */
+    for (uint32_t tv = 0; tv < 3; tv++) {
+        stun_build_init(&sb, buf, sizeof buf, BROKER_GO, STUN_INDICATION, tid, false);
+        broker_build_peer_info(&sb, &p);
+        stun_build_attr(&sb, BROKER_ATTR_SESSION_NONCE, nonce, sizeof nonce);
+        stun_build_u32(&sb, BROKER_ATTR_START_DELAY, 37);
+        stun_build_u32(&sb, BROKER_ATTR_ROLE, BROKER_ROLE_TARGET);
+        stun_build_u32(&sb, BROKER_ATTR_TRANSPORT, tv);
+        n = stun_build_finish(&sb, NULL);
+        assert_true(n > 0);
+        assert_int_equal(stun_parse(&m, buf, (size_t)n), 0);
+        assert_int_equal(broker_validate(&m, unknown, 16, &nunknown), 0);
+        assert_int_equal(nunknown, 0);
+        broker_peer_info pi;
+        if (tv <= BROKER_TRANSPORT_UDP) {
+            assert_int_equal(broker_parse_go(&m, &g), 0);
+            assert_int_equal(g.transport, tv);
+            assert_int_equal(g.peer.transport, 0);
+            assert_int_equal(broker_parse_peer_info(&m, &pi), 0);
+            assert_int_equal(pi.transport, tv);
+        } else {
+            assert_int_equal(broker_parse_go(&m, &g), NTCP_EBADATTR);
+            assert_int_equal(broker_parse_peer_info(&m, &pi), NTCP_EBADATTR);
+        }
+    }
+    /* A TRANSPORT of the wrong length is a bad attribute. */
+    stun_build_init(&sb, buf, sizeof buf, BROKER_CONNECT, STUN_REQUEST, tid, false);
+    stun_build_attr(&sb, BROKER_ATTR_NAME, "carol", 5);
+    stun_build_attr(&sb, BROKER_ATTR_TRANSPORT, "\0\1", 2);
+    n = stun_build_finish(&sb, NULL);
+    assert_int_equal(stun_parse(&m, buf, (size_t)n), 0);
+    assert_int_equal(broker_validate(&m, unknown, 16, &nunknown), NTCP_EBADATTR);
 }
 
 static void test_validate_rejects(void **state)

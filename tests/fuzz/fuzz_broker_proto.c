@@ -34,7 +34,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     FUZZ_CHECK(nunknown <= m.nunknown);
     for (size_t i = 0; i < nunknown; i++)
-        FUZZ_CHECK(unknown[i] < BROKER_ATTR_NAME || unknown[i] > BROKER_ATTR_VERSION);
+        FUZZ_CHECK(unknown[i] < BROKER_ATTR_NAME || unknown[i] > BROKER_ATTR_TRANSPORT);
 
     char name[BROKER_NAME_MAX + 1];
     if (broker_get_name(&m, name) == 0)
@@ -49,6 +49,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     broker_peer_info p;
     if (broker_parse_peer_info(&m, &p) == 0) {
         FUZZ_CHECK(p.nprivate <= BROKER_MAX_PRIVATE);
+        FUZZ_CHECK(p.transport <= BROKER_TRANSPORT_UDP);
         FUZZ_CHECK(p.profile_len <= BROKER_PROFILE_MAX);
         if (p.profile_len)
             FUZZ_CHECK(p.profile >= m.buf && p.profile + p.profile_len <= m.buf + m.len);
@@ -80,6 +81,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (broker_parse_go(&m, &g) == 0) {
         FUZZ_CHECK(g.role <= BROKER_ROLE_TARGET);
         FUZZ_CHECK(g.peer.has_public_key);
+        FUZZ_CHECK(g.transport <= BROKER_TRANSPORT_UDP && g.peer.transport == 0);
     }
     return 0;
 }
