@@ -35,7 +35,10 @@ static const char *const OPTIONS_HELP =
     "  -i, --id NAME            this peer's name at the broker (or `name` in the\n"
     "                           configuration file)\n"
     "  -b, --broker HOST:PORT   the connection broker (or `broker` / NTCP 0.2's\n"
-    "                           ConnectionBroker in the configuration file)\n"
+    "                           ConnectionBroker in the configuration file);\n"
+    "                           tls://HOST:PORT for TLS\n"
+    "      --broker-ca FILE     TLS: the CAs that may sign the broker's certificate\n"
+    "      --broker-pin PIN     TLS: sha256/BASE64 of the broker's public key\n"
     "  -s, --stun HOST[:PORT]   ntcp-stuntd server for NAT discovery (default port\n"
     "                           3478); repeat for a list. Without one the NAT is not\n"
     "                           probed and fewer methods are tried\n"
@@ -62,8 +65,9 @@ void ntcp_usage_listen(FILE *f)
             "usage: ntcp listen --id NAME [OPTIONS]\n"
             "\n"
             "Register NAME with the connection broker and wait for a peer's `ntcp connect`;\n"
-            "then copy stdin to the peer and the peer to stdout, like nc -l, until the peer\n"
-            "closes. The peer has proved it holds the key the broker bound to its name.\n"
+            "then copy stdin to the peer and the peer to stdout, like nc -l, until both\n"
+            "directions have ended (the end of stdin half-closes the connection). The peer\n"
+            "has proved it holds the key the broker bound to its name.\n"
             "\n"
             "Options:\n"
             "%s"
@@ -91,7 +95,7 @@ void ntcp_usage_connect(FILE *f)
 
 typedef struct popts {
     bool listen;
-    const char *id, *broker, *config, *key, *peer;
+    const char *id, *broker, *config, *key, *peer, *broker_ca, *broker_pin;
     const char *stun[16];
     size_t nstun;
     const char *allow[16];
@@ -128,7 +132,8 @@ static int parse(int argc, char **argv, popts *o)
         {"key", required_argument, NULL, 'k'},     {"timeout", required_argument, NULL, 't'},
         {"json", no_argument, NULL, 'j'},          {"quiet", no_argument, NULL, 'q'},
         {"keep-open", no_argument, NULL, 'K'},     {"allow", required_argument, NULL, 'a'},
-        {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0}};
+        {"help", no_argument, NULL, 'h'},          {"broker-ca", required_argument, NULL, 'C'},
+        {"broker-pin", required_argument, NULL, 'P'}, {NULL, 0, NULL, 0}};
     o->timeout_ms = 30000;
     optind = 1;
     int c;
@@ -137,6 +142,8 @@ static int parse(int argc, char **argv, popts *o)
         switch (c) {
         case 'i': o->id = optarg; break;
         case 'b': o->broker = optarg; break;
+        case 'C': o->broker_ca = optarg; break;
+        case 'P': o->broker_pin = optarg; break;
         case 's':
             if (o->nstun == sizeof o->stun / sizeof o->stun[0])
                 return usage_error(o, "too many --stun servers (%s)", "16 at most");
@@ -202,8 +209,10 @@ static int make_context(popts *o, ntcp_t **out, char *keybuf, size_t keylen)
     size_t n = 0;
     for (size_t i = 0; i < o->nstun; i++)
         stun[n++] = o->stun[i];
-    for (size_t i = 0; n == 0 && file_ctx && ntcp_get_stun_server(file_ctx, i) && i < 32; i++)
-        stun[i] = ntcp_get_stun_server(file_ctx, i), n = i + 1;
+    /* The file's servers when no --stun was given: all of them (up to 32). */
+    for (size_t i = 0; o->nstun == 0 && file_ctx && i < 32 && ntcp_get_stun_server(file_ctx, i);
+         i++)
+        stun[n++] = ntcp_get_stun_server(file_ctx, i);
     ntcp_config_t cfg;
     ntcp_config_init(&cfg);
     cfg.stun_servers = stun;
@@ -211,6 +220,14 @@ static int make_context(popts *o, ntcp_t **out, char *keybuf, size_t keylen)
     cfg.broker = o->broker ? o->broker : file_ctx ? ntcp_get_broker(file_ctx) : NULL;
     cfg.name = o->id ? o->id : file_ctx ? ntcp_get_name(file_ctx) : NULL;
     cfg.key_file = o->key ? o->key : file_ctx ? ntcp_get_key_file(file_ctx) : NULL;
+    /* TLS: from the file unless the options say otherwise. */
+    cfg.broker_tls = file_ctx && !o->broker ? ntcp_get_broker_tls(file_ctx) : 0;
+    cfg.broker_ca = o->broker_ca ? o->broker_ca : file_ctx ? ntcp_get_broker_ca(file_ctx) : NULL;
+    cfg.broker_pin = o->broker_pin ? o->broker_pin
+                                   : file_ctx ? ntcp_get_broker_pin(file_ctx) : NULL;
+    cfg.broker_tls_insecure = file_ctx ? ntcp_get_broker_tls_insecure(file_ctx) : 0;
+    if (o->broker_ca || o->broker_pin)
+        cfg.broker_tls = 1;
     int code = P_OK;
     if (!cfg.name)
         code = usage_error(o, "no name: give --id NAME%s", " (or `name` in the configuration)");
@@ -255,14 +272,19 @@ static int make_context(popts *o, ntcp_t **out, char *keybuf, size_t keylen)
     return P_OK;
 }
 
-/* stdin -> fd, fd -> stdout until the peer closes. */
+/* stdin -> fd and fd -> stdout until both directions have ended: stdin's
+ * end is sent as a half close (SHUT_WR), and the peer's end of stream does
+ * not stop what we still have to send (the two sides' inputs end at
+ * different times: `ntcp listen <file` and `ntcp connect </dev/null` must
+ * copy the whole file). */
 static int pump(int fd, bool stdin_open)
 {
     char buf[16384];
-    bool in_open = stdin_open;
-    for (;;) {
-        struct pollfd p[2] = {{.fd = fd, .events = POLLIN}, {.fd = 0, .events = POLLIN}};
-        int n = poll(p, in_open ? 2 : 1, -1);
+    bool in_open = stdin_open, net_open = true;
+    while (net_open || in_open) {
+        struct pollfd p[2] = {{.fd = net_open ? fd : -1, .events = POLLIN},
+                              {.fd = in_open ? 0 : -1, .events = POLLIN}};
+        int n = poll(p, 2, -1);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -270,12 +292,15 @@ static int pump(int fd, bool stdin_open)
         }
         if (p[0].revents) {
             ssize_t r = recv(fd, buf, sizeof buf, 0);
-            if (r == 0)
-                return P_OK;
-            if (r < 0) {
-                if (errno == EINTR || errno == EAGAIN)
-                    continue;
-                return errno == ECONNRESET ? P_OK : P_IO;
+            if (r < 0 && (errno == EINTR || errno == EAGAIN))
+                continue;
+            if (r < 0 && errno != ECONNRESET)
+                return P_IO;
+            if (r <= 0) {
+                if (r < 0) /* reset: nothing more goes either way */
+                    return P_OK;
+                net_open = false;
+                continue;
             }
             for (ssize_t off = 0; off < r;) {
                 ssize_t w = write(1, buf + off, (size_t)(r - off));
@@ -303,6 +328,7 @@ static int pump(int fd, bool stdin_open)
             }
         }
     }
+    return P_OK;
 }
 
 static void report(const popts *o, int status, const ntcp_conn_info_t *info)
@@ -316,9 +342,11 @@ static void report(const popts *o, int status, const ntcp_conn_info_t *info)
     if (o->quiet && status >= 0)
         return;
     if (status < 0) {
-        fprintf(stderr, "ntcp %s: %s%s%s: %s\n", o->listen ? "listen" : "connect",
-                o->listen ? "" : "no connection to ", o->listen ? "" : info->peer,
-                ntcp_strerror(status), info->detail);
+        if (o->listen)
+            fprintf(stderr, "ntcp listen: %s: %s\n", ntcp_strerror(status), info->detail);
+        else
+            fprintf(stderr, "ntcp connect: no connection to %s: %s: %s\n", info->peer,
+                    ntcp_strerror(status), info->detail);
         return;
     }
     char loc[64] = "", rem[64] = "";
