@@ -18,9 +18,13 @@
 
 #include "ntcp.h"
 
+/* The SESSION-ID's derivation did not change in version 2: its label
+ * keeps its number (a version-1 peer then fails on VERSION, which says more
+ * than "not our session"). */
 #define SESSION_LABEL "NTCP-VERIFY-SESSION-1"
-#define BINDING_LABEL "NTCP-VERIFY-BINDING-1"
+#define BINDING_LABEL VERIFY_BINDING_LABEL
 #define LABEL_LEN (sizeof VERIFY_TRANSCRIPT_LABEL - 1)
+#define BINDING_LABEL_LEN (sizeof BINDING_LABEL - 1)
 
 static uint16_t rd16(const uint8_t *p)
 {
@@ -155,39 +159,12 @@ int ntcp_verify_session_id(const uint8_t nonce[BROKER_NONCE_SIZE],
     return 0;
 }
 
-int ntcp_verify_transcript(uint8_t *out, size_t cap, uint32_t signer_role,
-                           uint32_t req_version, uint32_t tgt_version,
-                           const uint8_t nonce[BROKER_NONCE_SIZE],
-                           const uint8_t req_random[VERIFY_RANDOM_SIZE],
-                           const uint8_t tgt_random[VERIFY_RANDOM_SIZE], const char *req_name,
-                           const uint8_t req_key[BROKER_KEY_SIZE], const char *tgt_name,
-                           const uint8_t tgt_key[BROKER_KEY_SIZE])
+/* u8 len || name || key, for both ends in role order: no two (name, key)
+ * sequences encode alike. */
+static uint8_t *put_identities(uint8_t *p, const char *req_name, size_t rl,
+                               const uint8_t req_key[BROKER_KEY_SIZE], const char *tgt_name,
+                               size_t tl, const uint8_t tgt_key[BROKER_KEY_SIZE])
 {
-    if (signer_role > BROKER_ROLE_TARGET || !req_name || !tgt_name)
-        return NTCP_EINVAL;
-    size_t rl = strlen(req_name), tl = strlen(tgt_name);
-    if (!broker_name_valid(req_name, rl) || !broker_name_valid(tgt_name, tl))
-        return NTCP_EINVAL;
-    size_t need = LABEL_LEN + 1 + 8 + BROKER_NONCE_SIZE + 2 * VERIFY_RANDOM_SIZE + 1 + rl +
-                  BROKER_KEY_SIZE + 1 + tl + BROKER_KEY_SIZE;
-    if (need > cap)
-        return NTCP_ENOSPC;
-    uint8_t *p = out;
-    memcpy(p, VERIFY_TRANSCRIPT_LABEL, LABEL_LEN);
-    p += LABEL_LEN;
-    *p++ = (uint8_t)signer_role;
-    /* The versions as announced: a HELLO rewritten to force an older
-     * version breaks both signatures. */
-    wr32(p, req_version);
-    wr32(p + 4, tgt_version);
-    p += 8;
-    memcpy(p, nonce, BROKER_NONCE_SIZE);
-    p += BROKER_NONCE_SIZE;
-    memcpy(p, req_random, VERIFY_RANDOM_SIZE);
-    p += VERIFY_RANDOM_SIZE;
-    memcpy(p, tgt_random, VERIFY_RANDOM_SIZE);
-    p += VERIFY_RANDOM_SIZE;
-    /* Lengths before names: no two (name, key) pairs encode alike. */
     *p++ = (uint8_t)rl;
     memcpy(p, req_name, rl);
     p += rl;
@@ -197,8 +174,79 @@ int ntcp_verify_transcript(uint8_t *out, size_t cap, uint32_t signer_role,
     memcpy(p, tgt_name, tl);
     p += tl;
     memcpy(p, tgt_key, BROKER_KEY_SIZE);
-    p += BROKER_KEY_SIZE;
+    return p + BROKER_KEY_SIZE;
+}
+
+static bool names_valid(const char *req_name, const char *tgt_name, size_t *rl, size_t *tl)
+{
+    if (!req_name || !tgt_name)
+        return false;
+    *rl = strlen(req_name);
+    *tl = strlen(tgt_name);
+    return broker_name_valid(req_name, *rl) && broker_name_valid(tgt_name, *tl);
+}
+
+int ntcp_verify_transcript(uint8_t *out, size_t cap, uint32_t signer_role,
+                           uint32_t signer_version, const uint8_t nonce[BROKER_NONCE_SIZE],
+                           const uint8_t signer_random[VERIFY_RANDOM_SIZE], const char *req_name,
+                           const uint8_t req_key[BROKER_KEY_SIZE], const char *tgt_name,
+                           const uint8_t tgt_key[BROKER_KEY_SIZE])
+{
+    size_t rl, tl;
+    if (signer_role > BROKER_ROLE_TARGET || !names_valid(req_name, tgt_name, &rl, &tl))
+        return NTCP_EINVAL;
+    size_t need = LABEL_LEN + 1 + 4 + BROKER_NONCE_SIZE + VERIFY_RANDOM_SIZE + 1 + rl +
+                  BROKER_KEY_SIZE + 1 + tl + BROKER_KEY_SIZE;
+    if (need > cap)
+        return NTCP_ENOSPC;
+    uint8_t *p = out;
+    memcpy(p, VERIFY_TRANSCRIPT_LABEL, LABEL_LEN);
+    p += LABEL_LEN;
+    /* The role: a signature cannot be passed off as the other end's, nor
+     * reflected to its maker even when both ends share a key. */
+    *p++ = (uint8_t)signer_role;
+    /* The version as announced: a HELLO rewritten to announce less breaks
+     * the signature of the end that sent it. */
+    wr32(p, signer_version);
+    p += 4;
+    memcpy(p, nonce, BROKER_NONCE_SIZE);
+    p += BROKER_NONCE_SIZE;
+    memcpy(p, signer_random, VERIFY_RANDOM_SIZE);
+    p += VERIFY_RANDOM_SIZE;
+    p = put_identities(p, req_name, rl, req_key, tgt_name, tl, tgt_key);
     return (int)(p - out);
+}
+
+int ntcp_verify_binding(uint8_t out[VERIFY_BINDING_SIZE], uint32_t req_version,
+                        uint32_t tgt_version, const uint8_t nonce[BROKER_NONCE_SIZE],
+                        const uint8_t req_random[VERIFY_RANDOM_SIZE],
+                        const uint8_t tgt_random[VERIFY_RANDOM_SIZE], const char *req_name,
+                        const uint8_t req_key[BROKER_KEY_SIZE], const char *tgt_name,
+                        const uint8_t tgt_key[BROKER_KEY_SIZE])
+{
+    size_t rl, tl;
+    if (!names_valid(req_name, tgt_name, &rl, &tl))
+        return NTCP_EINVAL;
+    uint8_t in[BINDING_LABEL_LEN + 8 + BROKER_NONCE_SIZE + 2 * VERIFY_RANDOM_SIZE +
+               2 * (1 + BROKER_NAME_MAX + BROKER_KEY_SIZE)];
+    uint8_t *p = in, md[EVP_MAX_MD_SIZE];
+    memcpy(p, BINDING_LABEL, BINDING_LABEL_LEN);
+    p += BINDING_LABEL_LEN;
+    wr32(p, req_version);
+    wr32(p + 4, tgt_version);
+    p += 8;
+    memcpy(p, nonce, BROKER_NONCE_SIZE);
+    p += BROKER_NONCE_SIZE;
+    memcpy(p, req_random, VERIFY_RANDOM_SIZE);
+    p += VERIFY_RANDOM_SIZE;
+    memcpy(p, tgt_random, VERIFY_RANDOM_SIZE);
+    p += VERIFY_RANDOM_SIZE;
+    p = put_identities(p, req_name, rl, req_key, tgt_name, tl, tgt_key);
+    unsigned mdlen = 0;
+    if (EVP_Digest(in, (size_t)(p - in), md, &mdlen, EVP_sha256(), NULL) != 1)
+        return NTCP_ENOMEM;
+    memcpy(out, md, VERIFY_BINDING_SIZE);
+    return 0;
 }
 
 static int finish_build(stun_builder *b)
@@ -255,6 +303,11 @@ static void queue(ntcp_verify_core *c, int n)
         c->out_len += (size_t)n;
 }
 
+/* A failed core sends nothing more. Version 2 never sends a REFUSE: our
+ * whole flight went out first, and the peer reads exactly a HELLO and a
+ * PROOF, so anything after them is either never read (the peer failed too)
+ * or reaches the peer's application as data (the peer is done). What is
+ * still queued of our own flight is dropped: no proof for a peer we refused. */
 void ntcp_verify_core_fail(ntcp_verify_core *c, int err, const char *why)
 {
     if (c->state == VERIFY_DONE || c->state == VERIFY_FAILED)
@@ -262,20 +315,23 @@ void ntcp_verify_core_fail(ntcp_verify_core *c, int err, const char *why)
     c->state = VERIFY_FAILED;
     c->err = err;
     c->why = why;
+    c->out_off = c->out_len = 0;
 }
 
-/* Fails and, when our PROOF has not gone out, tells the peer why. After our
- * PROOF the peer may already have handed the socket to its application, and
- * a REFUSE would reach that application as data: then we only close. */
-static int refuse(ntcp_verify_core *c, int err, int code, const char *why)
+static int refuse(ntcp_verify_core *c, int err, const char *why)
 {
-    if (c->state == VERIFY_DONE || c->state == VERIFY_FAILED)
-        return c->state;
     ntcp_verify_core_fail(c, err, why);
-    if (!c->proof_sent && code)
-        queue(c, ntcp_verify_build_refuse(c->out + c->out_len, sizeof c->out - c->out_len, code,
-                                          why));
     return c->state;
+}
+
+/* The transcript of the end of role `signer`, as we know its inputs. */
+static int transcript(const ntcp_verify_core *c, uint32_t signer, uint32_t version,
+                      const uint8_t random[VERIFY_RANDOM_SIZE], uint8_t *out, size_t cap)
+{
+    bool req = c->role == BROKER_ROLE_REQUESTER;
+    return ntcp_verify_transcript(out, cap, signer, version, c->nonce, random,
+                                  req ? c->name : c->peer_name, req ? c->pub : c->peer_key,
+                                  req ? c->peer_name : c->name, req ? c->peer_key : c->pub);
 }
 
 int ntcp_verify_core_init(ntcp_verify_core *c, const ntcp_verify_params *p,
@@ -306,7 +362,19 @@ int ntcp_verify_core_init(ntcp_verify_core *c, const ntcp_verify_params *p,
                                     c->pub, c->random);
     if (n < 0)
         return n;
-    c->out_len = (size_t)n;
+    queue(c, n);
+    /* Everything our transcript holds is known before the peer says a
+     * word: the PROOF leaves with the HELLO. */
+    uint8_t t[VERIFY_TRANSCRIPT_MAX], sig[NTCP_ED25519_SIG];
+    n = transcript(c, c->role, VERIFY_PROTO_VERSION, c->random, t, sizeof t);
+    if (n < 0)
+        return n;
+    if (ntcp_identity_sign(c->key, t, (size_t)n, sig) < 0)
+        return NTCP_ENOMEM;
+    n = ntcp_verify_build_proof(c->out + c->out_len, sizeof c->out - c->out_len, sig);
+    if (n < 0)
+        return n;
+    queue(c, n);
     c->state = VERIFY_WAIT_HELLO;
     return 0;
 }
@@ -321,77 +389,52 @@ size_t ntcp_verify_core_want(const ntcp_verify_core *c)
     return STUN_HEADER_SIZE + rd16(c->in + 2) - c->in_len;
 }
 
-/* The transcript of this connection as signed by signer. */
-static int transcript(const ntcp_verify_core *c, uint32_t signer, uint8_t *out, size_t cap)
-{
-    bool req = c->role == BROKER_ROLE_REQUESTER;
-    return ntcp_verify_transcript(out, cap, signer, req ? VERIFY_PROTO_VERSION : c->peer_version,
-                                  req ? c->peer_version : VERIFY_PROTO_VERSION, c->nonce,
-                                  req ? c->random : c->peer_random,
-                                  req ? c->peer_random : c->random, req ? c->name : c->peer_name,
-                                  req ? c->pub : c->peer_key, req ? c->peer_name : c->name,
-                                  req ? c->peer_key : c->pub);
-}
-
 static int on_hello(ntcp_verify_core *c, const ntcp_verify_msg *m)
 {
     if (m->role == c->role)
-        return refuse(c, NTCP_EPROTO, VERIFY_ERR_ROLE, "peer claims our role");
+        return refuse(c, NTCP_EPROTO, "peer claims our role");
     /* Our own HELLO coming back: a TCP self-connect, or a reflector. */
     if (CRYPTO_memcmp(m->random, c->random, VERIFY_RANDOM_SIZE) == 0)
-        return refuse(c, NTCP_EPROTO, VERIFY_ERR_ROLE, "our own HELLO came back");
+        return refuse(c, NTCP_EPROTO, "our own HELLO came back");
+    /* A version-1 end would sign a transcript with our RANDOM in it, after
+     * ours: there is nothing both could check (docs/verify.md 7). */
+    if (m->version < VERIFY_PROTO_VERSION)
+        return refuse(c, NTCP_EPROTO, "the peer speaks only version 1");
     if (CRYPTO_memcmp(m->session_id, c->session_id, VERIFY_SESSION_ID_SIZE) != 0)
-        return refuse(c, NTCP_EINTEGRITY, VERIFY_ERR_WRONG_SESSION, "not our session");
+        return refuse(c, NTCP_EINTEGRITY, "not our session");
     if (m->name_len != strlen(c->peer_name) || memcmp(m->name, c->peer_name, m->name_len) != 0)
-        return refuse(c, NTCP_EINTEGRITY, VERIFY_ERR_WRONG_PEER, "not the peer's name");
+        return refuse(c, NTCP_EINTEGRITY, "not the peer's name");
     if (CRYPTO_memcmp(m->public_key, c->peer_key, BROKER_KEY_SIZE) != 0)
-        return refuse(c, NTCP_EINTEGRITY, VERIFY_ERR_WRONG_PEER, "not the key the broker vouched for");
-    /* Version 1 is the only one: a later peer speaks it too (the lower of
-     * the two is used); what it announced goes into the transcript. */
+        return refuse(c, NTCP_EINTEGRITY, "not the key the broker vouched for");
+    /* A later peer announces more and still sends a version-2 flight; what
+     * it announced is in its transcript. */
     c->peer_version = m->version;
     memcpy(c->peer_random, m->random, VERIFY_RANDOM_SIZE);
-    uint8_t t[VERIFY_TRANSCRIPT_MAX], sig[NTCP_ED25519_SIG];
-    int n = transcript(c, c->role, t, sizeof t);
-    if (n < 0 || ntcp_identity_sign(c->key, t, (size_t)n, sig) < 0) {
-        ntcp_verify_core_fail(c, NTCP_ENOMEM, "cannot sign");
-        return c->state;
-    }
-    n = ntcp_verify_build_proof(c->out + c->out_len, sizeof c->out - c->out_len, sig);
-    if (n < 0) {
-        ntcp_verify_core_fail(c, n, "cannot build PROOF");
-        return c->state;
-    }
-    queue(c, n);
-    c->proof_sent = true;
     c->state = VERIFY_WAIT_PROOF;
     return c->state;
 }
 
 static int on_proof(ntcp_verify_core *c, const ntcp_verify_msg *m)
 {
+    /* The peer's transcript, rebuilt from its HELLO: its role, VERSION and
+     * RANDOM; the nonce, names and keys from our CONNECT-GO. The key that
+     * checks it is CONNECT-GO's (the HELLO's was only compared). */
+    uint32_t peer_role = c->role == BROKER_ROLE_REQUESTER ? BROKER_ROLE_TARGET
+                                                          : BROKER_ROLE_REQUESTER;
     uint8_t t[VERIFY_TRANSCRIPT_MAX];
-    int n = transcript(c, c->role == BROKER_ROLE_REQUESTER ? BROKER_ROLE_TARGET
-                                                          : BROKER_ROLE_REQUESTER,
-                       t, sizeof t);
-    if (n < 0) {
-        ntcp_verify_core_fail(c, n, "cannot build the transcript");
-        return c->state;
-    }
-    if (ntcp_identity_verify(c->peer_key, t, (size_t)n, m->signature) != 0) {
-        ntcp_verify_core_fail(c, NTCP_EINTEGRITY, "the peer's signature does not verify");
-        return c->state;
-    }
-    /* The binding hashes the transcript without the signer's role byte. */
-    uint8_t in[sizeof BINDING_LABEL - 1 + VERIFY_TRANSCRIPT_MAX], md[EVP_MAX_MD_SIZE];
-    unsigned mdlen = 0;
-    size_t core_len = (size_t)n - LABEL_LEN - 1;
-    memcpy(in, BINDING_LABEL, sizeof BINDING_LABEL - 1);
-    memcpy(in + sizeof BINDING_LABEL - 1, t + LABEL_LEN + 1, core_len);
-    if (EVP_Digest(in, sizeof BINDING_LABEL - 1 + core_len, md, &mdlen, EVP_sha256(), NULL) != 1) {
-        ntcp_verify_core_fail(c, NTCP_ENOMEM, "cannot hash");
-        return c->state;
-    }
-    memcpy(c->binding, md, VERIFY_BINDING_SIZE);
+    int n = transcript(c, peer_role, c->peer_version, c->peer_random, t, sizeof t);
+    if (n < 0)
+        return refuse(c, n, "cannot build the transcript");
+    if (ntcp_identity_verify(c->peer_key, t, (size_t)n, m->signature) != 0)
+        return refuse(c, NTCP_EINTEGRITY, "the peer's signature does not verify");
+    bool req = c->role == BROKER_ROLE_REQUESTER;
+    int rc = ntcp_verify_binding(c->binding, req ? VERIFY_PROTO_VERSION : c->peer_version,
+                                 req ? c->peer_version : VERIFY_PROTO_VERSION, c->nonce,
+                                 req ? c->random : c->peer_random, req ? c->peer_random : c->random,
+                                 req ? c->name : c->peer_name, req ? c->pub : c->peer_key,
+                                 req ? c->peer_name : c->name, req ? c->peer_key : c->pub);
+    if (rc < 0)
+        return refuse(c, rc, "cannot hash");
     c->state = VERIFY_DONE;
     return c->state;
 }
@@ -402,11 +445,8 @@ static int on_message(ntcp_verify_core *c)
     uint16_t unknown = 0;
     int rc = ntcp_verify_parse(&m, c->in, c->in_len, &unknown);
     c->in_len = 0;
-    if (rc < 0) {
-        if (unknown)
-            return refuse(c, NTCP_EPROTO, VERIFY_ERR_UNKNOWN_ATTR, "unknown attribute");
-        return refuse(c, NTCP_EPROTO, VERIFY_ERR_BAD_MESSAGE, "malformed message");
-    }
+    if (rc < 0)
+        return refuse(c, NTCP_EPROTO, unknown ? "unknown attribute" : "malformed message");
     if (m.method == VERIFY_REFUSE) {
         ntcp_verify_core_fail(c, NTCP_EPROTO, "the peer refused");
         c->peer_code = m.code;
@@ -414,11 +454,11 @@ static int on_message(ntcp_verify_core *c)
     }
     if (c->state == VERIFY_WAIT_HELLO) {
         if (m.method != VERIFY_HELLO)
-            return refuse(c, NTCP_EPROTO, VERIFY_ERR_BAD_MESSAGE, "expected HELLO");
+            return refuse(c, NTCP_EPROTO, "expected HELLO");
         return on_hello(c, &m);
     }
     if (m.method != VERIFY_PROOF)
-        return refuse(c, NTCP_EPROTO, VERIFY_ERR_BAD_MESSAGE, "expected PROOF");
+        return refuse(c, NTCP_EPROTO, "expected PROOF");
     return on_proof(c, &m);
 }
 
@@ -436,11 +476,11 @@ int ntcp_verify_core_input(ntcp_verify_core *c, const uint8_t *data, size_t len)
             /* Judge the header before waiting for a body: garbage and
              * oversize are refused at once, not after a timeout. */
             if (!stun_looks_like(c->in, STUN_HEADER_SIZE))
-                return refuse(c, NTCP_EPROTO, VERIFY_ERR_BAD_MESSAGE, "not STUN");
+                return refuse(c, NTCP_EPROTO, "not STUN");
             if (rd32(c->in + 4) != STUN_MAGIC_COOKIE)
-                return refuse(c, NTCP_EPROTO, VERIFY_ERR_BAD_MESSAGE, "no magic cookie");
+                return refuse(c, NTCP_EPROTO, "no magic cookie");
             if (STUN_HEADER_SIZE + (size_t)rd16(c->in + 2) > VERIFY_MAX_MESSAGE)
-                return refuse(c, NTCP_EPROTO, VERIFY_ERR_BAD_MESSAGE, "message too long");
+                return refuse(c, NTCP_EPROTO, "message too long");
         }
         if (c->in_len >= STUN_HEADER_SIZE && ntcp_verify_core_want(c) == 0)
             on_message(c);
@@ -448,10 +488,24 @@ int ntcp_verify_core_input(ntcp_verify_core *c, const uint8_t *data, size_t len)
     return c->state;
 }
 
-void ntcp_verify_core_output(const ntcp_verify_core *c, const uint8_t **p, size_t *len)
+/* Everything queued, for a stream: the driver sends the flight in one go. */
+static void pending(const ntcp_verify_core *c, const uint8_t **p, size_t *len)
 {
     *p = c->out + c->out_off;
     *len = c->out_len - c->out_off;
+}
+
+void ntcp_verify_core_output(const ntcp_verify_core *c, const uint8_t **p, size_t *len)
+{
+    /* Up to the end of the message under way: messages follow each other
+     * from out[0], each framed by its header's length. */
+    size_t end = 0;
+    while (end < c->out_len && end <= c->out_off)
+        end += STUN_HEADER_SIZE + rd16(c->out + end + 2);
+    if (end > c->out_len)
+        end = c->out_len; /* never: only whole messages are queued */
+    *p = c->out + c->out_off;
+    *len = end > c->out_off ? end - c->out_off : 0;
 }
 
 void ntcp_verify_core_sent(ntcp_verify_core *c, size_t n)
@@ -496,12 +550,12 @@ static void flush(ntcp_verify *v)
 {
     const uint8_t *p;
     size_t len;
-    ntcp_verify_core_output(&v->core, &p, &len);
+    pending(&v->core, &p, &len);
     while (len > 0) {
         ssize_t n = send(v->fd, p, len, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n > 0) {
             ntcp_verify_core_sent(&v->core, (size_t)n);
-            ntcp_verify_core_output(&v->core, &p, &len);
+            pending(&v->core, &p, &len);
         } else if (n < 0 && errno == EINTR) {
             continue;
         } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
@@ -563,10 +617,10 @@ static void finish(ntcp_verify *v)
         fcntl(v->fd, F_SETFL, v->fd_flags);
         r->fd = v->fd;
     } else {
-        /* One last try to deliver a REFUSE, without waiting for it. Unread
-         * input makes close() send a reset, which can destroy the REFUSE
-         * before the peer reads it: discard what has arrived (bounded). */
-        flush(v);
+        /* Nothing is sent after a failure (no REFUSE in version 2). Unread
+         * input makes close() send a reset, which can destroy our flight
+         * before the peer has read it: discard what has arrived (bounded),
+         * so the peer sees a plain close. */
         uint8_t sink[4096];
         ssize_t n = recv(v->fd, sink, sizeof sink, MSG_DONTWAIT);
         (void)n;
@@ -585,15 +639,16 @@ static void step(ntcp_verify *v)
 {
     ntcp_verify_core *c = &v->core;
     const uint8_t *p;
-    size_t pending;
-    ntcp_verify_core_output(c, &p, &pending);
-    if (c->state == VERIFY_FAILED || (c->state == VERIFY_DONE && pending == 0)) {
+    size_t left;
+    pending(c, &p, &left);
+    if (c->state == VERIFY_FAILED || (c->state == VERIFY_DONE && left == 0)) {
         finish(v);
         return;
     }
-    /* Once DONE we only finish sending our PROOF; bytes after the peer's
-     * proof are the application's, so we stop watching for input. */
-    int events = (c->state == VERIFY_DONE ? 0 : UV_READABLE) | (pending ? UV_WRITABLE : 0);
+    /* Once DONE we only finish sending our flight (a socket that took less
+     * than 300 bytes at once); bytes after the peer's proof are the
+     * application's, so we stop watching for input. */
+    int events = (c->state == VERIFY_DONE ? 0 : UV_READABLE) | (left ? UV_WRITABLE : 0);
     if (events != v->events) {
         v->events = events;
         if (uv_poll_start(&v->poll, events, on_poll) < 0) {
@@ -611,7 +666,7 @@ static void on_poll(uv_poll_t *h, int status, int events)
         return;
     if (status < 0) {
         /* libuv reports a socket error (a reset: POLLERR) as UV_EBADF. What
-         * the peer sent before it, a REFUSE perhaps, is still readable. */
+         * the peer sent before it (its flight, a REFUSE) is still readable. */
         drain(v);
         int err = 0;
         socklen_t el = sizeof err;
@@ -624,12 +679,11 @@ static void on_poll(uv_poll_t *h, int status, int events)
             ntcp_verify_core_fail(&v->core, NTCP_ESYS, "socket error");
         }
     } else {
+        /* Our flight first: it never waits for the peer's. */
         if (events & UV_WRITABLE)
             flush(v);
         if (events & UV_READABLE)
             drain(v);
-        /* What the input produced (our PROOF) goes out at once. */
-        flush(v);
     }
     step(v);
 }

@@ -2,17 +2,18 @@
  * verify.h: the key proof on a freshly connected TCP socket (docs/verify.md).
  * Before a punched socket is handed to the application, both ends prove on
  * it that they hold the Ed25519 keys the broker vouched for in CONNECT-GO,
- * bound to the session nonce, both names and keys, the roles and fresh
- * randomness from both ends. One round trip: both ends send HELLO at once,
- * then PROOF.
+ * bound to the session nonce, both names and keys, the signer's role and
+ * fresh randomness. Version 2, half a round trip: each end sends its whole
+ * flight (HELLO and PROOF) the moment the connection is up, signing what it
+ * can build alone, and is done when the peer's flight has arrived and
+ * checked out.
  *
  *   initiator (requester)                      responder (target)
  *     | HELLO  VERSION ROLE SESSION-ID NAME KEY RANDOM |
- *     |------------------------------------------------>|  (both at once)
- *     |<------------------------------------------------|
- *     | PROOF  SIGNATURE (over the transcript)          |
- *     |------------------------------------------------>|  (both at once)
- *     |<------------------------------------------------|
+ *     | PROOF  SIGNATURE (over the signer's transcript) |
+ *     |------------------------------------------------>|  (both at once,
+ *     |<------------------------------------------------|   at t = 0)
+ *     done at t = RTT/2                     done at t = RTT/2
  *
  * Three layers, each usable alone:
  *   - the codec: build and parse the messages, the transcript (pure);
@@ -44,21 +45,23 @@
 #include "identity.h"
 #include "stun.h"
 
-#define VERIFY_PROTO_VERSION 1
+/* Version 2 only: an end that announces less is refused (docs/verify.md 7). */
+#define VERIFY_PROTO_VERSION 2
 
 /* Methods (private range 0x0E20-0x0E2F), all indications. */
 #define VERIFY_HELLO 0x0E20  /* each end, first thing on the socket */
-#define VERIFY_PROOF 0x0E21  /* each end, once it has the peer's HELLO */
-#define VERIFY_REFUSE 0x0E22 /* ERROR-CODE: why; only ever sent before our PROOF */
+#define VERIFY_PROOF 0x0E21  /* each end, right after its HELLO, without waiting */
+#define VERIFY_REFUSE 0x0E22 /* ERROR-CODE: why. Understood, never sent by version 2
+                                (its PROOF is always out first: docs/verify.md 4) */
 
 /* Attributes (comprehension-required range, 0x4E40-0x4E4F). */
-#define VERIFY_ATTR_VERSION 0x4E40    /* u32: the highest version the sender speaks (>= 1) */
+#define VERIFY_ATTR_VERSION 0x4E40    /* u32: the highest version the sender speaks (>= 2) */
 #define VERIFY_ATTR_ROLE 0x4E41       /* u32: the sender's role, enum broker_role */
 #define VERIFY_ATTR_SESSION_ID 0x4E42 /* 16 bytes: SHA-256("NTCP-VERIFY-SESSION-1" || nonce)[0..16) */
 #define VERIFY_ATTR_NAME 0x4E43       /* the sender's name, broker_name_valid() */
 #define VERIFY_ATTR_PUBLIC_KEY 0x4E44 /* the sender's Ed25519 public key, 32 bytes */
 #define VERIFY_ATTR_RANDOM 0x4E45     /* 32 fresh random bytes, per connection */
-#define VERIFY_ATTR_SIGNATURE 0x4E46  /* Ed25519 signature of the transcript, 64 bytes */
+#define VERIFY_ATTR_SIGNATURE 0x4E46  /* Ed25519 signature of the sender's transcript, 64 bytes */
 
 #define VERIFY_SESSION_ID_SIZE 16
 #define VERIFY_RANDOM_SIZE 32
@@ -68,31 +71,36 @@
 #define VERIFY_MAX_MESSAGE 512
 #define VERIFY_DEFAULT_TIMEOUT_MS 5000
 
-/* REFUSE codes (ERROR-CODE). */
+/* REFUSE codes (ERROR-CODE): what a received REFUSE may say. */
 #define VERIFY_ERR_BAD_MESSAGE 400   /* not STUN, malformed, wrong method or order, bad version */
 #define VERIFY_ERR_WRONG_PEER 403    /* NAME or PUBLIC-KEY is not what the broker vouched for */
 #define VERIFY_ERR_WRONG_SESSION 404 /* SESSION-ID is not ours */
 #define VERIFY_ERR_ROLE 409          /* same role as ours, or our own RANDOM (self-connect, reflection) */
 #define VERIFY_ERR_UNKNOWN_ATTR 420
 
-/* The transcript each end signs (docs/verify.md), version 1:
- *   "NTCP-VERIFY-1"                  13 ASCII bytes
+/* The transcript each end signs (docs/verify.md 2), version 2: only what
+ * the signer knows before the peer has said anything, so that its PROOF can
+ * leave with its HELLO.
+ *   "NTCP-VERIFY-2"                  13 ASCII bytes
  *   u8 signer's role                 0 requester, 1 target
- *   u32 requester's VERSION          as announced in its HELLO
- *   u32 target's VERSION             idem
+ *   u32 signer's VERSION             as announced in its HELLO
  *   SESSION-NONCE                    32
- *   requester's RANDOM               32
- *   target's RANDOM                  32
+ *   signer's RANDOM                  32
  *   u8 len || requester's NAME
  *   requester's PUBLIC-KEY           32
  *   u8 len || target's NAME
  *   target's PUBLIC-KEY              32
- * Everything but the signer's role byte is the "core": both ends compute the
- * same one, and SHA-256("NTCP-VERIFY-BINDING-1" || core) is the connection's
- * binding value, equal at both ends after success. */
-#define VERIFY_TRANSCRIPT_LABEL "NTCP-VERIFY-1"
+ * The binding is computed once both flights are in, over both of them:
+ *   SHA-256("NTCP-VERIFY-BINDING-2" || u32 requester's VERSION ||
+ *           u32 target's VERSION || SESSION-NONCE || requester's RANDOM ||
+ *           target's RANDOM || u8 len || requester's NAME ||
+ *           requester's PUBLIC-KEY || u8 len || target's NAME ||
+ *           target's PUBLIC-KEY)
+ * equal at both ends after success, distinct for every connection. */
+#define VERIFY_TRANSCRIPT_LABEL "NTCP-VERIFY-2"
+#define VERIFY_BINDING_LABEL "NTCP-VERIFY-BINDING-2"
 #define VERIFY_TRANSCRIPT_MAX \
-    (13 + 1 + 8 + BROKER_NONCE_SIZE + 2 * VERIFY_RANDOM_SIZE + 2 * (1 + BROKER_NAME_MAX + BROKER_KEY_SIZE))
+    (13 + 1 + 4 + BROKER_NONCE_SIZE + VERIFY_RANDOM_SIZE + 2 * (1 + BROKER_NAME_MAX + BROKER_KEY_SIZE))
 
 /* One end's view of a connection attempt, as CONNECT-GO gave it. */
 typedef struct ntcp_verify_params {
@@ -142,15 +150,23 @@ int ntcp_verify_parse(ntcp_verify_msg *out, const uint8_t *buf, size_t len, uint
 int ntcp_verify_session_id(const uint8_t nonce[BROKER_NONCE_SIZE],
                            uint8_t out[VERIFY_SESSION_ID_SIZE]);
 
-/* The transcript above, signed by signer_role. Names must be valid broker
- * names. Returns its length or NTCP_EINVAL / NTCP_ENOSPC. */
+/* The transcript above, made by the end of signer_role that announced
+ * signer_version and drew signer_random. Names must be valid broker names.
+ * Returns its length or NTCP_EINVAL / NTCP_ENOSPC. */
 int ntcp_verify_transcript(uint8_t *out, size_t cap, uint32_t signer_role,
-                           uint32_t req_version, uint32_t tgt_version,
-                           const uint8_t nonce[BROKER_NONCE_SIZE],
-                           const uint8_t req_random[VERIFY_RANDOM_SIZE],
-                           const uint8_t tgt_random[VERIFY_RANDOM_SIZE], const char *req_name,
+                           uint32_t signer_version, const uint8_t nonce[BROKER_NONCE_SIZE],
+                           const uint8_t signer_random[VERIFY_RANDOM_SIZE], const char *req_name,
                            const uint8_t req_key[BROKER_KEY_SIZE], const char *tgt_name,
                            const uint8_t tgt_key[BROKER_KEY_SIZE]);
+
+/* The binding above, from both flights. Returns 0, NTCP_EINVAL (bad name)
+ * or NTCP_ENOMEM. */
+int ntcp_verify_binding(uint8_t out[VERIFY_BINDING_SIZE], uint32_t req_version,
+                        uint32_t tgt_version, const uint8_t nonce[BROKER_NONCE_SIZE],
+                        const uint8_t req_random[VERIFY_RANDOM_SIZE],
+                        const uint8_t tgt_random[VERIFY_RANDOM_SIZE], const char *req_name,
+                        const uint8_t req_key[BROKER_KEY_SIZE], const char *tgt_name,
+                        const uint8_t tgt_key[BROKER_KEY_SIZE]);
 
 /* Builders: the message into buf, returning its length or a stun build
  * error (NTCP_ENOSPC). name must be valid. */
@@ -163,11 +179,13 @@ int ntcp_verify_build_refuse(uint8_t *buf, size_t cap, int code, const char *rea
 
 /* ---- Core: one end's state machine, no I/O ---- */
 
+/* Our own flight is queued by ntcp_verify_core_init(), whatever the state:
+ * the states only follow the peer's flight. */
 enum ntcp_verify_state {
     VERIFY_WAIT_HELLO = 0,
     VERIFY_WAIT_PROOF = 1,
-    VERIFY_DONE = 2,   /* the peer's proof verified */
-    VERIFY_FAILED = 3, /* refused: see err and why */
+    VERIFY_DONE = 2,   /* the peer's HELLO checked out and its proof verified */
+    VERIFY_FAILED = 3, /* refused: see err and why; nothing more to send */
 };
 
 typedef struct ntcp_verify_core {
@@ -175,7 +193,6 @@ typedef struct ntcp_verify_core {
     int err;          /* with VERIFY_FAILED: NTCP_E* */
     int peer_code;    /* the code of the peer's REFUSE, 0 when none came */
     const char *why;  /* static text for logs, "" when none */
-    bool proof_sent;  /* our PROOF is in out (from then on, no REFUSE is sent) */
     EVP_PKEY *key;
     uint32_t role;
     char name[BROKER_NAME_MAX + 1];
@@ -193,12 +210,13 @@ typedef struct ntcp_verify_core {
     size_t in_len;
     /* Output: bytes to send, out[out_off..out_len). */
     uint8_t out[2 * VERIFY_MAX_MESSAGE];
-    size_t out_off, out_len;
+    size_t out_off, out_len; /* out[0] always starts a message */
 } ntcp_verify_core;
 
-/* Checks p, draws our RANDOM (random NULL) or takes it (tests, fuzzing) and
- * queues our HELLO. The core borrows p->key. Returns 0, NTCP_EINVAL (bad
- * name, key, role) or NTCP_ESYS (no randomness). */
+/* Checks p, draws our RANDOM (random NULL) or takes it (tests, fuzzing),
+ * signs our transcript and queues our whole flight, HELLO then PROOF: it can
+ * all go out at once. The core borrows p->key. Returns 0, NTCP_EINVAL (bad
+ * name, key, role), NTCP_ESYS (no randomness) or NTCP_ENOMEM (cannot sign). */
 int ntcp_verify_core_init(ntcp_verify_core *c, const ntcp_verify_params *p,
                           const uint8_t random[VERIFY_RANDOM_SIZE]);
 /* How many bytes the core wants next: never more than the rest of the
@@ -208,9 +226,15 @@ size_t ntcp_verify_core_want(const ntcp_verify_core *c);
 /* Feeds len bytes (at most ntcp_verify_core_want()). Returns the state
  * (VERIFY_DONE, VERIFY_FAILED, or a waiting state). */
 int ntcp_verify_core_input(ntcp_verify_core *c, const uint8_t *data, size_t len);
-/* Fails the core from outside (timeout, peer closed): keeps the first error. */
+/* Fails the core from outside (timeout, peer closed): keeps the first error.
+ * A failed core has nothing more to send (what was still queued of our
+ * flight is dropped: no proof for a peer we refused). */
 void ntcp_verify_core_fail(ntcp_verify_core *c, int err, const char *why);
-/* The bytes waiting to be sent, and how many went out. */
+/* The bytes waiting to be sent, one whole message at a time (the rest of
+ * the message under way, then the next one), so that a datagram transport
+ * sends each message alone; and how many bytes went out. A stream transport
+ * may send what it is given and ask again at once (the driver itself hands
+ * the whole flight to one send()). */
 void ntcp_verify_core_output(const ntcp_verify_core *c, const uint8_t **p, size_t *len);
 void ntcp_verify_core_sent(ntcp_verify_core *c, size_t n);
 
@@ -225,7 +249,8 @@ typedef struct ntcp_verify_result {
      *                    signature does not verify under the key from
      *                    CONNECT-GO (an impostor, a replay);
      *   NTCP_EPROTO      garbage, oversize, wrong order, unknown attribute,
-     *                    role conflict (self-connect), or the peer's REFUSE
+     *                    role conflict (self-connect, reflection), a peer
+     *                    that speaks only version 1, or the peer's REFUSE
      *                    (peer_code says which: VERIFY_ERR_*);
      *   NTCP_ETIMEDOUT   not finished within timeout_ms;
      *   NTCP_ECLOSED     the peer closed or reset, or ntcp_verify_cancel();
@@ -239,7 +264,9 @@ typedef struct ntcp_verify_result {
     int peer_code;
     int sys_errno;
     const char *why; /* static text for logs */
-    uint8_t binding[VERIFY_BINDING_SIZE]; /* on success, the same at both ends */
+    /* On success, the same at both ends when both succeed on the same
+     * connection (an end does not wait for the peer's verdict). */
+    uint8_t binding[VERIFY_BINDING_SIZE];
     uint64_t elapsed_ms;
 } ntcp_verify_result;
 

@@ -1,8 +1,10 @@
 /*
  * fuzz_verify.c: libFuzzer target for the key proof's message parser and for
- * one end's state machine fed an arbitrary stream: no crash, no read past
- * the input, never more wanted than one message, nothing taken after the
- * PROOF that ends it (a seed carries a valid one, signed with the fixed key).
+ * one end's state machine (version 2) fed an arbitrary stream: no crash, no
+ * read past the input, never more wanted than one message, nothing taken
+ * after the PROOF that ends it, output one whole message at a time and
+ * nothing sent after a failure. Seeds (tests/fuzz/make_verify_corpus.py)
+ * carry bob's valid flight, signed with the fixed key, and its variants.
  */
 #include <stdbool.h>
 #include <stddef.h>
@@ -15,7 +17,8 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 /* Fixed keys, so that a seed can hold a HELLO that passes the identity
- * checks and takes the fuzzer on to the PROOF. */
+ * checks and takes the fuzzer on to the PROOF (make_verify_corpus.py has
+ * the same). */
 static const uint8_t ALICE_SEED[32] = "fuzz-alice-private-key-seed-0001";
 static const uint8_t BOB_SEED[32] = "fuzz-bob-private-key-seed-000002";
 static const uint8_t NONCE[32] = "fuzz-session-nonce-0123456789abc";
@@ -81,6 +84,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     static ntcp_verify_core c;
     uint8_t rnd[32] = {0};
     FUZZ_CHECK(ntcp_verify_core_init(&c, &p, rnd) == 0);
+    /* Our whole flight is queued at once, before any input: a HELLO, then
+     * a PROOF, handed out one whole message at a time. */
+    const uint8_t *out;
+    size_t olen;
+    for (int k = 0; k < 2; k++) {
+        ntcp_verify_core_output(&c, &out, &olen);
+        FUZZ_CHECK(olen >= 20 && olen == 20 + (size_t)((out[2] << 8) | out[3]));
+        ntcp_verify_msg m;
+        FUZZ_CHECK(ntcp_verify_parse(&m, out, olen, NULL) == 0);
+        FUZZ_CHECK(m.method == (k == 0 ? VERIFY_HELLO : VERIFY_PROOF));
+        if (k == 0 && size > 0 && (data[0] & 1)) {
+            /* Sometimes keep the PROOF queued while the input comes. */
+            ntcp_verify_core_sent(&c, olen);
+            break;
+        }
+        ntcp_verify_core_sent(&c, olen);
+    }
     /* The stream in pieces whose sizes come from the input itself, so that
      * the fuzzer explores splits too. */
     size_t off = 0;
@@ -95,15 +115,22 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         int st = ntcp_verify_core_input(&c, data + off, n);
         off += n;
         FUZZ_CHECK(st == c.state);
-        const uint8_t *out;
-        size_t olen;
         ntcp_verify_core_output(&c, &out, &olen);
-        FUZZ_CHECK(olen <= sizeof c.out);
+        FUZZ_CHECK(olen <= VERIFY_MAX_MESSAGE);
+        /* Input never makes the core send more: a failure drops what was
+         * left (no REFUSE, no proof for a refused peer). */
+        if (st == VERIFY_FAILED)
+            FUZZ_CHECK(olen == 0 && c.err < 0);
     }
     if (c.state == VERIFY_DONE) {
-        /* Done means bob's signature over our (zero) RANDOM verified; the
-         * core then wants nothing more, and queued our PROOF. */
-        FUZZ_CHECK(ntcp_verify_core_want(&c) == 0 && c.proof_sent);
+        /* Done means bob's signature over his own transcript verified
+         * (the seeds hello_proof*): the core wants nothing more, and the
+         * binding is the one of both flights. */
+        FUZZ_CHECK(ntcp_verify_core_want(&c) == 0 && c.peer_version >= VERIFY_PROTO_VERSION);
+        uint8_t bind[VERIFY_BINDING_SIZE];
+        FUZZ_CHECK(ntcp_verify_binding(bind, VERIFY_PROTO_VERSION, c.peer_version, NONCE, rnd,
+                                       c.peer_random, "alice", c.pub, "bob", p.peer_key) == 0);
+        FUZZ_CHECK(memcmp(bind, c.binding, sizeof bind) == 0);
     }
     EVP_PKEY_free(alice);
     EVP_PKEY_free(bob);

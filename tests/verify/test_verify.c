@@ -1,8 +1,11 @@
 /*
- * test_verify.c: the key proof on a connected socket (src/verify.c): honest
- * ends agree; wrong keys, wrong session, impostors, replays, reflections,
- * garbage, oversize and stalled peers are refused in time; bytes the peer
- * sends after its proof stay in the socket. Loopback TCP and socketpairs.
+ * test_verify.c: the key proof on a connected socket (src/verify.c), version
+ * 2: each end's whole flight leaves at once and an end is done on the
+ * peer's flight alone; honest ends agree on the binding; wrong keys, wrong
+ * session, impostors, replays from another connect, reflections, version-1
+ * peers, garbage, oversize and stalled peers are refused in time; bytes the
+ * peer sends after its proof stay in the socket. Loopback TCP, socketpairs,
+ * and the fuzz seeds written by tests/fuzz/make_verify_corpus.py.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -208,30 +211,31 @@ typedef struct script {
     /* How it signs. */
     EVP_PKEY *sign_key;
     uint8_t sign_nonce[32]; /* the nonce put in the signed transcript */
+    uint32_t sign_role;     /* the role put in the signed transcript */
     uint32_t version;       /* announced in HELLO */
-    uint32_t sign_version;  /* put in the transcript as the target's */
+    uint32_t sign_version;  /* put in the transcript as the signer's */
     bool send_proof;
     bool extra_attr;        /* an unknown comprehension-required attribute */
     const uint8_t *trailer; /* sent with the PROOF, in the same send() */
     size_t trailer_len;
     /* What it saw. */
-    bool got_hello;
+    bool got_hello, got_proof;
     uint8_t alice_random[32];
-    int refuse_code;        /* a REFUSE read after alice's HELLO */
+    size_t after_flight;    /* bytes alice sent after her PROOF (a REFUSE?) */
 } script;
 
 static void script_default(script *s, int fd)
 {
     memset(s, 0, sizeof *s);
     s->fd = fd;
-    s->role = BROKER_ROLE_TARGET;
+    s->role = s->sign_role = BROKER_ROLE_TARGET;
     s->name = "bob";
     memcpy(s->pub, bob_pub, 32);
     memcpy(s->nonce, NONCE, 32);
     s->sign_key = bob_key;
     memcpy(s->sign_nonce, NONCE, 32);
     s->send_proof = true;
-    s->version = s->sign_version = 1;
+    s->version = s->sign_version = VERIFY_PROTO_VERSION;
 }
 
 static void *script_run(void *arg)
@@ -243,55 +247,52 @@ static void *script_run(void *arg)
         random[i] = (uint8_t)(0x55 ^ i);
     ntcp_verify_session_id(s->nonce, sid);
     int n;
-    if (s->extra_attr) {
-        uint8_t tid[16];
-        stun_new_tid(tid);
-        stun_builder b;
-        stun_build_init(&b, out, sizeof out, VERIFY_HELLO, STUN_INDICATION, tid, false);
-        stun_build_u32(&b, VERIFY_ATTR_VERSION, s->version);
-        stun_build_u32(&b, VERIFY_ATTR_ROLE, s->role);
-        stun_build_attr(&b, VERIFY_ATTR_SESSION_ID, sid, 16);
-        stun_build_attr(&b, VERIFY_ATTR_NAME, s->name, strlen(s->name));
-        stun_build_attr(&b, VERIFY_ATTR_PUBLIC_KEY, s->pub, 32);
-        stun_build_attr(&b, VERIFY_ATTR_RANDOM, random, 32);
+    uint8_t tid[16];
+    stun_new_tid(tid);
+    stun_builder b;
+    stun_build_init(&b, out, sizeof out, VERIFY_HELLO, STUN_INDICATION, tid, false);
+    stun_build_u32(&b, VERIFY_ATTR_VERSION, s->version);
+    stun_build_u32(&b, VERIFY_ATTR_ROLE, s->role);
+    stun_build_attr(&b, VERIFY_ATTR_SESSION_ID, sid, 16);
+    stun_build_attr(&b, VERIFY_ATTR_NAME, s->name, strlen(s->name));
+    stun_build_attr(&b, VERIFY_ATTR_PUBLIC_KEY, s->pub, 32);
+    stun_build_attr(&b, VERIFY_ATTR_RANDOM, random, 32);
+    if (s->extra_attr)
         stun_build_u32(&b, 0x4E4F, 7);
-        n = stun_build_finish(&b, NULL);
-    } else {
-        n = ntcp_verify_build_hello(out, sizeof out, s->role, sid, s->name, s->pub, random);
-        if (n > 0 && s->version != 1) {
-            /* VERSION is the first attribute: its value is at 24. */
-            out[24] = (uint8_t)(s->version >> 24);
-            out[25] = (uint8_t)(s->version >> 16);
-            out[26] = (uint8_t)(s->version >> 8);
-            out[27] = (uint8_t)s->version;
-        }
-    }
-    if (n <= 0 || send(s->fd, out, (size_t)n, MSG_NOSIGNAL) != n)
+    n = stun_build_finish(&b, NULL);
+    if (n <= 0)
         return NULL;
-    size_t len = read_msg(s->fd, buf, sizeof buf, 5000);
+    size_t len = (size_t)n;
+    /* Version 2: the PROOF goes with the HELLO, without waiting. */
+    if (s->send_proof) {
+        uint8_t t[VERIFY_TRANSCRIPT_MAX], sig[64];
+        int tl = ntcp_verify_transcript(t, sizeof t, s->sign_role, s->sign_version, s->sign_nonce,
+                                        random, "alice", alice_pub, s->name, s->pub);
+        if (tl < 0 || ntcp_identity_sign(s->sign_key, t, (size_t)tl, sig) != 0)
+            return NULL;
+        n = ntcp_verify_build_proof(out + len, sizeof out - len, sig);
+        if (n <= 0)
+            return NULL;
+        len += (size_t)n;
+        if (s->trailer_len)
+            memcpy(out + len, s->trailer, s->trailer_len);
+        len += s->trailer_len;
+    }
+    if (send(s->fd, out, len, MSG_NOSIGNAL) != (ssize_t)len)
+        return NULL;
     ntcp_verify_msg m;
+    len = read_msg(s->fd, buf, sizeof buf, 5000);
     if (len == 0 || ntcp_verify_parse(&m, buf, len, NULL) != 0 || m.method != VERIFY_HELLO)
         return NULL;
     s->got_hello = true;
     memcpy(s->alice_random, m.random, 32);
-    if (s->send_proof) {
-        uint8_t t[VERIFY_TRANSCRIPT_MAX], sig[64];
-        int tl = ntcp_verify_transcript(t, sizeof t, s->role, 1, s->sign_version, s->sign_nonce, s->alice_random,
-                                        random, "alice", alice_pub, s->name, s->pub);
-        if (tl < 0 || ntcp_identity_sign(s->sign_key, t, (size_t)tl, sig) != 0)
-            return NULL;
-        n = ntcp_verify_build_proof(out, sizeof out, sig);
-        if (n <= 0)
-            return NULL;
-        if (s->trailer_len)
-            memcpy(out + n, s->trailer, s->trailer_len);
-        ssize_t w = send(s->fd, out, (size_t)n + s->trailer_len, MSG_NOSIGNAL);
-        (void)w;
-    }
-    /* A REFUSE, if alice sends one before her proof. */
-    len = read_msg(s->fd, buf, sizeof buf, 2000);
-    if (len && ntcp_verify_parse(&m, buf, len, NULL) == 0 && m.method == VERIFY_REFUSE)
-        s->refuse_code = m.code;
+    len = read_msg(s->fd, buf, sizeof buf, 5000);
+    if (len == 0 || ntcp_verify_parse(&m, buf, len, NULL) != 0 || m.method != VERIFY_PROOF)
+        return NULL;
+    s->got_proof = true;
+    /* Anything after alice's flight, until she closes (she never sends a
+     * REFUSE: her PROOF is always out first). */
+    s->after_flight = read_exact(s->fd, buf, sizeof buf, 5000);
     return NULL;
 }
 
@@ -308,10 +309,10 @@ static int alice_vs_script(script *s, ntcp_verify_result *r, uint32_t timeout_ms
     int rc = ntcp_verify_fd(fds[0], &p, r);
     if (rc != 0)
         expect_closed(fds[0]); /* before the peer end closes: no fd reuse */
+    else
+        close(r->fd); /* the script reads until EOF */
     pthread_join(th, NULL);
     close(fds[1]);
-    if (rc == 0)
-        close(r->fd);
     return rc;
 }
 
@@ -329,7 +330,7 @@ static void test_codec(void **state)
     ntcp_verify_msg m;
     assert_int_equal(ntcp_verify_parse(&m, buf, (size_t)n, NULL), 0);
     assert_int_equal(m.method, VERIFY_HELLO);
-    assert_int_equal(m.version, 1);
+    assert_int_equal(m.version, 2);
     assert_int_equal(m.role, 1);
     assert_memory_equal(m.session_id, sid, 16);
     assert_int_equal(m.name_len, 3);
@@ -391,53 +392,188 @@ static void test_transcript_layout(void **state)
     uint8_t t[VERIFY_TRANSCRIPT_MAX], r1[32], r2[32];
     memset(r1, 1, 32);
     memset(r2, 2, 32);
-    int n = ntcp_verify_transcript(t, sizeof t, 1, 3, 2, NONCE, r1, r2, "alice", alice_pub,
-                                   "bob", bob_pub);
-    assert_int_equal(n, 13 + 1 + 8 + 32 + 32 + 32 + 1 + 5 + 32 + 1 + 3 + 32);
-    assert_memory_equal(t, "NTCP-VERIFY-1", 13);
+    /* The target's transcript: only what it knows before alice speaks. */
+    int n = ntcp_verify_transcript(t, sizeof t, 1, 3, NONCE, r2, "alice", alice_pub, "bob",
+                                   bob_pub);
+    assert_int_equal(n, 13 + 1 + 4 + 32 + 32 + 1 + 5 + 32 + 1 + 3 + 32);
+    assert_memory_equal(t, "NTCP-VERIFY-2", 13);
     assert_int_equal(t[13], 1);
-    assert_memory_equal(t + 14, "\0\0\0\3\0\0\0\2", 8);
-    const uint8_t *q = t + 22;
+    assert_memory_equal(t + 14, "\0\0\0\3", 4);
+    const uint8_t *q = t + 18;
     assert_memory_equal(q, NONCE, 32);
-    assert_memory_equal(q + 32, r1, 32);
-    assert_memory_equal(q + 64, r2, 32);
-    assert_int_equal(q[96], 5);
-    assert_memory_equal(q + 97, "alice", 5);
-    assert_memory_equal(q + 102, alice_pub, 32);
-    assert_int_equal(q[134], 3);
-    assert_memory_equal(q + 135, "bob", 3);
-    assert_memory_equal(q + 138, bob_pub, 32);
-    assert_int_equal(ntcp_verify_transcript(t, 10, 1, 1, 1, NONCE, r1, r2, "alice", alice_pub,
+    assert_memory_equal(q + 32, r2, 32);
+    assert_int_equal(q[64], 5);
+    assert_memory_equal(q + 65, "alice", 5);
+    assert_memory_equal(q + 70, alice_pub, 32);
+    assert_int_equal(q[102], 3);
+    assert_memory_equal(q + 103, "bob", 3);
+    assert_memory_equal(q + 106, bob_pub, 32);
+    /* The requester's differs in the role byte, the version and the
+     * RANDOM only; names and keys stay in role order. */
+    uint8_t t0[VERIFY_TRANSCRIPT_MAX];
+    assert_int_equal(ntcp_verify_transcript(t0, sizeof t0, 0, 2, NONCE, r1, "alice", alice_pub,
                                             "bob", bob_pub),
+                     n);
+    assert_int_equal(t0[13], 0);
+    assert_memory_equal(t0 + 14, "\0\0\0\2", 4);
+    assert_memory_equal(t0 + 18 + 32, r1, 32);
+    assert_memory_equal(t0 + 18 + 64, q + 64, (size_t)n - 18 - 64);
+    assert_int_equal(ntcp_verify_transcript(t, 10, 1, 2, NONCE, r1, "alice", alice_pub, "bob",
+                                            bob_pub),
                      NTCP_ENOSPC);
-    assert_int_equal(ntcp_verify_transcript(t, sizeof t, 2, 1, 1, NONCE, r1, r2, "alice",
-                                            alice_pub, "bob", bob_pub),
+    assert_int_equal(ntcp_verify_transcript(t, sizeof t, 2, 2, NONCE, r1, "alice", alice_pub,
+                                            "bob", bob_pub),
+                     NTCP_EINVAL);
+    assert_int_equal(ntcp_verify_transcript(t, sizeof t, 0, 2, NONCE, r1, "bad name", alice_pub,
+                                            "bob", bob_pub),
+                     NTCP_EINVAL);
+
+    /* The binding, over both flights, recomputed by hand. */
+    uint8_t in[256], md[32], bind[32];
+    size_t k = 0;
+    memcpy(in, "NTCP-VERIFY-BINDING-2", 21);
+    k = 21;
+    memcpy(in + k, "\0\0\0\2\0\0\0\3", 8);
+    k += 8;
+    memcpy(in + k, NONCE, 32);
+    memcpy(in + k + 32, r1, 32);
+    memcpy(in + k + 64, r2, 32);
+    k += 96;
+    in[k++] = 5;
+    memcpy(in + k, "alice", 5);
+    memcpy(in + k + 5, alice_pub, 32);
+    k += 37;
+    in[k++] = 3;
+    memcpy(in + k, "bob", 3);
+    memcpy(in + k + 3, bob_pub, 32);
+    k += 35;
+    unsigned ml = 0;
+    assert_int_equal(EVP_Digest(in, k, md, &ml, EVP_sha256(), NULL), 1);
+    assert_int_equal(ntcp_verify_binding(bind, 2, 3, NONCE, r1, r2, "alice", alice_pub, "bob",
+                                         bob_pub),
+                     0);
+    assert_memory_equal(bind, md, 32);
+    /* Each RANDOM counts. */
+    assert_int_equal(ntcp_verify_binding(bind, 2, 3, NONCE, r1, r1, "alice", alice_pub, "bob",
+                                         bob_pub),
+                     0);
+    assert_memory_not_equal(bind, md, 32);
+    assert_int_equal(ntcp_verify_binding(bind, 2, 3, NONCE, r1, r2, "", alice_pub, "bob",
+                                         bob_pub),
                      NTCP_EINVAL);
 }
 
-/* Two cores talking in memory: returns both final states. */
-static void pump_cores(ntcp_verify_core *a, ntcp_verify_core *b, uint8_t *b_out, size_t *b_out_len)
+/* Takes everything a core has queued, message by message: returns its
+ * length; the messages are checked to come one at a time. */
+static size_t take_all(ntcp_verify_core *c, uint8_t *dst, size_t cap)
 {
-    for (int round = 0; round < 10; round++) {
+    size_t total = 0;
+    for (;;) {
         const uint8_t *p;
         size_t len;
-        ntcp_verify_core_output(a, &p, &len);
+        ntcp_verify_core_output(c, &p, &len);
+        if (len == 0)
+            return total;
+        /* One whole message. */
+        assert_true(len >= 20);
+        assert_int_equal(len, 20 + (size_t)((p[2] << 8) | p[3]));
+        assert_true(total + len <= cap);
+        memcpy(dst + total, p, len);
+        total += len;
+        ntcp_verify_core_sent(c, len);
+    }
+}
+
+/* Two cores talking in memory, each stream fed byte by byte (the split of
+ * the stream must not matter); b_out records what b sent. */
+static void pump_cores(ntcp_verify_core *a, ntcp_verify_core *b, uint8_t *b_out, size_t *b_out_len)
+{
+    for (int round = 0; round < 4; round++) {
         uint8_t tmp[2 * VERIFY_MAX_MESSAGE];
-        memcpy(tmp, p, len);
-        ntcp_verify_core_sent(a, len);
-        /* Byte by byte: the split of the stream must not matter. */
+        size_t len = take_all(a, tmp, sizeof tmp);
         for (size_t i = 0; i < len && ntcp_verify_core_want(b) > 0; i++)
             ntcp_verify_core_input(b, tmp + i, 1);
-        ntcp_verify_core_output(b, &p, &len);
-        memcpy(tmp, p, len);
+        len = take_all(b, tmp, sizeof tmp);
         if (b_out) {
             memcpy(b_out + *b_out_len, tmp, len);
             *b_out_len += len;
         }
-        ntcp_verify_core_sent(b, len);
         if (len)
             ntcp_verify_core_input(a, tmp, len);
     }
+}
+
+/* The point of version 2: a core's whole flight is queued by init, and a
+ * core that has sent it and received the peer's is done, with nothing more
+ * to write. Neither flight depends on the other. */
+static void test_half_round_trip(void **state)
+{
+    (void)state;
+    ntcp_verify_params pa, pb;
+    alice_params(&pa, 0);
+    bob_params(&pb, 0);
+    ntcp_verify_core *a = malloc(sizeof *a), *b = malloc(sizeof *b);
+    assert_int_equal(ntcp_verify_core_init(a, &pa, NULL), 0);
+    assert_int_equal(ntcp_verify_core_init(b, &pb, NULL), 0);
+    uint8_t fa[2 * VERIFY_MAX_MESSAGE], fb[2 * VERIFY_MAX_MESSAGE];
+    /* The output comes one message at a time (a datagram transport sends
+     * each alone): HELLO, then PROOF. */
+    const uint8_t *p;
+    size_t len;
+    ntcp_verify_core_output(a, &p, &len);
+    ntcp_verify_msg m;
+    assert_int_equal(ntcp_verify_parse(&m, p, len, NULL), 0);
+    assert_int_equal(m.method, VERIFY_HELLO);
+    /* A partial send leaves the rest of that message, then the next. */
+    ntcp_verify_core_sent(a, 5);
+    size_t rest;
+    ntcp_verify_core_output(a, &p, &rest);
+    assert_int_equal(rest, len - 5);
+    memcpy(fa, a->out, len);
+    ntcp_verify_core_sent(a, rest);
+    size_t la = len + take_all(a, fa + len, sizeof fa - len);
+    size_t lb = take_all(b, fb, sizeof fb);
+    assert_true(la > len && la < 300 && lb < 300);
+    assert_int_equal(ntcp_verify_parse(&m, fa + len, la - len, NULL), 0);
+    assert_int_equal(m.method, VERIFY_PROOF);
+    /* Both flights crossed: each end has all it needs. */
+    assert_int_equal(a->state, VERIFY_WAIT_HELLO);
+    assert_int_equal(ntcp_verify_core_input(a, fb, lb), VERIFY_DONE);
+    assert_int_equal(ntcp_verify_core_input(b, fa, la), VERIFY_DONE);
+    ntcp_verify_core_output(a, &p, &len);
+    assert_int_equal(len, 0);
+    ntcp_verify_core_output(b, &p, &len);
+    assert_int_equal(len, 0);
+    assert_int_equal(ntcp_verify_core_want(a), 0);
+    assert_int_equal(ntcp_verify_core_want(b), 0);
+    assert_memory_equal(a->binding, b->binding, 32);
+    /* The binding is the one of both flights: both RANDOMs, in role order. */
+    uint8_t bind[32];
+    assert_int_equal(ntcp_verify_binding(bind, 2, 2, NONCE, a->random, b->random, "alice",
+                                         alice_pub, "bob", bob_pub),
+                     0);
+    assert_memory_equal(bind, a->binding, 32);
+    /* Each end's PROOF is its own transcript's signature, nothing of the
+     * peer's in it: the verifier rebuilds it from the signer's HELLO. */
+    uint8_t t[VERIFY_TRANSCRIPT_MAX];
+    int n = ntcp_verify_transcript(t, sizeof t, BROKER_ROLE_TARGET, 2, NONCE, b->random, "alice",
+                                   alice_pub, "bob", bob_pub);
+    assert_true(n > 0);
+    size_t hb = 20 + (size_t)((fb[2] << 8) | fb[3]);
+    assert_int_equal(ntcp_verify_parse(&m, fb + hb, lb - hb, NULL), 0);
+    assert_int_equal(ntcp_identity_verify(bob_pub, t, (size_t)n, m.signature), 0);
+
+    /* The order of the crossing does not matter either: b gets a's flight
+     * before a sends anything else, and so on. */
+    assert_int_equal(ntcp_verify_core_init(a, &pa, NULL), 0);
+    assert_int_equal(ntcp_verify_core_init(b, &pb, NULL), 0);
+    la = take_all(a, fa, sizeof fa);
+    assert_int_equal(ntcp_verify_core_input(b, fa, la), VERIFY_DONE);
+    lb = take_all(b, fb, sizeof fb);
+    assert_int_equal(ntcp_verify_core_input(a, fb, lb), VERIFY_DONE);
+    assert_memory_equal(a->binding, b->binding, 32);
+    free(a);
+    free(b);
 }
 
 static void test_cores_agree(void **state)
@@ -555,10 +691,15 @@ static void test_wrong_key_for_target(void **state)
     ntcp_verify_result ra, rb;
     blocking_pair(&pa, &pb, &ra, &rb);
     assert_int_equal(ra.err, NTCP_EINTEGRITY);
+    assert_string_equal(ra.why, "not the key the broker vouched for");
     assert_int_equal(ra.fd, -1);
-    /* Alice refused before her proof: bob is told why. */
-    assert_int_equal(rb.err, NTCP_EPROTO);
-    assert_int_equal(rb.peer_code, VERIFY_ERR_WRONG_PEER);
+    /* Alice signed what she believes: a transcript that names mallory's
+     * key as the target's. Bob refuses it on his own, without being told
+     * (no REFUSE in version 2): each signature covers both keys, so the
+     * two ends cannot disagree on who is who and both succeed. */
+    assert_int_equal(rb.err, NTCP_EINTEGRITY);
+    assert_string_equal(rb.why, "the peer's signature does not verify");
+    assert_int_equal(rb.peer_code, 0);
     assert_int_equal(rb.fd, -1);
 }
 
@@ -572,8 +713,9 @@ static void test_wrong_key_for_requester(void **state)
     ntcp_verify_result ra, rb;
     blocking_pair(&pa, &pb, &ra, &rb);
     assert_int_equal(rb.err, NTCP_EINTEGRITY);
-    assert_int_equal(ra.err, NTCP_EPROTO);
-    assert_int_equal(ra.peer_code, VERIFY_ERR_WRONG_PEER);
+    assert_string_equal(rb.why, "not the key the broker vouched for");
+    assert_int_equal(ra.err, NTCP_EINTEGRITY);
+    assert_string_equal(ra.why, "the peer's signature does not verify");
 }
 
 static void test_wrong_name(void **state)
@@ -586,7 +728,10 @@ static void test_wrong_name(void **state)
     ntcp_verify_result ra, rb;
     blocking_pair(&pa, &pb, &ra, &rb);
     assert_int_equal(ra.err, NTCP_EINTEGRITY);
-    assert_int_not_equal(rb.err, 0);
+    assert_string_equal(ra.why, "not the peer's name");
+    /* And alice's transcript names carol: bob refuses it. */
+    assert_int_equal(rb.err, NTCP_EINTEGRITY);
+    assert_string_equal(rb.why, "the peer's signature does not verify");
 }
 
 static void test_wrong_nonce(void **state)
@@ -598,12 +743,12 @@ static void test_wrong_nonce(void **state)
     memcpy(pb.nonce, OTHER_NONCE, 32);
     ntcp_verify_result ra, rb;
     blocking_pair(&pa, &pb, &ra, &rb);
-    /* Each sees the other's HELLO first, so each refuses on its own. */
-    assert_true(ra.err == NTCP_EINTEGRITY || (ra.err == NTCP_EPROTO && ra.peer_code == 404));
-    assert_true(rb.err == NTCP_EINTEGRITY || (rb.err == NTCP_EPROTO && rb.peer_code == 404));
-    assert_true(ra.err == NTCP_EINTEGRITY || rb.err == NTCP_EINTEGRITY);
-    /* Caught on the SESSION-ID, before any signature was made. */
-    assert_true(strcmp(ra.why, "not our session") == 0 || strcmp(rb.why, "not our session") == 0);
+    /* Each reads the other's HELLO (it left first) and refuses on its
+     * own, on the SESSION-ID, before checking any signature. */
+    assert_int_equal(ra.err, NTCP_EINTEGRITY);
+    assert_int_equal(rb.err, NTCP_EINTEGRITY);
+    assert_string_equal(ra.why, "not our session");
+    assert_string_equal(rb.why, "not our session");
 }
 
 static void test_signature_binds_nonce(void **state)
@@ -633,19 +778,29 @@ static void test_honest_script(void **state)
 static void test_versions(void **state)
 {
     (void)state;
-    /* A later peer announces 2 and speaks 1: accepted, its announcement is
-     * in what both signed. */
+    /* A later peer announces 3 and sends a version-2 flight: accepted, its
+     * announcement is in what it signed. */
     script s;
     script_default(&s, -1);
-    s.version = s.sign_version = 2;
+    s.version = s.sign_version = 3;
     ntcp_verify_result r;
     assert_int_equal(alice_vs_script(&s, &r, 5000), 0);
-    /* Someone rewrote a HELLO's VERSION 2 to 1 on the way (a downgrade):
+    /* Someone rewrote its HELLO's VERSION 3 to 2 on the way (a downgrade):
      * the signature made over what was really announced fails. */
     script_default(&s, -1);
-    s.version = 1;
-    s.sign_version = 2;
+    s.version = 2;
+    s.sign_version = 3;
     assert_int_equal(alice_vs_script(&s, &r, 5000), NTCP_EINTEGRITY);
+    assert_string_equal(r.why, "the peer's signature does not verify");
+    /* A version-1 peer (it would wait for our HELLO to sign): refused at
+     * its HELLO, and told nothing (our flight is all it gets). */
+    script_default(&s, -1);
+    s.version = s.sign_version = 1;
+    s.send_proof = false;
+    assert_int_equal(alice_vs_script(&s, &r, 5000), NTCP_EPROTO);
+    assert_string_equal(r.why, "the peer speaks only version 1");
+    assert_true(s.got_proof);
+    assert_int_equal(s.after_flight, 0);
 }
 
 static void test_impostor(void **state)
@@ -664,13 +819,27 @@ static void test_impostor(void **state)
     s.sign_key = mallory_key;
     memcpy(s.pub, mallory_pub, 32);
     assert_int_equal(alice_vs_script(&s, &r, 5000), NTCP_EINTEGRITY);
-    assert_int_equal(s.refuse_code, VERIFY_ERR_WRONG_PEER);
+    assert_string_equal(r.why, "not the key the broker vouched for");
+    assert_int_equal(s.after_flight, 0); /* no REFUSE, a plain close */
+    /* Bob's own transcript signed by mallory as the requester (the role
+     * byte is the signer's): refused on the signature. */
+    script_default(&s, -1);
+    s.sign_role = BROKER_ROLE_REQUESTER;
+    assert_int_equal(alice_vs_script(&s, &r, 5000), NTCP_EINTEGRITY);
+}
+
+/* Rewrites the ROLE (the second attribute, value at 32) of the HELLO that
+ * starts buf. */
+static void set_hello_role(uint8_t *buf, uint32_t role)
+{
+    assert_int_equal((buf[28] << 8) | buf[29], VERIFY_ATTR_ROLE);
+    buf[35] = (uint8_t)role;
 }
 
 static void test_replay(void **state)
 {
     (void)state;
-    /* Record bob's HELLO and PROOF on one connection of the session... */
+    /* Record bob's flight on one connection of a connect... */
     ntcp_verify_params pa, pb;
     alice_params(&pa, 0);
     bob_params(&pb, 0);
@@ -681,24 +850,92 @@ static void test_replay(void **state)
     size_t rec_len = 0;
     pump_cores(a, b, rec, &rec_len);
     assert_int_equal(a->state, VERIFY_DONE);
+    assert_int_equal(b->state, VERIFY_DONE);
+    uint8_t bob_binding[32];
+    memcpy(bob_binding, b->binding, 32);
+
+    /* ...and play it to alice in another connect (another nonce): refused
+     * on the SESSION-ID... */
+    ntcp_verify_params po;
+    alice_params(&po, 0);
+    memcpy(po.nonce, OTHER_NONCE, 32);
+    assert_int_equal(ntcp_verify_core_init(a, &po, NULL), 0);
+    assert_int_equal(ntcp_verify_core_input(a, rec, rec_len), VERIFY_FAILED);
+    assert_int_equal(a->err, NTCP_EINTEGRITY);
+    assert_string_equal(a->why, "not our session");
+    /* ...and with the SESSION-ID rewritten to the new one, on the
+     * signature: the nonce itself is in what bob signed. */
+    uint8_t sid[16], forged[2 * VERIFY_MAX_MESSAGE];
+    memcpy(forged, rec, rec_len);
+    ntcp_verify_session_id(OTHER_NONCE, sid);
+    assert_int_equal((forged[36] << 8) | forged[37], VERIFY_ATTR_SESSION_ID);
+    memcpy(forged + 40, sid, 16);
+    assert_int_equal(ntcp_verify_core_init(a, &po, NULL), 0);
+    assert_int_equal(ntcp_verify_core_input(a, forged, rec_len), VERIFY_FAILED);
+    assert_int_equal(a->err, NTCP_EINTEGRITY);
+    assert_string_equal(a->why, "the peer's signature does not verify");
+
+    /* Within one connect (one nonce), the proof is bob's whatever the
+     * connection: replayed to alice on another connection of the same
+     * attempt set, it passes (docs/verify.md 5 says why that is accepted),
+     * but the binding alice gets is not the one bob holds: her RANDOM on
+     * this connection is not the one bob saw. */
+    assert_int_equal(ntcp_verify_core_init(a, &pa, NULL), 0);
+    assert_int_equal(ntcp_verify_core_input(a, rec, rec_len), VERIFY_DONE);
+    assert_memory_not_equal(a->binding, bob_binding, 32);
+
+    /* Reflection: alice's own flight sent back to her, as it is... */
+    uint8_t own[2 * VERIFY_MAX_MESSAGE], fixed[32];
+    memset(fixed, 0x3C, sizeof fixed);
+    assert_int_equal(ntcp_verify_core_init(a, &pa, fixed), 0);
+    size_t own_len = take_all(a, own, sizeof own);
+    assert_int_equal(ntcp_verify_core_input(a, own, own_len), VERIFY_FAILED);
+    assert_int_equal(a->err, NTCP_EPROTO);
+    assert_string_equal(a->why, "peer claims our role");
+    /* ...or with its ROLE turned into bob's: her own RANDOM gives it away
+     * (and the PROOF, signed with role 0 by alice's key, would not verify
+     * as bob's anyway). Nothing is left to send. */
+    set_hello_role(own, BROKER_ROLE_TARGET);
+    assert_int_equal(ntcp_verify_core_init(a, &pa, fixed), 0);
+    take_all(a, rec, sizeof rec);
+    assert_int_equal(ntcp_verify_core_input(a, own, own_len), VERIFY_FAILED);
+    assert_string_equal(a->why, "our own HELLO came back");
+    const uint8_t *p;
+    size_t len;
+    ntcp_verify_core_output(a, &p, &len);
+    assert_int_equal(len, 0);
+    /* Bob's flight reflected to bob: the same. */
+    assert_int_equal(ntcp_verify_core_init(b, &pb, NULL), 0);
+    own_len = take_all(b, own, sizeof own);
+    assert_int_equal(ntcp_verify_core_input(b, own, own_len), VERIFY_FAILED);
+    assert_string_equal(b->why, "peer claims our role");
     free(a);
     free(b);
-    /* ...and play them to alice on a new one: her fresh RANDOM is not in
-     * the recorded signature. */
-    uv_loop_t loop;
-    uv_loop_init(&loop);
-    int fds[2];
-    tcp_pair(fds);
-    send_all(fds[1], rec, rec_len);
-    alice_params(&pa, 5000);
-    outcome oa = {0};
-    assert_int_equal(ntcp_verify_start(&loop, fds[0], &pa, on_done, &oa, NULL), 0);
-    outcome *os[] = {&oa};
-    run_until(&loop, os, 1);
-    assert_int_equal(oa.r.err, NTCP_EINTEGRITY);
-    expect_closed(fds[0]);
-    close(fds[1]);
-    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+/* A core failed on the peer's HELLO before its flight went out sends
+ * nothing: no REFUSE, and no proof for a peer it refused. */
+static void test_no_proof_for_refused(void **state)
+{
+    (void)state;
+    ntcp_verify_params pa, pb;
+    alice_params(&pa, 0);
+    bob_params(&pb, 0);
+    memcpy(pb.nonce, OTHER_NONCE, 32);
+    ntcp_verify_core *a = malloc(sizeof *a), *b = malloc(sizeof *b);
+    assert_int_equal(ntcp_verify_core_init(a, &pa, NULL), 0);
+    assert_int_equal(ntcp_verify_core_init(b, &pb, NULL), 0);
+    uint8_t fb[2 * VERIFY_MAX_MESSAGE];
+    size_t lb = take_all(b, fb, sizeof fb);
+    const uint8_t *p;
+    size_t len;
+    ntcp_verify_core_output(a, &p, &len);
+    ntcp_verify_core_sent(a, len); /* the HELLO is out, the PROOF not yet */
+    assert_int_equal(ntcp_verify_core_input(a, fb, lb), VERIFY_FAILED);
+    ntcp_verify_core_output(a, &p, &len);
+    assert_int_equal(len, 0);
+    free(a);
+    free(b);
 }
 
 /* Alice alone against bytes already waiting in the socket. */
@@ -737,7 +974,8 @@ static void test_garbage(void **state)
     int peer;
     ntcp_verify_result r = alice_vs_bytes(junk, sizeof junk, 5000, &peer);
     assert_int_equal(r.err, NTCP_EPROTO);
-    /* The peer got alice's HELLO, then a REFUSE 400 (she had not proved). */
+    assert_string_equal(r.why, "not STUN");
+    /* The peer got alice's flight, HELLO and PROOF, then a plain close. */
     uint8_t buf[1024];
     ntcp_verify_msg m;
     size_t len = read_msg(peer, buf, sizeof buf, 5000);
@@ -747,8 +985,8 @@ static void test_garbage(void **state)
     len = read_msg(peer, buf, sizeof buf, 5000);
     assert_true(len > 0);
     assert_int_equal(ntcp_verify_parse(&m, buf, len, NULL), 0);
-    assert_int_equal(m.method, VERIFY_REFUSE);
-    assert_int_equal(m.code, 400);
+    assert_int_equal(m.method, VERIFY_PROOF);
+    assert_int_equal(read_exact(peer, buf, 1, 5000), 0);
     close(peer);
 
     /* An HTTP request, a STUN header without cookie: refused too. */
@@ -812,11 +1050,14 @@ static void test_early_data(void **state)
     alice_params(&pa, 5000);
     ntcp_verify_result r;
     int rc = ntcp_verify_fd(fds[0], &pa, &r);
-    pthread_join(th, NULL);
     assert_int_equal(rc, 0);
     uint8_t got[sizeof app + 8];
     assert_int_equal(read_exact(r.fd, got, sizeof app, 5000), sizeof app);
     assert_memory_equal(got, app, sizeof app);
+    shutdown(r.fd, SHUT_WR); /* the script reads alice's flight, then EOF */
+    pthread_join(th, NULL);
+    assert_true(s.got_proof);
+    assert_int_equal(s.after_flight, 0);
     close(fds[1]);
     /* Nothing else was in the stream. */
     assert_int_equal(read_exact(r.fd, got, 1, 5000), 0);
@@ -867,18 +1108,35 @@ static void test_self_connect(void **state)
 static void test_protocol_breaches(void **state)
 {
     (void)state;
-    /* An unknown comprehension-required attribute: 420. */
+    /* An unknown comprehension-required attribute. */
     script s;
     script_default(&s, -1);
     s.extra_attr = true;
     ntcp_verify_result r;
     assert_int_equal(alice_vs_script(&s, &r, 5000), NTCP_EPROTO);
-    assert_int_equal(s.refuse_code, VERIFY_ERR_UNKNOWN_ATTR);
+    assert_string_equal(r.why, "unknown attribute");
+    assert_true(s.got_proof);
+    assert_int_equal(s.after_flight, 0);
     /* A peer claiming alice's role. */
     script_default(&s, -1);
-    s.role = BROKER_ROLE_REQUESTER;
+    s.role = s.sign_role = BROKER_ROLE_REQUESTER;
     assert_int_equal(alice_vs_script(&s, &r, 5000), NTCP_EPROTO);
-    assert_int_equal(s.refuse_code, VERIFY_ERR_ROLE);
+    assert_string_equal(r.why, "peer claims our role");
+    /* A HELLO, then a second HELLO where the PROOF belongs. */
+    uint8_t hb[2 * VERIFY_MAX_MESSAGE], sid2[16], rnd2[32];
+    memset(rnd2, 4, 32);
+    ntcp_verify_session_id(NONCE, sid2);
+    int h = ntcp_verify_build_hello(hb, sizeof hb, 1, sid2, "bob", bob_pub, rnd2);
+    memcpy(hb + h, hb, (size_t)h);
+    r = alice_vs_bytes(hb, 2 * (size_t)h, 5000, NULL);
+    assert_int_equal(r.err, NTCP_EPROTO);
+    assert_string_equal(r.why, "expected PROOF");
+    /* A REFUSE where the HELLO belongs (no version-2 end sends one, but it
+     * is understood): the peer's code is reported. */
+    h = ntcp_verify_build_refuse(hb, sizeof hb, VERIFY_ERR_WRONG_PEER, "not you");
+    r = alice_vs_bytes(hb, (size_t)h, 5000, NULL);
+    assert_int_equal(r.err, NTCP_EPROTO);
+    assert_int_equal(r.peer_code, VERIFY_ERR_WRONG_PEER);
     /* A PROOF before any HELLO. */
     uint8_t buf[VERIFY_MAX_MESSAGE], sig[64] = {0};
     int n = ntcp_verify_build_proof(buf, sizeof buf, sig);
@@ -886,6 +1144,131 @@ static void test_protocol_breaches(void **state)
     assert_int_equal(r.err, NTCP_EPROTO);
     assert_string_equal(r.why, "expected HELLO");
 }
+
+/* The driver's half round trip: bob's flight is in the socket and bob never
+ * reads; alice is done on it alone, and bob's core, fed alice's flight
+ * later, holds the same binding. */
+static void test_driver_on_peer_flight_alone(void **state)
+{
+    (void)state;
+    ntcp_verify_params pb;
+    bob_params(&pb, 0);
+    ntcp_verify_core *b = malloc(sizeof *b);
+    assert_int_equal(ntcp_verify_core_init(b, &pb, NULL), 0);
+    uint8_t fb[2 * VERIFY_MAX_MESSAGE], fa[2 * VERIFY_MAX_MESSAGE];
+    size_t lb = take_all(b, fb, sizeof fb);
+    int peer;
+    ntcp_verify_result r = alice_vs_bytes(fb, lb, 5000, &peer);
+    assert_int_equal(r.err, 0);
+    size_t la = read_msg(peer, fa, sizeof fa, 5000);
+    assert_true(la > 0);
+    size_t l2 = read_msg(peer, fa + la, sizeof fa - la, 5000);
+    assert_true(l2 > 0);
+    close(peer);
+    assert_int_equal(ntcp_verify_core_input(b, fa, la + l2), VERIFY_DONE);
+    assert_memory_equal(r.binding, b->binding, 32);
+    free(b);
+}
+
+#ifdef VERIFY_CORPUS_DIR
+static size_t read_file(const char *name, uint8_t *buf, size_t cap)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", VERIFY_CORPUS_DIR, name);
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    size_t n = fread(buf, 1, cap, f);
+    fclose(f);
+    return n;
+}
+
+/* The seeds made by tests/fuzz/make_verify_corpus.py, independently of
+ * this code (Python, its own Ed25519): the valid flight passes, so both
+ * agree on the transcript layout; its variants fail where they should. */
+static void test_independent_seeds(void **state)
+{
+    (void)state;
+    static const uint8_t A_SEED[32] = "fuzz-alice-private-key-seed-0001";
+    static const uint8_t B_SEED[32] = "fuzz-bob-private-key-seed-000002";
+    static const uint8_t F_NONCE[32] = "fuzz-session-nonce-0123456789abc";
+    EVP_PKEY *ak = EVP_PKEY_new_raw_private_key(EVP_PKEY_ED25519, NULL, A_SEED, 32);
+    EVP_PKEY *bk = EVP_PKEY_new_raw_private_key(EVP_PKEY_ED25519, NULL, B_SEED, 32);
+    assert_non_null(ak);
+    assert_non_null(bk);
+    ntcp_verify_params p;
+    memset(&p, 0, sizeof p);
+    p.key = ak;
+    p.name = "alice";
+    p.peer_name = "bob";
+    ntcp_identity_public(bk, p.peer_key);
+    memcpy(p.nonce, F_NONCE, 32);
+    p.role = BROKER_ROLE_REQUESTER;
+    static const struct {
+        const char *seed;
+        int state, err;
+        const char *why;
+    } cases[] = {
+        {"hello_proof", VERIFY_DONE, 0, ""},
+        {"hello_proof_later_version", VERIFY_DONE, 0, ""},
+        {"hello_optional_attr", VERIFY_DONE, 0, ""},
+        {"hello", VERIFY_WAIT_PROOF, 0, ""},
+        {"truncated_flight", VERIFY_WAIT_PROOF, 0, ""},
+        {"hello_badproof", VERIFY_FAILED, NTCP_EINTEGRITY, "the peer's signature does not verify"},
+        {"hello_proof_downgraded", VERIFY_FAILED, NTCP_EINTEGRITY,
+         "the peer's signature does not verify"},
+        {"hello_other_nonce", VERIFY_FAILED, NTCP_EINTEGRITY, "the peer's signature does not verify"},
+        {"hello_v1", VERIFY_FAILED, NTCP_EPROTO, "the peer speaks only version 1"},
+        {"hello_wrong_session", VERIFY_FAILED, NTCP_EINTEGRITY, "not our session"},
+        {"hello_our_role", VERIFY_FAILED, NTCP_EPROTO, "peer claims our role"},
+        {"hello_wrong_key", VERIFY_FAILED, NTCP_EINTEGRITY, "not the key the broker vouched for"},
+        {"hello_wrong_name", VERIFY_FAILED, NTCP_EINTEGRITY, "not the peer's name"},
+        {"hello_unknown_attr", VERIFY_FAILED, NTCP_EPROTO, "unknown attribute"},
+        {"reflected", VERIFY_FAILED, NTCP_EPROTO, "peer claims our role"},
+        {"reflected_role_turned", VERIFY_FAILED, NTCP_EPROTO, "our own HELLO came back"},
+        {"hello_hello", VERIFY_FAILED, NTCP_EPROTO, "expected PROOF"},
+        {"proof_first", VERIFY_FAILED, NTCP_EPROTO, "expected HELLO"},
+        {"refuse", VERIFY_FAILED, NTCP_EPROTO, "the peer refused"},
+        {"garbage", VERIFY_FAILED, NTCP_EPROTO, "not STUN"},
+        {"oversize_header", VERIFY_FAILED, NTCP_EPROTO, "message too long"},
+    };
+    ntcp_verify_core *c = malloc(sizeof *c);
+    uint8_t buf[1024], zero[32] = {0};
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        size_t n = read_file(cases[i].seed, buf, sizeof buf);
+        assert_int_equal(ntcp_verify_core_init(c, &p, zero), 0);
+        /* As the driver feeds it: never more than wanted. */
+        size_t off = 0, want;
+        while (off < n && (want = ntcp_verify_core_want(c)) > 0) {
+            if (want > n - off)
+                want = n - off;
+            ntcp_verify_core_input(c, buf + off, want);
+            off += want;
+        }
+        if (c->state != cases[i].state || c->err != cases[i].err ||
+            strcmp(c->why, cases[i].why) != 0)
+            fail_msg("seed %s: state %d err %d why \"%s\"", cases[i].seed, c->state, c->err,
+                     c->why);
+        if (strcmp(cases[i].seed, "hello_proof") == 0)
+            assert_int_equal(off, n);
+        if (strcmp(cases[i].seed, "refuse") == 0)
+            assert_int_equal(c->peer_code, 403);
+    }
+    /* The early data after the PROOF is never taken. */
+    size_t n = read_file("hello_proof_early", buf, sizeof buf);
+    assert_int_equal(ntcp_verify_core_init(c, &p, zero), 0);
+    size_t off = 0, want;
+    while (off < n && (want = ntcp_verify_core_want(c)) > 0) {
+        ntcp_verify_core_input(c, buf + off, want < n - off ? want : n - off);
+        off += want < n - off ? want : n - off;
+    }
+    assert_int_equal(c->state, VERIFY_DONE);
+    assert_int_equal(n - off, 7);
+    assert_memory_equal(buf + off, "EARLY!!", 7);
+    free(c);
+    EVP_PKEY_free(ak);
+    EVP_PKEY_free(bk);
+}
+#endif
 
 static void test_params_from_go(void **state)
 {
@@ -947,6 +1330,7 @@ int main(void)
         cmocka_unit_test(test_codec),
         cmocka_unit_test(test_transcript_layout),
         cmocka_unit_test(test_cores_agree),
+        cmocka_unit_test(test_half_round_trip),
         cmocka_unit_test(test_async_tcp_ok),
         cmocka_unit_test(test_blocking_ok),
         cmocka_unit_test(test_wrong_key_for_target),
@@ -958,6 +1342,7 @@ int main(void)
         cmocka_unit_test(test_versions),
         cmocka_unit_test(test_impostor),
         cmocka_unit_test(test_replay),
+        cmocka_unit_test(test_no_proof_for_refused),
         cmocka_unit_test(test_garbage),
         cmocka_unit_test(test_oversize),
         cmocka_unit_test(test_slowloris_and_silence),
@@ -965,6 +1350,10 @@ int main(void)
         cmocka_unit_test(test_peer_closes),
         cmocka_unit_test(test_self_connect),
         cmocka_unit_test(test_protocol_breaches),
+        cmocka_unit_test(test_driver_on_peer_flight_alone),
+#ifdef VERIFY_CORPUS_DIR
+        cmocka_unit_test(test_independent_seeds),
+#endif
         cmocka_unit_test(test_params_from_go),
         cmocka_unit_test(test_cancel_and_args),
     };
