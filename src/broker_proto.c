@@ -32,7 +32,7 @@ bool broker_name_valid(const char *s, size_t len)
 
 static bool is_broker_attr(uint16_t t)
 {
-    return t >= BROKER_ATTR_NAME && t <= BROKER_ATTR_TRANSPORT;
+    return t >= BROKER_ATTR_NAME && t <= BROKER_ATTR_SPOOF;
 }
 
 /* The codec already bounds-checks every attribute; here the values. */
@@ -72,6 +72,8 @@ static int check_attr(uint16_t type, const uint8_t *v, uint16_t len)
     case BROKER_ATTR_TIMEOUT:
     case BROKER_ATTR_DETAIL:
     case BROKER_ATTR_VERSION:
+    case BROKER_ATTR_ISN:
+    case BROKER_ATTR_SPOOF:
         return len == 4 ? 0 : NTCP_EBADATTR;
     case BROKER_ATTR_TRANSPORT:
         /* Any value validates: a broker answers a transport it does not

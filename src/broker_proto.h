@@ -29,6 +29,8 @@
 #define BROKER_GO 0x0E15         /* indication: broker -> target (CONNECT-GO) */
 #define BROKER_UNREGISTER 0x0E16 /* request: peer -> broker */
 #define BROKER_KEEPALIVE 0x0E17  /* request over UDP: peer -> broker */
+#define BROKER_RAW_ISN 0x0E18    /* indication: peer -> broker -> the other end of
+                                  * a connect (STUNT#1, NATBlaster; section 5.1) */
 
 /* Attributes, comprehension-required range 0x4E10-0x4E3F. */
 #define BROKER_ATTR_NAME 0x4E10          /* UTF-8 subset, 1..64 bytes, see broker_name_valid */
@@ -51,6 +53,9 @@
 #define BROKER_ATTR_VERSION 0x4E21       /* u32 protocol version */
 #define BROKER_ATTR_TRANSPORT 0x4E22     /* u32: what the connect is for, enum broker_transport;
                                           * absent = TCP (CONNECT, OFFER, CONNECT-GO) */
+#define BROKER_ATTR_ISN 0x4E23           /* u32: the initial sequence number of a SYN */
+#define BROKER_ATTR_SPOOF 0x4E24         /* u32: RAW-ISN: 1 = spoof the SYN-ACKs (STUNT#1);
+                                          * REGISTER success: 1 = this broker spoofs */
 
 #define BROKER_NAME_MAX 64
 #define BROKER_ID_MAX 128

@@ -68,6 +68,8 @@ struct ntcp_session {
     ntcp_session_offer_fn on_offer;
     ntcp_session_go_fn on_go;
     ntcp_session_state_fn on_state;
+    ntcp_session_raw_isn_fn on_raw_isn;
+    bool broker_spoofs;           /* SPOOF in the last REGISTER answer */
     void *user;
 
     uint64_t next_refresh_ms, reconnect_ms, connect_deadline_ms;
@@ -504,11 +506,19 @@ static void on_registered(ntcp_session *s, const stun_msg *m)
     stun_get_addr(m, STUN_ATTR_XOR_MAPPED_ADDRESS, &s->public_addr);
     if (broker_get_fixed(m, BROKER_ATTR_UDP_KEY, s->udp_key, sizeof s->udp_key) < 0)
         memset(s->udp_key, 0, sizeof s->udp_key);
+    uint32_t spoof = 0;
+    stun_get_u32(m, BROKER_ATTR_SPOOF, &spoof);
+    s->broker_spoofs = spoof == 1;
     s->refresh_ms = s->refresh_cfg ? s->refresh_cfg : expiry * 1000 / 3;
     s->next_refresh_ms = now_ms(s) + s->refresh_ms;
     s->backoff = s->backoff_min;
     s->conn = C_REGISTERED;
     s->registrations++;
+    /* A new registration is a new broker state (it may have restarted): the
+     * UDP mapping counts as unknown until this keepalive is answered, and is
+     * retried until then (on_tick). */
+    memset(&s->public_udp, 0, sizeof s->public_udp);
+    s->udp_retry_at = 0;
     send_udp_keepalive(s);
     set_state(s, NTCP_SESSION_REGISTERED, 0, 0);
 }
@@ -613,6 +623,14 @@ static void on_message(ntcp_session *s, const uint8_t *data, size_t len)
         broker_go g;
         if (broker_parse_go(&m, &g) == 0 && s->on_go)
             s->on_go(s, &g, s->user);
+    } else if (m.method == BROKER_RAW_ISN && m.cls == STUN_INDICATION && s->on_raw_isn) {
+        uint8_t nonce[BROKER_NONCE_SIZE];
+        struct sockaddr_storage ext;
+        uint32_t isn;
+        if (broker_get_fixed(&m, BROKER_ATTR_SESSION_NONCE, nonce, sizeof nonce) == 0 &&
+            broker_get_addr(&m, BROKER_ATTR_PUBLIC_ADDR, &ext) == 0 &&
+            stun_get_u32(&m, BROKER_ATTR_ISN, &isn) == 0)
+            s->on_raw_isn(s, nonce, &ext, isn, s->user);
     }
 }
 
@@ -942,6 +960,7 @@ int ntcp_session_start(uv_loop_t *loop, const ntcp_session_config *cfg, ntcp_ses
     s->req_timeout = cfg->request_timeout_ms ? cfg->request_timeout_ms : 5000;
     s->on_offer = cfg->on_offer;
     s->on_go = cfg->on_go;
+    s->on_raw_isn = cfg->on_raw_isn;
     s->on_state = cfg->on_state;
     s->user = cfg->user;
     s->conn = C_NONE;
@@ -1097,4 +1116,31 @@ int ntcp_session_lookup(ntcp_session *s, const char *name, uint32_t timeout_ms,
                         ntcp_session_lookup_cb cb, void *arg)
 {
     return request(s, BROKER_LOOKUP, T_LOOKUP, name, 0, timeout_ms, NULL, cb, arg);
+}
+
+int ntcp_session_send_raw_isn(ntcp_session *s, const uint8_t nonce[BROKER_NONCE_SIZE],
+                              const struct sockaddr_storage *ext, uint32_t isn, bool spoof)
+{
+    if (!s || !nonce || !ext || (ext->ss_family != AF_INET && ext->ss_family != AF_INET6))
+        return NTCP_EINVAL;
+    if (s->conn != C_REGISTERED)
+        return NTCP_EUNREACHABLE;
+    uint8_t buf[128], tid[STUN_TID_SIZE];
+    stun_builder sb;
+    stun_new_tid(tid);
+    stun_build_init(&sb, buf, sizeof buf, BROKER_RAW_ISN, STUN_INDICATION, tid, false);
+    stun_build_attr(&sb, BROKER_ATTR_SESSION_NONCE, nonce, BROKER_NONCE_SIZE);
+    broker_addr ba;
+    broker_addr_from_sa(&ba, (const struct sockaddr *)ext);
+    broker_build_baddr(&sb, BROKER_ATTR_PUBLIC_ADDR, &ba);
+    stun_build_u32(&sb, BROKER_ATTR_ISN, isn);
+    if (spoof)
+        stun_build_u32(&sb, BROKER_ATTR_SPOOF, 1);
+    build_send(s, &sb);
+    return 0;
+}
+
+bool ntcp_session_broker_spoofs(const ntcp_session *s)
+{
+    return s && s->broker_spoofs;
 }

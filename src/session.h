@@ -40,6 +40,11 @@ typedef void (*ntcp_session_go_fn)(ntcp_session *s, const broker_go *go, void *u
  * a newer session with our key, 438 stale challenge...). The session keeps
  * retrying with backoff in every case; the application may close it. */
 typedef void (*ntcp_session_state_fn)(ntcp_session *s, int state, int err, int code, void *user);
+/* A RAW-ISN relayed by the broker (STUNT#1, NATBlaster): the other end of
+ * the connect with this nonce sent the ISN of its low-TTL SYN, sent from
+ * ext (its external address). Valid during the call only. */
+typedef void (*ntcp_session_raw_isn_fn)(ntcp_session *s, const uint8_t nonce[BROKER_NONCE_SIZE],
+                                        const struct sockaddr_storage *ext, uint32_t isn, void *user);
 
 typedef struct ntcp_session_config {
     const char *broker;      /* "IP:PORT" of the broker (required) */
@@ -60,6 +65,7 @@ typedef struct ntcp_session_config {
     ntcp_session_offer_fn on_offer; /* NULL: accept every offer */
     ntcp_session_go_fn on_go;
     ntcp_session_state_fn on_state;
+    ntcp_session_raw_isn_fn on_raw_isn; /* NULL: RAW-ISN indications are ignored */
     void *user;
     /* TLS 1.3 to the broker (docs/broker-protocol.md 1), when tls is set. The
      * broker's certificate is checked against tls_ca_file (PEM trust
@@ -102,6 +108,16 @@ const char *ntcp_session_tls_error(const ntcp_session *s);
  * broker at once in a REFRESH; the broker forwards it in the next
  * CONNECT-GOs. Returns 0 or NTCP_EINVAL. */
 int ntcp_session_set_profile(ntcp_session *s, const uint8_t *profile, size_t len);
+/* Sends a RAW-ISN indication for the connect with this nonce: the ISN of
+ * our low-TTL SYN, sent from ext (our external address for it); spoof asks
+ * the broker for STUNT#1's spoofed SYN-ACKs. Returns 0, NTCP_EUNREACHABLE
+ * (not registered) or NTCP_EINVAL. */
+int ntcp_session_send_raw_isn(ntcp_session *s, const uint8_t nonce[BROKER_NONCE_SIZE],
+                              const struct sockaddr_storage *ext, uint32_t isn, bool spoof);
+/* Whether the broker said, when this session registered, that it spoofs
+ * STUNT#1's SYN-ACKs (SPOOF in the REGISTER answer). */
+bool ntcp_session_broker_spoofs(const ntcp_session *s);
+
 /* How many times the session has registered (1 after the first). */
 unsigned ntcp_session_registrations(const ntcp_session *s);
 

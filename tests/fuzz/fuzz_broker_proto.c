@@ -34,7 +34,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     FUZZ_CHECK(nunknown <= m.nunknown);
     for (size_t i = 0; i < nunknown; i++)
-        FUZZ_CHECK(unknown[i] < BROKER_ATTR_NAME || unknown[i] > BROKER_ATTR_TRANSPORT);
+        FUZZ_CHECK(unknown[i] < BROKER_ATTR_NAME || unknown[i] > BROKER_ATTR_SPOOF);
 
     char name[BROKER_NAME_MAX + 1];
     if (broker_get_name(&m, name) == 0)

@@ -1,0 +1,233 @@
+#!/usr/bin/python3
+"""e2e_udp_lab.py: the end-to-end UDP hole-punching test (issue 7). For every
+pair of NAT personalities it brings a lab up (in parallel, each with its own
+prefix), starts ntcp-stuntd and ntcp-brokerd --udp on `server`, runs
+tests/udp/e2e_udp.c in hosts b (waits for an offer) and a (connects to b over
+UDP), and checks the result: a verified, connected UDP socket that carried
+1,000 datagrams each way, every one checked; or, for the pairs no method can
+traverse, an honest failure naming the relay, within the timeout. Prints one
+line per pair and the table of docs/udp.md. Exits 77 (skipped) when not root."""
+
+import argparse
+import concurrent.futures
+import json
+import os
+import subprocess
+import sys
+import time
+
+PERS = ["none", "fw", "full-cone", "restricted-cone", "port-restricted", "symmetric-seq",
+        "symmetric-random"]
+
+BROKER = "203.0.113.10:3480"
+BROKER_UDP = "203.0.113.10:3481"
+STUN = "203.0.113.10:3478"
+
+# The method each pair must use (docs/udp.md), None = physically impossible:
+# a random mapping can be met only by an end whose own mapping is known.
+OPEN = {"none", "full-cone"}
+
+
+def expected(a, b):
+    if "symmetric-random" in (a, b):
+        other = b if a == "symmetric-random" else a
+        if other in ("symmetric-random", "symmetric-seq"):
+            return None
+        if other in OPEN:
+            return "direct"
+        return "punch" if other == "restricted-cone" else "birthday"
+    if a in OPEN or b in OPEN:
+        return "direct"
+    if "symmetric-seq" in (a, b):
+        other = b if a == "symmetric-seq" else a
+        return "punch" if other == "restricted-cone" else "predict"
+    return "punch"
+
+
+class Lab:
+    def __init__(self, tool, prefix):
+        self.tool, self.prefix = tool, prefix
+        self.env = dict(os.environ, NTCP_LAB_PREFIX=prefix)
+
+    def cmd(self, *args, timeout=120):
+        r = subprocess.run([self.tool] + list(args), env=self.env, text=True, capture_output=True,
+                           timeout=timeout)
+        if r.returncode != 0:
+            raise RuntimeError("ntcp-lab %s: exit %d: %s" % (" ".join(args), r.returncode,
+                                                              (r.stderr or r.stdout).strip()))
+        return r
+
+    def run(self, host, argv, timeout):
+        return subprocess.run([self.tool, "exec", host, "--"] + argv, env=self.env, text=True,
+                              capture_output=True, timeout=timeout)
+
+    def spawn(self, host, argv, out, err):
+        return subprocess.Popen([self.tool, "exec", host, "--"] + argv, env=self.env,
+                                stdout=out, stderr=err, text=True)
+
+
+def stop(p):
+    """Ends a process this script started, by its own PID."""
+    if p and p.poll() is None:
+        p.terminate()
+        try:
+            p.wait(5)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def wait_stun(lab, ntcp, deadline_s=30):
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if lab.run("relay", [ntcp, "stun", "--timeout", "500", STUN], timeout=10).returncode == 0:
+            return True
+    return False
+
+
+def one(i, a, b, args):
+    prefix = "%s%d" % (args.prefix, i)
+    lab = Lab(args.lab, prefix)
+    logs = "/tmp/%s" % prefix
+    procs = []
+    want = expected(a, b)
+    row = dict(a=a, b=b, expect=want or "fail")
+    try:
+        up = ["up", "--prefix", prefix, "--quiet", "--a", a, "--b", b, "--seed", str(7 + i)]
+        if args.same_nat:
+            up += ["--scenario", "same-nat"]
+        if args.loss:
+            up += ["--loss", str(args.loss)]
+        if args.delay:
+            up += ["--delay", str(args.delay)]
+        lab.cmd(*up)
+        slog = open(logs + "-servers.log", "w")
+        procs.append(lab.spawn("server", [args.stuntd, "--primary", STUN,
+                                          "--alternate", "203.0.113.11:3479",
+                                          "--udp-rate", "0", "--cb-rate", "0"], slog, slog))
+        procs.append(lab.spawn("server", [args.brokerd, "--listen", BROKER, "--udp", BROKER_UDP],
+                               slog, slog))
+        if not wait_stun(lab, args.ntcp):
+            raise RuntimeError("ntcp-stuntd did not answer in the lab")
+        t0 = time.monotonic()
+        common = ["--stun", STUN, "--broker", BROKER, "--broker-udp", BROKER_UDP,
+                  "--timeout-ms", str(args.timeout_ms), "--count", str(args.count)]
+        pb = lab.spawn("a2" if args.same_nat else "b", [args.e2e, "--name", "bob", "--wait"] + common,
+                       subprocess.PIPE, open(logs + "-b.err", "w"))
+        pa = lab.spawn("a", [args.e2e, "--name", "alice", "--peer", "bob"] + common,
+                       subprocess.PIPE, open(logs + "-a.err", "w"))
+        procs += [pa, pb]
+        limit = args.timeout_ms / 1000 + 40  # discovery and the transfer come around it
+        outs = {}
+        for name, p in (("a", pa), ("b", pb)):
+            try:
+                out, _ = p.communicate(timeout=max(1, limit - (time.monotonic() - t0)))
+            except subprocess.TimeoutExpired:
+                stop(p)
+                out = ""
+            line = [l for l in (out or "").splitlines() if l.startswith("{")]
+            outs[name] = json.loads(line[-1]) if line else None
+        row["wall_s"] = round(time.monotonic() - t0, 1)
+        ra, rb = outs["a"], outs["b"]
+        row["res_a"], row["res_b"] = ra, rb
+        if ra is None or rb is None:
+            row["result"] = "FAIL (no JSON from %s)" % ("a" if ra is None else "b")
+        elif want:
+            # Without loss every datagram must arrive; with --loss the punch
+            # must still succeed and most of them arrive (none corrupted).
+            need = args.count if not args.loss else int(args.count * (1 - args.loss / 100) * 0.8)
+            punched = (ra.get("punch") or {}).get("err") == 0 and (rb.get("punch") or {}).get("err") == 0
+            good = punched and (args.loss or (ra["ok"] and rb["ok"])) and \
+                ra.get("method") == rb.get("method") == want and \
+                ra["received"] >= need and rb["received"] >= need and ra["bad"] == rb["bad"] == 0
+            row["result"] = ("PASS %s %d/%d ms, %d+%d datagrams, %d/%d keepalives seen" % (
+                ra["method"], ra["ms"], rb["ms"], ra["received"], rb["received"],
+                ra["keepalives_seen"], rb["keepalives_seen"])) if good else \
+                "FAIL a=%s/%s recv %s b=%s/%s recv %s" % (
+                    ra.get("method"), (ra.get("punch") or {}).get("reason", ra.get("error")),
+                    ra.get("received"), rb.get("method"),
+                    (rb.get("punch") or {}).get("reason", rb.get("error")), rb.get("received"))
+        else:
+            reason = (ra.get("punch") or {}).get("reason", "")
+            good = not ra["ok"] and not rb["ok"] and "relay" in reason and \
+                ra["ms"] < args.timeout_ms
+            row["result"] = ("PASS failed as planned in %d ms: %s" % (ra["ms"], reason)) if good \
+                else "FAIL expected an honest failure, got a=%s b=%s (%s)" % (
+                    ra.get("method"), rb.get("method"), reason)
+    except Exception as e:  # noqa: BLE001 - a lab error is one row's failure
+        row["result"] = "ERROR %s" % e
+    finally:
+        for p in procs:
+            stop(p)
+        subprocess.run([args.lab, "down", "--prefix", prefix], capture_output=True)
+    return row
+
+
+def table(rows):
+    """The docs/udp.md table: method (and punch ms) per pair."""
+    cell = {}
+    for r in rows:
+        if r["result"].startswith("PASS"):
+            if r["expect"] == "fail":
+                v = "impossible (fails in %d ms)" % r["res_a"]["ms"]
+            else:
+                v = "%s (%d ms)" % (r["res_a"]["method"], r["res_a"]["ms"])
+        else:
+            v = "**%s**" % r["result"][:40]
+        cell[(r["a"], r["b"])] = cell[(r["b"], r["a"])] = v
+    out = ["| A \\ B | " + " | ".join(PERS) + " |", "|---" * (len(PERS) + 1) + "|"]
+    for a in PERS:
+        out.append("| %s | " % a + " | ".join(cell.get((a, b), "") for b in PERS) + " |")
+    return "\n".join(out)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--lab", required=True)
+    ap.add_argument("--e2e", required=True)
+    ap.add_argument("--stuntd", required=True)
+    ap.add_argument("--brokerd", required=True)
+    ap.add_argument("--ntcp", required=True)
+    ap.add_argument("--timeout-ms", type=int, default=20000)
+    ap.add_argument("--count", type=int, default=1000)
+    ap.add_argument("--jobs", type=int, default=7, help="labs up at once")
+    ap.add_argument("--loss", type=int, default=0,
+                    help="lab link loss percent (then most datagrams must arrive, not all)")
+    ap.add_argument("--delay", type=int, default=0, help="lab one-way delay in ms")
+    ap.add_argument("--same-nat", action="store_true",
+                    help="both peers behind A's NAT (hosts a and a2; B's personality unused)")
+    ap.add_argument("--prefix", default="nu%d" % (os.getpid() % 1000),
+                    help="lab prefix base (each pair appends its number)")
+    ap.add_argument("--pair", action="append", default=[],
+                    help="A:B (repeatable); default every pair of personalities")
+    ap.add_argument("--json", help="write the rows here")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("skipped: the lab needs root (network namespaces)")
+        return 77
+    if args.pair:
+        pairs = [tuple(p.split(":")) for p in args.pair]
+    else:
+        pairs = [(x, y) for i, x in enumerate(PERS) for y in PERS[i:]]
+    t0 = time.monotonic()
+    rows = []
+    with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as ex:
+        futs = {ex.submit(one, i, a, b, args): (a, b) for i, (a, b) in enumerate(pairs)}
+        for f in concurrent.futures.as_completed(futs):
+            row = f.result()
+            rows.append(row)
+            print("%-17s %-17s expect %-8s %s" % (row["a"], row["b"], row["expect"], row["result"]),
+                  flush=True)
+    rows.sort(key=lambda r: (PERS.index(r["a"]), PERS.index(r["b"])))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    print(table(rows))
+    bad = [r for r in rows if not r["result"].startswith("PASS")]
+    print("%d/%d pairs as expected in %.0f s" % (len(rows) - len(bad), len(rows),
+                                                 time.monotonic() - t0))
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
