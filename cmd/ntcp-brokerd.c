@@ -22,7 +22,7 @@ static const char usage[] =
     "usage: ntcp-brokerd --listen IP:PORT [--udp IP:PORT] [--authorized-keys FILE]\n"
     "                    [--state-dir DIR] [--expiry S] [--id STRING] [--stats S]\n"
     "                    [--tls-cert FILE --tls-key FILE [--tls-listen IP:PORT]]\n"
-    "                    [--verbose] [--quiet]\n"
+    "                    [--spoof] [--verbose] [--quiet]\n"
     "       ntcp-brokerd --help | --version\n"
     "\n"
     "The ntcp connection broker: peers register a name bound to an Ed25519 key,\n"
@@ -40,6 +40,8 @@ static const char usage[] =
     "  --tls-key FILE           its PEM private key\n"
     "                           with both, --listen speaks TLS only, unless:\n"
     "  --tls-listen IP:PORT     TLS here, and --listen stays plain TCP\n"
+    "  --spoof                  send STUNT#1's spoofed SYN-ACKs to the two ends of\n"
+    "                           a connect (needs CAP_NET_RAW; off by default)\n"
     "  --verbose, --quiet       more or fewer log lines\n";
 
 typedef struct app {
@@ -88,13 +90,14 @@ static void on_stats(uv_timer_t *t)
              "stats: peers %llu, sessions %llu, bindings %llu, requests/s %.1f, "
              "registrations %llu, connects %llu ok %llu failed, refused %llu, bad sessions %llu, "
              "reaped %llu, rate limited %llu, tls sessions %llu, tls failures %llu, "
-             "heap %zu KiB, rss %ld KiB",
+             "raw-isn %llu, spoofed %llu, heap %zu KiB, rss %ld KiB",
              (unsigned long long)st.peers, (unsigned long long)st.sessions,
              (unsigned long long)st.bindings, rps, (unsigned long long)st.registrations,
              (unsigned long long)st.connects_ok, (unsigned long long)st.connects_failed,
              (unsigned long long)st.refused, (unsigned long long)st.bad_sessions,
              (unsigned long long)st.reaped, (unsigned long long)st.rate_limited,
              (unsigned long long)st.tls_sessions, (unsigned long long)st.tls_failed,
+             (unsigned long long)st.raw_isn, (unsigned long long)st.spoofed,
              mi.uordblks / 1024, rss_kib());
     log_line(NULL, NTCP_LOG_INFO, line);
     a->last = st;
@@ -144,6 +147,7 @@ int main(int argc, char **argv)
         {"tls-cert", required_argument, NULL, 'C'},
         {"tls-key", required_argument, NULL, 'K'},
         {"tls-listen", required_argument, NULL, 'T'},
+        {"spoof", no_argument, NULL, 'P'},
         {"verbose", no_argument, NULL, 'v'},
         {"quiet", no_argument, NULL, 'q'},
         {"help", no_argument, NULL, 'h'},
@@ -155,7 +159,7 @@ int main(int argc, char **argv)
     cfg.log_level = NTCP_LOG_INFO;
     long stats_s = 60;
     int c;
-    while ((c = getopt_long(argc, argv, "l:u:k:s:e:i:S:C:K:T:vqhV", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "l:u:k:s:e:i:S:C:K:T:PvqhV", opts, NULL)) != -1) {
         char *end;
         switch (c) {
         case 'l': cfg.listen = optarg; break;
@@ -166,6 +170,7 @@ int main(int argc, char **argv)
         case 'C': cfg.tls_cert = optarg; break;
         case 'K': cfg.tls_key = optarg; break;
         case 'T': cfg.tls_listen = optarg; break;
+        case 'P': cfg.spoof = true; break;
         case 'e': {
             long v = strtol(optarg, &end, 10);
             if (*end || v < 1 || v > 86400) {

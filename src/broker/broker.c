@@ -201,6 +201,13 @@ static void flush_tls(bsession *s)
 }
 
 /* Sends a whole message, encrypted on a TLS session. */
+static void send_msg(bsession *s, const uint8_t *msg, size_t len);
+
+void broker_send(bsession *s, const uint8_t *msg, size_t len)
+{
+    send_msg(s, msg, len);
+}
+
 static void send_msg(bsession *s, const uint8_t *msg, size_t len)
 {
     if (!s->tls) {
@@ -261,6 +268,7 @@ void session_close(bsession *s, bool flush)
         b->st.peers--;
     s->bind = NULL;
     s->state = S_CLOSING;
+    rdv_forget(b, s);
     pending *p = s->npending ? b->pend_head : NULL;
     while (p) {
         if (p->tgt == s) {
@@ -652,6 +660,8 @@ static void finish_register(bsession *s, const vjob *j)
     stun_build_attr(&sb, BROKER_ATTR_UDP_KEY, s->udp_key, sizeof s->udp_key);
     stun_build_attr(&sb, BROKER_ATTR_BROKER_ID, b->broker_id, b->broker_id_len);
     stun_build_u32(&sb, BROKER_ATTR_VERSION, BROKER_PROTO_VERSION);
+    if (spoof_enabled(b))
+        stun_build_u32(&sb, BROKER_ATTR_SPOOF, 1);
     finish_send(s, &sb);
     broker_logf(b, NTCP_LOG_DEBUG, "registered %s", j->name);
 }
@@ -855,6 +865,8 @@ static void do_offer_answer(bsession *t, const stun_msg *m)
         stun_build_u32(&sb, BROKER_ATTR_TRANSPORT, transport);
     finish_send(t, &sb);
     b->st.connects_ok++;
+    if (transport == BROKER_TRANSPORT_TCP && t->state == S_REGISTERED)
+        rdv_add(b, r, t, nonce); /* for RAW-ISN (spoof.c) */
 }
 
 static void do_unregister(bsession *s, const stun_msg *m)
@@ -911,6 +923,14 @@ static void handle_message(bsession *s, const uint8_t *data, size_t len)
         }
         touch(s);
         do_offer_answer(s, &m);
+        return;
+    }
+    /* STUNT#1 / NATBlaster: an ISN for the other end of a connect. An
+     * indication has no answer; one that does not fit is dropped. */
+    if (m.method == BROKER_RAW_ISN && m.cls == STUN_INDICATION && s->state == S_REGISTERED) {
+        touch(s);
+        if (nunknown == 0 && rate_ok(s))
+            do_raw_isn(s, &m);
         return;
     }
     if (m.cls != STUN_REQUEST) {
@@ -1256,6 +1276,7 @@ static void free_broker(ntcp_broker *b)
     free(b->tls_cert);
     free(b->tls_key);
     SSL_CTX_free(b->tls_ctx);
+    spoof_free(b);
     if (b->journal_fd >= 0)
         close(b->journal_fd);
     free(b);
@@ -1305,6 +1326,7 @@ int ntcp_broker_start(uv_loop_t *loop, const ntcp_broker_config *cfg, ntcp_broke
         return NTCP_ENOMEM;
     b->loop = loop;
     b->journal_fd = -1;
+    b->spoof_fd = -1;
     b->authorized_keys = dup_or_null(cfg->authorized_keys);
     b->state_dir = dup_or_null(cfg->state_dir);
     b->broker_id = strdup(id);
@@ -1329,6 +1351,9 @@ int ntcp_broker_start(uv_loop_t *loop, const ntcp_broker_config *cfg, ntcp_broke
         goto fail;
     if (b->source_rate > 0 && !(b->src = calloc(SRC_SETS * SRC_WAYS, sizeof *b->src)))
         goto fail;
+    if ((rc = spoof_init(b, cfg->spoof)) < 0)
+        goto fail;
+    rc = NTCP_ENOMEM;
     if (RAND_bytes(b->hash_key, sizeof b->hash_key) != 1) {
         rc = NTCP_ESYS;
         goto fail;

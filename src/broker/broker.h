@@ -9,6 +9,7 @@
 #ifndef NTCP_BROKER_H
 #define NTCP_BROKER_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <sys/socket.h>
 
@@ -49,6 +50,10 @@ typedef struct ntcp_broker_config {
     const char *tls_cert;
     const char *tls_key;
     const char *tls_listen;
+    /* STUNT#1's spoofing service (docs/broker-protocol.md 5.1): an
+     * IPPROTO_RAW socket opened by ntcp_broker_start() (CAP_NET_RAW; NTCP_ESYS
+     * without it). Off: RAW-ISN is relayed, nothing is spoofed. */
+    bool spoof;
 } ntcp_broker_config;
 
 typedef struct ntcp_broker_stats {
@@ -66,6 +71,8 @@ typedef struct ntcp_broker_stats {
     uint64_t rate_limited;
     uint64_t tls_sessions; /* open sessions that speak TLS */
     uint64_t tls_failed;   /* TLS handshakes or records that failed (also in bad_sessions) */
+    uint64_t raw_isn;      /* RAW-ISN indications taken (STUNT#1, NATBlaster) */
+    uint64_t spoofed;      /* SYN-ACKs spoofed (STUNT#1) */
 } ntcp_broker_stats;
 
 /* Binds the sockets, loads keys/state and starts serving on loop. On success

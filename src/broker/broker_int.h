@@ -142,6 +142,11 @@ struct ntcp_broker {
     int journal_fd;                /* state_dir/bindings.journal, or -1 */
 
     ntcp_broker_stats st;
+    /* spoof.c: connects remembered for RAW-ISN; the spoofing socket (-1: off). */
+    struct rdv *rdv;
+    int spoof_fd;
+    double spoof_tokens;
+    uint64_t spoof_ms;
     uint8_t rbuf[65536];           /* every TCP read lands here first */
     uint8_t pbuf[16384];           /* plaintext of a TLS session's records */
     uint8_t ubuf[BROKER_MAX_MESSAGE];
@@ -164,5 +169,14 @@ bool src_allow(ntcp_broker *b, const struct sockaddr *sa, uint64_t now_ms);
 void broker_logf(ntcp_broker *b, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 void session_close(bsession *s, bool flush);
 void notify_ended(bsession *s, int code, const char *reason);
+void broker_send(bsession *s, const uint8_t *msg, size_t len);
+
+/* spoof.c */
+int spoof_init(ntcp_broker *b, bool spoof);
+void spoof_free(ntcp_broker *b);
+bool spoof_enabled(const ntcp_broker *b);
+void rdv_add(ntcp_broker *b, bsession *req, bsession *tgt, const uint8_t nonce[BROKER_NONCE_SIZE]);
+void rdv_forget(ntcp_broker *b, bsession *s);
+void do_raw_isn(bsession *s, const stun_msg *m);
 
 #endif

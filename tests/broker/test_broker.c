@@ -28,6 +28,7 @@
 #include "broker_proto.h"
 #include "identity.h"
 #include "ntcp.h"
+#include "raw.h"
 #include "session.h"
 
 /* ---- fixture ---- */
@@ -174,7 +175,22 @@ typedef struct peer {
     bool got_go;
     broker_go go;
     uint8_t go_profile[BROKER_PROFILE_MAX];
+    unsigned raw_isns; /* RAW-ISN relayed to this peer: how many, the last */
+    uint8_t raw_nonce[BROKER_NONCE_SIZE];
+    struct sockaddr_storage raw_ext;
+    uint32_t raw_isn;
 } peer;
+
+static void on_raw_isn(ntcp_session *s, const uint8_t nonce[BROKER_NONCE_SIZE],
+                       const struct sockaddr_storage *ext, uint32_t isn, void *user)
+{
+    peer *p = user;
+    (void)s;
+    p->raw_isns++;
+    memcpy(p->raw_nonce, nonce, BROKER_NONCE_SIZE);
+    p->raw_ext = *ext;
+    p->raw_isn = isn;
+}
 
 static bool on_offer(ntcp_session *s, const broker_peer_info *from, void *user)
 {
@@ -240,6 +256,7 @@ static void peer_start_full(fx *f, peer *p, const char *name, EVP_PKEY *key,
     c.on_offer = on_offer;
     c.on_go = on_go;
     c.on_state = on_state;
+    c.on_raw_isn = on_raw_isn;
     c.user = p;
     assert_int_equal(ntcp_session_start(&f->loop, &c, &p->s), 0);
 }
@@ -594,6 +611,87 @@ static void test_register_lookup_connect(void **state)
     peer_stop(&b);
 }
 
+/* STUNT#1 / NATBlaster (docs/broker-protocol.md 5.1): RAW-ISN goes to the
+ * other end of the connect named by its nonce, and only there; one for an
+ * unknown nonce or for another address than the session's is dropped. With
+ * --spoof (CAP_NET_RAW) the REGISTER answer says so and both ends' RAW-ISNs
+ * with SPOOF make two SYN-ACKs; without the capability the broker does not
+ * start. */
+static bool got_raw(void *arg)
+{
+    return ((peer *)arg)->raw_isns > 0;
+}
+
+static void test_raw_isn(void **state)
+{
+    fx *f = *state;
+    char why[160];
+    bool can_raw = raw_check(why, sizeof why) == 0;
+    f->cfg.spoof = true;
+    if (!can_raw) {
+        /* No CAP_NET_RAW (or built without NTCP_RAW): --spoof cannot start. */
+        assert_int_equal(ntcp_broker_start(&f->loop, &f->cfg, &f->broker), NTCP_ESYS);
+        f->broker = NULL;
+        f->cfg.spoof = false;
+    }
+    start_broker(f);
+    peer a, b, c;
+    peer_start(f, &a, "alice", NULL);
+    peer_start(f, &b, "bob", NULL);
+    peer_start(f, &c, "carol", NULL);
+    assert_true(wait_for(f, is_registered, &a, 3000));
+    assert_true(wait_for(f, is_registered, &b, 3000));
+    assert_true(wait_for(f, is_registered, &c, 3000));
+    assert_int_equal(ntcp_session_broker_spoofs(a.s), can_raw);
+
+    result r;
+    memset(&r, 0, sizeof r);
+    assert_int_equal(ntcp_session_connect(a.s, "bob", 3000, on_connect_done, &r), 0);
+    assert_true(wait_for(f, result_done, &r, 4000));
+    assert_int_equal(r.err, 0);
+    assert_true(wait_for(f, flag_set, &b.got_go, 2000));
+    struct sockaddr_storage apub, bpub, other;
+    assert_int_equal(ntcp_session_public_addr(a.s, &apub), 0);
+    assert_int_equal(ntcp_session_public_addr(b.s, &bpub), 0);
+
+    /* Relayed to bob, with alice's address and ISN. */
+    assert_int_equal(ntcp_session_send_raw_isn(a.s, r.go.nonce, &apub, 0xfffffff0u, false), 0);
+    assert_true(wait_for(f, got_raw, &b, 2000));
+    assert_int_equal(b.raw_isn, 0xfffffff0u);
+    assert_true(same_addr(&b.raw_ext, &apub));
+    assert_memory_equal(b.raw_nonce, r.go.nonce, BROKER_NONCE_SIZE);
+
+    /* Dropped: a nonce of no connect; an address not the session's; a
+     * session that is not part of the connect (carol). */
+    uint8_t wrong[BROKER_NONCE_SIZE];
+    memcpy(wrong, r.go.nonce, sizeof wrong);
+    wrong[0] ^= 1;
+    b.raw_isns = 0;
+    assert_int_equal(ntcp_session_send_raw_isn(a.s, wrong, &apub, 1, false), 0);
+    sa4(&other, "192.0.2.1", 40000);
+    assert_int_equal(ntcp_session_send_raw_isn(a.s, r.go.nonce, &other, 2, false), 0);
+    assert_int_equal(ntcp_session_send_raw_isn(c.s, r.go.nonce, &apub, 3, false), 0);
+    pump(f, 300);
+    assert_int_equal(b.raw_isns, 0);
+    assert_int_equal(a.raw_isns, 0);
+    assert_int_equal(a.state, NTCP_SESSION_REGISTERED); /* dropped, not closed */
+    assert_int_equal(c.state, NTCP_SESSION_REGISTERED);
+
+    /* Both ends ask for the spoof: two SYN-ACKs, if the broker may. */
+    assert_int_equal(ntcp_session_send_raw_isn(a.s, r.go.nonce, &apub, 100, true), 0);
+    assert_int_equal(ntcp_session_send_raw_isn(b.s, r.go.nonce, &bpub, 200, true), 0);
+    assert_true(wait_for(f, got_raw, &a, 2000));
+    assert_int_equal(a.raw_isn, 200);
+    pump(f, 100);
+    ntcp_broker_stats st;
+    ntcp_broker_get_stats(f->broker, &st);
+    assert_int_equal(st.raw_isn, 3);
+    assert_int_equal(st.spoofed, can_raw ? 2 : 0);
+    peer_stop(&a);
+    peer_stop(&b);
+    peer_stop(&c);
+}
+
 /* A UDP connect (issue 7): TRANSPORT goes from the CONNECT to the OFFER and
  * both CONNECT-GOs, which carry each end's PUBLIC-UDP; the session hands its
  * keepalive socket over and teaches the broker its successor's mapping. */
@@ -674,6 +772,63 @@ static void test_udp_connect_and_take(void **state)
     close(fd);
     peer_stop(&a);
     peer_stop(&b);
+}
+
+/* A lost keepalive is sent again: a session's first keepalives go through a
+ * relay that drops the first three; the mapping is known long before the
+ * next REFRESH (20 s) would have sent one. */
+static void test_udp_keepalive_retried(void **state)
+{
+    fx *f = *state;
+    start_broker(f);
+    int relay = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0);
+    int fwd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0);
+    struct sockaddr_storage ra, broker_udp, sess;
+    sa4(&ra, "127.0.0.1", 0);
+    assert_int_equal(bind(relay, (struct sockaddr *)&ra, sizeof(struct sockaddr_in)), 0);
+    socklen_t rl = sizeof ra;
+    getsockname(relay, (struct sockaddr *)&ra, &rl);
+    assert_int_equal(ntcp_parse_hostport(f->uaddr, &broker_udp), 0);
+    char real[64];
+    snprintf(real, sizeof real, "%s", f->uaddr);
+    snprintf(f->uaddr, sizeof f->uaddr, "127.0.0.1:%d", ntohs(((struct sockaddr_in *)&ra)->sin_port));
+    peer a;
+    peer_start(f, &a, "alice", NULL);
+    snprintf(f->uaddr, sizeof f->uaddr, "%s", real);
+    assert_true(wait_for(f, is_registered, &a, 3000));
+    int seen = 0;
+    bool have_sess = false;
+    struct sockaddr_storage got;
+    uint64_t t0 = now_ms(), end = t0 + 6000;
+    while (ntcp_session_public_udp(a.s, &got) != 0 && now_ms() < end) {
+        uv_run(&f->loop, UV_RUN_NOWAIT);
+        uint8_t buf[512];
+        struct sockaddr_storage from;
+        socklen_t fl = sizeof from;
+        ssize_t n = recvfrom(relay, buf, sizeof buf, 0, (struct sockaddr *)&from, &fl);
+        if (n > 0) {
+            sess = from;
+            have_sess = true;
+            if (++seen > 3)
+                sendto(fwd, buf, (size_t)n, 0, (struct sockaddr *)&broker_udp,
+                       sizeof(struct sockaddr_in));
+        }
+        n = recv(fwd, buf, sizeof buf, 0);
+        if (n > 0 && have_sess)
+            sendto(relay, buf, (size_t)n, 0, (struct sockaddr *)&sess, sizeof(struct sockaddr_in));
+        usleep(2000);
+    }
+    assert_int_equal(ntcp_session_public_udp(a.s, &got), 0);
+    assert_true(seen >= 4);
+    assert_true(now_ms() - t0 < 5000);
+    /* The mapping is the relay's forwarding socket, as the broker saw it. */
+    struct sockaddr_storage fa;
+    socklen_t fal = sizeof fa;
+    getsockname(fwd, (struct sockaddr *)&fa, &fal);
+    assert_int_equal(((struct sockaddr_in *)&got)->sin_port, ((struct sockaddr_in *)&fa)->sin_port);
+    close(relay);
+    close(fwd);
+    peer_stop(&a);
 }
 
 static void test_unknown_and_declined(void **state)
@@ -1318,6 +1473,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_register_lookup_connect, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unknown_and_declined, setup, teardown),
         cmocka_unit_test_setup_teardown(test_udp_connect_and_take, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_udp_keepalive_retried, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_signature_and_replay, setup, teardown),
         cmocka_unit_test_setup_teardown(test_second_key_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_authorized_keys, setup, teardown),
@@ -1328,6 +1484,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_reaping_and_rate_limit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_source_rate_limit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ipv6, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_raw_isn, setup, teardown),
         cmocka_unit_test_setup_teardown(test_brokerd_killed_and_restarted, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

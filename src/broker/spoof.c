@@ -1,0 +1,215 @@
+/*
+ * spoof.c: the broker's part in STUNT#1 and NATBlaster (issues 5 and 6):
+ * remembers each TCP connect it coordinated for a while, relays the RAW-ISN
+ * indications between its two ends, and, with the spoofing service on
+ * (ntcp-brokerd --spoof, CAP_NET_RAW), sends each end the SYN-ACK its NAT
+ * and kernel wait for, spoofed from the other end's external address.
+ * docs/broker-protocol.md 5.1 says what is checked and why.
+ */
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "addr.h"
+#include "broker_int.h"
+#include "ntcp.h"
+#include "raw.h"
+
+#define RDV_SLOTS 1024
+#define RDV_LIFE_MS 30000
+/* SYN-ACKs spoofed per connect (each end's ISN may change a few times
+ * while its low-TTL SYNs are ended by ICMP errors), and per second for the
+ * whole broker. */
+#define RDV_MAX_SPOOFS 32
+#define SPOOF_RATE 200.0
+#define SPOOF_BURST 400.0
+
+typedef struct rdv_end {
+    bsession *s;
+    struct sockaddr_storage ext;
+    uint32_t isn;
+    bool have, spoof;
+} rdv_end;
+
+struct rdv {
+    uint8_t nonce[BROKER_NONCE_SIZE];
+    uint64_t expires_ms; /* 0: free */
+    rdv_end e[2];        /* requester, target */
+    unsigned spoofs;
+};
+
+int spoof_init(ntcp_broker *b, bool spoof)
+{
+    b->rdv = calloc(RDV_SLOTS, sizeof *b->rdv);
+    if (!b->rdv)
+        return NTCP_ENOMEM;
+    b->spoof_fd = -1;
+    if (spoof) {
+        /* Opened here, at start-up: the only privileged step (CAP_NET_RAW). */
+        int fd = raw_send_open();
+        if (fd < 0) {
+            char why[160];
+            raw_check(why, sizeof why);
+            broker_logf(b, NTCP_LOG_ERROR, "--spoof: %s", why);
+            errno = -fd;
+            return NTCP_ESYS;
+        }
+        b->spoof_fd = fd;
+        b->spoof_tokens = SPOOF_BURST;
+        b->spoof_ms = uv_now(b->loop);
+    }
+    return 0;
+}
+
+void spoof_free(ntcp_broker *b)
+{
+    free(b->rdv);
+    b->rdv = NULL;
+    if (b->spoof_fd >= 0)
+        close(b->spoof_fd);
+    b->spoof_fd = -1;
+}
+
+bool spoof_enabled(const ntcp_broker *b)
+{
+    return b->spoof_fd >= 0;
+}
+
+void rdv_add(ntcp_broker *b, bsession *req, bsession *tgt, const uint8_t nonce[BROKER_NONCE_SIZE])
+{
+    if (!b->rdv)
+        return;
+    uint64_t now = uv_now(b->loop);
+    /* A free or expired slot, else the one that expires first. */
+    struct rdv *best = &b->rdv[0];
+    for (size_t i = 0; i < RDV_SLOTS; i++) {
+        struct rdv *r = &b->rdv[i];
+        if (r->expires_ms <= now) {
+            best = r;
+            break;
+        }
+        if (r->expires_ms < best->expires_ms)
+            best = r;
+    }
+    memset(best, 0, sizeof *best);
+    memcpy(best->nonce, nonce, BROKER_NONCE_SIZE);
+    best->expires_ms = now + RDV_LIFE_MS;
+    best->e[0].s = req;
+    best->e[1].s = tgt;
+}
+
+void rdv_forget(ntcp_broker *b, bsession *s)
+{
+    if (!b->rdv)
+        return;
+    for (size_t i = 0; i < RDV_SLOTS; i++)
+        for (int k = 0; k < 2; k++)
+            if (b->rdv[i].e[k].s == s)
+                b->rdv[i].e[k].s = NULL;
+}
+
+static bool spoof_token(ntcp_broker *b)
+{
+    uint64_t now = uv_now(b->loop);
+    b->spoof_tokens += (double)(now - b->spoof_ms) * SPOOF_RATE / 1000.0;
+    if (b->spoof_tokens > SPOOF_BURST)
+        b->spoof_tokens = SPOOF_BURST;
+    b->spoof_ms = now;
+    if (b->spoof_tokens < 1.0)
+        return false;
+    b->spoof_tokens -= 1.0;
+    return true;
+}
+
+/* To end `to`, as if from end `from`: the SYN-ACK answering to's SYN. */
+static void spoof_one(ntcp_broker *b, struct rdv *r, const rdv_end *from, const rdv_end *to)
+{
+    if (r->spoofs >= RDV_MAX_SPOOFS || !spoof_token(b)) {
+        b->st.rate_limited++;
+        return;
+    }
+    raw_segment seg;
+    memset(&seg, 0, sizeof seg);
+    seg.src = from->ext;
+    seg.dst = to->ext;
+    seg.seq = from->isn;
+    seg.ack = to->isn + 1;
+    seg.flags = RAW_TCP_SYN | RAW_TCP_ACK;
+    seg.window = 65535;
+    seg.mss = 1400;
+    int rc = raw_send_tcp(b->spoof_fd, &seg);
+    r->spoofs++;
+    if (rc < 0)
+        broker_logf(b, NTCP_LOG_WARN, "spoofed SYN-ACK not sent: %s", strerror(-rc));
+    else
+        b->st.spoofed++;
+}
+
+void do_raw_isn(bsession *s, const stun_msg *m)
+{
+    ntcp_broker *b = s->b;
+    uint8_t nonce[BROKER_NONCE_SIZE];
+    struct sockaddr_storage ext, pub;
+    uint32_t isn, spoof = 0;
+    if (!b->rdv || broker_get_fixed(m, BROKER_ATTR_SESSION_NONCE, nonce, sizeof nonce) < 0 ||
+        broker_get_addr(m, BROKER_ATTR_PUBLIC_ADDR, &ext) < 0 ||
+        stun_get_u32(m, BROKER_ATTR_ISN, &isn) < 0) {
+        broker_logf(b, NTCP_LOG_DEBUG, "RAW-ISN without nonce, address or ISN: dropped");
+        return;
+    }
+    stun_get_u32(m, BROKER_ATTR_SPOOF, &spoof);
+    /* The address must be on the IP the broker sees this session from: an
+     * end speaks for its own NAT only. */
+    broker_addr_to_sa(&s->pub, &pub);
+    if (ext.ss_family != AF_INET || !ntcp_sockaddr_same_ip((struct sockaddr *)&ext,
+                                                           (struct sockaddr *)&pub)) {
+        broker_logf(b, NTCP_LOG_DEBUG, "RAW-ISN for another address than the session's: dropped");
+        return;
+    }
+    uint64_t now = uv_now(b->loop);
+    struct rdv *r = NULL;
+    int me = 0;
+    for (size_t i = 0; i < RDV_SLOTS && !r; i++) {
+        struct rdv *x = &b->rdv[i];
+        if (x->expires_ms <= now || memcmp(x->nonce, nonce, sizeof nonce) != 0)
+            continue;
+        for (int k = 0; k < 2; k++)
+            if (x->e[k].s == s) {
+                r = x;
+                me = k;
+            }
+    }
+    if (!r) {
+        broker_logf(b, NTCP_LOG_DEBUG, "RAW-ISN for no connect of this session: dropped");
+        return;
+    }
+    b->st.raw_isn++;
+    rdv_end *mine = &r->e[me], *other = &r->e[!me];
+    mine->ext = ext;
+    mine->isn = isn;
+    mine->have = true;
+    mine->spoof = spoof == 1;
+    if (other->s) {
+        uint8_t buf[128], tid[STUN_TID_SIZE];
+        stun_builder sb;
+        stun_new_tid(tid);
+        stun_build_init(&sb, buf, sizeof buf, BROKER_RAW_ISN, STUN_INDICATION, tid, false);
+        stun_build_attr(&sb, BROKER_ATTR_SESSION_NONCE, nonce, sizeof nonce);
+        broker_addr ba;
+        broker_addr_from_sa(&ba, (struct sockaddr *)&ext);
+        broker_build_baddr(&sb, BROKER_ATTR_PUBLIC_ADDR, &ba);
+        stun_build_u32(&sb, BROKER_ATTR_ISN, isn);
+        int n = stun_build_finish(&sb, NULL);
+        if (n > 0)
+            broker_send(other->s, buf, (size_t)n);
+    }
+    /* STUNT#1: both ends asked, both ISNs known: each gets the SYN-ACK of
+     * the other, from the other's external address to its own. Only these
+     * two addresses, each checked against its session's public IP. */
+    if (spoof_enabled(b) && mine->spoof && other->have && other->spoof) {
+        spoof_one(b, r, other, mine);
+        spoof_one(b, r, mine, other);
+    }
+}
