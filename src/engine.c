@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <ifaddrs.h>
 #include <linux/errqueue.h>
 #include <stdarg.h>
 #include <netinet/in.h>
@@ -17,6 +18,7 @@
 #include <unistd.h>
 
 #include "addr.h"
+#include "raw_attempt.h"
 
 /* Connections under proof at once: more would only be a peer (or a
  * stranger) flooding us. */
@@ -32,6 +34,8 @@
  * at most this many times per attempt. */
 #define ENGINE_REPUNCH_RETRY_MS 10
 #define ENGINE_MAX_REPUNCH 24
+/* The punch TTL is never raised past this while learning (punch_ttl_seen). */
+#define ENGINE_MAX_TTL 16
 
 enum { SK_CONNECT = 1, SK_LISTEN, SK_SELECT };
 
@@ -45,6 +49,7 @@ typedef struct esock {
     int fd;
     int kind;
     unsigned idx; /* SK_CONNECT: which target of the window */
+    uint8_t ttl;  /* SK_CONNECT of a PUNCH: the TTL its SYN was sent with */
     /* SK_SELECT: the verified connection waiting for the requester's choice */
     struct sockaddr_storage local, remote;
     int64_t connected_ms;
@@ -62,6 +67,9 @@ struct eattempt {
     uint64_t retry_at;
     uint32_t retry_mask;
     unsigned repunches; /* punches sent again after an ICMP error or RST */
+    uint8_t ttl;        /* PUNCH: the TTL of its next low-TTL SYN */
+    raw_attempt *raw;   /* RAW_SYN: the attempt's own machinery (raw_attempt.c) */
+    struct ntcp_engine *raw_engine;
 };
 
 typedef struct everif {
@@ -92,9 +100,15 @@ struct ntcp_engine {
     uint16_t session_port;
     struct sockaddr_storage local_addr;
     uint64_t start_at, t0, plan_end, hard_end;
-    uint8_t learn_ttl;
+    uint8_t learn_ttl;  /* where a learned punch TTL starts */
+    uint8_t ttl;        /* the highest punch TTL found necessary so far */
     int last_verify_err;
     const char *last_verify_why;
+    /* RAW_SYN: the relay of our ISN to the peer, and the peer's latest. */
+    void (*raw_send_isn)(void *user, const struct sockaddr_storage *ext, uint32_t isn, bool spoof);
+    void *raw_user;
+    bool have_peer_isn;
+    uint32_t peer_isn;
 };
 
 const char *ntcp_attempt_outcome_name(ntcp_attempt_outcome_t o)
@@ -233,9 +247,20 @@ static bool target_at(const eattempt *at, unsigned i, struct sockaddr_storage *o
 static void on_connection(ntcp_engine *e, eattempt *at, int fd);
 static void arm(ntcp_engine *e);
 
-static void listen_start(ntcp_engine *e, eattempt *at)
+/* The address family of an attempt: its targets', or for an ACCEPT that
+ * takes anyone (same LAN: the peer's private address is not known) the
+ * family of the address the peer connects to. */
+static int attempt_family(const eattempt *at)
 {
     int fam = at->p.target.addr.ss_family;
+    if (fam == 0 && at->p.role == PLAN_ACCEPT)
+        fam = at->p.ext.addr.ss_family;
+    return fam;
+}
+
+static void listen_start(ntcp_engine *e, eattempt *at)
+{
+    int fam = attempt_family(at);
     int fd = bound_socket(e, fam, at->port, true);
     if (fd < 0) {
         attempt_fail(e, at, NTCP_ESYS, -fd, "cannot bind the local port to listen");
@@ -312,7 +337,7 @@ static void punch_one(ntcp_engine *e, eattempt *at, unsigned i, const struct soc
         at->rep->sys_errno = -fd;
         return;
     }
-    int ttl = at->p.ttl != PLAN_TTL_LEARN ? at->p.ttl : e->learn_ttl, deflt = -1;
+    int ttl = at->ttl, deflt = -1;
     bool v6 = dst->ss_family == AF_INET6;
     int lvl = v6 ? IPPROTO_IPV6 : IPPROTO_IP, opt = v6 ? IPV6_UNICAST_HOPS : IP_TTL;
     if (setsockopt(fd, lvl, opt, &ttl, sizeof ttl) < 0) {
@@ -327,19 +352,35 @@ static void punch_one(ntcp_engine *e, eattempt *at, unsigned i, const struct soc
         return;
     }
     setsockopt(fd, lvl, opt, &deflt, sizeof deflt); /* -1: the system's default */
+    e->res.punch_ttl = (uint8_t)ttl;
+    if (at->port == 0) { /* FRESH without a listener: the port connect() chose */
+        struct sockaddr_storage la;
+        socklen_t sl = sizeof la;
+        if (getsockname(fd, (struct sockaddr *)&la, &sl) == 0)
+            at->port = ntcp_sa_port(&la);
+    }
     /* Queue ICMP errors, so that one can be told from an RST (both end the
      * socket with ECONNREFUSED when the port is unreachable). */
     int one = 1;
     setsockopt(fd, lvl, v6 ? IPV6_RECVERR : IP_RECVERR, &one, sizeof one);
     esock *s = sock_watch(e, at, fd, SK_CONNECT, UV_WRITABLE);
-    if (s)
+    if (s) {
         s->idx = i;
+        s->ttl = (uint8_t)ttl;
+    }
 }
 
-/* Whether the error that ended fd came from an ICMP message (IP_RECVERR
- * queued it) rather than an RST. */
-static bool icmp_error(int fd)
+/* What ended a punch socket, from its error queue (IP_RECVERR). */
+typedef struct icmp_seen {
+    bool icmp;                    /* an ICMP message (not an RST) */
+    bool time_exceeded;           /* ICMP time exceeded / ICMPv6 hop limit exceeded */
+    struct sockaddr_storage from; /* who sent it (family 0: not said) */
+} icmp_seen;
+
+static icmp_seen icmp_error(int fd)
 {
+    icmp_seen r;
+    memset(&r, 0, sizeof r);
     uint8_t data[64];
     union {
         char buf[512];
@@ -349,16 +390,82 @@ static bool icmp_error(int fd)
     struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf,
                        .msg_controllen = sizeof ctl.buf};
     if (recvmsg(fd, &m, MSG_ERRQUEUE | MSG_DONTWAIT) < 0)
-        return false;
+        return r;
     for (struct cmsghdr *c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c)) {
         if ((c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_RECVERR) ||
             (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_RECVERR)) {
             struct sock_extended_err ee;
+            if (c->cmsg_len < CMSG_LEN(sizeof ee))
+                continue;
             memcpy(&ee, CMSG_DATA(c), sizeof ee);
-            return ee.ee_origin == SO_EE_ORIGIN_ICMP || ee.ee_origin == SO_EE_ORIGIN_ICMP6;
+            r.icmp = ee.ee_origin == SO_EE_ORIGIN_ICMP || ee.ee_origin == SO_EE_ORIGIN_ICMP6;
+            r.time_exceeded = (ee.ee_origin == SO_EE_ORIGIN_ICMP && ee.ee_type == 11) ||
+                              (ee.ee_origin == SO_EE_ORIGIN_ICMP6 && ee.ee_type == 3);
+            /* The offender's address follows the structure (SO_EE_OFFENDER). */
+            size_t have = c->cmsg_len - CMSG_LEN(sizeof ee);
+            size_t take = have < sizeof r.from ? have : sizeof r.from;
+            if (r.icmp && take >= sizeof(sa_family_t))
+                memcpy(&r.from, (const uint8_t *)CMSG_DATA(c) + sizeof ee, take);
+            if (r.from.ss_family != AF_INET && r.from.ss_family != AF_INET6)
+                r.from.ss_family = 0;
+            return r;
         }
     }
-    return false;
+    return r;
+}
+
+/* Whether a and b are on one subnet: equal under the mask m (n bytes). */
+static bool masked_equal(const uint8_t *a, const uint8_t *b, const uint8_t *m, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if ((a[i] & m[i]) != (b[i] & m[i]))
+            return false;
+    return true;
+}
+
+/* Whether a router that answered from `from` is still inside this end's own
+ * site: a private, shared (RFC 6598, carrier-grade NATs), link-local or
+ * unique-local address, or one on a subnet of our own interfaces (the
+ * router of a site with public addresses, such as a firewall). A SYN that
+ * died there has not left our NAT(s) or firewall yet. */
+static bool hop_inside(const struct sockaddr_storage *from)
+{
+    const uint8_t *a;
+    size_t n;
+    if (from->ss_family == AF_INET) {
+        a = (const uint8_t *)&((const struct sockaddr_in *)from)->sin_addr;
+        n = 4;
+        if (a[0] == 10 || a[0] == 127 || (a[0] == 172 && (a[1] & 0xf0) == 16) ||
+            (a[0] == 192 && a[1] == 168) || (a[0] == 100 && (a[1] & 0xc0) == 64) ||
+            (a[0] == 169 && a[1] == 254))
+            return true;
+    } else if (from->ss_family == AF_INET6) {
+        a = (const uint8_t *)&((const struct sockaddr_in6 *)from)->sin6_addr;
+        n = 16;
+        if ((a[0] & 0xfe) == 0xfc || (a[0] == 0xfe && (a[1] & 0xc0) == 0x80))
+            return true;
+    } else {
+        return false;
+    }
+    struct ifaddrs *ifs = NULL;
+    bool in = false;
+    if (getifaddrs(&ifs) < 0)
+        return false;
+    for (struct ifaddrs *i = ifs; i && !in; i = i->ifa_next) {
+        if (!i->ifa_addr || !i->ifa_netmask || i->ifa_addr->sa_family != from->ss_family)
+            continue;
+        const uint8_t *ia, *im;
+        if (n == 4) {
+            ia = (const uint8_t *)&((const struct sockaddr_in *)(void *)i->ifa_addr)->sin_addr;
+            im = (const uint8_t *)&((const struct sockaddr_in *)(void *)i->ifa_netmask)->sin_addr;
+        } else {
+            ia = (const uint8_t *)&((const struct sockaddr_in6 *)(void *)i->ifa_addr)->sin6_addr;
+            im = (const uint8_t *)&((const struct sockaddr_in6 *)(void *)i->ifa_netmask)->sin6_addr;
+        }
+        in = masked_equal(a, ia, im, n);
+    }
+    freeifaddrs(ifs);
+    return in;
 }
 
 static void attempt_issue(ntcp_engine *e, eattempt *at)
@@ -390,6 +497,8 @@ static void attempt_stop(ntcp_engine *e, eattempt *at, ntcp_attempt_outcome_t ou
     at->next_at = 0;
     at->rep->ended_ms = rel_now(e);
     at->retry_at = 0;
+    raw_attempt_stop(at->raw);
+    at->raw = NULL;
     if (at->rep->outcome == NTCP_ATTEMPT_RUNNING) {
         if (outcome == NTCP_ATTEMPT_TIMED_OUT && at->rep->connections > 0)
             outcome = NTCP_ATTEMPT_VERIFY_FAILED;
@@ -419,20 +528,97 @@ static void attempt_fail(ntcp_engine *e, eattempt *at, int err, int sys, const c
     attempt_stop(e, at, NTCP_ATTEMPT_FAILED);
 }
 
+/* ---- RAW_SYN (STUNT#1, NATBlaster): run by raw_attempt.c ---- */
+
+static void raw_isn_out(void *user, const struct sockaddr_storage *ext, uint32_t isn, bool spoof)
+{
+    eattempt *at = user;
+    ntcp_engine *e = at->raw_engine;
+    at->rep->syns++;
+    e->raw_send_isn(e->raw_user, ext, isn, spoof);
+}
+
+static void raw_connected(void *user, int fd)
+{
+    eattempt *at = user;
+    on_connection(at->raw_engine, at, fd);
+}
+
+static void raw_ended(void *user, int err, int sys, const char *why)
+{
+    eattempt *at = user;
+    attempt_fail(at->raw_engine, at, err, sys, why);
+}
+
+static void raw_start(ntcp_engine *e, eattempt *at)
+{
+    if (!e->raw_send_isn) {
+        attempt_fail(e, at, NTCP_EUNREACHABLE, 0, "no relay to the peer for the ISN (raw_send_isn)");
+        return;
+    }
+    if (e->session_port == 0) {
+        attempt_fail(e, at, NTCP_EINVAL, 0, "the session's local port is unknown");
+        return;
+    }
+    raw_attempt_cfg rc;
+    memset(&rc, 0, sizeof rc);
+    rc.loop = e->loop;
+    rc.natblaster = at->p.method == NTCP_METHOD_NATBLASTER;
+    rc.port = e->session_port;
+    rc.local_addr = e->local_addr;
+    rc.target = at->p.target.addr;
+    rc.ext = at->p.ext.addr;
+    rc.ttl = at->p.ttl != PLAN_TTL_LEARN ? at->p.ttl : e->learn_ttl;
+    if (e->ttl > rc.ttl)
+        rc.ttl = e->ttl;
+    rc.send_isn = raw_isn_out;
+    rc.connected = raw_connected;
+    rc.ended = raw_ended;
+    rc.user = at;
+    at->raw_engine = e;
+    const char *why = "";
+    int rc2 = raw_attempt_start(&rc, &at->raw, &why);
+    if (rc2 < 0) {
+        at->raw = NULL;
+        attempt_fail(e, at, rc2, 0, why);
+        return;
+    }
+    e->res.punch_ttl = rc.ttl;
+    if (e->have_peer_isn)
+        raw_attempt_peer_isn(at->raw, e->peer_isn);
+}
+
+void ntcp_engine_raw_isn(ntcp_engine *e, uint32_t isn)
+{
+    if (!e || e->done)
+        return;
+    e->have_peer_isn = true;
+    e->peer_isn = isn;
+    for (size_t i = 0; i < e->nat; i++)
+        if (e->at[i].raw)
+            raw_attempt_peer_isn(e->at[i].raw, isn);
+}
+
 static void attempt_start(ntcp_engine *e, eattempt *at)
 {
     at->started = true;
     at->rep->started_ms = rel_now(e);
     at->rep->outcome = NTCP_ATTEMPT_RUNNING;
-    int fam = at->p.target.addr.ss_family;
+    int fam = attempt_family(at);
     if (at->p.role == PLAN_RAW_SYN) {
-        attempt_fail(e, at, NTCP_EUNREACHABLE, 0,
-                     "raw-SYN methods (STUNT#1, NATBlaster) are not supported by the engine yet");
+        raw_start(e, at);
         return;
     }
     if (fam != AF_INET && fam != AF_INET6) {
         attempt_fail(e, at, NTCP_EINVAL, 0, "no target address");
         return;
+    }
+    if (at->p.role == PLAN_PUNCH) {
+        /* The plan's TTL (computed from the hops discovery measured) or
+         * the one learned so far, whichever is higher (punch_ttl_seen). */
+        at->ttl = at->p.ttl != PLAN_TTL_LEARN ? at->p.ttl : e->learn_ttl;
+        if (e->ttl > at->ttl)
+            at->ttl = e->ttl;
     }
     if (at->p.local == PLAN_LOCAL_SESSION) {
         if (e->session_port == 0) {
@@ -442,9 +628,16 @@ static void attempt_start(ntcp_engine *e, eattempt *at)
         at->port = e->session_port;
     }
     /* A fixed port listens too: a SYN that crossed ours, or came after an
-     * RST/ICMP ended our connect, is still taken. */
+     * RST/ICMP ended our connect, is still taken. Not a punch whose peer
+     * connects on the punched 4-tuple: its SYN is for the punch socket
+     * (punch_one), and one that slipped into a listener while that socket
+     * was between an ICMP error and its re-punch would get a SYN-ACK our
+     * NAT refuses (another sequence number), and the listener's pending
+     * connection would then hold the 4-tuple for a minute, every later
+     * punch failing with EADDRNOTAVAIL. Without a listener such a SYN is
+     * reset, the peer tries again, and the punch is already back. */
     bool fixed = at->p.local != PLAN_LOCAL_ANY;
-    if (at->p.role == PLAN_ACCEPT || at->p.role == PLAN_PUNCH || fixed)
+    if (at->p.role == PLAN_PUNCH ? at->p.peer_any_port : (at->p.role == PLAN_ACCEPT || fixed))
         listen_start(e, at);
     if (at->stopped || at->p.role == PLAN_ACCEPT)
         return;
@@ -600,6 +793,31 @@ static void on_connection(ntcp_engine *e, eattempt *at, int fd)
     e->refs++;
 }
 
+/* Learning the punch TTL. The low-TTL SYN must leave this end's NAT(s) (or
+ * its firewall), so that they record it, and die before the peer's NAT. A
+ * router's "time exceeded" says where it died: from inside our site
+ * (hop_inside), it did not leave, and the TTL goes up by one; from outside,
+ * it left, and the TTL is right. RFC 1812 routers send these errors (rate-
+ * limited), Linux queues them on the socket (IP_RECVERR); when none comes
+ * the TTL stays what the plan computed or learn_ttl. The SYN of a TTL too
+ * high reaches the peer's NAT instead: answered, refused or dropped, never
+ * "time exceeded", so it is not raised further. */
+static void punch_ttl_seen(ntcp_engine *e, eattempt *at, uint8_t sent_ttl, const icmp_seen *ic)
+{
+    if (!ic->time_exceeded || ic->from.ss_family == 0)
+        return;
+    if (hop_inside(&ic->from)) {
+        /* One more than the SYN that died (a window of punches draws one
+         * error each, all for the same hop). */
+        if (sent_ttl >= at->ttl && sent_ttl < ENGINE_MAX_TTL)
+            at->ttl = (uint8_t)(sent_ttl + 1);
+        if (at->ttl > e->ttl)
+            e->ttl = at->ttl;
+    } else {
+        e->res.ttl_left_site = true;
+    }
+}
+
 static void on_poll(uv_poll_t *h, int status, int events)
 {
     esock *s = h->data;
@@ -632,12 +850,30 @@ static void on_poll(uv_poll_t *h, int status, int events)
                  * for that SYN (the known limit of docs/traversal.md), and
                  * punching again at once would only draw more RSTs (from a
                  * fresh port, each a new mapping); the regular re-punch
-                 * comes later. The listener stays meanwhile. */
+                 * comes later. The listener stays meanwhile.
+                 * After "time exceeded", the normal case once the SYN dies
+                 * at a router between the NATs, the punch is sent again at
+                 * once: while no socket of ours is in SYN-SENT on the punched
+                 * 4-tuple, a peer's SYN would meet the listener, whose
+                 * SYN-ACK carries a sequence number our NAT never saw (and
+                 * whose pending connection then holds the 4-tuple, so that
+                 * later punches fail with EADDRNOTAVAIL). Each re-punch
+                 * draws one more error until the router's rate limit stops
+                 * them, and the socket of the last one lives on. */
                 unsigned i = s->idx;
-                bool icmp = icmp_error(s->fd);
+                uint8_t sent_ttl = s->ttl;
+                icmp_seen ic = icmp_error(s->fd);
                 sock_close(s, false);
+                punch_ttl_seen(e, at, sent_ttl, &ic);
+                if (!at->stopped && i < 32 && at->repunches < ENGINE_MAX_REPUNCH && ic.time_exceeded) {
+                    struct sockaddr_storage dst;
+                    at->repunches++;
+                    if (target_at(at, i, &dst))
+                        punch_one(e, at, i, &dst);
+                    return;
+                }
                 if (!at->stopped && i < 32 && at->repunches < ENGINE_MAX_REPUNCH &&
-                    (err != ECONNREFUSED || icmp)) {
+                    (err != ECONNREFUSED || ic.icmp)) {
                     at->repunches++;
                     at->retry_mask |= 1u << i;
                     if (!at->retry_at) {
@@ -833,6 +1069,8 @@ static void finish(ntcp_engine *e, int err, const char *reason)
             e->at[i].stopped = true;
             rep->ended_ms = now;
         }
+        raw_attempt_stop(e->at[i].raw);
+        e->at[i].raw = NULL;
         if (rep->outcome == NTCP_ATTEMPT_RUNNING) {
             if (rep->connections > 0)
                 rep->outcome = err == 0 ? NTCP_ATTEMPT_CONNECTED : NTCP_ATTEMPT_VERIFY_FAILED;
@@ -878,6 +1116,10 @@ int ntcp_engine_start(uv_loop_t *loop, const ntcp_engine_config *cfg, ntcp_engin
     e->session_port = cfg->session_port;
     e->local_addr = cfg->local_addr;
     e->learn_ttl = cfg->learn_ttl ? cfg->learn_ttl : 2;
+    e->raw_send_isn = cfg->raw_send_isn;
+    e->raw_user = cfg->raw_user;
+    if (e->learn_ttl > ENGINE_MAX_TTL)
+        e->learn_ttl = ENGINE_MAX_TTL;
     e->vp = cfg->verify;
     snprintf(e->name, sizeof e->name, "%s", cfg->verify.name);
     snprintf(e->peer_name, sizeof e->peer_name, "%s", cfg->verify.peer_name);
@@ -965,10 +1207,11 @@ size_t ntcp_engine_result_json(const ntcp_engine_result *r, char *buf, size_t le
     reason[k] = '\0';
     put(buf, len, &off,
         "{\"err\":%d,\"method\":\"%s\",\"attempt\":%u,\"local\":\"%s\",\"remote\":\"%s\","
-        "\"connected_ms\":%lld,\"verified_ms\":%lld,\"elapsed_ms\":%llu,\"reason\":\"%s\",\"attempts\":[",
+        "\"connected_ms\":%lld,\"verified_ms\":%lld,\"elapsed_ms\":%llu,\"punch_ttl\":%u,"
+        "\"ttl_left_site\":%s,\"reason\":\"%s\",\"attempts\":[",
         r->err, r->err == 0 ? ntcp_method_name(r->method) : "none", r->attempt_id, l, m,
         (long long)r->connected_ms, (long long)r->verified_ms, (unsigned long long)r->elapsed_ms,
-        reason);
+        (unsigned)r->punch_ttl, r->ttl_left_site ? "true" : "false", reason);
     for (size_t i = 0; i < r->n; i++) {
         const ntcp_attempt_report *a = &r->a[i];
         put(buf, len, &off,

@@ -28,8 +28,16 @@
  *       Punched again every 800 ms (before the 1 s SYN retransmission at
  *       the normal TTL could reach the peer's NAT), and 10 ms after an ICMP
  *       error ended the socket (routers rate-limit those, so one survives).
- *       The TTL "learn" is a fixed value for now (learn_ttl, 2).
- *   RAW_SYN not supported yet: the attempt fails at its start, with a reason.
+ *       The TTL is the plan's (hops to leave our NAT(s) + 1, when discovery
+ *       measured them) or, for PLAN_TTL_LEARN, starts at learn_ttl; either
+ *       way it is raised while the router that answers "time exceeded" is
+ *       still inside our own site (private, shared or on-link address).
+ *   RAW_SYN  STUNT#1 / NATBlaster, run by raw_attempt.c (its header says
+ *       how): a low-TTL SYN from the session port, its ISN captured and
+ *       sent to the peer through raw_send_isn, the SYN-ACK crafted by this
+ *       end (NATBlaster) or spoofed by the broker (STUNT#1). Needs the
+ *       NTCP_RAW build option and CAP_NET_RAW; otherwise it fails at its
+ *       start with the reason.
  *
  * Choosing one connection. Two attempts may both connect (a window of
  * predicted ports, two methods meeting), and each end may verify a
@@ -107,6 +115,11 @@ typedef struct ntcp_engine_result {
     int64_t connected_ms;    /* offsets from the start time of the winner's TCP handshake */
     int64_t verified_ms;     /* and of the end of its proof */
     uint64_t elapsed_ms;     /* from ntcp_engine_start() to the result */
+    /* The TTL of the last low-TTL SYN sent (0: no punch), and whether a
+     * router outside this end's site answered one with "time exceeded"
+     * (the SYN had left our NAT(s) and died before the peer's). */
+    uint8_t punch_ttl;
+    bool ttl_left_site;
     char reason[192];        /* one line, always set */
     size_t n;
     ntcp_attempt_report a[PLAN_MAX_ATTEMPTS]; /* in plan order */
@@ -135,15 +148,20 @@ typedef struct ntcp_engine_config {
     /* The key proof. key is borrowed and must outlive the engine; the names
      * are copied. timeout_ms 0: VERIFY_DEFAULT_TIMEOUT_MS. */
     ntcp_verify_params verify;
-    /* TTL of PUNCH attempts whose plan says PLAN_TTL_LEARN. Learning is not
-     * implemented yet: this fixed value is used (0 = 2: the SYN leaves one
-     * NAT with TTL 1, so it opens that NAT's mapping and dies at the next
-     * router or at the peer's NAT). */
+    /* Where the TTL of PUNCH attempts whose plan says PLAN_TTL_LEARN starts
+     * (0 = 2: a SYN that leaves one NAT with TTL 1 opens that NAT's mapping
+     * and dies at the next router). The engine raises it while routers of
+     * our own site answer "time exceeded" (engine.c, punch_ttl_seen). */
     uint8_t learn_ttl;
     /* Extra time after the plan's deadline for a proof already under way;
      * 0 = the verify timeout. The engine always ends by
      * start_at + plan deadline + this. */
     uint32_t grace_ms;
+    /* RAW_SYN attempts: sends our ISN and external address to the peer (the
+     * broker's RAW-ISN, docs/broker-protocol.md), with spoof for STUNT#1.
+     * NULL: such attempts fail. Called from the loop. */
+    void (*raw_send_isn)(void *user, const struct sockaddr_storage *ext, uint32_t isn, bool spoof);
+    void *raw_user;
 } ntcp_engine_config;
 
 /* Starts the engine. The callback runs exactly once, from the loop, never
@@ -152,6 +170,10 @@ typedef struct ntcp_engine_config {
  * the callback. Returns 0, or NTCP_EINVAL / NTCP_ENOMEM with no callback. */
 int ntcp_engine_start(uv_loop_t *loop, const ntcp_engine_config *cfg, ntcp_engine_cb cb,
                       void *user, ntcp_engine **out);
+
+/* The peer's ISN from its RAW-ISN message (the latest counts): handed to
+ * the RAW_SYN attempts, now and when they start. Not after the callback. */
+void ntcp_engine_raw_isn(ntcp_engine *e, uint32_t isn);
 
 /* Stops everything: the callback follows with NTCP_ECLOSED, every socket
  * closed. Not to be called after the callback. */

@@ -102,6 +102,7 @@ typedef struct half {
     plan_ports target;
     plan_ports ext;
     uint8_t ttl;
+    bool peer_any_port;
     uint32_t start; /* offset of this half inside the attempt */
     uint32_t repeat_ms;
     uint16_t repeats;
@@ -272,6 +273,7 @@ static void stunt2(builder *b, int x)
     hx->role = PLAN_PUNCH;
     hx->local = xl;
     hx->ttl = low_ttl(X);
+    hx->peer_any_port = y_any;
     hx->ext = take_ext(X, xl, hx->target.count);
     hx->repeats = 1;
 
@@ -408,9 +410,16 @@ static int build(builder *b, const plan_input *in, plan *out)
                                from == 0 ? "same public address: to the target's private address"
                                          : "same public address: to the initiator's private address");
         }
-        if (s[0].e->tcp.hairpin == NTCP_YES && s[1].e->tcp.hairpin == NTCP_YES)
+        if (s[0].e->tcp.hairpin == NTCP_YES && s[1].e->tcp.hairpin == NTCP_YES) {
+            size_t n0 = b->n;
             connect_accept(b, NTCP_METHOD_SAME_LAN, 0, &s[1].e->public_addr, NULL,
                            "same public address: to the target's public address (the NAT hairpins)");
+            /* A margin after the private addresses: on one LAN both would
+             * connect, and the direct path should win, not the detour
+             * through the NAT (Happy Eyeballs' preference, RFC 8305). */
+            if (b->n > n0)
+                b->a[n0].h[0].start = b->margin;
+        }
         /* The rest only matters when the private networks do not meet
          * (behind one carrier-grade NAT): staged after. */
         if (b->n)
@@ -571,6 +580,7 @@ int plan_make(const plan_input *in, plan *out)
         pa->target = h->target;
         pa->ext = h->ext;
         pa->ttl = h->ttl;
+        pa->peer_any_port = h->peer_any_port;
         pa->start_ms = sa->start + h->start;
         pa->stop_ms = sa->stop;
         pa->repeat_ms = h->repeat_ms;

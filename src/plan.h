@@ -134,6 +134,10 @@ typedef struct plan_attempt {
      * targets. Family 0: unknown (the peer must not care, as with ANY). */
     plan_ports ext;
     uint8_t ttl;          /* PUNCH / RAW_SYN; PLAN_TTL_LEARN = learn */
+    /* PUNCH: the peer connects from any port (this end filters by address
+     * only), so a listener must take its SYN; otherwise the peer's SYN
+     * comes on the punched 4-tuple and the punch socket itself answers it. */
+    bool peer_any_port;
     uint32_t start_ms;    /* offset from the common start time */
     uint32_t stop_ms;     /* give up (close its sockets) at this offset */
     uint32_t repeat_ms;   /* SIMOPEN / CONNECT: re-issue interval, 0 = once */

@@ -7,7 +7,12 @@
  * traversal or transfer failure, 2 on a usage or setup error.
  *
  *   e2e --name N --stun HOST[:PORT] --broker IP:PORT (--peer NAME | --wait)
- *       [--timeout-ms MS] [--bytes N]
+ *       [--timeout-ms MS] [--bytes N] [--raw | --raw-only stunt1|natblaster]
+ *
+ * --raw: the raw methods may be planned (the profile's raw flag when this
+ * process may use raw sockets; the broker's SPOOF answer for STUNT#1).
+ * --raw-only M: the same, with only the plan's RAW_SYN attempts kept, as
+ * method M (stunt1 needs a broker started with --spoof).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -30,6 +35,7 @@
 #include "identity.h"
 #include "ntcp.h"
 #include "plan.h"
+#include "raw.h"
 #include "session.h"
 #include "verify.h"
 
@@ -46,6 +52,7 @@ typedef struct app {
     plan_profile me_prof; /* my blob, decoded back: what the peer sees */
     ntcp_nat_behaviour_t tcp4;
     uint16_t session_port;
+    struct sockaddr_storage priv; /* the private address reported to the broker (port 0) */
     bool registered, going, done;
     uint64_t t_go;
     plan pl;
@@ -53,6 +60,10 @@ typedef struct app {
     int rc; /* exit code */
     ntcp_engine_result res;
     bool have_res;
+    bool raw;                  /* --raw or --raw-only */
+    ntcp_method_t raw_only;    /* --raw-only: NTCP_METHOD_STUNT1 / NATBLASTER, else NONE */
+    ntcp_engine *eng;          /* while running */
+    uint8_t nonce[BROKER_NONCE_SIZE];
     char err[256];
 } app;
 
@@ -70,10 +81,17 @@ static void on_engine(ntcp_engine *e, const ntcp_engine_result *r, void *user)
 {
     (void)e;
     app *a = user;
+    a->eng = NULL;
     a->res = *r;
     a->have_res = true;
     a->done = true;
     uv_stop(&a->loop);
+}
+
+static void send_isn(void *user, const struct sockaddr_storage *ext, uint32_t isn, bool spoof)
+{
+    app *a = user;
+    ntcp_session_send_raw_isn(a->s, a->nonce, ext, isn, spoof);
 }
 
 /* Both ends: the plan from both profiles, then the engine. */
@@ -95,6 +113,16 @@ static void go(app *a, const broker_go *g)
     ntcp_session_public_addr(a->s, &in.me.public_addr);
     in.me.rtt_ms = a->me_prof.rtt_ms;
     in.me.nat_hops = a->me_prof.nat_hops;
+    struct sockaddr_storage sl;
+    if (ntcp_session_local_addr(a->s, &sl) == 0)
+        a->session_port = ntcp_sa_port(&sl);
+    /* What the peer got from the broker for us: our private address with
+     * the session's local port. */
+    if (a->priv.ss_family != 0) {
+        in.me.priv[0] = a->priv;
+        ntcp_sa_set_port(&in.me.priv[0], a->session_port);
+        in.me.npriv = 1;
+    }
     in.peer.tcp = peer.b[PLAN_TCP4];
     in.peer.public_addr = g->peer.public_addr;
     in.peer.npriv = g->peer.nprivate < PLAN_MAX_PRIVATE ? g->peer.nprivate : PLAN_MAX_PRIVATE;
@@ -103,11 +131,25 @@ static void go(app *a, const broker_go *g)
     in.peer.rtt_ms = peer.rtt_ms;
     in.peer.nat_hops = peer.nat_hops;
     in.initiator = g->role == BROKER_ROLE_REQUESTER;
+    in.me.raw = a->me_prof.raw;
+    in.peer.raw = peer.raw;
+    in.raw_enabled = a->raw;
+    in.broker_spoofs = a->raw_only ? a->raw_only == NTCP_METHOD_STUNT1 : ntcp_session_broker_spoofs(a->s);
     plan_make(&in, &a->pl); /* an impossible plan goes to the engine, which reports it */
+    if (a->raw_only) {
+        /* Only the raw attempt(s): the lab pair must connect by them alone. */
+        size_t k = 0;
+        for (size_t i = 0; i < a->pl.n; i++)
+            if (a->pl.a[i].role == PLAN_RAW_SYN)
+                a->pl.a[k++] = a->pl.a[i];
+        a->pl.n = k;
+        if (a->pl.status == 0 && k == 0) {
+            fail(a, "--raw-only: the plan has no raw attempt (both ends raw, known mappings?)");
+            return;
+        }
+    }
+    memcpy(a->nonce, g->nonce, sizeof a->nonce);
     plan_format(&a->pl, true, a->plan_json, sizeof a->plan_json);
-    struct sockaddr_storage sl;
-    if (ntcp_session_local_addr(a->s, &sl) == 0)
-        a->session_port = ntcp_sa_port(&sl);
 
     ntcp_engine_config cfg;
     memset(&cfg, 0, sizeof cfg);
@@ -120,8 +162,20 @@ static void go(app *a, const broker_go *g)
     }
     cfg.verify.key = a->key;
     cfg.verify.name = a->name;
-    if (ntcp_engine_start(&a->loop, &cfg, on_engine, a, NULL) < 0)
+    cfg.raw_send_isn = send_isn;
+    cfg.raw_user = a;
+    if (ntcp_engine_start(&a->loop, &cfg, on_engine, a, &a->eng) < 0)
         fail(a, "cannot start the engine");
+}
+
+static void on_raw_isn(ntcp_session *s, const uint8_t nonce[BROKER_NONCE_SIZE],
+                       const struct sockaddr_storage *ext, uint32_t isn, void *user)
+{
+    (void)s;
+    (void)ext;
+    app *a = user;
+    if (a->eng && memcmp(nonce, a->nonce, sizeof a->nonce) == 0)
+        ntcp_engine_raw_isn(a->eng, isn);
 }
 
 static void on_go(ntcp_session *s, const broker_go *g, void *user)
@@ -271,7 +325,7 @@ out:
 static void usage(void)
 {
     fprintf(stderr, "usage: e2e --name N --stun HOST[:PORT] --broker IP:PORT (--peer NAME | --wait)\n"
-                    "           [--timeout-ms MS] [--bytes N]\n");
+                    "           [--timeout-ms MS] [--bytes N] [--raw | --raw-only stunt1|natblaster]\n");
 }
 
 static void drain_closed(uv_handle_t *h, void *arg)
@@ -291,7 +345,8 @@ int main(int argc, char **argv)
     bool wait = false;
     static const struct option opts[] = {
         {"name", 1, 0, 'n'}, {"stun", 1, 0, 's'},       {"broker", 1, 0, 'b'}, {"peer", 1, 0, 'p'},
-        {"wait", 0, 0, 'w'}, {"timeout-ms", 1, 0, 't'}, {"bytes", 1, 0, 'B'},  {0, 0, 0, 0}};
+        {"wait", 0, 0, 'w'}, {"timeout-ms", 1, 0, 't'}, {"bytes", 1, 0, 'B'},
+        {"raw", 0, 0, 'r'},  {"raw-only", 1, 0, 'R'},       {0, 0, 0, 0}};
     for (int c; (c = getopt_long(argc, argv, "", opts, NULL)) != -1;) {
         switch (c) {
         case 'n': a.name = optarg; break;
@@ -301,6 +356,18 @@ int main(int argc, char **argv)
         case 'w': wait = true; break;
         case 't': a.timeout_ms = (uint32_t)strtoul(optarg, NULL, 10); break;
         case 'B': a.bytes = strtoul(optarg, NULL, 10); break;
+        case 'r': a.raw = true; break;
+        case 'R':
+            a.raw = true;
+            if (strcmp(optarg, "stunt1") == 0)
+                a.raw_only = NTCP_METHOD_STUNT1;
+            else if (strcmp(optarg, "natblaster") == 0)
+                a.raw_only = NTCP_METHOD_NATBLASTER;
+            else {
+                usage();
+                return 2;
+            }
+            break;
         default: usage(); return 2;
         }
     }
@@ -340,7 +407,11 @@ int main(int argc, char **argv)
 
     /* 2. The profile blob, and what the peer will decode of it. */
     plan_profile pp;
-    plan_profile_from_nat(&pp, &np, false, 0);
+    char rwhy[160] = "";
+    bool raw_ok = a.raw && raw_check(rwhy, sizeof rwhy) == 0;
+    if (a.raw && !raw_ok)
+        fprintf(stderr, "e2e: raw methods not usable: %s\n", rwhy);
+    plan_profile_from_nat(&pp, &np, raw_ok, 0);
     uint8_t blob[PLAN_BLOB_MAX];
     int blen = plan_profile_encode(&pp, blob, sizeof blob);
     if (blen < 0 || plan_profile_decode(blob, (size_t)blen, &a.me_prof) < 0) {
@@ -364,10 +435,24 @@ int main(int argc, char **argv)
     sc.broker = a.broker;
     sc.name = a.name;
     sc.key = a.key;
+    /* The private address: the local end of a route to the broker. */
+    int ufd = socket(a.broker_addr.ss_family, SOCK_DGRAM, 0);
+    socklen_t plen = sizeof a.priv;
+    if (ufd < 0 || connect(ufd, (struct sockaddr *)&a.broker_addr, ntcp_sa_len(&a.broker_addr)) < 0 ||
+        getsockname(ufd, (struct sockaddr *)&a.priv, &plen) < 0)
+        memset(&a.priv, 0, sizeof a.priv);
+    if (ufd >= 0)
+        close(ufd);
+    ntcp_sa_set_port(&a.priv, 0);
+    if (a.priv.ss_family != 0) {
+        sc.private_addrs = &a.priv;
+        sc.nprivate = 1;
+    }
     sc.profile = blob;
     sc.profile_len = (size_t)blen;
     sc.on_go = on_go;
     sc.on_state = on_state;
+    sc.on_raw_isn = on_raw_isn;
     sc.user = &a;
     if (ntcp_session_start(&a.loop, &sc, &a.s) < 0) {
         fprintf(stderr, "e2e: session start failed\n");

@@ -1,29 +1,34 @@
 #!/usr/bin/python3
-"""e2e_lab.py: the end-to-end traversal test. For each pair of NAT
-personalities and SYN answer it brings a lab up, starts ntcp-stuntd and
-ntcp-brokerd on `server`, runs tests/engine/e2e.c in hosts b (waits for an
-offer) and a (connects to b), and checks the result: a verified connection
-that carried 1 MiB each way (SHA-256 checked), or, for the pairs the planner
-calls impossible, a failure with the planner's reason within the timeout.
-Prints one line per pair and a table. Exits 77 (skipped) when not root."""
+"""e2e_lab.py: the end-to-end traversal test (issue 6). For each case (a
+pair of NAT personalities and a SYN answer, or a scenario: double NAT, two
+peers behind one NAT) it brings a lab up, starts ntcp-stuntd and
+ntcp-brokerd on `server`, runs tests/engine/e2e.c in the target host (waits
+for an offer) and the initiator host (connects to it), and checks the
+result: a verified connection that carried 1 MiB each way (SHA-256
+checked), with the method the case calls for; or, for the cases that cannot
+work, an honest failure (the planner's reason, or the plan's deadline)
+within the timeout. Cases run in parallel labs (--jobs), each with its own
+prefix. Prints one line per case and a summary; --markdown writes the
+table of docs/traversal.md. Exits 77 (skipped) when not root."""
 
 import argparse
+import concurrent.futures
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
 PERS = ["none", "fw", "full-cone", "restricted-cone", "port-restricted", "symmetric-seq",
         "symmetric-random"]
 PORT_FILTERED = {"fw", "port-restricted", "symmetric-seq", "symmetric-random"}
 
-# The first pair is the issue's demo pair; the rest cover each personality,
-# each SYN answer and each method the engine runs today. Pairs where both
-# ends filter by port and both NATs answer RST do not connect reliably yet
-# (docs/traversal.md, known limits): they are not in this list, and issue 6
-# stays open until they are.
-DEFAULT = [
+SYNS = ("drop", "rst", "icmp")
+
+# --quick: the issue's demo pair first, then each personality, each SYN
+# answer and each method the engine runs, and two honest failures.
+QUICK = [
     ("port-restricted", "symmetric-seq", "drop"),
     ("port-restricted", "port-restricted", "drop"),
     ("none", "fw", "drop"),
@@ -35,6 +40,44 @@ DEFAULT = [
     ("symmetric-seq", "symmetric-seq", "drop"),
     ("port-restricted", "symmetric-random", "drop"),
     ("symmetric-random", "symmetric-random", "rst"),
+    ("port-restricted", "port-restricted", "rst"),
+]
+
+# Scenarios (docs/lab.md): name, lab options, initiator and target hosts,
+# and what must happen: "ok" with the winning method (and, for same-lan,
+# whether the connection went to the peer's private address or through the
+# NAT's hairpin, to its public one), or "fail".
+SCENARIOS = [
+    # Two peers on one LAN behind one NAT: the private address, at once.
+    # (With hairpinning both paths connect; the private one starts first and
+    # usually wins, but either is right.)
+    dict(name="same-lan", a="port-restricted", b="port-restricted", syn="rst", hairpin="on",
+         scenario="same-nat", hosts=("a", "a2"), expect="ok", method="same-lan", via="any"),
+    dict(name="same-lan-nohairpin", a="symmetric-seq", b="port-restricted", syn="drop", hairpin="off",
+         scenario="same-nat", hosts=("a", "a2"), expect="ok", method="same-lan", via="private"),
+    # Two peers behind one NAT whose LAN isolates its clients (or two
+    # private networks behind one NAT): only the hairpin joins them.
+    dict(name="one-nat-hairpin", a="port-restricted", b="port-restricted", syn="rst", hairpin="on",
+         scenario="same-nat,isolated", hosts=("a", "a2"), expect="ok", method="same-lan", via="public"),
+    dict(name="one-nat-hairpin-symseq", a="symmetric-seq", b="port-restricted", syn="drop", hairpin="on",
+         scenario="same-nat,isolated", hosts=("a", "a2"), expect="ok", method="same-lan", via="public"),
+    dict(name="one-nat-no-hairpin", a="port-restricted", b="port-restricted", syn="drop", hairpin="off",
+         scenario="same-nat,isolated", hosts=("a", "a2"), expect="fail"),
+    # Double NAT: a home NAT behind a carrier-grade NAT (port-restricted),
+    # against a NAT on another site; the low TTL must leave both NATs.
+    dict(name="double-drop", a="port-restricted", b="port-restricted", syn="drop", hairpin="on",
+         scenario="double", hosts=("a", "b"), expect="ok"),
+    # Both answer RST: a, the initiator, punches first; its SYN must leave
+    # both of its NATs and die at the router: TTL 3, learned.
+    dict(name="double-rst", a="full-cone", b="port-restricted", syn="rst", hairpin="on",
+         scenario="double", hosts=("a", "b"), expect="ok", ttl=3),
+    dict(name="double-icmp", a="port-restricted", b="symmetric-seq", syn="icmp", hairpin="on",
+         scenario="double", hosts=("a", "b"), expect="ok"),
+    dict(name="double-fw-rst", a="port-restricted", b="fw", syn="rst", hairpin="on",
+         scenario="double", hosts=("b", "a"), expect="ok"),
+    # Both behind the double NAT, on one LAN.
+    dict(name="double-same-lan", a="port-restricted", b="port-restricted", syn="rst", hairpin="on",
+         scenario="double,same-nat", hosts=("a", "a2"), expect="ok", method="same-lan", via="private"),
 ]
 
 BROKER = "203.0.113.10:3480"
@@ -61,12 +104,17 @@ class Lab:
                                                               (r.stderr or r.stdout).strip()))
         return r
 
+    # What `ntcp-lab exec HOST --` runs, without a Python interpreter per
+    # command: the machine's CPU is what limits how many labs run at once.
+    def exec_argv(self, host):
+        return ["ip", "netns", "exec", "%s-%s" % (self.prefix, host)]
+
     def run(self, host, argv, timeout):
-        return subprocess.run([self.tool, "exec", host, "--"] + argv, env=self.env, text=True,
+        return subprocess.run(self.exec_argv(host) + argv, env=self.env, text=True,
                               capture_output=True, timeout=timeout)
 
     def spawn(self, host, argv, out, err):
-        return subprocess.Popen([self.tool, "exec", host, "--"] + argv, env=self.env,
+        return subprocess.Popen(self.exec_argv(host) + argv, env=self.env,
                                 stdout=out, stderr=err, text=True)
 
 
@@ -84,20 +132,44 @@ def stop(p):
 def wait_stun(lab, ntcp, deadline_s=30):
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
-        if lab.run("relay", [ntcp, "stun", "--timeout", "500", STUN], timeout=10).returncode == 0:
-            return True
+        try:
+            if lab.run("relay", [ntcp, "stun", "--timeout", "500", STUN], timeout=10).returncode == 0:
+                return True
+        except subprocess.TimeoutExpired:  # a loaded machine: try again until the deadline
+            pass
     return False
 
 
-def one(i, a, b, syn, args):
-    prefix = "nte%d%d" % (os.getpid() % 10000, i)
+def case_of(a, b, syn):
+    return dict(name="%s/%s/%s" % (a, b, syn), a=a, b=b, syn=syn, hairpin="on", scenario="",
+                hosts=("a", "b"), expect="fail" if impossible(a, b) else "ok")
+
+
+def public_ip(lab, host):
+    """The public address of the NAT in front of host (for the hairpin
+    check): the edge of its site, from the lab's state."""
+    with open("/run/ntcp-lab/%s.json" % lab.prefix) as f:
+        st = json.load(f)
+    site = st["sites"][host[0]]
+    return site.get("cgn_wan4") if site.get("double") else site["wan4"]
+
+
+def one(i, case, args):
+    prefix = "%s%d%02d" % (args.prefix, os.getpid() % 10000, i)
     lab = Lab(args.lab, prefix)
     logs = "/tmp/%s" % prefix
     procs = []
-    row = dict(a=a, b=b, syn=syn, expect="fail" if impossible(a, b) else "ok")
+    ini, tgt = case["hosts"]
+    row = dict(case=case["name"], a=case["a"], b=case["b"], syn=case["syn"], scenario=case["scenario"],
+               hairpin=case["hairpin"], expect=case["expect"], prefix=prefix)
+    tc = time.monotonic()
     try:
-        lab.cmd("up", "--prefix", prefix, "--quiet", "--a", a, "--b", b, "--syn", syn,
-                "--seed", "7")
+        up = ["up", "--prefix", prefix, "--quiet", "--a", case["a"], "--b", case["b"], "--syn", case["syn"],
+              "--hairpin", case["hairpin"], "--seed", "7"]
+        if case["scenario"]:
+            up += ["--scenario", case["scenario"]]
+        lab.cmd(*up)
+        row["up_s"] = round(time.monotonic() - tc, 1)
         slog = open(logs + "-servers.log", "w")
         procs.append(lab.spawn("server", [args.stuntd, "--primary", STUN,
                                           "--alternate", "203.0.113.11:3479",
@@ -106,11 +178,12 @@ def one(i, a, b, syn, args):
         if not wait_stun(lab, args.ntcp):
             raise RuntimeError("ntcp-stuntd did not answer in the lab")
         t0 = time.monotonic()
+        row["stun_s"] = round(t0 - tc - row["up_s"], 1)
         common = ["--stun", STUN, "--broker", BROKER, "--timeout-ms", str(args.timeout_ms)]
-        pb = lab.spawn("b", [args.e2e, "--name", "bob", "--wait"] + common,
-                       subprocess.PIPE, open(logs + "-b.err", "w"))
-        pa = lab.spawn("a", [args.e2e, "--name", "alice", "--peer", "bob"] + common,
-                       subprocess.PIPE, open(logs + "-a.err", "w"))
+        pb = lab.spawn(tgt, [args.e2e, "--name", "bob", "--wait"] + common,
+                       subprocess.PIPE, open(logs + "-%s.err" % tgt, "w"))
+        pa = lab.spawn(ini, [args.e2e, "--name", "alice", "--peer", "bob"] + common,
+                       subprocess.PIPE, open(logs + "-%s.err" % ini, "w"))
         procs += [pa, pb]
         limit = args.timeout_ms / 1000 + 30  # discovery comes before the engine
         outs = {}
@@ -126,26 +199,81 @@ def one(i, a, b, syn, args):
         ra, rb = outs["a"], outs["b"]
         row["res_a"], row["res_b"] = ra, rb
         if ra is None or rb is None:
-            row["result"] = "FAIL (no JSON from %s)" % ("a" if ra is None else "b")
-        elif row["expect"] == "ok":
+            row["result"] = "FAIL (no JSON from %s)" % (ini if ra is None else tgt)
+        elif case["expect"] == "ok":
             good = ra["ok"] and rb["ok"] and ra["method"] == rb["method"] and \
                 ra["transfer"] == "sha256-ok" and rb["transfer"] == "sha256-ok"
+            why = ""
+            if good and case.get("method") and ra["method"] != case["method"]:
+                good, why = False, " (want %s)" % case["method"]
+            if good and case.get("via"):
+                remote = ra["engine"]["remote"]
+                host_ip = remote.rsplit(":", 1)[0]
+                pub = public_ip(lab, tgt)
+                via = "public" if host_ip == pub else "private"
+                row["via"] = via
+                if case["via"] != "any" and via != case["via"]:
+                    good, why = False, " (went to the %s address %s, want %s)" % (via, remote, case["via"])
+            eng = ra.get("engine") or {}
+            if good and case.get("ttl") and (eng.get("punch_ttl") != case["ttl"] or not eng.get("ttl_left_site")):
+                good, why = False, " (punch TTL %s, left the site: %s; want %d)" % (
+                    eng.get("punch_ttl"), eng.get("ttl_left_site"), case["ttl"])
+            row["ttl"] = max((eng.get("punch_ttl") or 0), ((rb.get("engine") or {}).get("punch_ttl") or 0))
             row["result"] = ("PASS %s %d/%d ms" % (ra["method"], ra["ms"], rb["ms"])) if good \
-                else "FAIL a=%s/%s b=%s/%s" % (ra["method"], ra["engine"] and ra["engine"]["reason"],
-                                               rb["method"], rb["engine"] and rb["engine"]["reason"])
+                else "FAIL a=%s/%s b=%s/%s%s" % (ra["method"], ra["engine"] and ra["engine"]["reason"],
+                                                 rb["method"], rb["engine"] and rb["engine"]["reason"], why)
         else:
-            reason = (ra.get("engine") or {}).get("reason", "")
-            good = not ra["ok"] and not rb["ok"] and "relay" in reason and \
-                ra["ms"] < args.timeout_ms
+            reason = (ra.get("engine") or {}).get("reason", "") or ra.get("error", "")
+            good = not ra["ok"] and not rb["ok"] and ra["ms"] < args.timeout_ms and bool(reason)
+            if impossible(case["a"], case["b"]) and not case["scenario"]:
+                good = good and "relay" in reason  # the planner's own reason, at once
             row["result"] = ("PASS failed as planned in %d ms: %s" % (ra["ms"], reason)) if good \
-                else "FAIL expected an honest failure, got a=%s b=%s" % (ra["method"], rb["method"])
+                else "FAIL expected an honest failure, got a=%s b=%s (%s)" % (ra["method"], rb["method"], reason)
     except Exception as e:  # noqa: BLE001 - a lab error is one row's failure
         row["result"] = "ERROR %s" % e
     finally:
         for p in procs:
             stop(p)
+        td = time.monotonic()
         subprocess.run([args.lab, "down", "--prefix", prefix], capture_output=True)
+        row["down_s"] = round(time.monotonic() - td, 1)
     return row
+
+
+def method_cell(r):
+    """One cell of the docs table: the method that won and the engine's time
+    (initiator's), or how it failed."""
+    res = r["result"]
+    if res.startswith("PASS failed"):
+        return "fails as planned (%d ms)" % r["res_a"]["ms"]
+    if res.startswith("PASS"):
+        ra = r["res_a"]
+        via = " (%s)" % r["via"] if r.get("via") else ""
+        return "%s%s, %d ms" % (ra["method"], via, ra["ms"])
+    return "**%s**" % res.split(" ")[0]
+
+
+def markdown(rows):
+    out = ["| A (initiator) | B (target) | drop | rst | icmp |", "|---|---|---|---|---|"]
+    cells = {}
+    order = []
+    for r in rows:
+        if r["scenario"]:
+            continue
+        k = (r["a"], r["b"])
+        if k not in cells:
+            cells[k] = {}
+            order.append(k)
+        cells[k][r["syn"]] = method_cell(r)
+    for k in order:
+        out.append("| %s | %s | %s |" % (k[0], k[1], " | ".join(cells[k].get(s, "-") for s in SYNS)))
+    sc = [r for r in rows if r["scenario"]]
+    if sc:
+        out += ["", "| case | lab | A | B | SYN | hairpin | expected | result |", "|---|---|---|---|---|---|---|---|"]
+        for r in sc:
+            out.append("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
+                r["case"], r["scenario"], r["a"], r["b"], r["syn"], r["hairpin"], r["expect"], method_cell(r)))
+    return "\n".join(out) + "\n"
 
 
 def main():
@@ -157,30 +285,57 @@ def main():
     ap.add_argument("--ntcp", required=True)
     ap.add_argument("--timeout-ms", type=int, default=20000)
     ap.add_argument("--pair", action="append", default=[],
-                    help="A:B:SYN (repeatable); 'all' = every pair and SYN answer")
+                    help="A:B:SYN (repeatable); 'all' = every pair and SYN answer, no scenarios")
+    ap.add_argument("--scenario", action="append", default=[],
+                    help="a scenario case by name (repeatable); 'all' = every one")
+    ap.add_argument("--quick", action="store_true", help="a dozen pairs instead of the whole matrix")
+    ap.add_argument("--jobs", "-j", type=int, default=int(os.environ.get("NTCP_E2E_JOBS", "8")),
+                    help="labs at once (default 8, or $NTCP_E2E_JOBS)")
+    ap.add_argument("--prefix", default=os.environ.get("NTCP_LAB_PREFIX_BASE", "nte"),
+                    help="start of the labs' prefixes (default nte, or $NTCP_LAB_PREFIX_BASE)")
     ap.add_argument("--json", help="write the rows here")
+    ap.add_argument("--markdown", help="write the result tables here (docs/traversal.md)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("skipped: the lab needs root (network namespaces)")
         return 77
-    if args.pair == ["all"]:
-        pairs = [(x, y, s) for i, x in enumerate(PERS) for y in PERS[i:]
-                 for s in ("drop", "rst", "icmp")]
-    elif args.pair:
-        pairs = [tuple(p.split(":")) for p in args.pair]
-    else:
-        pairs = DEFAULT
-    rows = []
-    for i, (a, b, syn) in enumerate(pairs):
-        row = one(i, a, b, syn, args)
-        rows.append(row)
-        print("%-17s %-17s %-4s expect %-4s %s" % (a, b, syn, row["expect"], row["result"]),
-              flush=True)
+    every = [case_of(x, y, s) for i, x in enumerate(PERS) for y in PERS[i:] for s in SYNS]
+    by_name = {c["name"]: c for c in SCENARIOS}
+    cases = []
+    if args.quick:
+        cases += [case_of(*p) for p in QUICK]
+    for p in args.pair:
+        cases += every if p == "all" else [case_of(*p.split(":"))]
+    for n in args.scenario:
+        if n != "all" and n not in by_name:
+            print("unknown scenario %s (one of: %s)" % (n, " ".join(by_name)), file=sys.stderr)
+            return 2
+        cases += SCENARIOS if n == "all" else [by_name[n]]
+    if not cases:
+        cases = every + SCENARIOS  # the whole matrix of issue 6
+    t0 = time.monotonic()
+    lock = threading.Lock()
+
+    def run(ic):
+        row = one(ic[0], ic[1], args)
+        with lock:
+            c = ic[1]
+            label = c["name"] if c["scenario"] else "%-17s %-17s %-4s" % (c["a"], c["b"], c["syn"])
+            print("%-40s expect %-4s %s" % (label, row["expect"], row["result"]), flush=True)
+        return row
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as ex:
+        rows = list(ex.map(run, enumerate(cases)))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(markdown(rows))
     bad = [r for r in rows if not r["result"].startswith("PASS")]
-    print("%d/%d pairs as expected" % (len(rows) - len(bad), len(rows)))
+    for r in bad:
+        print("not as expected: %s (logs /tmp/%s-*)" % (r["case"], r["prefix"]))
+    print("%d/%d cases as expected in %.0f s" % (len(rows) - len(bad), len(rows), time.monotonic() - t0))
     return 1 if bad else 0
 
 

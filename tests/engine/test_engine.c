@@ -203,7 +203,9 @@ static void test_punch(void **st)
     int fds = count_fds();
     uint16_t pa = free_port(), pb = free_port();
     plan a = {0}, b = {0};
-    add(&a, 1, NTCP_METHOD_STUNT2, PLAN_PUNCH, PLAN_LOCAL_SESSION, pb, 0, 2000)->ttl = 2;
+    plan_attempt *p = add(&a, 1, NTCP_METHOD_STUNT2, PLAN_PUNCH, PLAN_LOCAL_SESSION, pb, 0, 2000);
+    p->ttl = 2;
+    p->peer_any_port = true; /* B connects from any port: A's listener takes it */
     plan_attempt *c = add(&b, 1, NTCP_METHOD_STUNT2, PLAN_CONNECT, PLAN_LOCAL_ANY, pa, 50, 2000);
     c->repeats = 3;
     c->repeat_ms = 200;

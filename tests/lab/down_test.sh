@@ -3,7 +3,7 @@
 # also after `up` was killed midway and after the state file was lost; and two
 # labs with different prefixes live side by side.
 . "$(dirname "$0")/common.sh"
-P1=ntlt$$a P2=ntlt$$b P3=ntlt$$c
+B=${NTCP_LAB_PREFIX_BASE:-ntl}t; P1=$B$$a P2=$B$$b P3=$B$$c
 trap '"$LAB" down --prefix $P1 >/dev/null 2>&1; "$LAB" down --prefix $P2 >/dev/null 2>&1; "$LAB" down --prefix $P3 >/dev/null 2>&1' EXIT
 
 # 1. Kill `up` in the middle of building the topology.

@@ -4,7 +4,7 @@
 # 1-(1-L)^2 of round trips are lost; and down leaves no emulator behind.
 # Bounds are wide: this checks behaviour, not timing precision.
 . "$(dirname "$0")/common.sh"
-P=ntlt$$d
+P=${NTCP_LAB_PREFIX_BASE:-ntl}t$$d
 trap '"$LAB" down --prefix $P >/dev/null 2>&1' EXIT
 
 "$LAB" up --prefix $P --a port-restricted --b port-restricted --delay 40 >/dev/null || fail "up with --delay"
