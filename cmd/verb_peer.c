@@ -52,6 +52,10 @@ static const char *const OPTIONS_HELP =
     "  -j, --json               print one JSON status line on stderr (method, times,\n"
     "                           addresses; docs/traversal.md)\n"
     "  -q, --quiet              no progress lines on stderr\n"
+    "  -u, --udp                UDP instead of TCP: each line of stdin is one datagram,\n"
+    "                           each datagram from the peer one line of stdout\n"
+    "  -w, --wait MS            (UDP) after the end of stdin, go on printing the\n"
+    "                           peer's datagrams until MS ms pass without one (2000)\n"
     "  -h, --help               show this help\n";
 
 static const char *const EXIT_HELP =
@@ -101,7 +105,8 @@ typedef struct popts {
     const char *allow[16];
     size_t nallow;
     int timeout_ms;
-    bool json, quiet, keep_open;
+    bool json, quiet, keep_open, udp;
+    int wait_ms;
 } popts;
 
 static int usage_error(const popts *o, const char *fmt, const char *arg)
@@ -133,11 +138,13 @@ static int parse(int argc, char **argv, popts *o)
         {"json", no_argument, NULL, 'j'},          {"quiet", no_argument, NULL, 'q'},
         {"keep-open", no_argument, NULL, 'K'},     {"allow", required_argument, NULL, 'a'},
         {"help", no_argument, NULL, 'h'},          {"broker-ca", required_argument, NULL, 'C'},
-        {"broker-pin", required_argument, NULL, 'P'}, {NULL, 0, NULL, 0}};
+        {"broker-pin", required_argument, NULL, 'P'}, {"udp", no_argument, NULL, 'u'},
+        {"wait", required_argument, NULL, 'w'},    {NULL, 0, NULL, 0}};
     o->timeout_ms = 30000;
+    o->wait_ms = 2000;
     optind = 1;
     int c;
-    while ((c = getopt_long(argc, argv, o->listen ? "i:b:s:c:k:t:jqKa:h" : "i:b:s:c:k:t:jqh", lo,
+    while ((c = getopt_long(argc, argv, o->listen ? "i:b:s:c:k:t:jqKa:huw:" : "i:b:s:c:k:t:jqhuw:", lo,
                             NULL)) != -1) {
         switch (c) {
         case 'i': o->id = optarg; break;
@@ -160,6 +167,15 @@ static int parse(int argc, char **argv, popts *o)
             break;
         }
         case 'j': o->json = true; break;
+        case 'u': o->udp = true; break;
+        case 'w': {
+            char *end;
+            long v = strtol(optarg, &end, 10);
+            if (*end || v < 0 || v > 3600000)
+                return usage_error(o, "--wait wants milliseconds, 0 to 3600000: %s", optarg);
+            o->wait_ms = (int)v;
+            break;
+        }
         case 'q': o->quiet = true; break;
         case 'K':
             if (!o->listen)
@@ -331,6 +347,71 @@ static int pump(int fd, bool stdin_open)
     return P_OK;
 }
 
+/* UDP: each line of stdin one datagram (without its newline), each
+ * datagram of the peer one line of stdout; ntcp's own datagrams (keepalives,
+ * handshake repeats) are dropped. Ends wait_ms after the end of stdin
+ * without a datagram from the peer (at once when stdin was not ours). */
+static int pump_udp(int fd, bool stdin_open, int wait_ms)
+{
+    static char line[65536];
+    size_t have = 0;
+    char buf[65536];
+    bool in_open = stdin_open;
+    for (;;) {
+        struct pollfd p[2] = {{.fd = fd, .events = POLLIN}, {.fd = in_open ? 0 : -1, .events = POLLIN}};
+        int n = poll(p, 2, in_open ? -1 : wait_ms);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return P_IO;
+        }
+        if (n == 0)
+            return P_OK; /* stdin done and the peer quiet for wait_ms */
+        if (p[0].revents) {
+            ssize_t r = recv(fd, buf, sizeof buf, 0);
+            if (r < 0) {
+                if (errno == EINTR || errno == EAGAIN)
+                    continue;
+                return P_IO; /* ECONNREFUSED: the peer's port is gone */
+            }
+            if (!ntcp_udp_is_control(buf, (size_t)r)) {
+                buf[r] = '\n';
+                for (ssize_t off = 0; off < r + 1;) {
+                    ssize_t w = write(1, buf + off, (size_t)(r + 1 - off));
+                    if (w < 0 && errno != EINTR)
+                        return P_IO;
+                    if (w > 0)
+                        off += w;
+                }
+            }
+        }
+        if (in_open && p[1].revents) {
+            ssize_t r = read(0, line + have, sizeof line - have);
+            if (r < 0 && errno == EINTR)
+                continue;
+            if (r > 0)
+                have += (size_t)r;
+            /* Every complete line (and, at the end, the rest) is a datagram. */
+            size_t start = 0;
+            for (size_t k = 0; k < have; k++)
+                if (line[k] == '\n') {
+                    if (send(fd, line + start, k - start, 0) < 0 && errno != ECONNREFUSED)
+                        return P_IO;
+                    start = k + 1;
+                }
+            if (r <= 0 || have - start == sizeof line) {
+                if (have > start && send(fd, line + start, have - start, 0) < 0)
+                    return P_IO;
+                start = have;
+                if (r <= 0)
+                    in_open = false;
+            }
+            memmove(line, line + start, have - start);
+            have -= start;
+        }
+    }
+}
+
 static void report(const popts *o, int status, const ntcp_conn_info_t *info)
 {
     if (o->json) {
@@ -360,8 +441,11 @@ static void report(const popts *o, int status, const ntcp_conn_info_t *info)
 static int policy_allow(ntcp_t *ctx, const char *peer, ntcp_transport_t t, void *user)
 {
     (void)ctx;
-    (void)t;
     const popts *o = user;
+    if (o->udp && t != NTCP_UDP)
+        return 0; /* listen --udp: UDP paths only */
+    if (o->nallow == 0)
+        return 1;
     for (size_t i = 0; i < o->nallow; i++)
         if (!strcmp(o->allow[i], peer))
             return 1;
@@ -387,7 +471,7 @@ static int run(int argc, char **argv, bool listen)
     memset(&info, 0, sizeof info);
     info.size = sizeof info;
     if (listen) {
-        if (o.nallow)
+        if (o.nallow || o.udp)
             ntcp_set_policy(ctx, policy_allow, &o);
         int st = ntcp_listen(ctx, NULL, o.timeout_ms);
         if (st < 0) {
@@ -411,15 +495,24 @@ static int run(int argc, char **argv, bool listen)
                 break;
             }
             report(&o, fd, &info);
-            code = pump(fd, stdin_open);
+            if (info.transport == NTCP_UDP) {
+                code = pump_udp(fd, stdin_open, o.wait_ms);
+                ntcp_udp_close(ctx, fd);
+            } else {
+                code = pump(fd, stdin_open);
+                close(fd);
+            }
             stdin_open = false; /* one stdin: the next peers only send */
-            close(fd);
         } while (o.keep_open && code == P_OK);
     } else {
-        int fd = ntcp_connect(ctx, o.peer, &info, o.timeout_ms);
+        int fd = o.udp ? ntcp_udp_punch(ctx, o.peer, &info, o.timeout_ms)
+                       : ntcp_connect(ctx, o.peer, &info, o.timeout_ms);
         report(&o, fd, &info);
         if (fd < 0) {
             code = exit_code_of(fd);
+        } else if (o.udp) {
+            code = pump_udp(fd, true, o.wait_ms);
+            ntcp_udp_close(ctx, fd);
         } else {
             code = pump(fd, true);
             close(fd);

@@ -328,6 +328,33 @@ int ntcp_connect_async(ntcp_t *ctx, const char *peer, int timeout_ms, ntcp_conn_
  * once). */
 int ntcp_accept_async(ntcp_t *ctx, ntcp_conn_cb cb, void *user_ptr);
 
+/* ---- UDP: ntcp_udp_punch (docs/udp.md) ----
+ *
+ * A connected UDP socket to the peer registered as `peer`, punched through
+ * both NATs (same LAN, direct, hole punching, port prediction, and a
+ * bounded birthday search against one random-port NAT), after the same key
+ * proof as TCP, carried in the first datagrams. The listening side gets its
+ * end through ntcp_accept() (info->transport == NTCP_UDP). Returns the
+ * descriptor (blocking mode, connect()ed to the peer) or an error as for
+ * ntcp_connect().
+ *
+ * The library keeps the path alive: a zero-length datagram every half of
+ * the NAT's measured mapping lifetime (15 s when unknown), from its own
+ * duplicate of the socket, until ntcp_udp_close(), which the application
+ * calls instead of close() (after a plain close() the keepalives, and the
+ * NAT mappings, go on until ntcp_free()). The application reads the peer's
+ * keepalives as datagrams of length 0, and, rarely (when the last handshake
+ * datagrams were lost), a repeated handshake datagram: ntcp_udp_is_control()
+ * tells both apart from its own data, which it should then ignore. */
+int ntcp_udp_punch(ntcp_t *ctx, const char *peer, ntcp_conn_info_t *info, int timeout_ms);
+int ntcp_udp_punch_async(ntcp_t *ctx, const char *peer, int timeout_ms, ntcp_conn_cb cb,
+                         void *user_ptr);
+/* Stops the path's keepalive and closes fd. Returns 0, or NTCP_EINVAL. */
+int ntcp_udp_close(ntcp_t *ctx, int fd);
+/* 1 when a received datagram is ntcp's own (a keepalive or a handshake
+ * repeat), 0 when it is the peer application's. */
+int ntcp_udp_is_control(const void *buf, size_t len);
+
 /* Who may connect: called on the runtime thread for each offer, before any
  * packet is sent to the peer; return 1 to accept, 0 to refuse (the requester
  * gets NTCP_EREFUSED). Without a policy every offer is accepted. Set it before

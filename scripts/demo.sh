@@ -98,8 +98,8 @@ echo "      the first verified TCP connection wins, and the messages cross on it
 broker_pid=$!
 demo_home=$(mktemp -d)  # the peers' keys (~/.config/ntcp/NAME.key) live here
 out=$(mktemp -d)
-# bob answers one line and waits for alice to close.
-( echo "hello alice, this is bob (behind a symmetric NAT)"; sleep 5 ) |
+# bob sends one line; the connection ends when both have sent all (as nc).
+echo "hello alice, this is bob (behind a symmetric NAT)" |
   HOME=$demo_home "$LAB" exec b -- "$NTCP" listen --id bob --stun server --broker server:3490 \
     --timeout 60000 >"$out/bob.txt" 2>"$out/bob.log" &
 listen_pid=$!
@@ -107,7 +107,7 @@ listen_pid=$!
 for _ in $(seq 1 100); do grep -q listening "$out/bob.log" 2>/dev/null && break; sleep 0.1; done
 printf '\n$ echo "hello bob, ..." | ntcp connect --id alice --stun server --broker server:3490 --json bob\n'
 rc=0
-( echo "hello bob, this is alice (behind a port-restricted NAT)"; sleep 1 ) |
+echo "hello bob, this is alice (behind a port-restricted NAT)" |
   HOME=$demo_home "$LAB" exec a -- "$NTCP" connect --id alice --stun server --broker server:3490 \
     --json bob >"$out/alice.txt" 2>"$out/alice.json" || rc=$?
 wait "$listen_pid" || true

@@ -39,15 +39,18 @@
 #include "identity.h"
 #include "ntcp.h"
 #include "plan.h"
+#include "raw.h"
 #include "session.h"
 #include "stun.h"
+#include "udp_plan.h"
+#include "udp_punch.h"
 #include "verify.h"
 
 #define DEFAULT_TIMEOUT_MS 30000
 #define DISCOVER_TIMEOUT_MS 15000
 #define TICK_MS 50
 
-enum req_kind { R_LISTEN, R_CONNECT, R_ACCEPT_CB };
+enum req_kind { R_LISTEN, R_CONNECT, R_ACCEPT_CB, R_UDP_CLOSE };
 
 typedef struct req req;
 struct req {
@@ -67,6 +70,13 @@ struct req {
     int status; /* fd or error */
     ntcp_conn_info_t info;
 };
+
+/* The keepalive of a punched UDP path, until ntcp_udp_close() or ntcp_free(). */
+typedef struct ka_entry {
+    struct ka_entry *next;
+    int fd; /* the application's descriptor (the keepalive sends from its own dup) */
+    ntcp_udp_keepalive *k;
+} ka_entry;
 
 typedef struct queued {
     struct queued *next;
@@ -114,6 +124,7 @@ typedef struct ntcp_rt {
     struct sockaddr_storage stun_addr; /* the STUN server that answered discovery */
     struct sampler *sampling;          /* a port sample in flight, or NULL */
     bool sample_again;                 /* a connection ended during it */
+    struct ka_entry *kas;              /* keepalives of the UDP paths handed over */
 } ntcp_rt;
 
 struct conn {
@@ -123,9 +134,14 @@ struct conn {
     bool going, finished;
     uint64_t t0;
     ntcp_engine *e;
+    udp_puncher *p; /* UDP: the punch under way */
+    udp_plan upl;
+    uint64_t retry_at; /* UDP initiator: ask the broker again then (peer's mapping unknown) */
+    unsigned asks;
     plan pl;
     ntcp_conn_info_t info;
     int cancel_err; /* why the engine was cancelled (NTCP_ETIMEDOUT, NTCP_ECLOSED) */
+    uint8_t nonce[BROKER_NONCE_SIZE]; /* the CONNECT-GO's: RAW-ISN messages name it */
 };
 
 static uint64_t mono_ms(void)
@@ -220,6 +236,20 @@ static void deliver_incoming(ntcp_rt *rt, int fd, const ntcp_conn_info_t *info)
     rt->aq_tail = q;
     pthread_cond_broadcast(&rt->cv);
     pthread_mutex_unlock(&rt->mu);
+}
+
+/* Stops the keepalive of a handed-over UDP path (if any) and closes fd. */
+static void ntcp_udp_close_fd(ntcp_rt *rt, int fd)
+{
+    for (ka_entry **p = &rt->kas; *p; p = &(*p)->next)
+        if ((*p)->fd == fd) {
+            ka_entry *ka = *p;
+            *p = ka->next;
+            ntcp_udp_keepalive_stop(ka->k);
+            free(ka);
+            break;
+        }
+    close(fd);
 }
 
 /* ---- the newest external port, with sequential ports ----
@@ -382,6 +412,7 @@ static void resample(ntcp_rt *rt)
 /* ---- connections ---- */
 
 static void run_held(ntcp_rt *rt);
+static void ntcp_udp_close_fd(ntcp_rt *rt, int fd);
 
 static void conn_free(conn *c)
 {
@@ -411,8 +442,8 @@ static void conn_finish(conn *c, int status)
     } else if (status >= 0) {
         deliver_incoming(rt, status, &c->info);
     }
-    if (!c->e)
-        conn_free(c); /* else freed by the engine's callback */
+    if (!c->e && !c->p)
+        conn_free(c); /* else freed by the engine's (or punch's) callback */
     run_held(rt);
 }
 
@@ -462,7 +493,143 @@ static void on_engine(ntcp_engine *e, const ntcp_engine_result *res, void *user)
     conn_finish(c, status); /* frees c: its engine has ended */
 }
 
-/* Both ends: the plan from both profiles, then the engine. */
+/* RAW_SYN attempts: our ISN to the peer, and the peer's to the engine. */
+static void raw_send_isn(void *user, const struct sockaddr_storage *ext, uint32_t isn, bool spoof)
+{
+    conn *c = user;
+    ntcp_session_send_raw_isn(c->rt->s, c->nonce, ext, isn, spoof);
+}
+
+static void on_raw_isn(ntcp_session *s, const uint8_t nonce[BROKER_NONCE_SIZE],
+                       const struct sockaddr_storage *ext, uint32_t isn, void *user)
+{
+    (void)s;
+    (void)ext;
+    ntcp_rt *rt = user;
+    for (conn *c = rt->conns; c; c = c->next)
+        if (c->e && c->going && memcmp(c->nonce, nonce, sizeof c->nonce) == 0)
+            ntcp_engine_raw_isn(c->e, isn);
+}
+
+/* ---- UDP (ntcp_udp_punch(), docs/udp.md) ---- */
+
+static void on_punch(udp_puncher *p, const ntcp_udp_punch_result *r, void *user)
+{
+    (void)p;
+    conn *c = user;
+    ntcp_rt *rt = c->rt;
+    c->p = NULL;
+    ntcp_conn_info_t *i = &c->info;
+    if (rt->debug) {
+        static char pj[4096], rj[4096];
+        udp_plan_format(&c->upl, pj, sizeof pj);
+        ntcp_udp_punch_result_json(r, rj, sizeof rj);
+        fprintf(stderr, "ntcp: udp plan %s\nntcp: udp result %s\n", pj, rj);
+    }
+    snprintf(i->detail, sizeof i->detail, "%s", r->reason);
+    i->attempts = r->paths;
+    int status = r->err == NTCP_ECLOSED && c->cancel_err ? c->cancel_err : r->err;
+    if (r->err == 0) {
+        int fl = fcntl(r->fd, F_GETFL);
+        if (fl >= 0)
+            fcntl(r->fd, F_SETFL, fl & ~O_NONBLOCK);
+        snprintf(i->method, sizeof i->method, "%s", udp_method_name(r->method));
+        i->local = r->local;
+        i->remote = r->remote;
+        if (i->start_ms >= 0) {
+            i->connected_ms = i->start_ms + r->reached_ms;
+            i->verified_ms = i->start_ms + r->verified_ms;
+        }
+        status = r->fd;
+        /* The path's keepalive, until ntcp_udp_close() (or ntcp_free()). */
+        ka_entry *ka = calloc(1, sizeof *ka);
+        int lifetime = rt->me.has[PLAN_UDP4] ? rt->me.b[PLAN_UDP4].lifetime_s : 0;
+        if (ka && ntcp_udp_keepalive_start(&rt->loop, r->fd, ntcp_udp_keepalive_interval_ms(lifetime),
+                                           &ka->k) == 0) {
+            ka->fd = r->fd;
+            ka->next = rt->kas;
+            rt->kas = ka;
+        } else {
+            free(ka);
+        }
+    }
+    if (c->finished) {
+        if (status >= 0)
+            ntcp_udp_close_fd(rt, status);
+        conn_free(c);
+        return;
+    }
+    conn_finish(c, status); /* frees c: its punch has ended */
+}
+
+/* Both ends of a UDP connect: the UDP plan, the session's UDP socket (whose
+ * mapping the broker gave the peer), the punch. */
+static void udp_go(conn *c, const broker_go *g, const plan_profile *peer)
+{
+    ntcp_rt *rt = c->rt;
+    ntcp_conn_info_t *i = &c->info;
+    i->transport = NTCP_UDP;
+    i->peer_public = g->peer.public_udp;
+    ntcp_session_public_udp(rt->s, &i->public_addr);
+    udp_plan_input in;
+    udp_plan_input_init(&in);
+    if (rt->me.has[PLAN_UDP4])
+        in.me.udp = rt->me.b[PLAN_UDP4];
+    ntcp_session_public_udp(rt->s, &in.me.public_udp);
+    in.me.rtt_ms = rt->me.rtt_ms;
+    if (peer->has[PLAN_UDP4])
+        in.peer.udp = peer->b[PLAN_UDP4];
+    in.peer.public_udp = g->peer.public_udp;
+    in.peer.npriv = g->peer.nprivate < PLAN_MAX_PRIVATE ? g->peer.nprivate : PLAN_MAX_PRIVATE;
+    for (size_t k = 0; k < in.peer.npriv; k++)
+        in.peer.priv[k] = g->peer.private_addr[k];
+    in.peer.rtt_ms = peer->rtt_ms;
+    in.initiator = g->role == BROKER_ROLE_REQUESTER;
+    int rc = udp_plan_make(&in, &c->upl);
+    if (rc == NTCP_EINVAL) {
+        /* The peer's UDP keepalive has not reached the broker yet: the
+         * requester asks again shortly (on_tick), the target waits for that
+         * next CONNECT-GO. */
+        if (c->r && c->asks < 20) {
+            c->going = false;
+            c->asks++;
+            c->retry_at = mono_ms() + 300;
+            return;
+        }
+        snprintf(i->detail, sizeof i->detail, "the broker has no UDP mapping of %s", i->peer);
+        conn_finish(c, NTCP_EUNREACHABLE);
+        return;
+    }
+    ntcp_udp_punch_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.plan = &c->upl;
+    /* The session's next keepalive, from its new socket, would be one more
+     * mapping inside a sequential NAT's predicted window: after the punch. */
+    if (ntcp_session_take_udp(rt->s, c->upl.deadline_ms + 2000, &cfg.fd, NULL, NULL) < 0) {
+        snprintf(i->detail, sizeof i->detail, "no UDP socket at the broker session");
+        conn_finish(c, NTCP_ESYS);
+        return;
+    }
+    cfg.start_at = uv_now(&rt->loop) + g->start_delay_ms;
+    if (ntcp_verify_params_from_go(&cfg.verify, g) < 0) {
+        close(cfg.fd);
+        snprintf(i->detail, sizeof i->detail, "the broker's CONNECT-GO has no key for %s", i->peer);
+        conn_finish(c, NTCP_EPROTO);
+        return;
+    }
+    cfg.verify.key = rt->key;
+    cfg.verify.name = rt->name;
+    rc = ntcp_udp_punch_start(&rt->loop, &cfg, on_punch, c, &c->p);
+    if (rc < 0) {
+        c->p = NULL;
+        close(cfg.fd);
+        snprintf(i->detail, sizeof i->detail, "cannot start the punch: %s", ntcp_strerror(rc));
+        conn_finish(c, rc);
+    }
+}
+
+/* Both ends of a TCP or UDP connect: the plan from both profiles, then the
+ * engine (TCP) or the punch (UDP). */
 static void conn_go(conn *c, const broker_go *g)
 {
     ntcp_rt *rt = c->rt;
@@ -482,6 +649,10 @@ static void conn_go(conn *c, const broker_go *g)
     memset(&peer, 0, sizeof peer);
     if (g->peer.profile_len && plan_profile_decode(g->peer.profile, g->peer.profile_len, &peer) < 0)
         memset(&peer, 0, sizeof peer); /* an unreadable profile is an unknown one */
+    if (g->transport == BROKER_TRANSPORT_UDP) {
+        udp_go(c, g, &peer);
+        return;
+    }
     plan_input in;
     plan_input_init(&in);
     if (rt->me.has[PLAN_TCP4])
@@ -510,6 +681,13 @@ static void conn_go(conn *c, const broker_go *g)
     in.peer.rtt_ms = peer.rtt_ms;
     in.peer.nat_hops = peer.nat_hops;
     in.initiator = g->role == BROKER_ROLE_REQUESTER;
+    /* STUNT#1 / NATBlaster: both blobs say "raw usable" (privileged and
+     * built with NTCP_RAW); STUNT#1 also needs the broker's spoofing. */
+    in.me.raw = rt->me.raw;
+    in.peer.raw = peer.raw;
+    in.raw_enabled = raw_built();
+    in.broker_spoofs = ntcp_session_broker_spoofs(rt->s);
+    memcpy(c->nonce, g->nonce, sizeof c->nonce);
     if (rt->debug)
         fprintf(stderr, "ntcp: plan input: my newest port %u, the peer's %u\n", in.me.seq_port,
                 in.peer.seq_port);
@@ -528,6 +706,8 @@ static void conn_go(conn *c, const broker_go *g)
     }
     cfg.verify.key = rt->key;
     cfg.verify.name = rt->name;
+    cfg.raw_send_isn = raw_send_isn;
+    cfg.raw_user = c;
     int rc = ntcp_engine_start(&rt->loop, &cfg, on_engine, c, &c->e);
     if (rc < 0) {
         c->e = NULL;
@@ -541,7 +721,7 @@ static void on_connect_answer(ntcp_session *s, int err, int code, const broker_g
     (void)s;
     conn *c = arg;
     if (c->finished) {
-        if (!c->e)
+        if (!c->e && !c->p)
             conn_free(c);
         return;
     }
@@ -564,7 +744,12 @@ static void on_connect_answer(ntcp_session *s, int err, int code, const broker_g
         st = NTCP_EREFUSED;
         why = "the broker's rate limit";
     } else if (err == NTCP_ECLOSED || err == NTCP_EUNREACHABLE) {
-        why = "the broker session was lost";
+        /* NTCP_ECLOSED is for ntcp_free(); a lost broker is unreachable. */
+        pthread_mutex_lock(&c->rt->mu);
+        bool stopping = c->rt->stopping;
+        pthread_mutex_unlock(&c->rt->mu);
+        st = stopping ? NTCP_ECLOSED : NTCP_EUNREACHABLE;
+        why = stopping ? "the context is being freed" : "the broker session was lost";
     }
     if (why)
         snprintf(c->info.detail, sizeof c->info.detail, "%s (code %d)", why, code);
@@ -590,7 +775,10 @@ static void connect_now(ntcp_rt *rt, req *r)
     rt->conns = c;
     uint64_t now = mono_ms();
     uint32_t left = r->deadline > now ? (uint32_t)(r->deadline - now) : 1;
-    int rc = ntcp_session_connect(rt->s, r->name, left, on_connect_answer, c);
+    int rc = ntcp_session_connect_ex(rt->s, r->name,
+                                     r->transport == NTCP_UDP ? BROKER_TRANSPORT_UDP
+                                                              : BROKER_TRANSPORT_TCP,
+                                     left, on_connect_answer, c);
     if (rc < 0) {
         snprintf(c->info.detail, sizeof c->info.detail, "cannot ask the broker: %s",
                  ntcp_strerror(rc));
@@ -650,7 +838,9 @@ static bool on_offer(ntcp_session *s, const broker_peer_info *from, void *user)
     bool ok = rt->listening && !rt->stopping;
     pthread_mutex_unlock(&rt->mu);
     if (ok && rt->ctx->policy)
-        ok = rt->ctx->policy(rt->ctx, from->name, NTCP_TCP, rt->ctx->policy_user) != 0;
+        ok = rt->ctx->policy(rt->ctx, from->name,
+                             from->transport == BROKER_TRANSPORT_UDP ? NTCP_UDP : NTCP_TCP,
+                             rt->ctx->policy_user) != 0;
     return ok;
 }
 
@@ -857,6 +1047,7 @@ static void start_session(ntcp_rt *rt)
     sc.on_offer = on_offer;
     sc.on_go = on_go;
     sc.on_state = on_state;
+    sc.on_raw_isn = on_raw_isn;
     sc.user = rt;
     /* TLS to the broker: its certificate must carry the host name the
      * configuration gives (or that address), unless pinned. */
@@ -905,7 +1096,8 @@ static void on_discovered(ntcp_t *ctx, int status, const ntcp_nat_profile_t *np,
     if (res)
         freeaddrinfo(res);
     plan_profile pp;
-    plan_profile_from_nat(&pp, np, false, 0);
+    /* "raw usable": built with NTCP_RAW and allowed raw sockets now. */
+    plan_profile_from_nat(&pp, np, raw_check(NULL, 0) == 0, 0);
     rt->blen = plan_profile_encode(&pp, rt->blob, sizeof rt->blob);
     if (rt->blen < 0 || plan_profile_decode(rt->blob, (size_t)rt->blen, &rt->me) < 0) {
         rt->blen = 0;
@@ -938,6 +1130,11 @@ static void bring_up(ntcp_rt *rt)
 
 static void handle(ntcp_rt *rt, req *r)
 {
+    if (r->kind == R_UDP_CLOSE) {
+        ntcp_udp_close_fd(rt, r->status);
+        req_complete(rt, r, 0, NULL);
+        return;
+    }
     if (r->kind == R_ACCEPT_CB) {
         /* A connection already queued goes to it at once. */
         pthread_mutex_lock(&rt->mu);
@@ -1028,9 +1225,23 @@ static void on_wake(uv_async_t *a)
         if (c->e) {
             c->cancel_err = NTCP_ECLOSED;
             ntcp_engine_cancel(c->e); /* its callback frees c */
+        } else if (c->p) {
+            c->cancel_err = NTCP_ECLOSED;
+            ntcp_udp_punch_cancel(c->p); /* its callback frees c */
+        } else if (c->retry_at && !c->finished) {
+            snprintf(c->info.detail, sizeof c->info.detail, "the context is being freed");
+            conn_finish(c, NTCP_ECLOSED); /* no broker answer pending: frees c */
         }
-        /* Without an engine, c waits for the broker's answer: closing the
-         * session below gives it (NTCP_ECLOSED), and on_connect_answer ends it. */
+        /* Otherwise c waits for the broker's answer: closing the session
+         * below gives it (NTCP_ECLOSED), and on_connect_answer ends it. */
+    }
+    /* The handed-over UDP paths' keepalives (the application's descriptors
+     * stay open). */
+    while (rt->kas) {
+        ka_entry *ka = rt->kas;
+        rt->kas = ka->next;
+        ntcp_udp_keepalive_stop(ka->k);
+        free(ka);
     }
     if (rt->s) {
         ntcp_session_close(rt->s); /* pending connects complete with NTCP_ECLOSED */
@@ -1063,11 +1274,30 @@ static void on_tick(uv_timer_t *t)
     }
     for (conn *c = rt->conns, *n; c; c = n) {
         n = c->next;
+        if (c->retry_at && !c->finished && c->r && now >= c->retry_at && now < c->r->deadline) {
+            /* UDP: ask the broker again (the peer's mapping was unknown). */
+            c->retry_at = 0;
+            int rc = ntcp_session_connect_ex(rt->s, c->r->name, BROKER_TRANSPORT_UDP,
+                                             (uint32_t)(c->r->deadline - now), on_connect_answer, c);
+            if (rc < 0) {
+                snprintf(c->info.detail, sizeof c->info.detail, "cannot ask the broker: %s",
+                         ntcp_strerror(rc));
+                conn_finish(c, rc);
+            }
+            continue;
+        }
         if (!c->r || c->finished || now < c->r->deadline)
             continue;
         if (c->e) {
             c->cancel_err = NTCP_ETIMEDOUT;
             ntcp_engine_cancel(c->e);
+        } else if (c->p) {
+            c->cancel_err = NTCP_ETIMEDOUT;
+            ntcp_udp_punch_cancel(c->p);
+        } else if (c->retry_at) {
+            snprintf(c->info.detail, sizeof c->info.detail,
+                     "timed out: the broker never had the peer's UDP mapping");
+            conn_finish(c, NTCP_ETIMEDOUT); /* no broker answer pending: frees c */
         } else {
             snprintf(c->info.detail, sizeof c->info.detail, "%s",
                      c->going ? "timed out" : "timed out waiting for the broker's answer");
@@ -1294,8 +1524,6 @@ static int connect_common(ntcp_t *ctx, const char *peer, ntcp_transport_t transp
     int rc = check_ready(ctx);
     if (rc < 0)
         return rc;
-    if (transport == NTCP_UDP)
-        return NTCP_EINVAL; /* not yet: ntcp_udp_punch() */
     r->kind = R_CONNECT;
     snprintf(r->name, sizeof r->name, "%s", peer);
     r->transport = transport;
@@ -1304,11 +1532,12 @@ static int connect_common(ntcp_t *ctx, const char *peer, ntcp_transport_t transp
     return 0;
 }
 
-int ntcp_connect(ntcp_t *ctx, const char *peer, ntcp_conn_info_t *info, int timeout_ms)
+static int connect_blocking(ntcp_t *ctx, const char *peer, ntcp_transport_t transport,
+                            ntcp_conn_info_t *info, int timeout_ms)
 {
     req r;
     memset(&r, 0, sizeof r);
-    int rc = connect_common(ctx, peer, NTCP_TCP, timeout_ms, &r);
+    int rc = connect_common(ctx, peer, transport, timeout_ms, &r);
     if (rc == 0) {
         ntcp_rt *rt = get_rt(ctx, &rc);
         if (rt) {
@@ -1324,6 +1553,7 @@ int ntcp_connect(ntcp_t *ctx, const char *peer, ntcp_conn_info_t *info, int time
     if (info) {
         ntcp_conn_info_t tmp;
         info_init(&tmp, peer, true);
+        tmp.transport = transport;
         snprintf(tmp.detail, sizeof tmp.detail, "%s",
                  rc == NTCP_ECONFIG ? "no broker or no name configured" : ntcp_strerror(rc));
         info_copy_out(info, &tmp);
@@ -1331,15 +1561,25 @@ int ntcp_connect(ntcp_t *ctx, const char *peer, ntcp_conn_info_t *info, int time
     return rc;
 }
 
-int ntcp_connect_async(ntcp_t *ctx, const char *peer, int timeout_ms, ntcp_conn_cb cb,
-                       void *user_ptr)
+int ntcp_connect(ntcp_t *ctx, const char *peer, ntcp_conn_info_t *info, int timeout_ms)
+{
+    return connect_blocking(ctx, peer, NTCP_TCP, info, timeout_ms);
+}
+
+int ntcp_udp_punch(ntcp_t *ctx, const char *peer, ntcp_conn_info_t *info, int timeout_ms)
+{
+    return connect_blocking(ctx, peer, NTCP_UDP, info, timeout_ms);
+}
+
+static int connect_async(ntcp_t *ctx, const char *peer, ntcp_transport_t transport,
+                         int timeout_ms, ntcp_conn_cb cb, void *user_ptr)
 {
     if (!cb)
         return NTCP_EINVAL;
     req *r = calloc(1, sizeof *r);
     if (!r)
         return NTCP_ENOMEM;
-    int rc = connect_common(ctx, peer, NTCP_TCP, timeout_ms, r);
+    int rc = connect_common(ctx, peer, transport, timeout_ms, r);
     ntcp_rt *rt = rc == 0 ? get_rt(ctx, &rc) : NULL;
     if (rt) {
         r->conn_cb = cb;
@@ -1349,6 +1589,47 @@ int ntcp_connect_async(ntcp_t *ctx, const char *peer, int timeout_ms, ntcp_conn_
     if (rc < 0)
         free(r);
     return rc;
+}
+
+int ntcp_connect_async(ntcp_t *ctx, const char *peer, int timeout_ms, ntcp_conn_cb cb,
+                       void *user_ptr)
+{
+    return connect_async(ctx, peer, NTCP_TCP, timeout_ms, cb, user_ptr);
+}
+
+int ntcp_udp_punch_async(ntcp_t *ctx, const char *peer, int timeout_ms, ntcp_conn_cb cb,
+                         void *user_ptr)
+{
+    return connect_async(ctx, peer, NTCP_UDP, timeout_ms, cb, user_ptr);
+}
+
+int ntcp_udp_close(ntcp_t *ctx, int fd)
+{
+    if (!ctx || fd < 0)
+        return NTCP_EINVAL;
+    pthread_mutex_lock(&ctx->rt_mu);
+    ntcp_rt *rt = ctx->rt;
+    pthread_mutex_unlock(&ctx->rt_mu);
+    if (!rt)
+        return close(fd) == 0 ? 0 : NTCP_ESYS;
+    req r;
+    memset(&r, 0, sizeof r);
+    r.kind = R_UDP_CLOSE;
+    r.status = fd;
+    r.blocking = true;
+    int rc = submit(rt, &r);
+    if (rc < 0) /* stopping: the keepalives are gone with the runtime */
+        return close(fd) == 0 ? 0 : NTCP_ESYS;
+    wait_done(rt, &r);
+    return 0;
+}
+
+int ntcp_udp_is_control(const void *buf, size_t len)
+{
+    if (len == 0)
+        return 1; /* a keepalive */
+    udp_dgram d;
+    return buf && udp_dgram_parse(buf, len, &d) == 0;
 }
 
 int ntcp_accept(ntcp_t *ctx, ntcp_conn_info_t *info, int timeout_ms)

@@ -10,6 +10,7 @@ ntcp-stuntd and ntcp-brokerd on the lab's server host:
     sequential NAT the ports moved: the newest port is sampled);
   - two peers behind one NAT (scenario same-nat): connected by same-lan;
   - refused by the listener's --allow: exit 4 at once; unknown peer: exit 3;
+  - UDP (--udp) through the demo's NATs: 300 datagrams each way;
   - symmetric-random against symmetric-random: no method can work, so
     `ntcp connect` fails within its timeout with exit 2 and a reason.
 
@@ -119,9 +120,11 @@ class Tester:
         out = tempfile.NamedTemporaryFile("w+", dir=self.home, delete=False)
         p = self.bg(host, self.peer("listen", host, name, *extra), stdin=subprocess.PIPE,
                     stdout=out, stderr=err, text=True)
+        # Its standard input ends after the text: the connection ends when
+        # both directions have (as with nc).
         if stdin_text:
             p.stdin.write(stdin_text)
-            p.stdin.flush()
+        p.stdin.close()
         deadline = time.time() + 30
         while time.time() < deadline:
             if "listening as" in open(err.name).read() or p.poll() is not None:
@@ -174,6 +177,21 @@ class Tester:
         r4, _, _ = self.connect("a", "alice", "nobody", "x\n")
         self.check(r4.returncode == 3, f"an unknown peer: exit 3 (got {r4.returncode})")
         self.check(lp.poll() is None, "the --keep-open listener is still there")
+        # UDP through the same NATs: 300 datagrams each way, one per line.
+        blines = "".join(f"from-bob-{k}\n" for k in range(300))
+        alines = "".join(f"from-alice-{k}\n" for k in range(300))
+        up, uout, uerr = self.listen("b", "bobu", "--udp", stdin_text=blines)
+        r5, st5, _ = self.connect("a", "aliceu", "bobu", alines, "--udp")
+        self.check(r5.returncode == 0 and st5 and st5.get("transport") == "udp"
+                   and st5.get("ok"), f"ntcp connect --udp: connected (got {r5.returncode}, {st5})")
+        self.check(r5.stdout == blines, f"alice got bob's 300 datagrams in order "
+                   f"({len(r5.stdout.splitlines())} lines)")
+        try:
+            up.wait(20)
+        except subprocess.TimeoutExpired:
+            pass
+        got = open(uout).read()
+        self.check(got == alines, f"bob got alice's 300 datagrams ({len(got.splitlines())} lines)")
         self.down()
 
     def same_nat(self):
