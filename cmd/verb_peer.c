@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "addr.h"
@@ -56,6 +57,7 @@ static const char *const OPTIONS_HELP =
     "                           each datagram from the peer one line of stdout\n"
     "  -w, --wait MS            (UDP) after the end of stdin, go on printing the\n"
     "                           peer's datagrams until MS ms pass without one (2000)\n"
+    "  -I, --interval MS        (UDP) send at most one datagram every MS ms (0)\n"
     "  -h, --help               show this help\n";
 
 static const char *const EXIT_HELP =
@@ -106,7 +108,7 @@ typedef struct popts {
     size_t nallow;
     int timeout_ms;
     bool json, quiet, keep_open, udp;
-    int wait_ms;
+    int wait_ms, interval_ms;
 } popts;
 
 static int usage_error(const popts *o, const char *fmt, const char *arg)
@@ -139,12 +141,13 @@ static int parse(int argc, char **argv, popts *o)
         {"keep-open", no_argument, NULL, 'K'},     {"allow", required_argument, NULL, 'a'},
         {"help", no_argument, NULL, 'h'},          {"broker-ca", required_argument, NULL, 'C'},
         {"broker-pin", required_argument, NULL, 'P'}, {"udp", no_argument, NULL, 'u'},
-        {"wait", required_argument, NULL, 'w'},    {NULL, 0, NULL, 0}};
+        {"wait", required_argument, NULL, 'w'},    {"interval", required_argument, NULL, 'I'},
+        {NULL, 0, NULL, 0}};
     o->timeout_ms = 30000;
     o->wait_ms = 2000;
     optind = 1;
     int c;
-    while ((c = getopt_long(argc, argv, o->listen ? "i:b:s:c:k:t:jqKa:huw:" : "i:b:s:c:k:t:jqhuw:", lo,
+    while ((c = getopt_long(argc, argv, o->listen ? "i:b:s:c:k:t:jqKa:huw:I:" : "i:b:s:c:k:t:jqhuw:I:", lo,
                             NULL)) != -1) {
         switch (c) {
         case 'i': o->id = optarg; break;
@@ -168,12 +171,18 @@ static int parse(int argc, char **argv, popts *o)
         }
         case 'j': o->json = true; break;
         case 'u': o->udp = true; break;
-        case 'w': {
+        case 'w':
+        case 'I': {
             char *end;
             long v = strtol(optarg, &end, 10);
             if (*end || v < 0 || v > 3600000)
-                return usage_error(o, "--wait wants milliseconds, 0 to 3600000: %s", optarg);
-            o->wait_ms = (int)v;
+                return usage_error(o, c == 'w' ? "--wait wants milliseconds, 0 to 3600000: %s"
+                                               : "--interval wants milliseconds, 0 to 3600000: %s",
+                                   optarg);
+            if (c == 'w')
+                o->wait_ms = (int)v;
+            else
+                o->interval_ms = (int)v;
             break;
         }
         case 'q': o->quiet = true; break;
@@ -347,28 +356,53 @@ static int pump(int fd, bool stdin_open)
     return P_OK;
 }
 
-/* UDP: each line of stdin one datagram (without its newline), each
- * datagram of the peer one line of stdout; ntcp's own datagrams (keepalives,
- * handshake repeats) are dropped. Ends wait_ms after the end of stdin
- * without a datagram from the peer (at once when stdin was not ours). */
-static int pump_udp(int fd, bool stdin_open, int wait_ms)
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* UDP: each line of stdin one datagram (without its newline), at most one
+ * every interval_ms; each datagram of the peer one line of stdout; ntcp's
+ * own datagrams (keepalives, handshake repeats) are dropped. Ends wait_ms
+ * after the end of stdin (and of what was queued from it) without a datagram
+ * from the peer. */
+static int pump_udp(int fd, bool stdin_open, int wait_ms, int interval_ms)
 {
     static char line[65536];
     size_t have = 0;
     char buf[65536];
     bool in_open = stdin_open;
+    uint64_t next_send = 0;
     for (;;) {
-        struct pollfd p[2] = {{.fd = fd, .events = POLLIN}, {.fd = in_open ? 0 : -1, .events = POLLIN}};
-        int n = poll(p, 2, in_open ? -1 : wait_ms);
+        /* A complete line (or, at the end of stdin, the rest) waiting to go? */
+        char *nl = have ? memchr(line, '\n', have) : NULL;
+        bool pending = nl || (!in_open && have > 0) || have == sizeof line;
+        uint64_t now = now_ms();
+        if (pending && now >= next_send) {
+            size_t len = nl ? (size_t)(nl - line) : have;
+            if (send(fd, line, len, 0) < 0 && errno != ECONNREFUSED && errno != EINTR)
+                return P_IO;
+            size_t used = nl ? len + 1 : len;
+            memmove(line, line + used, have - used);
+            have -= used;
+            next_send = now + (uint64_t)interval_ms;
+            continue;
+        }
+        int timeout = pending ? (int)(next_send - now) : in_open ? -1 : wait_ms;
+        bool read_in = in_open && !pending;
+        struct pollfd p[2] = {{.fd = fd, .events = POLLIN}, {.fd = read_in ? 0 : -1, .events = POLLIN}};
+        int n = poll(p, 2, timeout);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
             return P_IO;
         }
-        if (n == 0)
+        if (n == 0 && !pending)
             return P_OK; /* stdin done and the peer quiet for wait_ms */
         if (p[0].revents) {
-            ssize_t r = recv(fd, buf, sizeof buf, 0);
+            ssize_t r = recv(fd, buf, sizeof buf - 1, 0);
             if (r < 0) {
                 if (errno == EINTR || errno == EAGAIN)
                     continue;
@@ -385,29 +419,14 @@ static int pump_udp(int fd, bool stdin_open, int wait_ms)
                 }
             }
         }
-        if (in_open && p[1].revents) {
+        if (read_in && p[1].revents) {
             ssize_t r = read(0, line + have, sizeof line - have);
             if (r < 0 && errno == EINTR)
                 continue;
             if (r > 0)
                 have += (size_t)r;
-            /* Every complete line (and, at the end, the rest) is a datagram. */
-            size_t start = 0;
-            for (size_t k = 0; k < have; k++)
-                if (line[k] == '\n') {
-                    if (send(fd, line + start, k - start, 0) < 0 && errno != ECONNREFUSED)
-                        return P_IO;
-                    start = k + 1;
-                }
-            if (r <= 0 || have - start == sizeof line) {
-                if (have > start && send(fd, line + start, have - start, 0) < 0)
-                    return P_IO;
-                start = have;
-                if (r <= 0)
-                    in_open = false;
-            }
-            memmove(line, line + start, have - start);
-            have -= start;
+            else
+                in_open = false;
         }
     }
 }
@@ -496,7 +515,7 @@ static int run(int argc, char **argv, bool listen)
             }
             report(&o, fd, &info);
             if (info.transport == NTCP_UDP) {
-                code = pump_udp(fd, stdin_open, o.wait_ms);
+                code = pump_udp(fd, stdin_open, o.wait_ms, o.interval_ms);
                 ntcp_udp_close(ctx, fd);
             } else {
                 code = pump(fd, stdin_open);
@@ -511,7 +530,7 @@ static int run(int argc, char **argv, bool listen)
         if (fd < 0) {
             code = exit_code_of(fd);
         } else if (o.udp) {
-            code = pump_udp(fd, true, o.wait_ms);
+            code = pump_udp(fd, true, o.wait_ms, o.interval_ms);
             ntcp_udp_close(ctx, fd);
         } else {
             code = pump(fd, true);

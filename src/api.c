@@ -880,6 +880,21 @@ static void registered(ntcp_rt *rt)
     }
 }
 
+/* Every request waiting for the registration ends with err and why. */
+static void fail_waiting(ntcp_rt *rt, int err, const char *why)
+{
+    req *w = rt->waiting;
+    rt->waiting = NULL;
+    while (w) {
+        req *n = w->next;
+        ntcp_conn_info_t info;
+        info_init(&info, w->kind == R_CONNECT ? w->name : "", w->kind == R_CONNECT);
+        snprintf(info.detail, sizeof info.detail, "%s", why);
+        req_complete(rt, w, err, &info);
+        w = n;
+    }
+}
+
 static void on_state(ntcp_session *s, int state, int err, int code, void *user)
 {
     ntcp_rt *rt = user;
@@ -892,37 +907,22 @@ static void on_state(ntcp_session *s, int state, int err, int code, void *user)
     if (err == NTCP_EPROTO && (code == 403 || code == 409)) {
         /* Refused: waiting callers learn it now (the session keeps trying). */
         rt->reg_err = NTCP_EREFUSED;
-        req *w = rt->waiting;
-        rt->waiting = NULL;
-        while (w) {
-            req *n = w->next;
-            ntcp_conn_info_t info;
-            info_init(&info, w->kind == R_CONNECT ? w->name : "", w->kind == R_CONNECT);
-            snprintf(info.detail, sizeof info.detail,
-                     code == 403 ? "the broker refused the registration of %s: not authorized"
-                                 : "the broker refused the registration of %s: the name is "
-                                   "bound to another key",
-                     rt->name);
-            req_complete(rt, w, NTCP_EREFUSED, &info);
-            w = n;
-        }
+        char why[160];
+        snprintf(why, sizeof why,
+                 code == 403 ? "the broker refused the registration of %s: not authorized"
+                             : "the broker refused the registration of %s: the name is bound "
+                               "to another key",
+                 rt->name);
+        fail_waiting(rt, NTCP_EREFUSED, why);
     }
     if (err == NTCP_ECERT || err == NTCP_ETLS) {
         /* TLS with the broker failed: its certificate was refused, or the
          * port does not speak what we do. Waiting callers learn it now,
          * with the reason; the session keeps trying (slowly, for a
          * certificate). */
-        req *w = rt->waiting;
-        rt->waiting = NULL;
-        while (w) {
-            req *n = w->next;
-            ntcp_conn_info_t info;
-            info_init(&info, w->kind == R_CONNECT ? w->name : "", w->kind == R_CONNECT);
-            snprintf(info.detail, sizeof info.detail, "TLS with the broker failed: %s",
-                     ntcp_session_tls_error(s));
-            req_complete(rt, w, err, &info);
-            w = n;
-        }
+        char why[256];
+        snprintf(why, sizeof why, "TLS with the broker failed: %s", ntcp_session_tls_error(s));
+        fail_waiting(rt, err, why);
     }
 }
 
@@ -994,19 +994,6 @@ static size_t private_addrs(const ntcp_rt *rt, int family, struct sockaddr_stora
     return n;
 }
 
-static void fail_waiting(ntcp_rt *rt, int err, const char *why)
-{
-    req *w = rt->waiting;
-    rt->waiting = NULL;
-    while (w) {
-        req *n = w->next;
-        ntcp_conn_info_t info;
-        info_init(&info, w->kind == R_CONNECT ? w->name : "", w->kind == R_CONNECT);
-        snprintf(info.detail, sizeof info.detail, "%s", why);
-        req_complete(rt, w, err, &info);
-        w = n;
-    }
-}
 
 static void start_session(ntcp_rt *rt)
 {
