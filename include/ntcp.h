@@ -340,16 +340,17 @@ int ntcp_accept_async(ntcp_t *ctx, ntcp_conn_cb cb, void *user_ptr);
  *
  * The library keeps the path alive: a zero-length datagram every half of
  * the NAT's measured mapping lifetime (15 s when unknown), from its own
- * duplicate of the socket, until ntcp_udp_close(), which the application
- * calls instead of close() (after a plain close() the keepalives, and the
- * NAT mappings, go on until ntcp_free()). The application reads the peer's
+ * duplicate of the socket, until the application closes its descriptor
+ * (seen at the next keepalive: the library then closes its duplicate, and
+ * the socket and its NAT mappings go) or calls ntcp_udp_close(), which
+ * stops it at once and closes the descriptor. The application reads the peer's
  * keepalives as datagrams of length 0, and, rarely (when the last handshake
  * datagrams were lost), a repeated handshake datagram: ntcp_udp_is_control()
  * tells both apart from its own data, which it should then ignore. */
 int ntcp_udp_punch(ntcp_t *ctx, const char *peer, ntcp_conn_info_t *info, int timeout_ms);
 int ntcp_udp_punch_async(ntcp_t *ctx, const char *peer, int timeout_ms, ntcp_conn_cb cb,
                          void *user_ptr);
-/* Stops the path's keepalive and closes fd. Returns 0, or NTCP_EINVAL. */
+/* Stops the path's keepalive at once and closes fd. Returns 0, or NTCP_EINVAL. */
 int ntcp_udp_close(ntcp_t *ctx, int fd);
 /* 1 when a received datagram is ntcp's own (a keepalive or a handshake
  * repeat), 0 when it is the peer application's. */

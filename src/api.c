@@ -238,9 +238,27 @@ static void deliver_incoming(ntcp_rt *rt, int fd, const ntcp_conn_info_t *info)
     pthread_mutex_unlock(&rt->mu);
 }
 
+/* Frees the keepalives that saw the application close their descriptor. */
+static void prune_keepalives(ntcp_rt *rt)
+{
+    for (ka_entry **p = &rt->kas; *p;) {
+        ka_entry *ka = *p;
+        if (ntcp_udp_keepalive_ended(ka->k)) {
+            *p = ka->next;
+            ntcp_udp_keepalive_stop(ka->k);
+            free(ka);
+        } else {
+            p = &ka->next;
+        }
+    }
+}
+
 /* Stops the keepalive of a handed-over UDP path (if any) and closes fd. */
 static void ntcp_udp_close_fd(ntcp_rt *rt, int fd)
 {
+    /* Keepalives that saw their descriptor closed by the application go
+     * first: their number may be fd again, now another socket's. */
+    prune_keepalives(rt);
     for (ka_entry **p = &rt->kas; *p; p = &(*p)->next)
         if ((*p)->fd == fd) {
             ka_entry *ka = *p;
@@ -542,6 +560,7 @@ static void on_punch(udp_puncher *p, const ntcp_udp_punch_result *r, void *user)
         }
         status = r->fd;
         /* The path's keepalive, until ntcp_udp_close() (or ntcp_free()). */
+        prune_keepalives(rt); /* those whose descriptor the application closed */
         ka_entry *ka = calloc(1, sizeof *ka);
         int lifetime = rt->me.has[PLAN_UDP4] ? rt->me.b[PLAN_UDP4].lifetime_s : 0;
         if (ka && ntcp_udp_keepalive_start(&rt->loop, r->fd, ntcp_udp_keepalive_interval_ms(lifetime),

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
@@ -789,7 +790,11 @@ size_t ntcp_udp_punch_result_json(const ntcp_udp_punch_result *r, char *buf, siz
 
 struct ntcp_udp_keepalive {
     uv_timer_t timer;
-    int fd;
+    int fd;      /* our duplicate: the only descriptor we ever write to */
+    int app_fd;  /* the application's: watched, never written */
+    dev_t dev;   /* the socket's identity, to tell it from a reused number */
+    ino_t ino;
+    bool ended;  /* the application closed its descriptor */
     unsigned sent;
 };
 
@@ -804,6 +809,18 @@ uint32_t ntcp_udp_keepalive_interval_ms(int lifetime_s)
 static void on_keepalive(uv_timer_t *t)
 {
     ntcp_udp_keepalive *k = t->data;
+    /* Has the application closed its descriptor? Its number then refers to
+     * nothing, or to another file (reused): either way, not our socket. The
+     * keepalive ends, and with our duplicate closed the socket and the NAT
+     * mapping go. */
+    struct stat st;
+    if (fstat(k->app_fd, &st) < 0 || st.st_dev != k->dev || st.st_ino != k->ino) {
+        k->ended = true;
+        uv_timer_stop(&k->timer);
+        close(k->fd);
+        k->fd = -1;
+        return;
+    }
     /* Zero bytes: the smallest datagram, and one no application protocol
      * needs for itself. Errors (an ICMP error reported, a full buffer) are
      * ignored: the next one may pass. */
@@ -821,6 +838,14 @@ int ntcp_udp_keepalive_start(uv_loop_t *loop, int fd, uint32_t interval_ms,
     ntcp_udp_keepalive *k = calloc(1, sizeof *k);
     if (!k)
         return NTCP_ENOMEM;
+    struct stat st;
+    if (fstat(fd, &st) < 0) {
+        free(k);
+        return NTCP_ESYS;
+    }
+    k->dev = st.st_dev;
+    k->ino = st.st_ino;
+    k->app_fd = fd;
     k->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
     if (k->fd < 0) {
         free(k);
@@ -838,6 +863,11 @@ unsigned ntcp_udp_keepalive_count(const ntcp_udp_keepalive *k)
     return k->sent;
 }
 
+bool ntcp_udp_keepalive_ended(const ntcp_udp_keepalive *k)
+{
+    return k->ended;
+}
+
 static void on_keepalive_closed(uv_handle_t *h)
 {
     free(h->data);
@@ -848,7 +878,8 @@ void ntcp_udp_keepalive_stop(ntcp_udp_keepalive *k)
     if (!k)
         return;
     uv_timer_stop(&k->timer);
-    close(k->fd);
+    if (k->fd >= 0)
+        close(k->fd);
     k->fd = -1;
     uv_close((uv_handle_t *)&k->timer, on_keepalive_closed);
 }

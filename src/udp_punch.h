@@ -137,14 +137,19 @@ uint32_t ntcp_udp_keepalive_interval_ms(int lifetime_s);
 
 /* Starts keepalives on fd (a connected UDP socket) on loop. The keepalive
  * sends from its own duplicate of fd, so a descriptor number the application
- * closed and the kernel reused is never written to; the socket (and its NAT
- * mapping) therefore lives until ntcp_udp_keepalive_stop(), which the
- * library's close path must call. First datagram after one interval.
+ * closed and the kernel reused is never written to. Before each datagram it
+ * checks that fd still names the same socket (fstat: device and inode): once
+ * the application has closed it, the keepalive ends and closes its
+ * duplicate, so the socket and its NAT mapping go (ntcp_udp_keepalive_ended()
+ * says so; ntcp_udp_keepalive_stop() is still needed to free it). First
+ * datagram after one interval.
  * Returns 0, NTCP_EINVAL, NTCP_ENOMEM or NTCP_ESYS. */
 int ntcp_udp_keepalive_start(uv_loop_t *loop, int fd, uint32_t interval_ms,
                              ntcp_udp_keepalive **out);
 /* How many keepalives went out (tests). */
 unsigned ntcp_udp_keepalive_count(const ntcp_udp_keepalive *k);
+/* True once the keepalive saw the application's descriptor closed. */
+bool ntcp_udp_keepalive_ended(const ntcp_udp_keepalive *k);
 /* Stops and frees it (after its timer closed: the loop must run), closing
  * its duplicate. Call on the loop's thread. */
 void ntcp_udp_keepalive_stop(ntcp_udp_keepalive *k);

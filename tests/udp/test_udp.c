@@ -502,7 +502,8 @@ static void test_punch_loopback(void **state)
     ntcp_udp_punch_result_json(&x.a.r, js, sizeof js);
     assert_non_null(strstr(js, "\"method\":\"direct\""));
 
-    /* The keepalive: zero-length datagrams, and only until stopped. */
+    /* The keepalive: zero-length datagrams, and only until the application
+     * closes its descriptor. */
     assert_int_equal(ntcp_udp_keepalive_interval_ms(0), 15000);
     assert_int_equal(ntcp_udp_keepalive_interval_ms(30), 15000);
     assert_int_equal(ntcp_udp_keepalive_interval_ms(1), 1000);
@@ -517,11 +518,29 @@ static void test_punch_loopback(void **state)
     while ((got = recv(x.b.r.fd, rb, sizeof rb, MSG_DONTWAIT)) >= 0)
         zeros += got == 0;
     assert_true(zeros >= 3);
-    ntcp_udp_keepalive_stop(k);
-    close(x.a.r.fd); /* the application's close; the keepalive's copy is gone too */
+    assert_false(ntcp_udp_keepalive_ended(k));
+    /* The application closes its descriptor and another socket takes the
+     * number at once: the keepalive sees it is not its socket any more, ends,
+     * and writes nothing to the newcomer. */
+    int afd = x.a.r.fd;
+    close(afd);
+    int other = socket(AF_INET, SOCK_DGRAM, 0);
+    assert_int_equal(other, afd);
+    dl = mono_ms() + 3000;
+    while (!ntcp_udp_keepalive_ended(k) && mono_ms() < dl)
+        uv_run(&x.loop, UV_RUN_NOWAIT), usleep(2000);
+    assert_true(ntcp_udp_keepalive_ended(k));
+    unsigned sent = ntcp_udp_keepalive_count(k);
+    while ((got = recv(x.b.r.fd, rb, sizeof rb, MSG_DONTWAIT)) >= 0)
+        ;
     for (int i = 0; i < 20; i++)
         uv_run(&x.loop, UV_RUN_NOWAIT), usleep(5000);
+    assert_int_equal(ntcp_udp_keepalive_count(k), sent);
     assert_true(recv(x.b.r.fd, rb, sizeof rb, MSG_DONTWAIT) < 0);
+    close(other);
+    ntcp_udp_keepalive_stop(k);
+    for (int i = 0; i < 5; i++)
+        uv_run(&x.loop, UV_RUN_NOWAIT);
     close(x.b.r.fd);
     close(s.fd);
     pair_free(&x);
