@@ -294,6 +294,8 @@ def main():
     ap.add_argument("--prefix", default=os.environ.get("NTCP_LAB_PREFIX_BASE", "nte"),
                     help="start of the labs' prefixes (default nte, or $NTCP_LAB_PREFIX_BASE)")
     ap.add_argument("--json", help="write the rows here")
+    ap.add_argument("--no-rerun", action="store_true",
+                    help="do not run the cases not as expected again, alone")
     ap.add_argument("--markdown", help="write the result tables here (docs/traversal.md)")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -335,6 +337,18 @@ def main():
     bad = [r for r in rows if not r["result"].startswith("PASS")]
     for r in bad:
         print("not as expected: %s (logs /tmp/%s-*)" % (r["case"], r["prefix"]))
+    # A case that failed while up to --jobs labs ran at once runs again, alone:
+    # the kernel's ICMP rate limit (time exceeded: the punches depend on it)
+    # is shared by every namespace, and 8 labs punching at once on 2 cores
+    # can starve one. It must pass alone; both runs are printed.
+    if bad and args.jobs > 1 and not args.no_rerun:
+        print("running the %d case(s) not as expected again, one at a time:" % len(bad))
+        # (the same index: the same lab prefix, that lab is down by now)
+        again = [run((i, c)) for i, (c, r) in enumerate(zip(cases, rows))
+                 if not r["result"].startswith("PASS")]
+        bad = [r for r in again if not r["result"].startswith("PASS")]
+        for r in bad:
+            print("not as expected, alone too: %s (logs /tmp/%s-*)" % (r["case"], r["prefix"]))
     print("%d/%d cases as expected in %.0f s" % (len(rows) - len(bad), len(rows), time.monotonic() - t0))
     return 1 if bad else 0
 
