@@ -470,6 +470,48 @@ static int64_t since(const conn *c, uint64_t t)
     return t >= c->t0 ? (int64_t)(t - c->t0) : 0;
 }
 
+/* The winner of a connection's engine or punch: the descriptor in
+ * blocking mode (as accept() or connect() would give it) and its facts in
+ * the connection's info. Offsets are from the common start. */
+static void conn_won(conn *c, int fd, const char *method, const struct sockaddr_storage *local,
+                     const struct sockaddr_storage *remote, int64_t connected_ms,
+                     int64_t verified_ms)
+{
+    ntcp_conn_info_t *i = &c->info;
+    int fl = fcntl(fd, F_GETFL);
+    if (fl >= 0)
+        fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+    snprintf(i->method, sizeof i->method, "%s", method);
+    i->local = *local;
+    i->remote = *remote;
+    if (i->start_ms >= 0) {
+        i->connected_ms = i->start_ms + connected_ms;
+        i->verified_ms = i->start_ms + verified_ms;
+    }
+}
+
+/* The engine or punch of c has ended with status (a descriptor or an
+ * error): to its caller, unless the caller already had an answer (then the
+ * descriptor goes, through close_fd). Frees c. */
+static void conn_ended(conn *c, int status, void (*close_fd)(ntcp_rt *, int))
+{
+    if (status == NTCP_ECLOSED && c->cancel_err)
+        status = c->cancel_err;
+    if (c->finished) {
+        if (status >= 0)
+            close_fd(c->rt, status);
+        conn_free(c);
+        return;
+    }
+    conn_finish(c, status); /* frees c: nothing of it runs any more */
+}
+
+static void close_tcp(ntcp_rt *rt, int fd)
+{
+    (void)rt;
+    close(fd);
+}
+
 static void on_engine(ntcp_engine *e, const ntcp_engine_result *res, void *user)
 {
     (void)e;
@@ -485,30 +527,10 @@ static void on_engine(ntcp_engine *e, const ntcp_engine_result *res, void *user)
     }
     i->attempts = (unsigned)res->n;
     snprintf(i->detail, sizeof i->detail, "%s", res->reason);
-    int status = res->err;
-    if (status == 0) {
-        /* Blocking mode, as a socket from accept() or connect() would be. */
-        int fl = fcntl(res->fd, F_GETFL);
-        if (fl >= 0)
-            fcntl(res->fd, F_SETFL, fl & ~O_NONBLOCK);
-        snprintf(i->method, sizeof i->method, "%s", ntcp_method_name(res->method));
-        i->local = res->local;
-        i->remote = res->remote;
-        if (i->start_ms >= 0) {
-            i->connected_ms = i->start_ms + res->connected_ms;
-            i->verified_ms = i->start_ms + res->verified_ms;
-        }
-        status = res->fd;
-    } else if (status == NTCP_ECLOSED && c->cancel_err) {
-        status = c->cancel_err;
-    }
-    if (c->finished) { /* its caller already had an answer */
-        if (status >= 0)
-            close(status);
-        conn_free(c);
-        return;
-    }
-    conn_finish(c, status); /* frees c: its engine has ended */
+    if (res->err == 0)
+        conn_won(c, res->fd, ntcp_method_name(res->method), &res->local, &res->remote,
+                 res->connected_ms, res->verified_ms);
+    conn_ended(c, res->err == 0 ? res->fd : res->err, close_tcp);
 }
 
 /* RAW_SYN attempts: our ISN to the peer, and the peer's to the engine. */
@@ -546,19 +568,9 @@ static void on_punch(udp_puncher *p, const ntcp_udp_punch_result *r, void *user)
     }
     snprintf(i->detail, sizeof i->detail, "%s", r->reason);
     i->attempts = r->paths;
-    int status = r->err == NTCP_ECLOSED && c->cancel_err ? c->cancel_err : r->err;
     if (r->err == 0) {
-        int fl = fcntl(r->fd, F_GETFL);
-        if (fl >= 0)
-            fcntl(r->fd, F_SETFL, fl & ~O_NONBLOCK);
-        snprintf(i->method, sizeof i->method, "%s", udp_method_name(r->method));
-        i->local = r->local;
-        i->remote = r->remote;
-        if (i->start_ms >= 0) {
-            i->connected_ms = i->start_ms + r->reached_ms;
-            i->verified_ms = i->start_ms + r->verified_ms;
-        }
-        status = r->fd;
+        conn_won(c, r->fd, udp_method_name(r->method), &r->local, &r->remote, r->reached_ms,
+                 r->verified_ms);
         /* The path's keepalive, until ntcp_udp_close() (or ntcp_free()). */
         prune_keepalives(rt); /* those whose descriptor the application closed */
         ka_entry *ka = calloc(1, sizeof *ka);
@@ -572,13 +584,7 @@ static void on_punch(udp_puncher *p, const ntcp_udp_punch_result *r, void *user)
             free(ka);
         }
     }
-    if (c->finished) {
-        if (status >= 0)
-            ntcp_udp_close_fd(rt, status);
-        conn_free(c);
-        return;
-    }
-    conn_finish(c, status); /* frees c: its punch has ended */
+    conn_ended(c, r->err == 0 ? r->fd : r->err, ntcp_udp_close_fd);
 }
 
 /* Both ends of a UDP connect: the UDP plan, the session's UDP socket (whose
