@@ -31,6 +31,7 @@
 #include <uv.h>
 
 #include "addr.h"
+#include "e2e_common.h"
 #include "engine.h"
 #include "identity.h"
 #include "ntcp.h"
@@ -267,18 +268,11 @@ static void sha_of(bool requester, size_t n, uint8_t out[32])
     EVP_MD_CTX_free(c);
 }
 
-static uint64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 /* Sends n bytes and receives n bytes at once (poll: neither end blocks the
  * other's sending), then checks the received bytes' SHA-256. */
 static int transfer(int fd, bool requester, size_t n, uint32_t timeout_ms, uint64_t *ms)
 {
-    uint64_t t0 = mono_ms();
+    uint64_t t0 = e2e_mono_ms();
     fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
     EVP_MD_CTX *c = EVP_MD_CTX_new();
     EVP_DigestInit_ex(c, EVP_sha256(), NULL);
@@ -286,7 +280,7 @@ static int transfer(int fd, bool requester, size_t n, uint32_t timeout_ms, uint6
     uint8_t buf[16384];
     int rc = -1;
     while (sent < n || got < n) {
-        if (mono_ms() - t0 > timeout_ms)
+        if (e2e_mono_ms() - t0 > timeout_ms)
             goto out;
         struct pollfd p = {.fd = fd, .events = (short)((got < n ? POLLIN : 0) | (sent < n ? POLLOUT : 0))};
         if (poll(&p, 1, 200) < 0 && errno != EINTR)
@@ -318,7 +312,7 @@ static int transfer(int fd, bool requester, size_t n, uint32_t timeout_ms, uint6
     rc = memcmp(h, want, 32) == 0 ? 0 : 1;
 out:
     EVP_MD_CTX_free(c);
-    *ms = mono_ms() - t0;
+    *ms = e2e_mono_ms() - t0;
     return rc;
 }
 
@@ -326,13 +320,6 @@ static void usage(void)
 {
     fprintf(stderr, "usage: e2e --name N --stun HOST[:PORT] --broker IP:PORT (--peer NAME | --wait)\n"
                     "           [--timeout-ms MS] [--bytes N] [--raw | --raw-only stunt1|natblaster]\n");
-}
-
-static void drain_closed(uv_handle_t *h, void *arg)
-{
-    (void)arg;
-    if (!uv_is_closing(h))
-        uv_close(h, NULL);
 }
 
 int main(int argc, char **argv)
@@ -380,44 +367,19 @@ int main(int argc, char **argv)
         fprintf(stderr, "e2e: bad --broker\n");
         return 2;
     }
-    uint64_t t_start = mono_ms();
-
-    /* 1. Discovery, TCP over IPv4. */
-    ntcp_config_t nc;
-    ntcp_config_init(&nc);
-    const char *servers[1] = {stun};
-    nc.stun_servers = servers;
-    nc.n_stun_servers = 1;
-    ntcp_t *ctx = NULL;
-    if (ntcp_new(&nc, &ctx) < 0) {
-        fprintf(stderr, "e2e: ntcp_new failed\n");
-        return 2;
-    }
-    ntcp_nat_profile_t np;
-    memset(&np, 0, sizeof np);
-    np.size = sizeof np;
-    int drc = ntcp_discover_ex(ctx, NTCP_DISCOVER_TCP | NTCP_DISCOVER_IPV4, &np, 15000);
-    ntcp_free(ctx);
-    if (drc < 0 && drc != NTCP_EPROTO) {
-        printf("{\"name\":\"%s\",\"ok\":false,\"stage\":\"discover\",\"err\":\"%s\"}\n", a.name,
-               ntcp_strerror(drc));
-        return 1;
-    }
-    uint64_t discover_ms = mono_ms() - t_start;
-
-    /* 2. The profile blob, and what the peer will decode of it. */
-    plan_profile pp;
+    /* 1. Discovery, TCP over IPv4; 2. the profile blob. */
     char rwhy[160] = "";
     bool raw_ok = a.raw && raw_check(rwhy, sizeof rwhy) == 0;
     if (a.raw && !raw_ok)
         fprintf(stderr, "e2e: raw methods not usable: %s\n", rwhy);
-    plan_profile_from_nat(&pp, &np, raw_ok, 0);
+    ntcp_nat_profile_t np;
     uint8_t blob[PLAN_BLOB_MAX];
-    int blen = plan_profile_encode(&pp, blob, sizeof blob);
-    if (blen < 0 || plan_profile_decode(blob, (size_t)blen, &a.me_prof) < 0) {
-        fprintf(stderr, "e2e: profile blob: %s\n", ntcp_strerror(blen));
-        return 2;
-    }
+    int blen = 0;
+    uint64_t discover_ms = 0;
+    int prc = e2e_profile("e2e", a.name, stun, NTCP_DISCOVER_TCP | NTCP_DISCOVER_IPV4, raw_ok, &np,
+                          blob, &blen, &a.me_prof, &discover_ms);
+    if (prc != 0)
+        return prc;
 
     /* 3. The broker session. */
     if (ntcp_identity_generate(&a.key) < 0) {
@@ -494,7 +456,7 @@ int main(int argc, char **argv)
     fflush(stdout);
 
     ntcp_session_close(a.s);
-    uv_walk(&a.loop, drain_closed, NULL);
+    uv_walk(&a.loop, e2e_close_handle, NULL);
     uv_run(&a.loop, UV_RUN_DEFAULT);
     uv_loop_close(&a.loop);
     EVP_PKEY_free(a.key);

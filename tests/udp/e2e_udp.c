@@ -29,6 +29,7 @@
 #include <uv.h>
 
 #include "addr.h"
+#include "e2e_common.h"
 #include "identity.h"
 #include "ntcp.h"
 #include "plan.h"
@@ -216,13 +217,6 @@ static void on_deadline(uv_timer_t *t)
     fail(t->data, "overall timeout (no punch result)");
 }
 
-static uint64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 /* Datagram i from a sender: "<tag> <i>" then bytes derived from both. */
 static size_t fill(uint8_t *b, bool requester, unsigned i)
 {
@@ -246,12 +240,12 @@ static int transfer(app *a, int fd, unsigned count, uint32_t timeout_ms, xfer *x
     memset(x, 0, sizeof *x);
     int big = 1 << 20;
     setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &big, sizeof big);
-    uint64_t t0 = mono_ms();
+    uint64_t t0 = e2e_mono_ms();
     uint8_t *seen = calloc(count, 1);
     uint8_t buf[2048], want[DGRAM_SIZE];
     int rc = 1;
     while (x->got < count || x->sent < count) {
-        uint64_t t = mono_ms();
+        uint64_t t = e2e_mono_ms();
         if (t - t0 > timeout_ms)
             break;
         uv_run(&a->loop, UV_RUN_NOWAIT); /* the keepalive's timer */
@@ -310,7 +304,7 @@ out:
     /* The peer may still miss a few of ours: keep reading its last ones
      * briefly is not needed, UDP sends never wait for the receiver. */
     free(seen);
-    x->ms = mono_ms() - t0;
+    x->ms = e2e_mono_ms() - t0;
     return rc;
 }
 
@@ -318,13 +312,6 @@ static void usage(void)
 {
     fprintf(stderr, "usage: e2e_udp --name N --stun HOST[:PORT] --broker IP:PORT --broker-udp IP:PORT\n"
                     "               (--peer NAME | --wait) [--timeout-ms MS] [--count N]\n");
-}
-
-static void drain_closed(uv_handle_t *h, void *arg)
-{
-    (void)arg;
-    if (!uv_is_closing(h))
-        uv_close(h, NULL);
 }
 
 int main(int argc, char **argv)
@@ -357,40 +344,15 @@ int main(int argc, char **argv)
         return 2;
     }
     a.requester = a.peer != NULL;
-    uint64_t t_start = mono_ms();
-
-    /* 1. Discovery, UDP over IPv4. */
-    ntcp_config_t nc;
-    ntcp_config_init(&nc);
-    const char *servers[1] = {stun};
-    nc.stun_servers = servers;
-    nc.n_stun_servers = 1;
-    ntcp_t *ctx = NULL;
-    if (ntcp_new(&nc, &ctx) < 0) {
-        fprintf(stderr, "e2e_udp: ntcp_new failed\n");
-        return 2;
-    }
+    /* 1. Discovery, UDP over IPv4; 2. the profile blob. */
     ntcp_nat_profile_t np;
-    memset(&np, 0, sizeof np);
-    np.size = sizeof np;
-    int drc = ntcp_discover_ex(ctx, NTCP_DISCOVER_UDP | NTCP_DISCOVER_IPV4, &np, 15000);
-    ntcp_free(ctx);
-    if (drc < 0 && drc != NTCP_EPROTO) {
-        printf("{\"name\":\"%s\",\"ok\":false,\"stage\":\"discover\",\"error\":\"%s\"}\n", a.name,
-               ntcp_strerror(drc));
-        return 1;
-    }
-    uint64_t discover_ms = mono_ms() - t_start;
-
-    /* 2. The profile blob, and what the peer will decode of it. */
-    plan_profile pp;
-    plan_profile_from_nat(&pp, &np, false, 0);
     uint8_t blob[PLAN_BLOB_MAX];
-    int blen = plan_profile_encode(&pp, blob, sizeof blob);
-    if (blen < 0 || plan_profile_decode(blob, (size_t)blen, &a.me_prof) < 0) {
-        fprintf(stderr, "e2e_udp: profile blob: %s\n", ntcp_strerror(blen));
-        return 2;
-    }
+    int blen = 0;
+    uint64_t discover_ms = 0;
+    int prc = e2e_profile("e2e_udp", a.name, stun, NTCP_DISCOVER_UDP | NTCP_DISCOVER_IPV4, false,
+                          &np, blob, &blen, &a.me_prof, &discover_ms);
+    if (prc != 0)
+        return prc;
 
     /* 3. The broker session, with UDP keepalives. */
     if (ntcp_identity_generate(&a.key) < 0)
@@ -462,7 +424,7 @@ int main(int argc, char **argv)
     fflush(stdout);
 
     ntcp_session_close(a.s);
-    uv_walk(&a.loop, drain_closed, NULL);
+    uv_walk(&a.loop, e2e_close_handle, NULL);
     uv_run(&a.loop, UV_RUN_DEFAULT);
     uv_loop_close(&a.loop);
     EVP_PKEY_free(a.key);
