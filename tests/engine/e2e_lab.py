@@ -22,7 +22,8 @@ import time
 
 PERS = ["none", "fw", "full-cone", "restricted-cone", "port-restricted", "symmetric-seq",
         "symmetric-random"]
-PORT_FILTERED = {"fw", "port-restricted", "symmetric-seq", "symmetric-random"}
+# Ends whose mapping a birthday search cannot use: not one known port.
+NOT_KNOWN = {"symmetric-seq", "symmetric-random"}
 
 SYNS = ("drop", "rst", "icmp")
 
@@ -85,10 +86,11 @@ STUN = "203.0.113.10:3478"
 
 
 def impossible(a, b):
-    """The planner's rule 5 (docs/traversal.md): a random end against an end
-    that filters by port, or another random end."""
-    return (a == "symmetric-random" and b in PORT_FILTERED) or \
-        (b == "symmetric-random" and a in PORT_FILTERED)
+    """The planner's rule 5 (docs/traversal.md): a random end against a
+    sequential or another random one (a birthday search needs the other
+    end's mapping known: fw and port-restricted are met that way)."""
+    return (a == "symmetric-random" and b in NOT_KNOWN) or \
+        (b == "symmetric-random" and a in NOT_KNOWN)
 
 
 class Lab:
@@ -166,6 +168,8 @@ def one(i, case, args):
     try:
         up = ["up", "--prefix", prefix, "--quiet", "--a", case["a"], "--b", case["b"], "--syn", case["syn"],
               "--hairpin", case["hairpin"], "--seed", "7"]
+        if args.delay:
+            up += ["--delay", str(args.delay)]
         if case["scenario"]:
             up += ["--scenario", case["scenario"]]
         lab.cmd(*up)
@@ -293,6 +297,8 @@ def main():
                     help="labs at once (default 8, or $NTCP_E2E_JOBS)")
     ap.add_argument("--prefix", default=os.environ.get("NTCP_LAB_PREFIX_BASE", "nte"),
                     help="start of the labs' prefixes (default nte, or $NTCP_LAB_PREFIX_BASE)")
+    ap.add_argument("--delay", type=int, default=0,
+                    help="one-way delay across the lab's internet, in ms (default 0)")
     ap.add_argument("--json", help="write the rows here")
     ap.add_argument("--no-rerun", action="store_true",
                     help="do not run the cases not as expected again, alone")
