@@ -289,7 +289,7 @@ def main():
     ap.add_argument("--ntcp", required=True)
     ap.add_argument("--timeout-ms", type=int, default=20000)
     ap.add_argument("--pair", action="append", default=[],
-                    help="A:B:SYN (repeatable); 'all' = every pair and SYN answer, no scenarios")
+                    help="A:B:SYN (repeatable); 'all' = every ordered pair and SYN answer (147), no scenarios")
     ap.add_argument("--scenario", action="append", default=[],
                     help="a scenario case by name (repeatable); 'all' = every one")
     ap.add_argument("--quick", action="store_true", help="a dozen pairs instead of the whole matrix")
@@ -307,7 +307,9 @@ def main():
     if os.geteuid() != 0:
         print("skipped: the lab needs root (network namespaces)")
         return 77
-    every = [case_of(x, y, s) for i, x in enumerate(PERS) for y in PERS[i:] for s in SYNS]
+    # Ordered pairs: the initiator's and the target's roles differ (who
+    # punches, who sprays), so a x b and b x a are two cells.
+    every = [case_of(x, y, s) for x in PERS for y in PERS for s in SYNS]
     by_name = {c["name"]: c for c in SCENARIOS}
     cases = []
     if args.quick:
