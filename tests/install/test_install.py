@@ -5,7 +5,9 @@
 # the installed ntcp.h; builds examples/echo.c out of tree once with
 # pkg-config and once with find_package(ntcp) (shared and static), and runs
 # them through the installed ntcp-brokerd on 127.0.0.1: an echo served by
-# one build answers the others. Servers are stopped by PID.
+# one build answers the others; then `pip install ./python` in a venv, and a
+# Python client of the installed library gets its echo too. Servers are
+# stopped by PID.
 # usage: test_install.py --build BUILD_DIR --source SOURCE_DIR
 import argparse
 import os
@@ -156,7 +158,56 @@ def main():
             rc, out, _ = run([prog, "connect", who, broker, "-", "bob", msg], timeout=60)
             check(rc == 0 and ("echo from bob: " + msg) in out,
                   "%s (%s) gets its message echoed by bob" % (who, os.path.basename(prog)))
+        python_package(a.source, tmp, lib, broker)
     interop.finish()
+
+
+PY_CLIENT = """
+import socket, sys, ntcp
+with ntcp.Context(broker=sys.argv[1], name="dave", key_file="dave.key") as ctx:
+    sock, info = ctx.connect("bob", timeout=30)
+    sock.sendall(sys.argv[2].encode())
+    sock.shutdown(socket.SHUT_WR)
+    got = b""
+    while True:
+        b = sock.recv(4096)
+        if not b:
+            break
+        got += b
+    print("echo:", got.decode(), "method:", info.method, "lib:", ntcp.version())
+"""
+
+
+def python_package(source, tmp, lib, broker):
+    """pip install ./python into a venv (system site packages: Debian's
+    setuptools build it, nothing is downloaded) and a Python client of the
+    installed libntcp, found by the loader, talks to the C echo server."""
+    if subprocess.run(["/usr/bin/python3", "-c", "import venv, setuptools"],
+                      capture_output=True).returncode != 0:
+        log("(no venv or setuptools: the Python package is not checked)")
+        return
+    venv = os.path.join(tmp, "venv")
+    rc, _, _ = run(["/usr/bin/python3", "-m", "venv", "--system-site-packages", venv])
+    # A copy, so that the build leaves nothing in the source tree.
+    src = os.path.join(tmp, "python-src")
+    shutil.copytree(os.path.join(source, "python"), src,
+                    ignore=shutil.ignore_patterns("__pycache__", "build", "*.egg-info"))
+    rc2, _, _ = run([os.path.join(venv, "bin", "pip"), "install", "--no-index",
+                     "--no-build-isolation", "--no-deps", src], timeout=180)
+    check(rc == 0 and rc2 == 0, "pip install ./python in a venv")
+    env = dict(os.environ, LD_LIBRARY_PATH=lib)
+    env.pop("NTCP_LIBRARY", None)
+    msg = "hello from python %d" % os.getpid()
+    log("$ venv/bin/python -c PY_CLIENT " + broker)
+    p = subprocess.run([os.path.join(venv, "bin", "python"), "-c", PY_CLIENT, broker, msg],
+                       capture_output=True, text=True, env=env, cwd=tmp, timeout=60)
+    log(p.stdout + p.stderr)
+    check(p.returncode == 0 and ("echo: " + msg) in p.stdout,
+          "the installed package's client gets its message echoed by bob")
+    where = subprocess.run([os.path.join(venv, "bin", "python"), "-c",
+                            "import ntcp; print(ntcp.__file__)"],
+                           capture_output=True, text=True, env=env, cwd=tmp).stdout
+    check(where.startswith(venv), "ntcp is imported from the venv (%s)" % where.strip())
 
 
 if __name__ == "__main__":
