@@ -16,23 +16,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from helpers import wait_text  # noqa: E402
 PEER = os.path.join(HERE, "peer.py")
 PY = "/usr/bin/python3"
-
-
-def wait_text(path, text, proc, seconds):
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        with open(path) as f:
-            if text in f.read():
-                return True
-        if proc.poll() is not None:
-            return False
-        time.sleep(0.05)  # polling a log, with a deadline
-    return False
 
 
 class Lab:

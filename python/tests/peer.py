@@ -17,20 +17,11 @@ import argparse
 import hashlib
 import json
 import os
-import socket
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import ntcp  # noqa: E402
-
-
-def payload(name, size):
-    """size bytes that depend on name: blocks of SHA-256 in counter mode."""
-    out, i = bytearray(), 0
-    while len(out) < size:
-        out += hashlib.sha256(b"%s:%d" % (name.encode(), i)).digest()
-        i += 1
-    return bytes(out[:size])
+from helpers import exchange, payload  # noqa: E402
 
 
 def report(name, sent, received, info):
@@ -46,7 +37,6 @@ def context(a, name):
 
 
 def run_sync(a, me, data):
-    import threading
     with context(a, me) as ctx:
         if a.listen:
             ctx.listen(timeout=30)
@@ -54,21 +44,8 @@ def run_sync(a, me, data):
             sock, info = ctx.accept(timeout=a.timeout)
         else:
             sock, info = ctx.connect(a.connect, timeout=a.timeout)
-        got = bytearray()
-
-        def reader():
-            while True:
-                b = sock.recv(65536)
-                if not b:
-                    return
-                got.extend(b)
-        t = threading.Thread(target=reader)
-        t.start()
-        sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)
-        t.join()
-        sock.close()
-        report(me, data, bytes(got), info)
+        got = exchange(sock, data)
+        report(me, data, got, info)
 
 
 def run_asyncio(a, me, data):

@@ -14,7 +14,8 @@ import threading
 import pytest
 
 import ntcp
-from conftest import program, wait_line
+from conftest import program
+from helpers import exchange, wait_text
 
 PEER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peer.py")
 MiB = 1 << 20
@@ -43,24 +44,6 @@ def test_discover_matches_the_cli(stuntd, workdir):
         assert mine[part]["mapped"].startswith("127.0.0.1:")
     assert mine["tcp4"]["reach"] == "open" and mine["udp4"]["reach"] == "open"
     assert not mine["udp6"]["probed"]
-
-
-def exchange(sock, data):
-    got = bytearray()
-
-    def reader():
-        while True:
-            b = sock.recv(65536)
-            if not b:
-                return
-            got.extend(b)
-    t = threading.Thread(target=reader)
-    t.start()
-    sock.sendall(data)
-    sock.shutdown(ntcp._socket.SHUT_WR)
-    t.join(60)
-    sock.close()
-    return bytes(got)
 
 
 def test_sync_connect_accept(broker, workdir):
@@ -171,7 +154,7 @@ def run_pair(broker, workdir, listen_style, connect_style):
                                 "--broker", broker], stdout=f, stderr=subprocess.STDOUT,
                                cwd=workdir, env=env)
     try:
-        assert wait_line(out_b, "registered", bob), open(out_b).read()
+        assert wait_text(out_b, "registered", bob), open(out_b).read()
         alice = subprocess.run([sys.executable, PEER, "--style", connect_style, "--connect", "bob",
                                 "--name", "alice", "--broker", broker], capture_output=True,
                                text=True, cwd=workdir, env=env, timeout=120)

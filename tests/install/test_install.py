@@ -15,7 +15,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "interop"))
 import interop  # noqa: E402  (Server, run, check, skip, free_port, Workdir)
@@ -56,33 +55,6 @@ def soname(lib):
 def needed(prog):
     out = subprocess.run(["readelf", "-d", prog], capture_output=True, text=True).stdout
     return re.findall(r"Shared library: \[([^\]]+)\]", out)
-
-
-def start_brokerd(binary, workdir):
-    """The installed ntcp-brokerd on 127.0.0.1, a free port, polled until it
-    logs that it listens."""
-    for _ in range(5):
-        port = interop.free_port()
-        srv = interop.Server("ntcp-brokerd", [binary, "--listen", "127.0.0.1:%d" % port,
-                                              "--udp", "127.0.0.1:%d" % port,
-                                              "--state-dir", os.path.join(workdir, "state"),
-                                              "--stats", "0"], workdir)
-        end = time.monotonic() + 20
-        while time.monotonic() < end and srv.alive():
-            if "listening on 127.0.0.1:%d (TCP)" % port in srv.output():
-                return srv, "127.0.0.1:%d" % port
-            time.sleep(0.05)  # polling the log, with a deadline
-        srv.stop()
-    raise RuntimeError("ntcp-brokerd did not start")
-
-
-def wait_output(srv, text, seconds):
-    end = time.monotonic() + seconds
-    while time.monotonic() < end and srv.alive():
-        if text in srv.output():
-            return True
-        time.sleep(0.05)
-    return text in srv.output()
 
 
 def main():
@@ -149,9 +121,9 @@ def main():
 
         # They run against the installed broker: bob (pkg-config build)
         # serves, alice (find_package, shared) and carol (static) connect.
-        _, broker = start_brokerd(os.path.join(prefix, "bin", "ntcp-brokerd"), tmp)
+        _, broker = interop.start_brokerd(os.path.join(prefix, "bin", "ntcp-brokerd"), tmp)
         bob = interop.Server("echo-bob", [echo_pc, "serve", "bob", broker, "-"], tmp)
-        check(wait_output(bob, "registered as bob", 30), "echo (pkg-config build) registers as bob",
+        check(interop.wait_output(bob, "registered as bob", 30), "echo (pkg-config build) registers as bob",
               bob.output())
         for who, prog in (("alice", echo_cm), ("carol", echo_st)):
             msg = "hello from %s %d" % (who, os.getpid())

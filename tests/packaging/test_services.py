@@ -26,17 +26,6 @@ from interop import check, log, run  # noqa: E402
 from test_install import install  # noqa: E402
 
 
-def wait_output(srv, pattern, seconds):
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        if re.search(pattern, srv.output(), re.M):
-            return True
-        if not srv.alive():
-            break
-        time.sleep(0.05)  # polling its log, with a deadline
-    return re.search(pattern, srv.output(), re.M) is not None
-
-
 def units(prefix):
     unitdir = os.path.join(prefix, "lib", "systemd", "system")
     found = [os.path.join(unitdir, u) for u in ("ntcp-stuntd.service", "ntcp-brokerd.service")]
@@ -123,9 +112,9 @@ def reload_brokerd(prefix, tmp):
     srv = interop.Server("brokerd-reload", [os.path.join(prefix, "bin", "ntcp-brokerd"),
                                             "--listen", "127.0.0.1:%d" % port,
                                             "--authorized-keys", keys, "--stats", "0"], tmp)
-    check(wait_output(srv, "listening on", 15), "ntcp-brokerd starts with --authorized-keys")
+    check(interop.wait_output(srv, "listening on", 15), "ntcp-brokerd starts with --authorized-keys")
     os.kill(srv.pid, signal.SIGHUP)  # what ExecReload does
-    check(wait_output(srv, r"info: reloaded$", 15) and srv.alive(),
+    check(interop.wait_output(srv, r"info: reloaded$", 15) and srv.alive(),
           "SIGHUP: ntcp-brokerd reloads and keeps running", srv.output()[-400:])
 
 
