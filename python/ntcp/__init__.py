@@ -265,7 +265,10 @@ class Context:
         self.close()
 
     def __del__(self):
-        self.close()
+        try:
+            self.close()
+        except Exception:  # at interpreter exit the binding may be gone already
+            pass
 
     def _handle(self):
         if not self._h:
