@@ -232,8 +232,11 @@ class Context:
                 raise TypeError("with a configuration file, only stun_servers may be given")
             rc = _lib.new_from_file(str(config).encode(), ctypes.byref(h))
         else:
+            # Zeroed, and sized as this binding knows it (not with
+            # ntcp_config_init(), which would write a newer library's whole
+            # struct): the library reads only what size covers.
             cfg = _lib.config()
-            _lib.config_init(ctypes.byref(cfg))
+            cfg.size = ctypes.sizeof(cfg)
             keep = {}  # the bytes objects must live until ntcp_new() copied them
             for k in ("broker", "name", "key_file", "broker_ca", "broker_pin"):
                 if settings.get(k) is not None:

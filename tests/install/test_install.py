@@ -42,8 +42,12 @@ def exported(lib):
 
 
 def declared(header):
+    """The functions ntcp.h declares: (all of them, those not marked
+    NTCP_EXPORT)."""
     text = open(header).read()
-    return sorted(set(re.findall(r"^NTCP_EXPORT [^(]*?\b(ntcp_[a-z0-9_]+)\(", text, re.M)))
+    decls = re.findall(r"^(NTCP_EXPORT )?(?!typedef|struct|#)[a-z][^(;]*?\b(ntcp_[a-z0-9_]+)\(",
+                       text, re.M)
+    return sorted({n for _, n in decls}), sorted({n for e, n in decls if not e})
 
 
 def soname(lib):
@@ -81,7 +85,8 @@ def main():
         check(re.fullmatch(r"libntcp\.so\.\d+", name) is not None, "SONAME libntcp.so.N", name)
         check(os.path.islink(so) and os.path.exists(os.path.join(lib, name)),
               "libntcp.so links to the SONAME file")
-        exp, decl = exported(so), declared(os.path.join(prefix, "include", "ntcp.h"))
+        exp, (decl, unmarked) = exported(so), declared(os.path.join(prefix, "include", "ntcp.h"))
+        check(not unmarked, "every function of ntcp.h is marked NTCP_EXPORT", repr(unmarked))
         check(len(decl) > 30 and exp == decl,
               "libntcp.so exports exactly the %d functions of ntcp.h" % len(decl),
               "only exported: %s; only declared: %s" % (sorted(set(exp) - set(decl)),
