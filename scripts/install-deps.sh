@@ -9,7 +9,7 @@ PACKAGES=(
   libnetfilter-queue-dev libmnl-dev
   iproute2 nftables python3 procps util-linux
   coturn stun-client
-  python3-pytest python3-twisted python3-setuptools python3-venv
+  python3-pytest python3-twisted python3-venv
   abigail-tools debhelper lintian systemd
 )
 
