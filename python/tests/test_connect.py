@@ -178,3 +178,48 @@ def test_styles_in_processes(broker, workdir, listen_style, connect_style):
     assert ra["received"] == rb["sent"] and rb["received"] == ra["sent"]
     assert ra["received_bytes"] == MiB and rb["received_bytes"] == MiB
     assert ra["peer"] == "bob" and rb["peer"] == "alice" and ra["method"]
+
+
+TWISTED_SCRIPT = r"""
+import json, sys
+from twisted.internet import defer, protocol, task
+import ntcp, ntcp.twisted
+
+@defer.inlineCallbacks
+def main(reactor):
+    nat = ntcp.twisted.NatConnectivity(reactor, protocol.ClientFactory(), broker=sys.argv[1],
+                                       name="carol", key_file="carol.key",
+                                       stun_servers=[sys.argv[2]])
+    profile = yield nat.natDiscovery()
+    failure = None
+    try:
+        yield nat.connectTCP("nobody")
+    except ntcp.NtcpError as e:
+        failure = e.name
+    refused = None
+    try:
+        yield nat.connectTCP("nobody", localPort=1234)
+    except ValueError:
+        refused = True
+    yield nat.close()
+    print(json.dumps({"status": profile["status"], "type": nat.type, "delta": nat.delta,
+                      "publicIp": nat.publicIp, "publicAddr": nat.publicAddr,
+                      "failure": failure, "refused": refused}))
+task.react(main)
+"""
+
+
+def test_twisted_discovery_and_failure(broker, stuntd, workdir):
+    """natDiscovery() fires with the profile and fills NTCP 0.2's attributes;
+    connectTCP() to an unknown peer fails with NTCP_ENOPEER; NTCP 0.2's
+    localPort is refused."""
+    pytest.importorskip("twisted")
+    r = subprocess.run([sys.executable, "-c", TWISTED_SCRIPT, broker, stuntd], cwd=workdir,
+                       capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, PYTHONPATH=os.path.join(os.path.dirname(PEER), "..")))
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["status"] == "complete"
+    assert out["type"] == "None" and out["delta"] == 0  # loopback: no NAT
+    assert out["publicIp"] == "127.0.0.1" and out["publicAddr"][0] == "127.0.0.1"
+    assert out["failure"] == "NTCP_ENOPEER" and out["refused"] is True
