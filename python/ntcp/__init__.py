@@ -199,7 +199,9 @@ def _ms(timeout, default_none):
     """Seconds (float) to the library's milliseconds; None -> default_none."""
     if timeout is None:
         return default_none
-    return max(0, int(timeout * 1000))
+    if timeout <= 0:
+        return 0
+    return max(1, int(timeout * 1000))  # a short timeout stays a timeout, not 0
 
 
 _SETTINGS = ("stun_servers", "broker", "name", "key_file", "broker_tls", "broker_ca",
