@@ -10,7 +10,7 @@ PACKAGES=(
   iproute2 nftables python3 procps util-linux
   coturn stun-client
   python3-pytest python3-twisted python3-venv
-  abigail-tools debhelper lintian systemd
+  abigail-tools debhelper dh-python lintian systemd
 )
 
 missing=()

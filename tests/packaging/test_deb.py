@@ -32,6 +32,9 @@ EXPECTED = {
                      r"lib/systemd/system/ntcp-brokerd\.service$",
                      r"etc/default/ntcp-brokerd$", r"etc/default/ntcp-stuntd$",
                      r"usr/share/man/man8/ntcp-stuntd\.8\.gz$"],
+    "python3-ntcp": [r"usr/lib/python3/dist-packages/ntcp/__init__\.py$",
+                     r"usr/lib/python3/dist-packages/ntcp/_lib\.py$",
+                     r"usr/lib/python3/dist-packages/ntcp/twisted\.py$"],
 }
 
 
@@ -84,6 +87,20 @@ def main():
             paths = [line.split()[5].lstrip("./") for line in listing.splitlines()]
             missing = [pat for pat in patterns if not any(re.match(pat, x) for x in paths)]
             check(not missing, "%s holds what it should" % pkg, "missing %s" % missing)
+        if "python3-ntcp" in debs and "libntcp0" in debs:
+            # The packaged module loads the packaged library, unpacked side by side.
+            root = os.path.join(tmp, "root")
+            for pkg in ("libntcp0", "python3-ntcp"):
+                subprocess.run(["dpkg-deb", "-x", debs[pkg], root], check=True)
+            libdir = [os.path.join(dp) for dp, _, fs in os.walk(root) if "libntcp.so.0" in fs]
+            env = dict(os.environ, PYTHONPATH=os.path.join(root, "usr/lib/python3/dist-packages"),
+                       LD_LIBRARY_PATH=libdir[0] if libdir else "")
+            env.pop("NTCP_LIBRARY", None)
+            r = subprocess.run(["/usr/bin/python3", "-c", "import ntcp, ntcp.aio; "
+                                "print(ntcp.__file__, ntcp.version())"],
+                               capture_output=True, text=True, env=env, cwd=tmp)
+            check(r.returncode == 0 and r.stdout.startswith(root),
+                  "python3-ntcp imports and loads libntcp0's library", r.stdout + r.stderr)
         changes = [f for f in os.listdir(tmp) if f.endswith(".changes")]
         t0 = time.monotonic()
         r = subprocess.run(["lintian", "--fail-on", "error", os.path.join(tmp, changes[0])],
