@@ -277,7 +277,8 @@ typedef struct ntcp_conn_info {
     char peer[65];          /* the peer's name, as the broker vouched for it */
     int initiator;          /* 1: this end called ntcp_connect() */
     char method[16];        /* "same-lan", "direct", "reversal", "stunt2",
-                               "p2pnat", "predict", ... ("" on failure) */
+                               "p2pnat", "predict", "birthday", "stunt1",
+                               "natblaster" ("" on failure) */
     struct sockaddr_storage local, remote; /* of the connection */
     struct sockaddr_storage public_addr;   /* this end as the broker sees it */
     struct sockaddr_storage peer_public;   /* the peer as the broker sees it */
