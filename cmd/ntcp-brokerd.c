@@ -19,7 +19,7 @@
 #include "ntcp.h"
 
 static const char usage[] =
-    "usage: ntcp-brokerd --listen IP:PORT [--udp IP:PORT] [--authorized-keys FILE]\n"
+    "usage: ntcp-brokerd --listen IP:PORT [--udp IP:PORT|none] [--authorized-keys FILE]\n"
     "                    [--state-dir DIR] [--expiry S] [--id STRING] [--stats S]\n"
     "                    [--tls-cert FILE --tls-key FILE [--tls-listen IP:PORT]]\n"
     "                    [--spoof] [--verbose] [--quiet]\n"
@@ -29,7 +29,9 @@ static const char usage[] =
     "keep it alive, look each other up and ask to be connected.\n"
     "\n"
     "  --listen IP:PORT         TCP address for peer sessions (e.g. 0.0.0.0:3479)\n"
-    "  --udp IP:PORT            UDP address for keepalives (NAT mapping discovery)\n"
+    "  --udp IP:PORT|none       UDP address for keepalives (NAT mapping discovery);\n"
+    "                           the --listen address and port by default (peers send\n"
+    "                           them there); none: no UDP, UDP connects are refused\n"
     "  --authorized-keys FILE   only these names and keys may register: lines of\n"
     "                           \"name base64-ed25519-public-key\"; SIGHUP re-reads it\n"
     "  --state-dir DIR          remember first-use name bindings across restarts\n"
@@ -198,6 +200,13 @@ int main(int argc, char **argv)
         fputs(usage, stderr);
         return 2;
     }
+    /* Peers send their UDP keepalives to the broker's own address and
+     * port: a broker without UDP there could never learn a mapping, and
+     * every UDP punch would wait for one in vain. */
+    if (!cfg.udp)
+        cfg.udp_on_listen = true;
+    else if (!strcmp(cfg.udp, "none"))
+        cfg.udp = NULL;
     if (!cfg.tls_cert != !cfg.tls_key || (cfg.tls_listen && !cfg.tls_cert)) {
         fprintf(stderr, "ntcp-brokerd: --tls-cert and --tls-key go together; --tls-listen needs both\n");
         return 2;

@@ -86,6 +86,7 @@ enum broker_transport { BROKER_TRANSPORT_TCP = 0, BROKER_TRANSPORT_UDP = 1 };
 #define BROKER_ERR_RATE_LIMITED 429
 #define BROKER_ERR_STALE 438         /* challenge missing, used or replayed */
 #define BROKER_ERR_SERVER 500
+#define BROKER_ERR_NO_UDP 501        /* a UDP connect at a broker with no UDP port */
 #define BROKER_ERR_FULL 503
 #define BROKER_ERR_DECLINED 603      /* the target refused the connect */
 /* NTCP 0.2's code for an unknown peer. ERROR-CODE cannot carry 700 (RFC 8489

@@ -744,6 +744,13 @@ static void do_connect(bsession *s, const stun_msg *m)
         answer_error(s, m->method, m->tid, BROKER_ERR_BAD_REQUEST, "Unknown transport");
         return;
     }
+    if (transport == BROKER_TRANSPORT_UDP && !b->has_udp) {
+        /* No UDP port: no end's mapping can ever be learned, so a punch
+         * could only wait and fail. Said at once, the session stays. */
+        b->st.connects_failed++;
+        answer_error(s, m->method, m->tid, BROKER_ERR_NO_UDP, "No UDP at this broker");
+        return;
+    }
     pending *p = b->pend_free;
     if (p) {
         b->pend_free = p->next;
@@ -1394,7 +1401,12 @@ int ntcp_broker_start(uv_loop_t *loop, const ntcp_broker_config *cfg, ntcp_broke
     int err = uv_tcp_bind(&b->listener, (struct sockaddr *)&tcp_addr, 0);
     if (err == 0)
         err = uv_listen((uv_stream_t *)&b->listener, 4096, on_connection);
-    if (err == 0 && cfg->udp) {
+    if (err == 0 && cfg->udp_on_listen) {
+        /* The TCP port as bound (an ephemeral one when asked for port 0). */
+        int len = sizeof udp_addr;
+        err = uv_tcp_getsockname(&b->listener, (struct sockaddr *)&udp_addr, &len);
+    }
+    if (err == 0 && (cfg->udp || cfg->udp_on_listen)) {
         err = uv_udp_init(loop, &b->udp);
         if (err == 0) {
             b->udp.data = b;

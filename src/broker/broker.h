@@ -27,6 +27,9 @@ typedef void (*ntcp_broker_log_fn)(void *user, int level, const char *msg);
 typedef struct ntcp_broker_config {
     const char *listen;          /* "IP:PORT" for the TCP sessions (required; port 0 = any) */
     const char *udp;             /* "IP:PORT" for UDP keepalives, or NULL for none */
+    bool udp_on_listen;          /* UDP keepalives on the address and port `listen`
+                                  * got (with port 0 too), where peers send them
+                                  * by default; instead of udp */
     const char *authorized_keys; /* file of "name base64-key" lines, or NULL: first use binds */
     const char *state_dir;       /* where first-use bindings are kept, or NULL: memory only */
     const char *broker_id;       /* identity string signed by peers; default "ntcp-brokerd" */
@@ -79,7 +82,8 @@ typedef struct ntcp_broker_stats {
  * *out is the broker (owned by the caller: ntcp_broker_stop()). Returns 0,
  * NTCP_EINVAL, NTCP_ECONFIG (bad address, unreadable keys or state, a TLS
  * certificate or key that does not load or match, half a TLS setting),
- * NTCP_ESYS (bind failed; errno set) or NTCP_ENOMEM. */
+ * NTCP_ESYS (bind failed; errno set) or NTCP_ENOMEM. A broker without UDP
+ * answers a UDP CONNECT with 501 at once. */
 int ntcp_broker_start(uv_loop_t *loop, const ntcp_broker_config *cfg, ntcp_broker **out);
 
 /* Re-reads the authorized-keys file and the TLS certificate and key
