@@ -1371,6 +1371,76 @@ static void test_ipv6(void **state)
     peer_stop(&b);
 }
 
+/* A broker without UDP refuses a UDP connect at once (501), without
+ * bothering the target; TCP connects go on. */
+static void test_no_udp_refused(void **state)
+{
+    fx *f = *state;
+    f->cfg.udp = NULL;
+    start_broker(f);
+    assert_int_equal(f->uaddr[0], '\0');
+    peer a, b;
+    peer_start(f, &a, "alice", NULL);
+    peer_start(f, &b, "bob", NULL);
+    assert_true(wait_for(f, is_registered, &a, 3000));
+    assert_true(wait_for(f, is_registered, &b, 3000));
+    result r;
+    memset(&r, 0, sizeof r);
+    assert_int_equal(ntcp_session_connect_ex(a.s, "bob", BROKER_TRANSPORT_UDP, 60000,
+                                             on_connect_done, &r), 0);
+    assert_true(wait_for(f, result_done, &r, 4000));
+    assert_int_equal(r.err, NTCP_EPROTO);
+    assert_int_equal(r.code, BROKER_ERR_NO_UDP);
+    assert_false(b.offered);
+    memset(&r, 0, sizeof r);
+    assert_int_equal(ntcp_session_connect(a.s, "bob", 3000, on_connect_done, &r), 0);
+    assert_true(wait_for(f, result_done, &r, 4000));
+    assert_int_equal(r.err, 0);
+    assert_true(b.offered);
+    peer_stop(&a);
+    peer_stop(&b);
+}
+
+static bool round_failed(void *arg)
+{
+    peer *p = arg;
+    return p->err != 0 && ntcp_session_round_failed(p->s);
+}
+
+/* A list of brokers none of which listens: each is tried in turn, and the
+ * end of the round is reported with every cause. */
+static void test_every_broker_refused(void **state)
+{
+    fx *f = *state;
+    int l1 = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), l2 = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_storage a1, a2;
+    sa4(&a1, "127.0.0.1", 0);
+    sa4(&a2, "127.0.0.1", 0);
+    socklen_t len = sizeof(struct sockaddr_in);
+    /* Two ports bound, never listened on: connections to them are refused. */
+    assert_int_equal(bind(l1, (struct sockaddr *)&a1, len), 0);
+    assert_int_equal(bind(l2, (struct sockaddr *)&a2, len), 0);
+    getsockname(l1, (struct sockaddr *)&a1, &len);
+    getsockname(l2, (struct sockaddr *)&a2, &len);
+    char d1[32], d2[32];
+    snprintf(d1, sizeof d1, "127.0.0.1:%d", ntohs(((struct sockaddr_in *)&a1)->sin_port));
+    snprintf(d2, sizeof d2, "127.0.0.1:%d", ntohs(((struct sockaddr_in *)&a2)->sin_port));
+    snprintf(f->addr, sizeof f->addr, "%s,%s", d1, d2);
+    f->uaddr[0] = '\0';
+    peer p;
+    peer_start(f, &p, "alice", NULL);
+    assert_true(wait_for(f, round_failed, &p, 3000));
+    assert_int_equal(p.err, NTCP_EUNREACHABLE);
+    const char *why = ntcp_session_last_error(p.s);
+    assert_non_null(strstr(why, d1));
+    assert_non_null(strstr(why, d2));
+    assert_non_null(strstr(why, "connection refused"));
+    assert_int_equal(ntcp_session_registrations(p.s), 0);
+    peer_stop(&p);
+    close(l1);
+    close(l2);
+}
+
 /* ---- the program: ntcp-brokerd killed with SIGKILL and started again ---- */
 
 static const char *brokerd_path;
@@ -1465,6 +1535,101 @@ static void test_brokerd_killed_and_restarted(void **state)
     assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 }
 
+/* ntcp-brokerd without --udp keeps UDP on its TCP address and port, where
+ * peers send their keepalives by default. */
+static void test_brokerd_udp_default(void **state)
+{
+    fx *f = *state;
+    if (!brokerd_path) {
+        skip();
+        return;
+    }
+    char sdir[128];
+    snprintf(sdir, sizeof sdir, "%s/state", f->dir);
+    pid_t pid = spawn_brokerd("127.0.0.1:0", sdir, &f->port);
+    snprintf(f->addr, sizeof f->addr, "127.0.0.1:%d", f->port);
+    snprintf(f->uaddr, sizeof f->uaddr, "127.0.0.1:%d", f->port);
+    peer a;
+    peer_start(f, &a, "alice", NULL);
+    assert_true(wait_for(f, is_registered, &a, 3000));
+    /* The keepalive was answered: the broker listens there. */
+    assert_true(wait_for(f, udp_known, &a, 3000));
+    peer_stop(&a);
+    assert_int_equal(kill(pid, SIGTERM), 0);
+    assert_int_equal(waitpid(pid, NULL, 0), pid);
+}
+
+typedef struct on_port {
+    peer *p;
+    int port; /* registered with the broker on this port */
+    unsigned want;
+} on_port;
+
+static bool registered_on(void *arg)
+{
+    on_port *o = arg;
+    struct sockaddr_storage ss;
+    return is_registered(o->p) && ntcp_session_registrations(o->p->s) >= o->want &&
+           ntcp_session_broker_addr(o->p->s, &ss) == 0 &&
+           ntohs(((struct sockaddr_in *)&ss)->sin_port) == o->port;
+}
+
+/* Two ntcp-brokerd, one list: a peer on the one killed with SIGKILL is
+ * registered on the other within two keepalive intervals, and a peer that
+ * was there already reaches it. */
+static void test_failover_on_kill(void **state)
+{
+    fx *f = *state;
+    if (!brokerd_path) {
+        skip();
+        return;
+    }
+    char s1[128], s2[128];
+    snprintf(s1, sizeof s1, "%s/state1", f->dir);
+    snprintf(s2, sizeof s2, "%s/state2", f->dir);
+    int port1, port2;
+    pid_t pid1 = spawn_brokerd("127.0.0.1:0", s1, &port1);
+    pid_t pid2 = spawn_brokerd("127.0.0.1:0", s2, &port2);
+    /* The keepalive interval: a refresh a second. */
+    const uint32_t keepalive_ms = 1000;
+    snprintf(f->addr, sizeof f->addr, "127.0.0.1:%d, 127.0.0.1:%d", port1, port2);
+    f->uaddr[0] = '\0';
+    peer a;
+    peer_start(f, &a, "alice", NULL);
+    assert_true(wait_for(f, is_registered, &a, 3000));
+    struct sockaddr_storage ss;
+    assert_int_equal(ntcp_session_broker_addr(a.s, &ss), 0);
+    int on = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    assert_true(on == port1 || on == port2);
+    int other = on == port1 ? port2 : port1;
+    pid_t victim = on == port1 ? pid1 : pid2, survivor = on == port1 ? pid2 : pid1;
+    /* bob only on the survivor. */
+    char only[64];
+    snprintf(only, sizeof only, "127.0.0.1:%d", other);
+    snprintf(f->addr, sizeof f->addr, "%s", only);
+    peer b;
+    peer_start(f, &b, "bob", NULL);
+    assert_true(wait_for(f, is_registered, &b, 3000));
+
+    assert_int_equal(kill(victim, SIGKILL), 0);
+    assert_int_equal(waitpid(victim, NULL, 0), victim);
+    on_port o = {&a, other, 2};
+    assert_true(wait_for(f, registered_on, &o, 2 * keepalive_ms));
+    result r;
+    lookup(f, &b, "alice", &r);
+    assert_int_equal(r.err, 0);
+    assert_memory_equal(r.info.public_key, a.pub, 32);
+    memset(&r, 0, sizeof r);
+    assert_int_equal(ntcp_session_connect(b.s, "alice", 3000, on_connect_done, &r), 0);
+    assert_true(wait_for(f, result_done, &r, 4000));
+    assert_int_equal(r.err, 0);
+    assert_true(wait_for(f, flag_set, &a.got_go, 2000));
+    peer_stop(&a);
+    peer_stop(&b);
+    assert_int_equal(kill(survivor, SIGTERM), 0);
+    assert_int_equal(waitpid(survivor, NULL, 0), survivor);
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1)
@@ -1486,6 +1651,10 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_ipv6, setup, teardown),
         cmocka_unit_test_setup_teardown(test_raw_isn, setup, teardown),
         cmocka_unit_test_setup_teardown(test_brokerd_killed_and_restarted, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_no_udp_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_every_broker_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_brokerd_udp_default, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_failover_on_kill, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
