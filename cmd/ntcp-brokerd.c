@@ -22,7 +22,7 @@ static const char usage[] =
     "usage: ntcp-brokerd --listen IP:PORT [--udp IP:PORT|none] [--authorized-keys FILE]\n"
     "                    [--state-dir DIR] [--expiry S] [--id STRING] [--stats S]\n"
     "                    [--tls-cert FILE --tls-key FILE [--tls-listen IP:PORT]]\n"
-    "                    [--spoof] [--verbose] [--quiet]\n"
+    "                    [--spoof] [--cluster redis://HOST:PORT[/DB]] [--verbose] [--quiet]\n"
     "       ntcp-brokerd --help | --version\n"
     "\n"
     "The ntcp connection broker: peers register a name bound to an Ed25519 key,\n"
@@ -44,6 +44,11 @@ static const char usage[] =
     "  --tls-listen IP:PORT     TLS here, and --listen stays plain TCP\n"
     "  --spoof                  send STUNT#1's spoofed SYN-ACKs to the two ends of\n"
     "                           a connect (needs CAP_NET_RAW; off by default)\n"
+    "  --source-rate R          new sessions and signed registrations per second from\n"
+    "                           one address (100, burst 10x; 0: unlimited)\n"
+    "  --cluster URL            one node of a cluster sharing registrations, name\n"
+    "                           bindings, lookups and connects through this Redis\n"
+    "                           (redis://HOST:PORT[/DB]); all nodes need the same --id\n"
     "  --verbose, --quiet       more or fewer log lines\n";
 
 typedef struct app {
@@ -52,6 +57,7 @@ typedef struct app {
     uv_signal_t sighup, sigint, sigterm;
     uv_timer_t stats;
     ntcp_broker_stats last;
+    bool cluster;
     uint64_t last_ms;
 } app;
 
@@ -92,7 +98,7 @@ static void on_stats(uv_timer_t *t)
              "stats: peers %llu, sessions %llu, bindings %llu, requests/s %.1f, "
              "registrations %llu, connects %llu ok %llu failed, refused %llu, bad sessions %llu, "
              "reaped %llu, rate limited %llu, tls sessions %llu, tls failures %llu, "
-             "raw-isn %llu, spoofed %llu, heap %zu KiB, rss %ld KiB",
+             "raw-isn %llu, spoofed %llu, cluster %s, heap %zu KiB, rss %ld KiB",
              (unsigned long long)st.peers, (unsigned long long)st.sessions,
              (unsigned long long)st.bindings, rps, (unsigned long long)st.registrations,
              (unsigned long long)st.connects_ok, (unsigned long long)st.connects_failed,
@@ -100,6 +106,7 @@ static void on_stats(uv_timer_t *t)
              (unsigned long long)st.reaped, (unsigned long long)st.rate_limited,
              (unsigned long long)st.tls_sessions, (unsigned long long)st.tls_failed,
              (unsigned long long)st.raw_isn, (unsigned long long)st.spoofed,
+             a->cluster ? (st.cluster_up ? "up" : "down") : "off",
              mi.uordblks / 1024, rss_kib());
     log_line(NULL, NTCP_LOG_INFO, line);
     a->last = st;
@@ -150,6 +157,8 @@ int main(int argc, char **argv)
         {"tls-key", required_argument, NULL, 'K'},
         {"tls-listen", required_argument, NULL, 'T'},
         {"spoof", no_argument, NULL, 'P'},
+        {"cluster", required_argument, NULL, 'R'},
+        {"source-rate", required_argument, NULL, 'r'},
         {"verbose", no_argument, NULL, 'v'},
         {"quiet", no_argument, NULL, 'q'},
         {"help", no_argument, NULL, 'h'},
@@ -161,7 +170,7 @@ int main(int argc, char **argv)
     cfg.log_level = NTCP_LOG_INFO;
     long stats_s = 60;
     int c;
-    while ((c = getopt_long(argc, argv, "l:u:k:s:e:i:S:C:K:T:PvqhV", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "l:u:k:s:e:i:S:C:K:T:PR:r:vqhV", opts, NULL)) != -1) {
         char *end;
         switch (c) {
         case 'l': cfg.listen = optarg; break;
@@ -173,6 +182,18 @@ int main(int argc, char **argv)
         case 'K': cfg.tls_key = optarg; break;
         case 'T': cfg.tls_listen = optarg; break;
         case 'P': cfg.spoof = true; break;
+        case 'R': cfg.cluster = optarg; break;
+        case 'r': {
+            double v = strtod(optarg, &end);
+            if (*end || v < 0 || v > 1e7) {
+                fprintf(stderr, "ntcp-brokerd: --source-rate wants a rate >= 0\n");
+                return 2;
+            }
+            /* Many peers behind one address (a NAT, a test) need more. */
+            cfg.source_rate = v > 0 ? v : -1;
+            cfg.source_burst = v > 0 ? (uint32_t)(v * 10 < 1 ? 1 : v * 10) : 0;
+            break;
+        }
         case 'e': {
             long v = strtol(optarg, &end, 10);
             if (*end || v < 1 || v > 86400) {
@@ -215,6 +236,7 @@ int main(int argc, char **argv)
 
     app a = {0};
     a.loop = uv_default_loop();
+    a.cluster = cfg.cluster != NULL;
     int rc = ntcp_broker_start(a.loop, &cfg, &a.broker);
     if (rc < 0) {
         fprintf(stderr, "ntcp-brokerd: cannot start: %s\n", ntcp_strerror(rc));

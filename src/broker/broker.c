@@ -90,9 +90,8 @@ static void set_state(bsession *s, uint8_t state)
 
 static void maybe_free(ntcp_broker *b);
 
-static void on_session_closed(uv_handle_t *h)
+static void session_free(bsession *s)
 {
-    bsession *s = h->data;
     ntcp_broker *b = s->b;
     free(s->in);
     free(s->out);
@@ -105,6 +104,24 @@ static void on_session_closed(uv_handle_t *h)
     b->st.sessions--;
     if (b->stopping)
         maybe_free(b);
+}
+
+/* A cluster request that names s holds it: its memory stays until the
+ * answer, which finds it dead and drops. */
+static void on_session_closed(uv_handle_t *h)
+{
+    bsession *s = h->data;
+    if (s->refs) {
+        s->dead = 1;
+        return;
+    }
+    session_free(s);
+}
+
+void session_unref(bsession *s)
+{
+    if (--s->refs == 0 && s->dead)
+        session_free(s);
 }
 
 static void hard_close(bsession *s)
@@ -225,10 +242,7 @@ static void send_msg(bsession *s, const uint8_t *msg, size_t len)
 
 /* ---- closing ---- */
 
-static void answer_error(bsession *s, uint16_t method, const uint8_t tid[STUN_TID_SIZE], int code,
-                         const char *reason);
-
-static void pending_free(ntcp_broker *b, pending *p)
+void pending_free(ntcp_broker *b, pending *p)
 {
     if (p->prev)
         p->prev->next = p->next;
@@ -242,6 +256,8 @@ static void pending_free(ntcp_broker *b, pending *p)
         p->req->npending--;
     if (p->tgt)
         p->tgt->npending--;
+    free(p->remote);
+    p->remote = NULL;
     b->st.pending--;
     if (b->npend_free < 4096 && !b->stopping) {
         p->next = b->pend_free;
@@ -262,6 +278,8 @@ void session_close(bsession *s, bool flush)
         return;
     }
     list_unlink(s);
+    if (s->state == S_REGISTERED && s->bind && s->bind->live == s)
+        cluster_forget(s); /* before bind goes: it names the record */
     if (s->bind && s->bind->live == s)
         s->bind->live = NULL;
     if (s->state == S_REGISTERED)
@@ -271,7 +289,13 @@ void session_close(bsession *s, bool flush)
     rdv_forget(b, s);
     pending *p = s->npending ? b->pend_head : NULL;
     while (p) {
-        if (p->tgt == s) {
+        if (p->tgt == s && !p->req) {
+            /* A requester on another node: told through the cluster. */
+            cluster_answer(b, p, BROKER_ERR_GONE, NULL);
+            pending_free(b, p);
+            b->st.connects_failed++;
+            p = b->pend_head;
+        } else if (p->tgt == s) {
             /* The target vanished: tell the requester now, not at the
              * timeout. The entry goes first and the walk restarts, because
              * a failed send can close the requester and with it entries. */
@@ -309,8 +333,8 @@ void session_close(bsession *s, bool flush)
 
 /* ---- building answers ---- */
 
-static void answer_error(bsession *s, uint16_t method, const uint8_t tid[STUN_TID_SIZE], int code,
-                         const char *reason)
+void answer_error(bsession *s, uint16_t method, const uint8_t tid[STUN_TID_SIZE], int code,
+                  const char *reason)
 {
     uint8_t buf[256];
     stun_builder sb;
@@ -347,7 +371,7 @@ static void fail_session(bsession *s, uint16_t method, const uint8_t *tid, int c
     session_close(s, true);
 }
 
-static void session_info(const bsession *s, broker_peer_info *p)
+void session_info(const bsession *s, broker_peer_info *p)
 {
     memset(p, 0, sizeof *p);
     if (s->bind) {
@@ -411,7 +435,7 @@ static void rtt_sample(bsession *s, uint64_t us)
 
 /* The round trip to a peer: the kernel's smoothed TCP RTT, refreshed by every
  * ACK of the session's traffic, when the platform gives it; else ours. */
-static uint32_t session_rtt(bsession *s)
+uint32_t session_rtt(bsession *s)
 {
 #ifdef TCP_INFO
     uv_os_fd_t fd;
@@ -577,7 +601,8 @@ static void vjob_recycle(ntcp_broker *b, vjob *j)
     }
 }
 
-static void finish_register(bsession *s, const vjob *j);
+static bool finish_register(bsession *s, const vjob *j);
+static void resume_reading(bsession *s);
 
 static void verify_done(uv_work_t *req, int status)
 {
@@ -586,9 +611,21 @@ static void verify_done(uv_work_t *req, int status)
     ntcp_broker *b = s->b;
     s->busy = 0;
     b->jobs--;
+    bool waits = false;
     if (status == 0 && s->state != S_CLOSING)
-        finish_register(s, j);
+        waits = finish_register(s, j);
     vjob_recycle(b, j);
+    if (waits) {
+        s->busy = 1; /* the cluster's verdict comes later: still not reading */
+        return;
+    }
+    resume_reading(s);
+}
+
+/* After a registration step that held the session (busy): closes what was
+ * closed meanwhile, else reads again. */
+static void resume_reading(bsession *s)
+{
     if (s->state == S_CLOSING) {
         /* Closed (or reaped) while the check ran, or refused just now: the
          * close waited for the check. A refusal still being flushed is left
@@ -602,33 +639,94 @@ static void verify_done(uv_work_t *req, int status)
         session_close(s, false);
 }
 
-static void finish_register(bsession *s, const vjob *j)
+static void complete_register(bsession *s, const char *name, const uint8_t key[BROKER_KEY_SIZE],
+                              const uint8_t tid[STUN_TID_SIZE], bool cluster_bound);
+
+/* The signature checked: the name's binding decides. Returns true when the
+ * cluster's verdict is awaited (register_verdict() completes it). */
+static bool finish_register(bsession *s, const vjob *j)
 {
     ntcp_broker *b = s->b;
-    size_t namelen = strlen(j->name);
     if (!j->ok) {
         b->st.refused++;
         fail_session(s, BROKER_REGISTER, j->tid, BROKER_ERR_FORBIDDEN, "Bad signature");
+        return false;
+    }
+    rtt_sample(s, j->rtt_us);
+    if (b->authorized_keys) {
+        binding *x = binding_find(b, j->name, strlen(j->name));
+        if (!x || CRYPTO_memcmp(x->key, j->key, sizeof j->key) != 0) {
+            b->st.refused++;
+            fail_session(s, BROKER_REGISTER, j->tid, BROKER_ERR_FORBIDDEN, "Not authorized");
+            return false;
+        }
+    }
+    if (b->cl) {
+        /* First use binds the name for the whole cluster, and the record
+         * is written, before the peer hears it is registered. */
+        if (cluster_bind(s, j->name, j->key, j->tid))
+            return true;
+        /* No Redis now: a registration no other node could see is refused,
+         * at once and with the reason; the peer comes back later (or goes
+         * to another node of its list). */
+        b->st.refused++;
+        fail_session(s, BROKER_REGISTER, j->tid, BROKER_ERR_FULL, "Cluster state unavailable");
+        return false;
+    }
+    complete_register(s, j->name, j->key, j->tid, false);
+    return false;
+}
+
+void register_verdict(bsession *s, const char *name, const uint8_t key[BROKER_KEY_SIZE],
+                      const uint8_t tid[STUN_TID_SIZE], int code)
+{
+    ntcp_broker *b = s->b;
+    s->busy = 0;
+    if (s->state != S_CLOSING) {
+        if (code == BROKER_ERR_CONFLICT) {
+            b->st.refused++;
+            fail_session(s, BROKER_REGISTER, tid, BROKER_ERR_CONFLICT, "Name bound to another key");
+        } else if (code) {
+            /* No cluster state: a registration no other node could see is
+             * refused rather than accepted; the peer tries again later. */
+            b->st.refused++;
+            fail_session(s, BROKER_REGISTER, tid, BROKER_ERR_FULL, "Cluster state unavailable");
+        } else {
+            complete_register(s, name, key, tid, true);
+        }
+    }
+    resume_reading(s);
+}
+
+static void complete_register(bsession *s, const char *name, const uint8_t key[BROKER_KEY_SIZE],
+                              const uint8_t tid[STUN_TID_SIZE], bool cluster_bound)
+{
+    ntcp_broker *b = s->b;
+    size_t namelen = strlen(name);
+    binding *x = binding_find(b, name, namelen);
+    if (b->authorized_keys && (!x || CRYPTO_memcmp(x->key, key, BROKER_KEY_SIZE) != 0)) {
+        b->st.refused++;
+        fail_session(s, BROKER_REGISTER, tid, BROKER_ERR_FORBIDDEN, "Not authorized");
         return;
     }
-    binding *x = binding_find(b, j->name, namelen);
-    if (b->authorized_keys && (!x || CRYPTO_memcmp(x->key, j->key, sizeof j->key) != 0)) {
-        b->st.refused++;
-        fail_session(s, BROKER_REGISTER, j->tid, BROKER_ERR_FORBIDDEN, "Not authorized");
-        return;
+    if (x && cluster_bound && CRYPTO_memcmp(x->key, key, BROKER_KEY_SIZE) != 0) {
+        /* Only after Redis lost its data and the name was bound anew: the
+         * cluster's binding is the one that holds. */
+        memcpy(x->key, key, BROKER_KEY_SIZE);
     }
-    if (x && CRYPTO_memcmp(x->key, j->key, sizeof j->key) != 0) {
+    if (x && CRYPTO_memcmp(x->key, key, BROKER_KEY_SIZE) != 0) {
         b->st.refused++;
-        fail_session(s, BROKER_REGISTER, j->tid, BROKER_ERR_CONFLICT, "Name bound to another key");
+        fail_session(s, BROKER_REGISTER, tid, BROKER_ERR_CONFLICT, "Name bound to another key");
         return;
     }
     if (!x) {
-        x = binding_add(b, j->name, namelen, j->key, 0);
+        x = binding_add(b, name, namelen, key, 0);
         if (!x) {
-            answer_error(s, BROKER_REGISTER, j->tid, BROKER_ERR_SERVER, "Out of memory");
+            answer_error(s, BROKER_REGISTER, tid, BROKER_ERR_SERVER, "Out of memory");
             return;
         }
-        keys_persist(b, x);
+        if (!cluster_bound)
+            keys_persist(b, x);
     }
     if (x->live && x->live != s) {
         /* The same key from a new session: the peer restarted or moved, and
@@ -643,9 +741,10 @@ static void finish_register(bsession *s, const vjob *j)
         notify_ended(old, BROKER_ERR_CONFLICT, "Replaced by a newer session");
     }
     RAND_bytes(s->udp_key, sizeof s->udp_key);
-    rtt_sample(s, j->rtt_us);
     s->bind = x;
     x->live = s;
+    if (!cluster_bound)
+        s->serial = ++b->next_serial; /* in a cluster, given with the record */
     set_state(s, S_REGISTERED);
     b->st.peers++;
     b->st.registrations++;
@@ -654,7 +753,7 @@ static void finish_register(bsession *s, const vjob *j)
     stun_builder sb;
     struct sockaddr_storage pub;
     broker_addr_to_sa(&s->pub, &pub);
-    stun_build_init(&sb, buf, sizeof buf, BROKER_REGISTER, STUN_SUCCESS, j->tid, false);
+    stun_build_init(&sb, buf, sizeof buf, BROKER_REGISTER, STUN_SUCCESS, tid, false);
     stun_build_addr(&sb, STUN_ATTR_XOR_MAPPED_ADDRESS, (struct sockaddr *)&pub);
     stun_build_u32(&sb, BROKER_ATTR_EXPIRY, b->expiry_s);
     stun_build_attr(&sb, BROKER_ATTR_UDP_KEY, s->udp_key, sizeof s->udp_key);
@@ -663,17 +762,21 @@ static void finish_register(bsession *s, const vjob *j)
     if (spoof_enabled(b))
         stun_build_u32(&sb, BROKER_ATTR_SPOOF, 1);
     finish_send(s, &sb);
-    broker_logf(b, NTCP_LOG_DEBUG, "registered %s", j->name);
+    broker_logf(b, NTCP_LOG_DEBUG, "registered %s", name);
 }
 
 static void do_refresh(bsession *s, const stun_msg *m)
 {
     ntcp_broker *b = s->b;
-    if (stun_find(m, BROKER_ATTR_PRIVATE_ADDR) || stun_find(m, BROKER_ATTR_PROFILE))
+    if (stun_find(m, BROKER_ATTR_PRIVATE_ADDR) || stun_find(m, BROKER_ATTR_PROFILE)) {
         if (store_extra(s, m) < 0) {
             answer_error(s, m->method, m->tid, BROKER_ERR_SERVER, "Out of memory");
             return;
         }
+        cluster_publish(s, false); /* the record other nodes serve changed */
+    } else {
+        cluster_touch(s);
+    }
     uint8_t buf[256];
     stun_builder sb;
     struct sockaddr_storage ss;
@@ -702,6 +805,8 @@ static void do_lookup(bsession *s, const stun_msg *m)
         return;
     }
     bsession *t = find_live(b, m, name);
+    if (!t && name[0] && cluster_lookup(s, m, name))
+        return; /* another node may hold it: answered when Redis says */
     if (!t) {
         answer_error(s, m->method, m->tid, BROKER_ERR_UNKNOWN_USER, "Unknown user");
         return;
@@ -724,7 +829,7 @@ static void do_connect(bsession *s, const stun_msg *m)
         return;
     }
     bsession *t = find_live(b, m, name);
-    if (!t) {
+    if (!t && !(b->cl && name[0])) {
         b->st.connects_failed++;
         answer_error(s, m->method, m->tid, BROKER_ERR_UNKNOWN_USER, "Unknown user");
         return;
@@ -733,7 +838,7 @@ static void do_connect(bsession *s, const stun_msg *m)
         answer_error(s, m->method, m->tid, BROKER_ERR_BAD_REQUEST, "Cannot connect to oneself");
         return;
     }
-    if (t->npending >= 64 || s->npending >= 64) {
+    if ((t && t->npending >= 64) || s->npending >= 64) {
         b->st.rate_limited++;
         answer_error(s, m->method, m->tid, BROKER_ERR_RATE_LIMITED, "Too many connects pending");
         return;
@@ -751,22 +856,20 @@ static void do_connect(bsession *s, const stun_msg *m)
         answer_error(s, m->method, m->tid, BROKER_ERR_NO_UDP, "No UDP at this broker");
         return;
     }
-    pending *p = b->pend_free;
-    if (p) {
-        b->pend_free = p->next;
-        b->npend_free--;
-        memset(p, 0, sizeof *p);
-    } else {
-        p = calloc(1, sizeof *p);
-    }
-    if (!p) {
-        answer_error(s, m->method, m->tid, BROKER_ERR_SERVER, "Out of memory");
-        return;
-    }
     uint32_t timeout = b->offer_timeout_ms;
     uint32_t want;
     if (stun_get_u32(m, BROKER_ATTR_TIMEOUT, &want) == 0 && want > 0 && want < timeout)
         timeout = want;
+    if (!t) {
+        /* Not here: the node that holds it, if any, is asked via Redis. */
+        cluster_connect(s, m, name, transport, timeout);
+        return;
+    }
+    pending *p = pending_new(b);
+    if (!p) {
+        answer_error(s, m->method, m->tid, BROKER_ERR_SERVER, "Out of memory");
+        return;
+    }
     p->req = s;
     p->tgt = t;
     p->transport = transport;
@@ -775,25 +878,64 @@ static void do_connect(bsession *s, const stun_msg *m)
     memcpy(p->req_tid, m->tid, STUN_TID_SIZE);
     stun_new_tid(p->offer_tid);
     p->deadline_ms = uv_now(b->loop) + timeout;
-    p->sent_us = uv_hrtime() / 1000;
+    pending_link(b, p);
+    broker_peer_info info;
+    session_info(s, &info);
+    send_offer(t, &info, p, timeout);
+}
+
+pending *pending_new(ntcp_broker *b)
+{
+    pending *p = b->pend_free;
+    if (p) {
+        b->pend_free = p->next;
+        b->npend_free--;
+        memset(p, 0, sizeof *p);
+    } else {
+        p = calloc(1, sizeof *p);
+    }
+    return p;
+}
+
+void pending_link(ntcp_broker *b, pending *p)
+{
     p->prev = b->pend_tail;
+    p->next = NULL;
     if (b->pend_tail)
         b->pend_tail->next = p;
     else
         b->pend_head = p;
     b->pend_tail = p;
     b->st.pending++;
+}
 
+/* The OFFER to a target here, for a requester here or on another node. */
+void send_offer(bsession *t, const broker_peer_info *from, pending *p, uint32_t timeout)
+{
     uint8_t buf[BROKER_MAX_MESSAGE];
     stun_builder sb;
-    broker_peer_info info;
-    session_info(s, &info);
+    p->sent_us = uv_hrtime() / 1000;
     stun_build_init(&sb, buf, sizeof buf, BROKER_OFFER, STUN_REQUEST, p->offer_tid, false);
-    broker_build_peer_info(&sb, &info);
+    broker_build_peer_info(&sb, from);
     stun_build_u32(&sb, BROKER_ATTR_TIMEOUT, timeout);
-    if (transport != BROKER_TRANSPORT_TCP)
-        stun_build_u32(&sb, BROKER_ATTR_TRANSPORT, transport);
+    if (p->transport != BROKER_TRANSPORT_TCP)
+        stun_build_u32(&sb, BROKER_ATTR_TRANSPORT, p->transport);
     finish_send(t, &sb);
+}
+
+uint32_t start_margin(const ntcp_broker *b, uint32_t slow_us)
+{
+    /* The margin covers the jitter of the GOs' trips and of both ends'
+     * processing: an eighth of the slower round trip, 2 to 20 ms, unless
+     * configured. A SYN that leaves a little early costs nothing (its
+     * mapping is there before the peer's SYN arrives, half a round trip
+     * later); a margin wider than needed costs every connection its time. */
+    uint32_t margin = b->start_margin_ms;
+    if (!margin) {
+        margin = slow_us / 8000;
+        margin = margin < 2 ? 2 : margin > 20 ? 20 : margin;
+    }
+    return margin;
 }
 
 /* The target answered an offer: CONNECT-GO to both, or the refusal. */
@@ -812,6 +954,16 @@ static void do_offer_answer(bsession *t, const stun_msg *m)
     memcpy(req_tid, p->req_tid, sizeof req_tid);
     uint32_t transport = p->transport;
     rtt_sample(t, uv_hrtime() / 1000 - p->sent_us);
+    if (!r) {
+        /* The requester is on another node: the answer goes there. */
+        cluster_answer(b, p, m->cls == STUN_ERROR ? BROKER_ERR_DECLINED : 0, t);
+        if (m->cls == STUN_ERROR)
+            b->st.connects_failed++;
+        else
+            b->st.connects_ok++;
+        pending_free(b, p);
+        return;
+    }
     pending_free(b, p);
     if (m->cls == STUN_ERROR) {
         b->st.connects_failed++;
@@ -828,16 +980,7 @@ static void do_offer_answer(bsession *t, const stun_msg *m)
      * end waits S minus its own arrival. */
     uint32_t rr = session_rtt(r), rt = session_rtt(t);
     uint32_t slow = rr > rt ? rr : rt;
-    /* The margin covers the jitter of the GOs' trips and of both ends'
-     * processing: an eighth of the slower round trip, 2 to 20 ms, unless
-     * configured. A SYN that leaves a little early costs nothing (its
-     * mapping is there before the peer's SYN arrives, half a round trip
-     * later); a margin wider than needed costs every connection its time. */
-    uint32_t margin = b->start_margin_ms;
-    if (!margin) {
-        margin = slow / 8000;
-        margin = margin < 2 ? 2 : margin > 20 ? 20 : margin;
-    }
+    uint32_t margin = start_margin(b, slow);
     uint32_t dr = (uint32_t)((slow - rr) / 2 + 999) / 1000 + margin;
     uint32_t dt = (uint32_t)((slow - rt) / 2 + 999) / 1000 + margin;
 
@@ -1215,7 +1358,10 @@ static void on_udp(uv_udp_t *u, ssize_t nread, const uv_buf_t *buf, const struct
         return;
     }
     b->st.requests++;
+    broker_addr old = s->udp;
     broker_addr_from_sa(&s->udp, from);
+    if (memcmp(&old, &s->udp, sizeof old) != 0)
+        cluster_publish(s, false); /* other nodes put it in CONNECT-GOs */
     uint8_t out[128];
     stun_builder sb;
     stun_build_init(&sb, out, sizeof out, BROKER_KEEPALIVE, STUN_SUCCESS, m.tid, false);
@@ -1256,7 +1402,8 @@ static void on_tick(uv_timer_t *t)
         memcpy(tid, p->req_tid, sizeof tid);
         pending_free(b, p);
         b->st.connects_failed++;
-        answer_error(req, BROKER_CONNECT, tid, BROKER_ERR_TIMEOUT, "Peer did not answer");
+        if (req) /* a remote requester's node keeps its own deadline */
+            answer_error(req, BROKER_CONNECT, tid, BROKER_ERR_TIMEOUT, "Peer did not answer");
         p = b->pend_head;
     }
 }
@@ -1307,6 +1454,12 @@ static void on_handle_closed(uv_handle_t *h)
     ntcp_broker *b = h->data;
     b->open_handles--;
     maybe_free(b);
+}
+
+void broker_handle_closed(ntcp_broker *b)
+{
+    if (b->stopping)
+        maybe_free(b);
 }
 
 int ntcp_broker_start(uv_loop_t *loop, const ntcp_broker_config *cfg, ntcp_broker **out)
@@ -1443,6 +1596,10 @@ int ntcp_broker_start(uv_loop_t *loop, const ntcp_broker_config *cfg, ntcp_broke
         ntcp_broker_stop(b, NULL, NULL);
         return NTCP_ESYS;
     }
+    if (cfg->cluster && (rc = cluster_start(b, cfg->cluster)) < 0) {
+        ntcp_broker_stop(b, NULL, NULL);
+        return rc;
+    }
     char a[64], u[64] = "", t[80] = "";
     struct sockaddr_storage bound;
     if (ntcp_broker_tcp_addr(b, &bound) == 0)
@@ -1489,6 +1646,7 @@ int ntcp_broker_reload(ntcp_broker *b)
 void ntcp_broker_get_stats(const ntcp_broker *b, ntcp_broker_stats *st)
 {
     *st = b->st;
+    st->cluster_up = cluster_up(b);
 }
 
 int ntcp_broker_tcp_addr(const ntcp_broker *b, struct sockaddr_storage *out)
@@ -1527,6 +1685,7 @@ void ntcp_broker_stop(ntcp_broker *b, void (*done)(void *arg), void *arg)
         session_close(b->new_head, false);
     while (b->reg_head)
         session_close(b->reg_head, false);
+    cluster_stop(b);
     /* Sessions close on their own; the broker goes once its handles have. */
     uv_close((uv_handle_t *)&b->listener, on_handle_closed);
     if (b->has_tls_listener)

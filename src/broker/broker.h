@@ -57,6 +57,12 @@ typedef struct ntcp_broker_config {
      * IPPROTO_RAW socket opened by ntcp_broker_start() (CAP_NET_RAW; NTCP_ESYS
      * without it). Off: RAW-ISN is relayed, nothing is spoofed. */
     bool spoof;
+    /* Cluster mode (docs/cluster.md): "redis://HOST:PORT[/DB]". The nodes of
+     * one cluster share registrations, first-use name bindings, lookups and
+     * connects through that Redis; without it (NULL) nothing of this runs.
+     * A node that cannot reach Redis refuses new registrations (503) and
+     * recovers by itself. */
+    const char *cluster;
 } ntcp_broker_config;
 
 typedef struct ntcp_broker_stats {
@@ -76,6 +82,7 @@ typedef struct ntcp_broker_stats {
     uint64_t tls_failed;   /* TLS handshakes or records that failed (also in bad_sessions) */
     uint64_t raw_isn;      /* RAW-ISN indications taken (STUNT#1, NATBlaster) */
     uint64_t spoofed;      /* SYN-ACKs spoofed (STUNT#1) */
+    uint64_t cluster_up;   /* cluster mode: 1 while Redis is reachable */
 } ntcp_broker_stats;
 
 /* Binds the sockets, loads keys/state and starts serving on loop. On success

@@ -47,7 +47,11 @@ typedef struct bsession {
     double tokens;                 /* rate limit bucket */
     uint64_t tokens_ms;
     uint8_t state;
-    uint8_t busy;                  /* a signature check is running for it */
+    uint8_t busy;                  /* a signature check (or the cluster's verdict on
+                                    * the registration) is pending for it */
+    uint8_t dead;                  /* closed, freed when refs drops to 0 */
+    uint16_t refs;                 /* cluster requests in flight that name it */
+    uint64_t serial;               /* this registration, unique on this node */
     uint8_t nprivate;
     uint16_t profile_len;
     uint16_t inlen;                /* bytes of a split message held in in */
@@ -63,10 +67,17 @@ typedef struct bsession {
     uint8_t udp_key[BROKER_UDP_KEY_SIZE];
 } bsession;
 
-/* A connect waiting for the target's answer. */
+/* A connect waiting for the target's answer. In a cluster one end may be
+ * on another node: req NULL (the requester's node waits, `node` and `ref`
+ * say where to answer) or tgt NULL (the target's node was asked). */
 typedef struct pending {
     struct pending *prev, *next;
     bsession *req, *tgt;
+    uint64_t ref;                  /* the requester's node's number for it */
+    char node[17];                 /* the other node, "" when both are here */
+    uint32_t req_rtt_us;           /* remote requester: its RTT at its node */
+    uint32_t node_delay_us;        /* remote requester: its node's half trip to Redis */
+    struct cl_remote *remote;      /* remote requester: its data, for the target's GO */
     uint64_t deadline_ms;
     uint64_t sent_us;              /* when the offer left, for the target's RTT */
     uint32_t transport;            /* enum broker_transport, from the CONNECT */
@@ -141,6 +152,9 @@ struct ntcp_broker {
 
     int journal_fd;                /* state_dir/bindings.journal, or -1 */
 
+    struct cluster *cl;            /* cluster.c: shared state in Redis, or NULL */
+    uint64_t next_serial;
+
     ntcp_broker_stats st;
     /* spoof.c: connects remembered for RAW-ISN; the spoofing socket (-1: off). */
     struct rdv *rdv;
@@ -170,6 +184,52 @@ void broker_logf(ntcp_broker *b, int level, const char *fmt, ...) __attribute__(
 void session_close(bsession *s, bool flush);
 void notify_ended(bsession *s, int code, const char *reason);
 void broker_send(bsession *s, const uint8_t *msg, size_t len);
+
+/* broker.c, for cluster.c */
+void session_unref(bsession *s);
+void answer_error(bsession *s, uint16_t method, const uint8_t tid[STUN_TID_SIZE], int code,
+                  const char *reason);
+void session_info(const bsession *s, broker_peer_info *p);
+/* A registration whose name the cluster bound to its key (ok), refused (409,
+ * or 503 without Redis): completes it and restarts reading. */
+void register_verdict(bsession *s, const char *name, const uint8_t key[BROKER_KEY_SIZE],
+                      const uint8_t tid[STUN_TID_SIZE], int code);
+/* Both GOs of an accepted connect: sends the requester's (local) or hands
+ * the target's timing to the caller (remote requester). */
+pending *pending_new(ntcp_broker *b);
+void pending_link(ntcp_broker *b, pending *p);
+void pending_free(ntcp_broker *b, pending *p);
+uint32_t session_rtt(bsession *s);
+uint32_t start_margin(const ntcp_broker *b, uint32_t slow_us);
+void send_offer(bsession *t, const broker_peer_info *from, pending *p, uint32_t timeout);
+
+/* cluster.c: the broker as one node of a cluster (docs/cluster.md). Every
+ * function is a no-op, or answers as a lone broker would, when b->cl is
+ * NULL. */
+int cluster_start(ntcp_broker *b, const char *url);
+void cluster_stop(ntcp_broker *b);
+bool cluster_up(const ntcp_broker *b);
+/* Registration: asks Redis to bind name to key (first use) for s, then
+ * calls register_verdict(). Returns false when Redis is not there now. */
+bool cluster_bind(bsession *s, const char *name, const uint8_t key[BROKER_KEY_SIZE],
+                  const uint8_t tid[STUN_TID_SIZE]);
+/* A handle of the broker's closed: frees it when it was the last one and
+ * the broker is stopping. */
+void broker_handle_closed(ntcp_broker *b);
+/* The registration record: written (full), its TTL renewed, removed. */
+void cluster_publish(bsession *s, bool took_over);
+void cluster_touch(bsession *s);
+void cluster_forget(bsession *s);
+/* LOOKUP / CONNECT of a name not registered here. Return false without a
+ * cluster (the caller answers 404). */
+bool cluster_lookup(bsession *s, const stun_msg *m, const char *name);
+bool cluster_connect(bsession *s, const stun_msg *m, const char *name, uint32_t transport,
+                     uint32_t timeout);
+/* The target here answered a remote requester's offer (code 0: accepted),
+ * or its session ended (410). */
+void cluster_answer(ntcp_broker *b, pending *p, int code, bsession *t);
+/* Stats: cluster messages, Redis state. */
+uint64_t cluster_rtt_us(const ntcp_broker *b);
 
 /* spoof.c */
 int spoof_init(ntcp_broker *b, bool spoof);
