@@ -108,8 +108,16 @@ struct ntcp_session {
     uint64_t udp_retry_at;        /* next keepalive while none was answered */
     uint32_t udp_retry_gap;       /* its backoff: 250 ms doubling to 5 s */
     struct sockaddr_storage public_addr, public_udp;
-    unsigned registrations;
+    unsigned registrations, resumed;
     txn *txns;
+
+    /* The last REGISTER answer's resumption ticket and its key (a cluster's
+     * nodes share the key that seals it): the next registration, at any
+     * node, proves itself with them instead of a signature. */
+    uint8_t ticket[BROKER_TICKET_MAX];
+    size_t ticket_len;
+    uint8_t resume_key[BROKER_RESUME_KEY_SIZE];
+    bool resuming; /* the REGISTER in flight carries the ticket */
 
     /* TLS (tls_ctx non-NULL): one connection object per TCP connection. */
     SSL_CTX *tls_ctx;
@@ -339,6 +347,7 @@ int ntcp_session_set_profile(ntcp_session *s, const uint8_t *profile, size_t len
 
 static void session_free(ntcp_session *s)
 {
+    OPENSSL_cleanse(s->resume_key, sizeof s->resume_key);
     free(s->hosts);
     ntcp_tls_free(s->tls);
     SSL_CTX_free(s->tls_ctx);
@@ -731,9 +740,15 @@ static void on_challenge(ntcp_session *s, const stun_msg *m)
         lose(s, NTCP_EPROTO, BROKER_ERR_FORBIDDEN);
         return;
     }
-    uint8_t tr[BROKER_TRANSCRIPT_MAX], sig[BROKER_SIG_SIZE];
+    uint8_t tr[BROKER_TRANSCRIPT_MAX], sig[BROKER_SIG_SIZE], proof[BROKER_PROOF_SIZE];
+    /* With a ticket: its proof over this challenge, no signature (the
+     * broker saves the verification); a refused ticket brings a new
+     * challenge, which is then signed. */
+    s->resuming = s->ticket_len > 0 &&
+                  broker_resume_proof(proof, s->resume_key, id, idlen, chal, s->name,
+                                      strlen(s->name), s->pub) == 0;
     int tl = broker_transcript(tr, sizeof tr, id, idlen, chal, s->name, strlen(s->name), s->pub);
-    if (tl < 0 || ntcp_identity_sign(s->key, tr, (size_t)tl, sig) < 0) {
+    if (tl < 0 || (!s->resuming && ntcp_identity_sign(s->key, tr, (size_t)tl, sig) < 0)) {
         lose(s, NTCP_EPROTO, 0);
         return;
     }
@@ -748,7 +763,12 @@ static void on_challenge(ntcp_session *s, const stun_msg *m)
     stun_build_attr(&sb, BROKER_ATTR_NAME, s->name, strlen(s->name));
     stun_build_attr(&sb, BROKER_ATTR_PUBLIC_KEY, s->pub, sizeof s->pub);
     stun_build_attr(&sb, BROKER_ATTR_CHALLENGE, chal, sizeof chal);
-    stun_build_attr(&sb, BROKER_ATTR_SIGNATURE, sig, sizeof sig);
+    if (s->resuming) {
+        stun_build_attr(&sb, BROKER_ATTR_TICKET, s->ticket, s->ticket_len);
+        stun_build_attr(&sb, BROKER_ATTR_PROOF, proof, sizeof proof);
+    } else {
+        stun_build_attr(&sb, BROKER_ATTR_SIGNATURE, sig, sizeof sig);
+    }
     add_own_info(s, &sb);
     s->conn = C_SIGNED;
     build_send(s, &sb);
@@ -763,6 +783,16 @@ static void on_registered(ntcp_session *s, const stun_msg *m)
     stun_get_addr(m, STUN_ATTR_XOR_MAPPED_ADDRESS, &s->public_addr);
     if (broker_get_fixed(m, BROKER_ATTR_UDP_KEY, s->udp_key, sizeof s->udp_key) < 0)
         memset(s->udp_key, 0, sizeof s->udp_key);
+    const stun_attr *tk = stun_find(m, BROKER_ATTR_TICKET);
+    if (tk && broker_get_fixed(m, BROKER_ATTR_RESUME_KEY, s->resume_key, sizeof s->resume_key) == 0) {
+        memcpy(s->ticket, stun_attr_value(m, tk), tk->len);
+        s->ticket_len = tk->len;
+    } else {
+        s->ticket_len = 0; /* a broker without tickets: sign next time */
+    }
+    if (s->resuming)
+        s->resumed++;
+    s->resuming = false;
     uint32_t spoof = 0;
     stun_get_u32(m, BROKER_ATTR_SPOOF, &spoof);
     s->broker_spoofs = spoof == 1;
@@ -814,10 +844,21 @@ static void on_response(ntcp_session *s, const stun_msg *m)
         return;
     case T_REGISTER:
         free(t);
-        if (m->cls == STUN_SUCCESS)
+        if (m->cls == STUN_SUCCESS) {
             on_registered(s, m);
-        else
+        } else if (s->resuming) {
+            /* The ticket was refused (expired, another cluster's, a key
+             * since replaced): forgotten, and the new challenge signed. */
+            s->resuming = false;
+            s->ticket_len = 0;
+            OPENSSL_cleanse(s->resume_key, sizeof s->resume_key);
+            if (code == BROKER_ERR_UNAUTHORIZED)
+                on_challenge(s, m);
+            else
+                lose(s, NTCP_EPROTO, code);
+        } else {
             lose(s, NTCP_EPROTO, code);
+        }
         return;
     case T_REFRESH:
         free(t);
@@ -1332,6 +1373,11 @@ int ntcp_session_broker_addr(const ntcp_session *s, struct sockaddr_storage *out
 {
     *out = s->broker;
     return s->broker.ss_family ? 0 : NTCP_ENOTFOUND;
+}
+
+unsigned ntcp_session_resumed(const ntcp_session *s)
+{
+    return s->resumed;
 }
 
 unsigned ntcp_session_registrations(const ntcp_session *s)

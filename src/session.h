@@ -146,6 +146,9 @@ int ntcp_broker_list_parse(const char *list, char (*hosts)[256], uint16_t *ports
 
 /* How many times the session has registered (1 after the first). */
 unsigned ntcp_session_registrations(const ntcp_session *s);
+/* How many of them proved themselves with a resumption ticket instead of a
+ * signature (docs/broker-protocol.md 4.1). */
+unsigned ntcp_session_resumed(const ntcp_session *s);
 
 /* Result of a connect: err 0 and go, or err < 0 (go NULL):
  *   NTCP_ENOTFOUND  the broker does not know the name (code 700);

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
@@ -492,6 +493,73 @@ static const char *frame_error(int rc)
     return rc == NTCP_ERANGE ? "Message too large" : rc == NTCP_ETLS ? "TLS on a plain port" : "Not STUN";
 }
 
+/* A 401 with a fresh challenge, good for one REGISTER (signed, or with a
+ * ticket) on this session only. */
+static void send_challenge(bsession *s, const stun_msg *m, const char *reason)
+{
+    ntcp_broker *b = s->b;
+    uint8_t buf[512];
+    stun_builder sb;
+    if (RAND_bytes(s->challenge, sizeof s->challenge) != 1) {
+        answer_error(s, m->method, m->tid, BROKER_ERR_SERVER, "No randomness");
+        return;
+    }
+    s->state = S_CHALLENGED; /* same activity list as S_NEW */
+    s->challenge_us = uv_hrtime() / 1000;
+    begin(&sb, buf, sizeof buf, m, STUN_ERROR);
+    stun_build_error(&sb, BROKER_ERR_UNAUTHORIZED, reason);
+    stun_build_attr(&sb, BROKER_ATTR_CHALLENGE, s->challenge, sizeof s->challenge);
+    stun_build_attr(&sb, BROKER_ATTR_BROKER_ID, b->broker_id, b->broker_id_len);
+    stun_build_u32(&sb, BROKER_ATTR_VERSION, BROKER_PROTO_VERSION);
+    finish_send(s, &sb);
+}
+
+static bool finish_register(bsession *s, const vjob *j);
+static void resume_reading(bsession *s);
+
+/* A REGISTER with a ticket and its PROOF over this session's challenge:
+ * registered without a signature check when the ticket is one of ours,
+ * unexpired, for this name and key (and this address, when issued on a
+ * plain session) and the proof holds; else a new challenge to sign. */
+static void resume_register(bsession *s, const stun_msg *m, const char *name,
+                            const uint8_t key[BROKER_KEY_SIZE], const uint8_t chal[BROKER_CHALLENGE_SIZE],
+                            const uint8_t proof[BROKER_PROOF_SIZE], uint64_t rtt)
+{
+    ntcp_broker *b = s->b;
+    const stun_attr *tk = stun_find(m, BROKER_ATTR_TICKET);
+    ticket t;
+    uint8_t want[BROKER_PROOF_SIZE];
+    bool ok = b->has_ticket_key &&
+              ticket_open(b->ticket_key, stun_attr_value(m, tk), tk->len, &t) == 0 &&
+              strcmp(t.name, name) == 0 && CRYPTO_memcmp(t.key, key, BROKER_KEY_SIZE) == 0 &&
+              t.expires > (uint64_t)time(NULL) &&
+              (!t.ip_bound || (t.family == s->pub.family && memcmp(t.ip, s->pub.ip, 16) == 0)) &&
+              broker_resume_proof(want, t.resume_key, b->broker_id, b->broker_id_len, chal, name,
+                                  strlen(name), key) == 0 &&
+              CRYPTO_memcmp(want, proof, sizeof want) == 0;
+    OPENSSL_cleanse(&t, sizeof t);
+    if (!ok) {
+        b->st.tickets_refused++;
+        send_challenge(s, m, "Ticket refused: sign the challenge");
+        return;
+    }
+    b->st.resumptions++;
+    vjob j;
+    memset(&j, 0, sizeof j);
+    j.s = s;
+    j.ok = true;
+    j.rtt_us = rtt;
+    memcpy(j.tid, m->tid, STUN_TID_SIZE);
+    memcpy(j.key, key, BROKER_KEY_SIZE);
+    snprintf(j.name, sizeof j.name, "%s", name);
+    if (finish_register(s, &j)) {
+        /* The cluster's verdict comes later: read nothing meanwhile, as
+         * during a signature check. */
+        s->busy = 1;
+        uv_read_stop((uv_stream_t *)&s->tcp);
+    }
+}
+
 static void do_register(bsession *s, const stun_msg *m, const struct sockaddr *src)
 {
     ntcp_broker *b = s->b;
@@ -508,23 +576,14 @@ static void do_register(bsession *s, const stun_msg *m, const struct sockaddr *s
     }
     size_t namelen = strlen(name);
     int has_sig = broker_get_fixed(m, BROKER_ATTR_SIGNATURE, sig, sizeof sig);
-    uint8_t buf[512];
-    stun_builder sb;
-    if (has_sig == NTCP_ENOTFOUND) {
+    const stun_attr *tk = stun_find(m, BROKER_ATTR_TICKET);
+    uint8_t proof[BROKER_PROOF_SIZE];
+    bool resume = has_sig == NTCP_ENOTFOUND && tk &&
+                  broker_get_fixed(m, BROKER_ATTR_PROOF, proof, sizeof proof) == 0;
+    if (has_sig == NTCP_ENOTFOUND && !resume) {
         /* Step 1: a fresh challenge, good for one signed REGISTER on this
          * session only. */
-        if (RAND_bytes(s->challenge, sizeof s->challenge) != 1) {
-            answer_error(s, m->method, m->tid, BROKER_ERR_SERVER, "No randomness");
-            return;
-        }
-        s->state = S_CHALLENGED; /* same activity list as S_NEW */
-        s->challenge_us = uv_hrtime() / 1000;
-        begin(&sb, buf, sizeof buf, m, STUN_ERROR);
-        stun_build_error(&sb, BROKER_ERR_UNAUTHORIZED, "Sign the challenge");
-        stun_build_attr(&sb, BROKER_ATTR_CHALLENGE, s->challenge, sizeof s->challenge);
-        stun_build_attr(&sb, BROKER_ATTR_BROKER_ID, b->broker_id, b->broker_id_len);
-        stun_build_u32(&sb, BROKER_ATTR_VERSION, BROKER_PROTO_VERSION);
-        finish_send(s, &sb);
+        send_challenge(s, m, "Sign the challenge");
         return;
     }
     /* Step 2: the signed REGISTER. Signature checks cost CPU: limit them per
@@ -551,6 +610,10 @@ static void do_register(bsession *s, const stun_msg *m, const struct sockaddr *s
      * A refused session is closed, so nothing stale is ever served. */
     if (store_extra(s, m) < 0) {
         answer_error(s, m->method, m->tid, BROKER_ERR_SERVER, "Out of memory");
+        return;
+    }
+    if (resume) {
+        resume_register(s, m, name, key, chal, proof, rtt);
         return;
     }
     vjob *j = b->vfree;
@@ -600,9 +663,6 @@ static void vjob_recycle(ntcp_broker *b, vjob *j)
         free(j);
     }
 }
-
-static bool finish_register(bsession *s, const vjob *j);
-static void resume_reading(bsession *s);
 
 static void verify_done(uv_work_t *req, int status)
 {
@@ -749,11 +809,33 @@ static void complete_register(bsession *s, const char *name, const uint8_t key[B
     b->st.peers++;
     b->st.registrations++;
 
-    uint8_t buf[512];
+    uint8_t buf[1024];
     stun_builder sb;
     struct sockaddr_storage pub;
     broker_addr_to_sa(&s->pub, &pub);
     stun_build_init(&sb, buf, sizeof buf, BROKER_REGISTER, STUN_SUCCESS, tid, false);
+    if (b->has_ticket_key) {
+        /* A ticket for the next registration, here or at another node of
+         * the cluster: on a plain session bound to this address, since its
+         * resume key crossed the network in the clear. */
+        ticket t;
+        uint8_t sealed[BROKER_TICKET_MAX];
+        memset(&t, 0, sizeof t);
+        t.expires = (uint64_t)time(NULL) + b->ticket_lifetime_s;
+        t.ip_bound = !s->tls;
+        t.family = s->pub.family;
+        memcpy(t.ip, s->pub.ip, 16);
+        memcpy(t.key, key, BROKER_KEY_SIZE);
+        snprintf(t.name, sizeof t.name, "%s", name);
+        int n = RAND_bytes(t.resume_key, sizeof t.resume_key) == 1
+                    ? ticket_seal(b->ticket_key, &t, sealed, sizeof sealed)
+                    : NTCP_ESYS;
+        if (n > 0) {
+            stun_build_attr(&sb, BROKER_ATTR_TICKET, sealed, (size_t)n);
+            stun_build_attr(&sb, BROKER_ATTR_RESUME_KEY, t.resume_key, sizeof t.resume_key);
+        }
+        OPENSSL_cleanse(&t, sizeof t);
+    }
     stun_build_addr(&sb, STUN_ATTR_XOR_MAPPED_ADDRESS, (struct sockaddr *)&pub);
     stun_build_u32(&sb, BROKER_ATTR_EXPIRY, b->expiry_s);
     stun_build_attr(&sb, BROKER_ATTR_UDP_KEY, s->udp_key, sizeof s->udp_key);
@@ -1412,6 +1494,7 @@ static void on_tick(uv_timer_t *t)
 
 static void free_broker(ntcp_broker *b)
 {
+    OPENSSL_cleanse(b->ticket_key, sizeof b->ticket_key);
     while (b->vfree) {
         vjob *j = b->vfree;
         b->vfree = j->next_free;
@@ -1454,6 +1537,12 @@ static void on_handle_closed(uv_handle_t *h)
     ntcp_broker *b = h->data;
     b->open_handles--;
     maybe_free(b);
+}
+
+void broker_set_ticket_key(ntcp_broker *b, const uint8_t key[TICKET_KEY_SIZE])
+{
+    memcpy(b->ticket_key, key, TICKET_KEY_SIZE);
+    b->has_ticket_key = true;
 }
 
 void broker_handle_closed(ntcp_broker *b)
@@ -1502,6 +1591,14 @@ int ntcp_broker_start(uv_loop_t *loop, const ntcp_broker_config *cfg, ntcp_broke
     b->max_sessions = cfg->max_sessions ? cfg->max_sessions : 1000000;
     b->log = cfg->log;
     b->log_user = cfg->log_user;
+    b->ticket_lifetime_s = cfg->ticket_lifetime_s ? cfg->ticket_lifetime_s : 86400;
+    if (cfg->ticket_key) {
+        memcpy(b->ticket_key, cfg->ticket_key, TICKET_KEY_SIZE);
+        b->has_ticket_key = true;
+    } else if (!cfg->cluster) {
+        /* This process's: tickets outlive a lost connection, not a restart. */
+        b->has_ticket_key = RAND_bytes(b->ticket_key, TICKET_KEY_SIZE) == 1;
+    }
     b->log_level = cfg->log ? (cfg->log_level ? cfg->log_level : NTCP_LOG_INFO) : -1;
     b->table_size = 1024;
     b->table = calloc(b->table_size, sizeof *b->table);

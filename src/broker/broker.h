@@ -63,6 +63,11 @@ typedef struct ntcp_broker_config {
      * A node that cannot reach Redis refuses new registrations (503) and
      * recovers by itself. */
     const char *cluster;
+    /* Resumption tickets (docs/broker-protocol.md 4.1): the key that seals
+     * them (32 bytes, copied); NULL: a random one per process, or in a
+     * cluster the one the nodes share in Redis. Lifetime 0: 86400 s. */
+    const uint8_t *ticket_key;
+    uint32_t ticket_lifetime_s;
 } ntcp_broker_config;
 
 typedef struct ntcp_broker_stats {
@@ -83,6 +88,8 @@ typedef struct ntcp_broker_stats {
     uint64_t raw_isn;      /* RAW-ISN indications taken (STUNT#1, NATBlaster) */
     uint64_t spoofed;      /* SYN-ACKs spoofed (STUNT#1) */
     uint64_t cluster_up;   /* cluster mode: 1 while Redis is reachable */
+    uint64_t resumptions;  /* registrations by ticket (no signature checked) */
+    uint64_t tickets_refused; /* tickets or proofs refused (the peer then signs) */
 } ntcp_broker_stats;
 
 /* Binds the sockets, loads keys/state and starts serving on loop. On success

@@ -13,6 +13,8 @@
 #include "broker.h"
 #include "broker_proto.h"
 
+#define TICKET_KEY_SIZE 32
+
 /* A name bound to a key, registered or not. One allocation, name inline. */
 typedef struct binding {
     struct binding *next;   /* hash chain */
@@ -153,6 +155,9 @@ struct ntcp_broker {
     int journal_fd;                /* state_dir/bindings.journal, or -1 */
 
     struct cluster *cl;            /* cluster.c: shared state in Redis, or NULL */
+    uint8_t ticket_key[TICKET_KEY_SIZE]; /* the cluster's (from Redis), or this process's */
+    bool has_ticket_key;
+    uint32_t ticket_lifetime_s;
     uint64_t next_serial;
 
     ntcp_broker_stats st;
@@ -165,6 +170,21 @@ struct ntcp_broker {
     uint8_t pbuf[16384];           /* plaintext of a TLS session's records */
     uint8_t ubuf[BROKER_MAX_MESSAGE];
 };
+
+/* ticket.c: resumption tickets (docs/broker-protocol.md 4.1). */
+typedef struct ticket {
+    uint64_t expires;        /* Unix time, seconds */
+    uint8_t ip_bound;        /* 1: valid only from ip (issued on a plain session) */
+    uint8_t family;          /* 4 or 6, when ip_bound */
+    uint8_t ip[16];
+    uint8_t resume_key[BROKER_RESUME_KEY_SIZE];
+    uint8_t key[BROKER_KEY_SIZE];
+    char name[BROKER_NAME_MAX + 1];
+} ticket;
+/* Returns the sealed length or NTCP_ENOSPC / NTCP_ESYS. */
+int ticket_seal(const uint8_t tkey[TICKET_KEY_SIZE], const ticket *t, uint8_t *out, size_t cap);
+/* Returns 0, or NTCP_EINVAL for anything not sealed by tkey or malformed. */
+int ticket_open(const uint8_t tkey[TICKET_KEY_SIZE], const uint8_t *in, size_t len, ticket *t);
 
 /* keys.c */
 uint64_t broker_siphash(const uint8_t key[16], const void *data, size_t len);
@@ -228,6 +248,8 @@ bool cluster_connect(bsession *s, const stun_msg *m, const char *name, uint32_t 
 /* The target here answered a remote requester's offer (code 0: accepted),
  * or its session ended (410). */
 void cluster_answer(ntcp_broker *b, pending *p, int code, bsession *t);
+/* The cluster's ticket key arrived (or changed, after Redis lost it). */
+void broker_set_ticket_key(ntcp_broker *b, const uint8_t key[TICKET_KEY_SIZE]);
 /* Stats: cluster messages, Redis state. */
 uint64_t cluster_rtt_us(const ntcp_broker *b);
 

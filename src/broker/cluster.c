@@ -782,6 +782,32 @@ static void republish(ntcp_broker *b)
         }
 }
 
+/* The ticket key the nodes share: the first node to ask makes it. A Redis
+ * that lost it (restarted without persistence) gets a new one, and tickets
+ * sealed with the old one are refused (their peers sign again). */
+static const char key_script[] =
+    "redis.call('SET', KEYS[1], ARGV[1], 'NX') return redis.call('GET', KEYS[1])";
+
+static void on_ticket_key(redisAsyncContext *ac, void *r, void *priv)
+{
+    (void)priv;
+    ntcp_broker *b = ac->data;
+    redisReply *reply = r;
+    if (b->cl && reply && reply->type == REDIS_REPLY_STRING && reply->len == TICKET_KEY_SIZE)
+        broker_set_ticket_key(b, (const uint8_t *)reply->str);
+}
+
+static void fetch_ticket_key(cluster *c)
+{
+    uint8_t fresh[TICKET_KEY_SIZE];
+    if (RAND_bytes(fresh, sizeof fresh) != 1)
+        return;
+    const char *argv[5] = {"EVAL", key_script, "1", "ntcp:ticket-key", (const char *)fresh};
+    size_t lens[5] = {4, strlen(key_script), 1, strlen("ntcp:ticket-key"), sizeof fresh};
+    command(c, on_ticket_key, NULL, 5, argv, lens);
+    OPENSSL_cleanse(fresh, sizeof fresh);
+}
+
 static void check_up(cluster *c)
 {
     ntcp_broker *b = c->b;
@@ -790,6 +816,7 @@ static void check_up(cluster *c)
         c->logged_down = false;
         broker_logf(b, NTCP_LOG_INFO, "cluster: Redis at %s:%d reachable, node %s", c->ip, c->port,
                     c->node);
+        fetch_ticket_key(c);
         republish(b);
     }
 }

@@ -1441,6 +1441,133 @@ static void test_every_broker_refused(void **state)
     close(l2);
 }
 
+static bool resumed_once(void *arg)
+{
+    peer *p = arg;
+    return is_registered(p) && ntcp_session_registrations(p->s) >= 2;
+}
+
+/* Resumption tickets: a peer whose broker restarted with the same ticket
+ * key registers again without a signature; with another key its ticket is
+ * refused and it signs. */
+static void test_ticket_resumption(void **state)
+{
+    fx *f = *state;
+    uint8_t tkey[32];
+    memset(tkey, 7, sizeof tkey);
+    f->cfg.ticket_key = tkey;
+    start_broker(f);
+    char listen[64];
+    snprintf(listen, sizeof listen, "127.0.0.1:%d", f->port);
+    peer a;
+    peer_start(f, &a, "alice", NULL);
+    assert_true(wait_for(f, is_registered, &a, 3000));
+    assert_int_equal(ntcp_session_resumed(a.s), 0);
+
+    stop_broker(f);
+    f->cfg.listen = listen;
+    start_broker(f);
+    assert_true(wait_for(f, resumed_once, &a, 5000));
+    assert_int_equal(ntcp_session_resumed(a.s), 1);
+    ntcp_broker_stats st;
+    ntcp_broker_get_stats(f->broker, &st);
+    assert_int_equal(st.resumptions, 1);
+    assert_int_equal(st.tickets_refused, 0);
+
+    /* Another key: the ticket is refused, the peer signs the new challenge
+     * on the same session. */
+    stop_broker(f);
+    uint8_t other[32];
+    memset(other, 9, sizeof other);
+    f->cfg.ticket_key = other;
+    start_broker(f);
+    unsigned before = ntcp_session_registrations(a.s);
+    uint64_t end = now_ms() + 5000;
+    while (!(is_registered(&a) && ntcp_session_registrations(a.s) > before) && now_ms() < end)
+        uv_run(&f->loop, UV_RUN_ONCE);
+    assert_true(ntcp_session_registrations(a.s) > before);
+    assert_int_equal(ntcp_session_resumed(a.s), 1);
+    ntcp_broker_get_stats(f->broker, &st);
+    assert_int_equal(st.resumptions, 0);
+    assert_int_equal(st.tickets_refused, 1);
+    peer_stop(&a);
+}
+
+/* What a session never sends: a ticket with a wrong proof (a new challenge
+ * comes back, the session stays), then the right proof, then that very
+ * message replayed on another session (a stale challenge). */
+static void test_ticket_forged_and_replayed(void **state)
+{
+    fx *f = *state;
+    start_broker(f);
+    EVP_PKEY *k;
+    assert_int_equal(ntcp_identity_generate(&k), 0);
+    uint8_t pub[32];
+    ntcp_identity_public(k, pub);
+    raw r;
+    raw_connect(f, &r);
+    assert_int_equal(raw_register(f, &r, "alice", k, k, NULL, NULL), 0);
+    stun_msg m;
+    assert_int_equal(stun_parse(&m, r.msg, r.msglen), 0);
+    const stun_attr *tk = stun_find(&m, BROKER_ATTR_TICKET);
+    assert_non_null(tk);
+    uint8_t ticket[BROKER_TICKET_MAX], rkey[32];
+    size_t tlen = tk->len;
+    memcpy(ticket, stun_attr_value(&m, tk), tlen);
+    assert_int_equal(broker_get_fixed(&m, BROKER_ATTR_RESUME_KEY, rkey, 32), 0);
+
+    raw r2;
+    raw_connect(f, &r2);
+    uint8_t buf[1024], chal[32], proof[32], tid[STUN_TID_SIZE];
+    for (int round = 0; round < 2; round++) {
+        if (round == 0) {
+            raw_send(&r2, buf, build_hello(buf, sizeof buf, "alice", pub));
+            assert_int_equal(raw_next(f, &r2, 2000), 1);
+        }
+        assert_int_equal(raw_code(&r2, NULL), 401);
+        assert_int_equal(stun_parse(&m, r2.msg, r2.msglen), 0);
+        assert_int_equal(broker_get_fixed(&m, BROKER_ATTR_CHALLENGE, chal, 32), 0);
+        uint8_t key[32];
+        memcpy(key, rkey, 32);
+        if (round == 0)
+            key[0] ^= 1; /* a thief without the resume key */
+        assert_int_equal(broker_resume_proof(proof, key, "test-broker", 11, chal, "alice", 5, pub), 0);
+        stun_new_tid(tid);
+        stun_builder sb;
+        stun_build_init(&sb, buf, sizeof buf, BROKER_REGISTER, STUN_REQUEST, tid, false);
+        stun_build_attr(&sb, BROKER_ATTR_NAME, "alice", 5);
+        stun_build_attr(&sb, BROKER_ATTR_PUBLIC_KEY, pub, 32);
+        stun_build_attr(&sb, BROKER_ATTR_CHALLENGE, chal, 32);
+        stun_build_attr(&sb, BROKER_ATTR_TICKET, ticket, tlen);
+        stun_build_attr(&sb, BROKER_ATTR_PROOF, proof, 32);
+        int n = stun_build_finish(&sb, NULL);
+        assert_true(n > 0);
+        raw_send(&r2, buf, (size_t)n);
+        assert_int_equal(raw_next(f, &r2, 2000), 1);
+        if (round == 1)
+            assert_int_equal(raw_code(&r2, NULL), 0); /* registered by ticket */
+        /* round 0: the 401 with a new challenge is checked at the top */
+        if (round == 1) {
+            ntcp_broker_stats st;
+            ntcp_broker_get_stats(f->broker, &st);
+            assert_int_equal(st.resumptions, 1);
+            assert_int_equal(st.tickets_refused, 1);
+            /* The replay on a third session: its challenge is another. */
+            raw r3;
+            raw_connect(f, &r3);
+            uint8_t hb[256];
+            raw_send(&r3, hb, build_hello(hb, sizeof hb, "alice", pub));
+            assert_int_equal(raw_next(f, &r3, 2000), 1);
+            raw_send(&r3, buf, (size_t)n);
+            expect_error_then_close(f, &r3, BROKER_ERR_STALE);
+            raw_close(&r3);
+        }
+    }
+    raw_close(&r);
+    raw_close(&r2);
+    EVP_PKEY_free(k);
+}
+
 /* ---- the program: ntcp-brokerd killed with SIGKILL and started again ---- */
 
 static const char *brokerd_path;
@@ -1652,6 +1779,8 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_raw_isn, setup, teardown),
         cmocka_unit_test_setup_teardown(test_brokerd_killed_and_restarted, setup, teardown),
         cmocka_unit_test_setup_teardown(test_no_udp_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ticket_resumption, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ticket_forged_and_replayed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_every_broker_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_brokerd_udp_default, setup, teardown),
         cmocka_unit_test_setup_teardown(test_failover_on_kill, setup, teardown),
