@@ -76,11 +76,17 @@ int ticket_open(const uint8_t tkey[TICKET_KEY_SIZE], const uint8_t *in, size_t l
         EVP_DecryptFinal_ex(ctx, plain + n, &fin) == 1;
     EVP_CIPHER_CTX_free(ctx);
     /* Authenticated: made by a node holding the key. Checked all the same. */
+    int rc = ok ? ticket_parse(plain, plen, t) : NTCP_EINVAL;
+    OPENSSL_cleanse(plain, sizeof plain);
+    return rc;
+}
+
+int ticket_parse(const uint8_t *plain, size_t plen, ticket *t)
+{
+    memset(t, 0, sizeof *t);
     const uint8_t *p = plain;
-    if (!ok || p[0] != TICKET_VERSION) {
-        OPENSSL_cleanse(plain, sizeof plain);
+    if (plen < PLAIN_FIXED + 1 || plen > PLAIN_FIXED + BROKER_NAME_MAX || p[0] != TICKET_VERSION)
         return NTCP_EINVAL;
-    }
     p++;
     for (int i = 0; i < 8; i++)
         t->expires = t->expires << 8 | *p++;
@@ -93,13 +99,11 @@ int ticket_open(const uint8_t tkey[TICKET_KEY_SIZE], const uint8_t *in, size_t l
     memcpy(t->key, p, BROKER_KEY_SIZE);
     p += BROKER_KEY_SIZE;
     size_t namelen = *p++;
-    int rc = 0;
-    if (namelen != plen - PLAIN_FIXED || !broker_name_valid((const char *)p, namelen))
-        rc = NTCP_EINVAL;
-    else
-        memcpy(t->name, p, namelen);
-    OPENSSL_cleanse(plain, sizeof plain);
-    if (rc < 0)
+    if (namelen != plen - PLAIN_FIXED || !broker_name_valid((const char *)p, namelen) ||
+        (t->ip_bound > 1) || (t->ip_bound && t->family != 4 && t->family != 6)) {
         OPENSSL_cleanse(t, sizeof *t);
-    return rc;
+        return NTCP_EINVAL;
+    }
+    memcpy(t->name, p, namelen);
+    return 0;
 }
