@@ -9,6 +9,7 @@ PACKAGES=(
   libnetfilter-queue-dev libmnl-dev
   iproute2 nftables python3 procps util-linux
   coturn stun-client
+  libhiredis-dev redis-server
 )
 
 missing=()
@@ -32,4 +33,5 @@ if ! apt-get install -y -q --no-install-recommends "${missing[@]}" >/tmp/ntcp-ap
   apt-get install -y -q --no-install-recommends "${missing[@]}" >>/tmp/ntcp-apt.log 2>&1 || {
     tail -n 30 /tmp/ntcp-apt.log >&2; exit 1; }
 fi
-# coturn's package may start a system turnserver; ntcp's tests start their own.
+# coturn's package may start a system turnserver, redis-server's a system
+# Redis; ntcp's tests start their own, on free loopback ports.
