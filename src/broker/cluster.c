@@ -34,9 +34,12 @@
 #define PING_MS 1000
 /* hiredis's libuv adapter ignores a poll error (a refused connect, a reset
  * connection): the context then waits forever. A context not ready this
- * long after it began, a PING unanswered, or our own heartbeat not heard
- * on the subscription, and it is dropped and made again. */
+ * long after it began is dropped and made again; so is one whose PING, or
+ * our own heartbeat on the subscription, is not back after STALL_MS (long:
+ * a PING waits behind every command queued before it, thousands in a
+ * registration storm). */
 #define STUCK_MS 2000
+#define STALL_MS 10000
 #define HEARTBEAT "ntcp-heartbeat"
 #define PREFIX_LEN 32 /* record: node id (16 hex) + serial (16 hex) + message */
 
@@ -961,9 +964,9 @@ static void on_timer(uv_timer_t *t)
     for (int i = 0; i < 2; i++)
         if (c->ctx[i] && !c->ready[i] && now - c->started_ms[i] >= STUCK_MS)
             reset_ctx(c, i, "no connection");
-    if (c->ready[CTX_CMD] && c->ping_sent_us && now_us() - c->ping_sent_us >= STUCK_MS * 1000)
+    if (c->ready[CTX_CMD] && c->ping_sent_us && now_us() - c->ping_sent_us >= STALL_MS * 1000)
         reset_ctx(c, CTX_CMD, "no answer to PING");
-    if (c->ready[CTX_SUB] && c->ready[CTX_CMD] && now - c->heard_ms >= STUCK_MS + PING_MS)
+    if (c->ready[CTX_SUB] && c->ready[CTX_CMD] && now - c->heard_ms >= STALL_MS + PING_MS)
         reset_ctx(c, CTX_SUB, "the subscription went silent");
     for (int i = 0; i < 2; i++)
         if (!c->ctx[i])
