@@ -594,24 +594,18 @@ int ntcp_broker_list_parse(const char *list, char (*hosts)[256], uint16_t *ports
 {
     if (!list)
         return NTCP_EINVAL;
-    size_t n = 0;
-    const char *p = list;
-    for (;;) {
-        while (*p == ',' || *p == ' ' || *p == '\t')
-            p++;
-        if (!*p)
-            break;
-        size_t len = strcspn(p, ", \t");
+    size_t n = 0, len;
+    const char *p = list, *at;
+    while ((at = ntcp_list_next(&p, &len))) {
         char item[300];
         if (n == max || len >= sizeof item)
             return NTCP_EINVAL;
-        memcpy(item, p, len);
+        memcpy(item, at, len);
         item[len] = '\0';
         if (ntcp_split_host_port(item, hosts[n], 256, &ports[n], 0) < 0 || ports[n] == 0 ||
             !hosts[n][0])
             return NTCP_EINVAL; /* a broker has no default port: say which */
         n++;
-        p += len;
     }
     return n ? (int)n : NTCP_EINVAL;
 }

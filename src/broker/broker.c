@@ -269,6 +269,20 @@ void pending_free(ntcp_broker *b, pending *p)
     }
 }
 
+/* A connect that ends without a GO: the entry goes first (a failed send can
+ * close the requester and with it entries: callers walking the list start
+ * again), then the requester, when it is here, hears why. */
+void pending_fail(ntcp_broker *b, pending *p, int code, const char *reason)
+{
+    bsession *req = p->req;
+    uint8_t tid[STUN_TID_SIZE];
+    memcpy(tid, p->req_tid, sizeof tid);
+    pending_free(b, p);
+    b->st.connects_failed++;
+    if (req)
+        answer_error(req, BROKER_CONNECT, tid, code, reason);
+}
+
 /* flush: send what is queued first (after an error response). */
 void session_close(bsession *s, bool flush)
 {
@@ -290,22 +304,13 @@ void session_close(bsession *s, bool flush)
     rdv_forget(b, s);
     pending *p = s->npending ? b->pend_head : NULL;
     while (p) {
-        if (p->tgt == s && !p->req) {
-            /* A requester on another node: told through the cluster. */
-            cluster_answer(b, p, BROKER_ERR_GONE, NULL);
-            pending_free(b, p);
-            b->st.connects_failed++;
-            p = b->pend_head;
-        } else if (p->tgt == s) {
+        if (p->tgt == s) {
             /* The target vanished: tell the requester now, not at the
-             * timeout. The entry goes first and the walk restarts, because
-             * a failed send can close the requester and with it entries. */
-            bsession *req = p->req;
-            uint8_t tid[STUN_TID_SIZE];
-            memcpy(tid, p->req_tid, sizeof tid);
-            pending_free(b, p);
-            b->st.connects_failed++;
-            answer_error(req, BROKER_CONNECT, tid, BROKER_ERR_GONE, "Peer gone");
+             * timeout (through the cluster when it is on another node);
+             * the walk restarts (see pending_fail). */
+            if (!p->req)
+                cluster_answer(b, p, BROKER_ERR_GONE, NULL);
+            pending_fail(b, p, BROKER_ERR_GONE, "Peer gone");
             p = b->pend_head;
         } else if (p->req == s) {
             pending *next = p->next;
@@ -991,6 +996,28 @@ void pending_link(ntcp_broker *b, pending *p)
     b->st.pending++;
 }
 
+void send_go(bsession *s, const uint8_t *req_tid, const broker_peer_info *other,
+             const uint8_t nonce[BROKER_NONCE_SIZE], uint32_t delay_ms, uint32_t rtt_us,
+             uint32_t transport)
+{
+    uint8_t buf[BROKER_MAX_MESSAGE], tid[STUN_TID_SIZE];
+    stun_builder sb;
+    if (req_tid)
+        memcpy(tid, req_tid, sizeof tid);
+    else
+        stun_new_tid(tid);
+    stun_build_init(&sb, buf, sizeof buf, req_tid ? BROKER_CONNECT : BROKER_GO,
+                    req_tid ? STUN_SUCCESS : STUN_INDICATION, tid, false);
+    broker_build_peer_info(&sb, other);
+    stun_build_attr(&sb, BROKER_ATTR_SESSION_NONCE, nonce, BROKER_NONCE_SIZE);
+    stun_build_u32(&sb, BROKER_ATTR_START_DELAY, delay_ms);
+    stun_build_u32(&sb, BROKER_ATTR_ROLE, req_tid ? BROKER_ROLE_REQUESTER : BROKER_ROLE_TARGET);
+    stun_build_u32(&sb, BROKER_ATTR_RTT, rtt_us);
+    if (transport != BROKER_TRANSPORT_TCP)
+        stun_build_u32(&sb, BROKER_ATTR_TRANSPORT, transport);
+    finish_send(s, &sb);
+}
+
 /* The OFFER to a target here, for a requester here or on another node. */
 void send_offer(bsession *t, const broker_peer_info *from, pending *p, uint32_t timeout)
 {
@@ -1066,36 +1093,15 @@ static void do_offer_answer(bsession *t, const stun_msg *m)
     uint32_t dr = (uint32_t)((slow - rr) / 2 + 999) / 1000 + margin;
     uint32_t dt = (uint32_t)((slow - rt) / 2 + 999) / 1000 + margin;
 
-    uint8_t buf[BROKER_MAX_MESSAGE];
-    stun_builder sb;
     broker_peer_info info;
     session_info(t, &info);
-    stun_build_init(&sb, buf, sizeof buf, BROKER_CONNECT, STUN_SUCCESS, req_tid, false);
-    broker_build_peer_info(&sb, &info);
-    stun_build_attr(&sb, BROKER_ATTR_SESSION_NONCE, nonce, sizeof nonce);
-    stun_build_u32(&sb, BROKER_ATTR_START_DELAY, dr);
-    stun_build_u32(&sb, BROKER_ATTR_ROLE, BROKER_ROLE_REQUESTER);
-    stun_build_u32(&sb, BROKER_ATTR_RTT, rr);
-    if (transport != BROKER_TRANSPORT_TCP)
-        stun_build_u32(&sb, BROKER_ATTR_TRANSPORT, transport);
-    finish_send(r, &sb);
+    send_go(r, req_tid, &info, nonce, dr, rr, transport);
     if (r->state == S_CLOSING) {
         b->st.connects_failed++; /* the requester is gone: no GO for the target */
         return;
     }
-
-    uint8_t tid[STUN_TID_SIZE];
-    stun_new_tid(tid);
     session_info(r, &info);
-    stun_build_init(&sb, buf, sizeof buf, BROKER_GO, STUN_INDICATION, tid, false);
-    broker_build_peer_info(&sb, &info);
-    stun_build_attr(&sb, BROKER_ATTR_SESSION_NONCE, nonce, sizeof nonce);
-    stun_build_u32(&sb, BROKER_ATTR_START_DELAY, dt);
-    stun_build_u32(&sb, BROKER_ATTR_ROLE, BROKER_ROLE_TARGET);
-    stun_build_u32(&sb, BROKER_ATTR_RTT, rt);
-    if (transport != BROKER_TRANSPORT_TCP)
-        stun_build_u32(&sb, BROKER_ATTR_TRANSPORT, transport);
-    finish_send(t, &sb);
+    send_go(t, NULL, &info, nonce, dt, rt, transport);
     b->st.connects_ok++;
     if (transport == BROKER_TRANSPORT_TCP && t->state == S_REGISTERED)
         rdv_add(b, r, t, nonce); /* for RAW-ISN (spoof.c) */
@@ -1478,14 +1484,9 @@ static void on_tick(uv_timer_t *t)
             p = p->next;
             continue;
         }
-        /* Freed before the answer, and the walk restarts: see session_close. */
-        bsession *req = p->req;
-        uint8_t tid[STUN_TID_SIZE];
-        memcpy(tid, p->req_tid, sizeof tid);
-        pending_free(b, p);
-        b->st.connects_failed++;
-        if (req) /* a remote requester's node keeps its own deadline */
-            answer_error(req, BROKER_CONNECT, tid, BROKER_ERR_TIMEOUT, "Peer did not answer");
+        /* A remote requester's node keeps its own deadline: nothing to say
+         * to it. The walk restarts (see pending_fail). */
+        pending_fail(b, p, BROKER_ERR_TIMEOUT, "Peer did not answer");
         p = b->pend_head;
     }
 }

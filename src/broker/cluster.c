@@ -468,14 +468,8 @@ static void on_offer_published(redisAsyncContext *ac, void *r, void *priv)
     uint64_t *ref = priv;
     redisReply *reply = r;
     pending *p = b->cl ? by_ref(b, *ref) : NULL;
-    if (p && (!reply || reply->type != REDIS_REPLY_INTEGER || reply->integer == 0)) {
-        bsession *req = p->req;
-        uint8_t tid[STUN_TID_SIZE];
-        memcpy(tid, p->req_tid, sizeof tid);
-        pending_free(b, p);
-        b->st.connects_failed++;
-        answer_error(req, BROKER_CONNECT, tid, BROKER_ERR_GONE, "Peer gone");
-    }
+    if (p && (!reply || reply->type != REDIS_REPLY_INTEGER || reply->integer == 0))
+        pending_fail(b, p, BROKER_ERR_GONE, "Peer gone");
     free(ref);
 }
 
@@ -579,23 +573,11 @@ void cluster_answer(ntcp_broker *b, pending *p, int code, bsession *t)
     /* The target's GO, as for a requester here (the requester's data came
      * with the offer and is in the OFFER the target accepted; the GO
      * carries it again). */
-    uint8_t gtid[STUN_TID_SIZE];
-    stun_new_tid(gtid);
     if (!p->remote)
         return;
     broker_peer_info ri = p->remote->info;
     ri.profile = ri.profile_len ? p->remote->profile : NULL;
-    stun_build_init(&sb, buf, sizeof buf, BROKER_GO, STUN_INDICATION, gtid, false);
-    broker_build_peer_info(&sb, &ri);
-    stun_build_attr(&sb, BROKER_ATTR_SESSION_NONCE, nonce, sizeof nonce);
-    stun_build_u32(&sb, BROKER_ATTR_START_DELAY, dt);
-    stun_build_u32(&sb, BROKER_ATTR_ROLE, BROKER_ROLE_TARGET);
-    stun_build_u32(&sb, BROKER_ATTR_RTT, rt);
-    if (p->transport != BROKER_TRANSPORT_TCP)
-        stun_build_u32(&sb, BROKER_ATTR_TRANSPORT, p->transport);
-    n = stun_build_finish(&sb, NULL);
-    if (n > 0)
-        broker_send(t, buf, (size_t)n);
+    send_go(t, NULL, &ri, nonce, dt, rt, p->transport);
 }
 
 /* ---- messages from other nodes ---- */
@@ -683,9 +665,7 @@ static void on_remote_answer(ntcp_broker *b, const stun_msg *m)
     if (m->cls == STUN_ERROR) {
         int code = 0;
         broker_get_error(m, &code, NULL, NULL);
-        pending_free(b, p);
-        b->st.connects_failed++;
-        answer_error(r, BROKER_CONNECT, tid,
+        pending_fail(b, p,
                      code == BROKER_ERR_DECLINED || code == BROKER_ERR_NO_UDP ? code : BROKER_ERR_GONE,
                      code == BROKER_ERR_DECLINED ? "Declined"
                      : code == BROKER_ERR_NO_UDP ? "No UDP at the target's broker"
@@ -700,19 +680,7 @@ static void on_remote_answer(ntcp_broker *b, const stun_msg *m)
         stun_get_u32(m, BROKER_ATTR_START_DELAY, &delay) < 0 || delay > 60000)
         return;
     pending_free(b, p);
-    uint8_t buf[BROKER_MAX_MESSAGE];
-    stun_builder sb;
-    stun_build_init(&sb, buf, sizeof buf, BROKER_CONNECT, STUN_SUCCESS, tid, false);
-    broker_build_peer_info(&sb, &info);
-    stun_build_attr(&sb, BROKER_ATTR_SESSION_NONCE, nonce, sizeof nonce);
-    stun_build_u32(&sb, BROKER_ATTR_START_DELAY, delay);
-    stun_build_u32(&sb, BROKER_ATTR_ROLE, BROKER_ROLE_REQUESTER);
-    stun_build_u32(&sb, BROKER_ATTR_RTT, session_rtt(r));
-    if (transport != BROKER_TRANSPORT_TCP)
-        stun_build_u32(&sb, BROKER_ATTR_TRANSPORT, transport);
-    int n = stun_build_finish(&sb, NULL);
-    if (n > 0)
-        broker_send(r, buf, (size_t)n);
+    send_go(r, tid, &info, nonce, delay, session_rtt(r), transport);
     b->st.connects_ok++;
 }
 

@@ -1612,6 +1612,16 @@ static pid_t spawn_brokerd(const char *listen, const char *state_dir, int *port)
     return pid;
 }
 
+/* ntcp-brokerd on an ephemeral port with its state in the test's dir;
+ * f->addr names it. */
+static pid_t spawn_in_dir(fx *f, char sdir[128])
+{
+    snprintf(sdir, 128, "%s/state", f->dir);
+    pid_t pid = spawn_brokerd("127.0.0.1:0", sdir, &f->port);
+    snprintf(f->addr, sizeof f->addr, "127.0.0.1:%d", f->port);
+    return pid;
+}
+
 static void test_brokerd_killed_and_restarted(void **state)
 {
     fx *f = *state;
@@ -1620,9 +1630,7 @@ static void test_brokerd_killed_and_restarted(void **state)
         return;
     }
     char sdir[128];
-    snprintf(sdir, sizeof sdir, "%s/state", f->dir);
-    pid_t pid = spawn_brokerd("127.0.0.1:0", sdir, &f->port);
-    snprintf(f->addr, sizeof f->addr, "127.0.0.1:%d", f->port);
+    pid_t pid = spawn_in_dir(f, sdir);
     f->uaddr[0] = '\0';
     peer a, b;
     peer_start(f, &a, "alice", NULL);
@@ -1672,9 +1680,7 @@ static void test_brokerd_udp_default(void **state)
         return;
     }
     char sdir[128];
-    snprintf(sdir, sizeof sdir, "%s/state", f->dir);
-    pid_t pid = spawn_brokerd("127.0.0.1:0", sdir, &f->port);
-    snprintf(f->addr, sizeof f->addr, "127.0.0.1:%d", f->port);
+    pid_t pid = spawn_in_dir(f, sdir);
     snprintf(f->uaddr, sizeof f->uaddr, "127.0.0.1:%d", f->port);
     peer a;
     peer_start(f, &a, "alice", NULL);

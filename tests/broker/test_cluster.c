@@ -366,6 +366,17 @@ static char *node_addr(fx *f, int i, char *buf, size_t len)
 
 /* ---- tests ---- */
 
+/* Nodes 0 and 1 up, alice registered at node 0 (a0) and bob at node 1 (a1). */
+static void alice_and_bob(fx *f, peer *a, peer *b, char a0[32], char a1[32])
+{
+    start_node(f, 0);
+    start_node(f, 1);
+    peer_start(f, a, "alice", node_addr(f, 0, a0, 32), NULL);
+    peer_start(f, b, "bob", node_addr(f, 1, a1, 32), NULL);
+    assert_true(wait_for(f, is_registered, a, 5000));
+    assert_true(wait_for(f, is_registered, b, 5000));
+}
+
 /* alice on node 0, bob on node 1: each finds and reaches the other; the
  * CONNECT-GOs carry one nonce and each end's data; a refusal and an
  * unknown name come back as from one broker; alice's name is hers on every
@@ -374,14 +385,9 @@ static void test_cross_node(void **state)
 {
     NEED_SERVERS();
     fx *f = *state;
-    start_node(f, 0);
-    start_node(f, 1);
     char a0[32], a1[32];
     peer a, b;
-    peer_start(f, &a, "alice", node_addr(f, 0, a0, sizeof a0), NULL);
-    peer_start(f, &b, "bob", node_addr(f, 1, a1, sizeof a1), NULL);
-    assert_true(wait_for(f, is_registered, &a, 5000));
-    assert_true(wait_for(f, is_registered, &b, 5000));
+    alice_and_bob(f, &a, &b, a0, a1);
 
     result r;
     lookup(f, &a, "bob", &r);
@@ -550,14 +556,9 @@ static void test_redis_restarted(void **state)
 {
     NEED_SERVERS();
     fx *f = *state;
-    start_node(f, 0);
-    start_node(f, 1);
     char a0[32], a1[32];
     peer a, b;
-    peer_start(f, &a, "alice", node_addr(f, 0, a0, sizeof a0), NULL);
-    peer_start(f, &b, "bob", node_addr(f, 1, a1, sizeof a1), NULL);
-    assert_true(wait_for(f, is_registered, &a, 5000));
-    assert_true(wait_for(f, is_registered, &b, 5000));
+    alice_and_bob(f, &a, &b, a0, a1);
 
     stop_pid(&f->redis, SIGKILL);
     peer late;
