@@ -245,6 +245,10 @@ static void on_state(ntcp_session *s, int state, int err, int code, void *user)
     }
 }
 
+/* How long a REGISTER or REFRESH may go unanswered before the session
+ * counts its broker as lost. */
+static uint32_t request_timeout_ms = 2000;
+
 static void peer_start(fx *f, peer *p, const char *name, const char *brokers, EVP_PKEY *key)
 {
     memset(p, 0, sizeof *p);
@@ -264,7 +268,7 @@ static void peer_start(fx *f, peer *p, const char *name, const char *brokers, EV
     c.broker_id = "test-cluster";
     c.backoff_min_ms = 50;
     c.backoff_max_ms = 500;
-    c.request_timeout_ms = 2000;
+    c.request_timeout_ms = request_timeout_ms;
     c.on_offer = on_offer;
     c.on_go = on_go;
     c.on_state = on_state;
@@ -541,6 +545,43 @@ static void test_node_killed(void **state)
     free(ps);
 }
 
+/* Node 0 stops answering (SIGSTOP: its connections stay open, nothing
+ * comes back): each peer's next REFRESH goes unanswered, and within two
+ * keepalive intervals of the stop (one to send it, the request timeout of
+ * half an interval to give up on it) every peer is on node 1. */
+static void test_node_silent(void **state)
+{
+    NEED_SERVERS();
+    fx *f = *state;
+    size_t n = 100;
+    start_node(f, 0);
+    char list[80];
+    snprintf(list, sizeof list, "127.0.0.1:%d, 127.0.0.1:%d", f->port[0], f->port[1]);
+    request_timeout_ms = KEEPALIVE_MS / 2;
+    peer *ps = calloc(n, sizeof *ps);
+    for (size_t i = 0; i < n; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "s%zu", i);
+        peer_start(f, &ps[i], name, list, NULL);
+    }
+    request_timeout_ms = 2000;
+    crowd c = {ps, n, f->port[0], 1};
+    assert_true(wait_for(f, all_registered, &c, 20000));
+    start_node(f, 1);
+    assert_int_equal(kill(f->node[0], SIGSTOP), 0);
+    uint64_t t0 = now_ms();
+    c.port = f->port[1];
+    c.want = 2;
+    bool ok = wait_for(f, all_registered, &c, 2 * KEEPALIVE_MS);
+    fprintf(stderr, "# %zu peers of a silent node re-registered on another in %llu ms\n", n,
+            (unsigned long long)(now_ms() - t0));
+    assert_true(ok);
+    for (size_t i = 0; i < n; i++)
+        peer_stop(&ps[i]);
+    free(ps);
+    stop_pid(&f->node[0], SIGKILL); /* a stopped process ends on SIGKILL too */
+}
+
 static bool refused_503(void *arg)
 {
     peer *p = arg;
@@ -605,6 +646,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_cross_node, setup, teardown),
         cmocka_unit_test_setup_teardown(test_node_killed, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_node_silent, setup, teardown),
         cmocka_unit_test_setup_teardown(test_redis_restarted, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
