@@ -269,5 +269,12 @@ bool spoof_enabled(const ntcp_broker *b);
 void rdv_add(ntcp_broker *b, bsession *req, bsession *tgt, const uint8_t nonce[BROKER_NONCE_SIZE]);
 void rdv_forget(ntcp_broker *b, bsession *s);
 void do_raw_isn(bsession *s, const stun_msg *m);
+void rdv_add_remote(ntcp_broker *b, bsession *s, int me, const char *node,
+                    const uint8_t nonce[BROKER_NONCE_SIZE]);
+void rdv_remote_isn(ntcp_broker *b, const char *node, const uint8_t nonce[BROKER_NONCE_SIZE],
+                    const struct sockaddr_storage *ext, uint32_t isn, bool spoof);
+/* cluster.c: a RAW-ISN for the end of a connect registered at node. */
+void cluster_raw_isn(ntcp_broker *b, const char *node, const uint8_t nonce[BROKER_NONCE_SIZE],
+                     const struct sockaddr_storage *ext, uint32_t isn, bool spoof);
 
 #endif

@@ -578,6 +578,51 @@ void cluster_answer(ntcp_broker *b, pending *p, int code, bsession *t)
     broker_peer_info ri = p->remote->info;
     ri.profile = ri.profile_len ? p->remote->profile : NULL;
     send_go(t, NULL, &ri, nonce, dt, rt, p->transport);
+    if (p->transport == BROKER_TRANSPORT_TCP)
+        rdv_add_remote(b, t, 1, p->node, nonce); /* RAW-ISN across the nodes */
+}
+
+void cluster_raw_isn(ntcp_broker *b, const char *node, const uint8_t nonce[BROKER_NONCE_SIZE],
+                     const struct sockaddr_storage *ext, uint32_t isn, bool spoof)
+{
+    cluster *c = b->cl;
+    if (!c)
+        return;
+    uint8_t buf[256], tid[STUN_TID_SIZE];
+    stun_new_tid(tid);
+    stun_builder sb;
+    stun_build_init(&sb, buf, sizeof buf, BROKER_RAW_ISN, STUN_INDICATION, tid, false);
+    stun_build_attr(&sb, BROKER_ATTR_SESSION_NONCE, nonce, BROKER_NONCE_SIZE);
+    broker_addr ba;
+    broker_addr_from_sa(&ba, (const struct sockaddr *)ext);
+    broker_build_baddr(&sb, BROKER_ATTR_PUBLIC_ADDR, &ba);
+    stun_build_u32(&sb, BROKER_ATTR_ISN, isn);
+    if (spoof)
+        stun_build_u32(&sb, BROKER_ATTR_SPOOF, 1);
+    stun_build_attr(&sb, CL_ATTR_NODE, c->node, 16);
+    int n = stun_build_finish(&sb, NULL);
+    if (n > 0)
+        publish(c, node, buf, (size_t)n, NULL, NULL);
+}
+
+/* At the other end's node: its RAW-ISN. */
+static void on_remote_raw_isn(ntcp_broker *b, const stun_msg *m)
+{
+    uint8_t nonce[BROKER_NONCE_SIZE];
+    struct sockaddr_storage ext;
+    uint32_t isn, spoof = 0;
+    const char *node;
+    size_t nlen;
+    char from[17];
+    if (broker_get_fixed(m, BROKER_ATTR_SESSION_NONCE, nonce, sizeof nonce) < 0 ||
+        broker_get_addr(m, BROKER_ATTR_PUBLIC_ADDR, &ext) < 0 || ext.ss_family != AF_INET ||
+        stun_get_u32(m, BROKER_ATTR_ISN, &isn) < 0 ||
+        stun_get_string(m, CL_ATTR_NODE, &node, &nlen) < 0 || nlen != 16)
+        return;
+    stun_get_u32(m, BROKER_ATTR_SPOOF, &spoof);
+    memcpy(from, node, 16);
+    from[16] = '\0';
+    rdv_remote_isn(b, from, nonce, &ext, isn, spoof == 1);
 }
 
 /* ---- messages from other nodes ---- */
@@ -679,9 +724,13 @@ static void on_remote_answer(ntcp_broker *b, const stun_msg *m)
         broker_get_fixed(m, BROKER_ATTR_SESSION_NONCE, nonce, sizeof nonce) < 0 ||
         stun_get_u32(m, BROKER_ATTR_START_DELAY, &delay) < 0 || delay > 60000)
         return;
+    char node[17];
+    memcpy(node, p->node, sizeof node);
     pending_free(b, p);
     send_go(r, tid, &info, nonce, delay, session_rtt(r), transport);
     b->st.connects_ok++;
+    if (transport == BROKER_TRANSPORT_TCP && r->state == S_REGISTERED)
+        rdv_add_remote(b, r, 0, node, nonce); /* RAW-ISN across the nodes */
 }
 
 /* A newer registration of a name took over on another node. */
@@ -715,6 +764,8 @@ static void on_message(ntcp_broker *b, const char *data, size_t len)
         on_remote_answer(b, &m);
     else if (m.method == BROKER_UNREGISTER && m.cls == STUN_INDICATION)
         on_remote_ended(b, &m);
+    else if (m.method == BROKER_RAW_ISN && m.cls == STUN_INDICATION)
+        on_remote_raw_isn(b, &m);
 }
 
 static void on_sub(redisAsyncContext *ac, void *r, void *priv)

@@ -213,7 +213,22 @@ typedef struct peer {
     int state, err, code, refusals;
     bool accept, offered, got_go;
     broker_go go;
+    unsigned raw_isns; /* RAW-ISN relayed to this peer: how many, the last */
+    uint8_t raw_nonce[BROKER_NONCE_SIZE];
+    struct sockaddr_storage raw_ext;
+    uint32_t raw_isn;
 } peer;
+
+static void on_raw_isn(ntcp_session *s, const uint8_t nonce[BROKER_NONCE_SIZE],
+                       const struct sockaddr_storage *ext, uint32_t isn, void *user)
+{
+    (void)s;
+    peer *p = user;
+    p->raw_isns++;
+    memcpy(p->raw_nonce, nonce, BROKER_NONCE_SIZE);
+    p->raw_ext = *ext;
+    p->raw_isn = isn;
+}
 
 static bool on_offer(ntcp_session *s, const broker_peer_info *from, void *user)
 {
@@ -272,6 +287,7 @@ static void peer_start(fx *f, peer *p, const char *name, const char *brokers, EV
     c.on_offer = on_offer;
     c.on_go = on_go;
     c.on_state = on_state;
+    c.on_raw_isn = on_raw_isn;
     c.user = p;
     assert_int_equal(ntcp_session_start(&f->loop, &c, &p->s), 0);
 }
@@ -357,6 +373,11 @@ static void connect_to(fx *f, peer *from, peer *to, result *r)
     assert_true(wait_for(f, result_done, r, 4000));
 }
 
+static bool got_raw_isn(void *arg)
+{
+    return ((peer *)arg)->raw_isns > 0;
+}
+
 static bool got_go(void *arg)
 {
     return ((peer *)arg)->got_go;
@@ -418,6 +439,19 @@ static void test_cross_node(void **state)
      * each other, so each waits at least the margin and not seconds. */
     assert_true(r.go.start_delay_ms >= 2 && r.go.start_delay_ms < 1000);
     assert_true(b.go.start_delay_ms >= 2 && b.go.start_delay_ms < 1000);
+
+    /* RAW-ISN (STUNT#1, NATBlaster) crosses the nodes to the other end of
+     * that connect, each way. */
+    struct sockaddr_storage ext;
+    assert_int_equal(ntcp_session_public_addr(a.s, &ext), 0);
+    assert_int_equal(ntcp_session_send_raw_isn(a.s, r.go.nonce, &ext, 1111, false), 0);
+    assert_true(wait_for(f, got_raw_isn, &b, 2000));
+    assert_int_equal(b.raw_isn, 1111);
+    assert_memory_equal(b.raw_nonce, r.go.nonce, BROKER_NONCE_SIZE);
+    assert_int_equal(ntcp_session_public_addr(b.s, &ext), 0);
+    assert_int_equal(ntcp_session_send_raw_isn(b.s, b.go.nonce, &ext, 2222, false), 0);
+    assert_true(wait_for(f, got_raw_isn, &a, 2000));
+    assert_int_equal(a.raw_isn, 2222);
 
     /* The other way, refused by its target. */
     a.accept = false;
