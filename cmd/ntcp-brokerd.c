@@ -4,6 +4,8 @@
  * the authorized keys and the TLS certificate, SIGINT/SIGTERM to stop, a
  * periodic stats line.
  */
+#include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <malloc.h>
 #include <signal.h>
@@ -13,6 +15,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/rand.h>
+#include <sys/stat.h>
 #include <uv.h>
 
 #include "broker.h"
@@ -20,17 +24,20 @@
 #include "ntcp.h"
 
 static const char usage[] =
-    "usage: ntcp-brokerd --listen IP:PORT [--udp IP:PORT] [--authorized-keys FILE]\n"
+    "usage: ntcp-brokerd --listen IP:PORT [--udp IP:PORT|none] [--authorized-keys FILE]\n"
     "                    [--state-dir DIR] [--expiry S] [--id STRING] [--stats S]\n"
     "                    [--tls-cert FILE --tls-key FILE [--tls-listen IP:PORT]]\n"
-    "                    [--spoof] [--verbose] [--quiet]\n"
+    "                    [--spoof] [--cluster redis://HOST:PORT[/DB]] [--source-rate R]\n"
+    "                    [--ticket-key-file FILE] [--verbose] [--quiet]\n"
     "       ntcp-brokerd --help | --version\n"
     "\n"
     "The ntcp connection broker: peers register a name bound to an Ed25519 key,\n"
     "keep it alive, look each other up and ask to be connected.\n"
     "\n"
     "  --listen IP:PORT         TCP address for peer sessions (e.g. 0.0.0.0:3479)\n"
-    "  --udp IP:PORT            UDP address for keepalives (NAT mapping discovery)\n"
+    "  --udp IP:PORT|none       UDP address for keepalives (NAT mapping discovery);\n"
+    "                           the --listen address and port by default (peers send\n"
+    "                           them there); none: no UDP, UDP connects are refused\n"
     "  --authorized-keys FILE   only these names and keys may register: lines of\n"
     "                           \"name base64-ed25519-public-key\"; SIGHUP re-reads it\n"
     "  --state-dir DIR          remember first-use name bindings across restarts\n"
@@ -43,6 +50,15 @@ static const char usage[] =
     "  --tls-listen IP:PORT     TLS here, and --listen stays plain TCP\n"
     "  --spoof                  send STUNT#1's spoofed SYN-ACKs to the two ends of\n"
     "                           a connect (needs CAP_NET_RAW; off by default)\n"
+    "  --ticket-key-file FILE   the key that seals resumption tickets (32 bytes, made\n"
+    "                           with mode 0600 if missing), so that tickets outlive a\n"
+    "                           restart; without it a random key per process (in a\n"
+    "                           cluster the nodes share one in Redis)\n"
+    "  --source-rate R          new sessions and signed registrations per second from\n"
+    "                           one address (100, burst 10x; 0: unlimited)\n"
+    "  --cluster URL            one node of a cluster sharing registrations, name\n"
+    "                           bindings, lookups and connects through this Redis\n"
+    "                           (redis://HOST:PORT[/DB]); all nodes need the same --id\n"
     "  --verbose, --quiet       more or fewer log lines\n";
 
 typedef struct app {
@@ -51,6 +67,7 @@ typedef struct app {
     uv_signal_t sighup, sigint, sigterm;
     uv_timer_t stats;
     ntcp_broker_stats last;
+    bool cluster;
     uint64_t last_ms;
 } app;
 
@@ -88,7 +105,8 @@ static void on_stats(uv_timer_t *t)
              "stats: peers %llu, sessions %llu, bindings %llu, requests/s %.1f, "
              "registrations %llu, connects %llu ok %llu failed, refused %llu, bad sessions %llu, "
              "reaped %llu, rate limited %llu, tls sessions %llu, tls failures %llu, "
-             "raw-isn %llu, spoofed %llu, heap %zu KiB, rss %ld KiB",
+             "raw-isn %llu, spoofed %llu, resumptions %llu, tickets refused %llu, cluster %s, "
+             "heap %zu KiB, rss %ld KiB",
              (unsigned long long)st.peers, (unsigned long long)st.sessions,
              (unsigned long long)st.bindings, rps, (unsigned long long)st.registrations,
              (unsigned long long)st.connects_ok, (unsigned long long)st.connects_failed,
@@ -96,6 +114,8 @@ static void on_stats(uv_timer_t *t)
              (unsigned long long)st.reaped, (unsigned long long)st.rate_limited,
              (unsigned long long)st.tls_sessions, (unsigned long long)st.tls_failed,
              (unsigned long long)st.raw_isn, (unsigned long long)st.spoofed,
+             (unsigned long long)st.resumptions, (unsigned long long)st.tickets_refused,
+             a->cluster ? (st.cluster_up ? "up" : "down") : "off",
              mi.uordblks / 1024, rss_kib());
     log_line(NULL, NTCP_LOG_INFO, line);
     a->last = st;
@@ -132,6 +152,35 @@ static void on_term(uv_signal_t *h, int sig)
     ntcp_broker_stop(a->broker, on_stopped, a);
 }
 
+/* 32 bytes from path, made (random, mode 0600) when it does not exist; a
+ * file others may read is refused, as an identity key is. */
+static int load_ticket_key(const char *path, uint8_t key[32])
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0 && errno == ENOENT) {
+        fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (fd >= 0 && (RAND_bytes(key, 32) != 1 || write(fd, key, 32) != 32 || fsync(fd) != 0)) {
+            close(fd);
+            unlink(path);
+            fd = -1;
+        } else if (fd >= 0) {
+            close(fd);
+            return 0;
+        }
+    }
+    struct stat st = {0};
+    if (fd < 0 || fstat(fd, &st) != 0 || (st.st_mode & 077) || read(fd, key, 32) != 32) {
+        fprintf(stderr, "ntcp-brokerd: --ticket-key-file %s: %s\n", path,
+                fd < 0 ? strerror(errno) : (st.st_mode & 077) ? "readable by others (chmod 600)"
+                                                             : "not 32 bytes");
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    close(fd);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -146,6 +195,9 @@ int main(int argc, char **argv)
         {"tls-key", required_argument, NULL, 'K'},
         {"tls-listen", required_argument, NULL, 'T'},
         {"spoof", no_argument, NULL, 'P'},
+        {"cluster", required_argument, NULL, 'R'},
+        {"source-rate", required_argument, NULL, 'r'},
+        {"ticket-key-file", required_argument, NULL, 't'},
         {"verbose", no_argument, NULL, 'v'},
         {"quiet", no_argument, NULL, 'q'},
         {"help", no_argument, NULL, 'h'},
@@ -156,8 +208,10 @@ int main(int argc, char **argv)
     cfg.log = log_line;
     cfg.log_level = NTCP_LOG_INFO;
     long stats_s = 60;
+    const char *ticket_file = NULL;
+    uint8_t ticket_key[32];
     int c;
-    while ((c = getopt_long(argc, argv, "l:u:k:s:e:i:S:C:K:T:PvqhV", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "l:u:k:s:e:i:S:C:K:T:PR:r:t:vqhV", opts, NULL)) != -1) {
         char *end;
         switch (c) {
         case 'l': cfg.listen = optarg; break;
@@ -169,6 +223,19 @@ int main(int argc, char **argv)
         case 'K': cfg.tls_key = optarg; break;
         case 'T': cfg.tls_listen = optarg; break;
         case 'P': cfg.spoof = true; break;
+        case 'R': cfg.cluster = optarg; break;
+        case 't': ticket_file = optarg; break;
+        case 'r': {
+            double v = strtod(optarg, &end);
+            if (*end || v < 0 || v > 1e7) {
+                fprintf(stderr, "ntcp-brokerd: --source-rate wants a rate >= 0\n");
+                return 2;
+            }
+            /* Many peers behind one address (a NAT, a test) need more. */
+            cfg.source_rate = v > 0 ? v : -1;
+            cfg.source_burst = v > 0 ? (uint32_t)(v * 10 < 1 ? 1 : v * 10) : 0;
+            break;
+        }
         case 'e': {
             long v = strtol(optarg, &end, 10);
             if (*end || v < 1 || v > 86400) {
@@ -196,14 +263,27 @@ int main(int argc, char **argv)
         fputs(usage, stderr);
         return 2;
     }
+    /* Peers send their UDP keepalives to the broker's own address and
+     * port: a broker without UDP there could never learn a mapping, and
+     * every UDP punch would wait for one in vain. */
+    if (!cfg.udp)
+        cfg.udp_on_listen = true;
+    else if (!strcmp(cfg.udp, "none"))
+        cfg.udp = NULL;
     if (!cfg.tls_cert != !cfg.tls_key || (cfg.tls_listen && !cfg.tls_cert)) {
         fprintf(stderr, "ntcp-brokerd: --tls-cert and --tls-key go together; --tls-listen needs both\n");
         return 2;
+    }
+    if (ticket_file) {
+        if (load_ticket_key(ticket_file, ticket_key) < 0)
+            return 1;
+        cfg.ticket_key = ticket_key;
     }
     signal(SIGPIPE, SIG_IGN);
 
     app a = {0};
     a.loop = uv_default_loop();
+    a.cluster = cfg.cluster != NULL;
     int rc = ntcp_broker_start(a.loop, &cfg, &a.broker);
     if (rc < 0) {
         fprintf(stderr, "ntcp-brokerd: cannot start: %s\n", ntcp_strerror(rc));

@@ -152,7 +152,8 @@ typedef struct ntcp_config {
     size_t size;                     /* sizeof(ntcp_config_t), set by init */
     const char *const *stun_servers; /* "host[:port]" (default port 3478), in order */
     size_t n_stun_servers;
-    const char *broker;   /* the connection broker, "host:port"; NULL: none */
+    const char *broker;   /* the connection broker, "host:port", or a list of them
+                           * ("a:3490, b:3490"; docs/configuration.md); NULL: none */
     const char *name;     /* the name this peer registers under; NULL: none */
     const char *key_file; /* Ed25519 identity (made on first use, mode 0600) */
     /* TLS 1.3 to the broker (docs/configuration.md); read when size covers

@@ -11,6 +11,7 @@ PACKAGES=(
   coturn stun-client
   python3-pytest python3-twisted python3-venv
   abigail-tools debhelper dh-python lintian systemd
+  libhiredis-dev redis-server
 )
 
 missing=()
@@ -34,4 +35,5 @@ if ! apt-get install -y -q --no-install-recommends "${missing[@]}" >/tmp/ntcp-ap
   apt-get install -y -q --no-install-recommends "${missing[@]}" >>/tmp/ntcp-apt.log 2>&1 || {
     tail -n 30 /tmp/ntcp-apt.log >&2; exit 1; }
 fi
-# coturn's package may start a system turnserver; ntcp's tests start their own.
+# coturn's package may start a system turnserver, redis-server's a system
+# Redis; ntcp's tests start their own, on free loopback ports.

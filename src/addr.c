@@ -95,6 +95,20 @@ int ntcp_parse_addr(const char *s, int default_port, struct sockaddr_storage *ou
     return NTCP_EINVAL;
 }
 
+const char *ntcp_list_next(const char **p, size_t *len)
+{
+    const char *s = *p;
+    while (*s == ',' || *s == ' ' || *s == '\t')
+        s++;
+    if (!*s) {
+        *p = s;
+        return NULL;
+    }
+    *len = strcspn(s, ", \t");
+    *p = s + *len;
+    return s;
+}
+
 const char *ntcp_addr_str(const struct sockaddr *sa, char *buf, size_t len)
 {
     char ip[INET6_ADDRSTRLEN];

@@ -24,6 +24,11 @@ int ntcp_split_host_port(const char *s, char *host, size_t hostlen, uint16_t *po
  * NTCP_EINVAL (names are not resolved here). */
 int ntcp_parse_addr(const char *s, int default_port, struct sockaddr_storage *out);
 
+/* Steps through a list whose items are separated by commas, spaces or tabs
+ * ("a:1, b:2"): returns the next item (*len bytes, not NUL-terminated) and
+ * moves *p past it, or NULL at the end. */
+const char *ntcp_list_next(const char **p, size_t *len);
+
 /* Formats a sockaddr as "1.2.3.4:5" or "[::1]:5" into buf (64 bytes do). */
 const char *ntcp_addr_str(const struct sockaddr *sa, char *buf, size_t len);
 

@@ -16,6 +16,7 @@
  * fields marked (mu). A blocking caller counts itself in rt->users, so that
  * ntcp_free() from another thread waits for it to leave before freeing.
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ifaddrs.h>
@@ -117,7 +118,6 @@ typedef struct ntcp_rt {
     req *acb_head, *acb_tail;       /* ntcp_accept_async() callbacks */
     conn *conns;
     int reg_err;                    /* the last registration refusal (NTCP_EREFUSED), or 0 */
-    char broker_hp[80];             /* "IP:PORT" */
     bool debug;                     /* $NTCP_DEBUG: plans and results on stderr */
     struct sockaddr_storage priv[BROKER_MAX_PRIVATE]; /* as registered (port 0: the session's) */
     size_t npriv;
@@ -768,6 +768,9 @@ static void on_connect_answer(ntcp_session *s, int err, int code, const broker_g
     } else if (err == NTCP_EPROTO && code == 429) {
         st = NTCP_EREFUSED;
         why = "the broker's rate limit";
+    } else if (err == NTCP_EPROTO && code == BROKER_ERR_NO_UDP) {
+        st = NTCP_EREFUSED;
+        why = "the broker has no UDP port (ntcp-brokerd --udp none): it cannot coordinate UDP";
     } else if (err == NTCP_ECLOSED || err == NTCP_EUNREACHABLE) {
         /* NTCP_ECLOSED is for ntcp_free(); a lost broker is unreachable. */
         pthread_mutex_lock(&c->rt->mu);
@@ -949,38 +952,14 @@ static void on_state(ntcp_session *s, int state, int err, int code, void *user)
         snprintf(why, sizeof why, "TLS with the broker failed: %s", ntcp_session_tls_error(s));
         fail_waiting(rt, err, why);
     }
-}
-
-/* Resolves "host:port" to a numeric "IP:PORT" the session parses. */
-static int resolve_broker(const char *hp, char *out, size_t len)
-{
-    char host[256];
-    uint16_t port;
-    if (ntcp_split_host_port(hp, host, sizeof host, &port, 0) < 0 || port == 0)
-        return NTCP_ECONFIG;
-    struct addrinfo hints, *res = NULL;
-    memset(&hints, 0, sizeof hints);
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_flags = AI_ADDRCONFIG;
-    if (getaddrinfo(host, NULL, &hints, &res) != 0 || !res)
-        return NTCP_EUNREACHABLE;
-    /* IPv4 first: the planner works on the TCP-over-IPv4 behaviour. */
-    const struct addrinfo *pick = res;
-    for (const struct addrinfo *a = res; a; a = a->ai_next)
-        if (a->ai_family == AF_INET) {
-            pick = a;
-            break;
-        }
-    struct sockaddr_storage ss;
-    memset(&ss, 0, sizeof ss);
-    memcpy(&ss, pick->ai_addr, pick->ai_addrlen);
-    freeaddrinfo(res);
-    ntcp_sa_set_port(&ss, port);
-    char ip[INET6_ADDRSTRLEN + 10];
-    ntcp_addr_str((struct sockaddr *)&ss, ip, sizeof ip);
-    snprintf(out, len, "%s", ip);
-    return 0;
+    if (err && ntcp_session_round_failed(s)) {
+        /* No broker of the list could be reached (refused, unreachable,
+         * silent, not resolved): waiting callers learn it now, with the
+         * causes, not at their timeout. The session keeps trying. */
+        char why[600];
+        snprintf(why, sizeof why, "the broker is unreachable: %s", ntcp_session_last_error(s));
+        fail_waiting(rt, NTCP_EUNREACHABLE, why);
+    }
 }
 
 /* The private addresses same-LAN peers may reach us on: the interface the
@@ -1024,13 +1003,7 @@ static void start_session(ntcp_rt *rt)
 {
     ntcp_t *ctx = rt->ctx;
     char why[256];
-    int rc = resolve_broker(ctx->broker, rt->broker_hp, sizeof rt->broker_hp);
-    if (rc < 0) {
-        snprintf(why, sizeof why, "cannot resolve the broker %s", ctx->broker);
-        rt->phase = P_IDLE;
-        fail_waiting(rt, rc, why);
-        return;
-    }
+    int rc;
     if (!rt->key) {
         rc = ctx->key_file ? ntcp_identity_load(ctx->key_file, 1, &rt->key)
                            : ntcp_identity_generate(&rt->key);
@@ -1042,14 +1015,21 @@ static void start_session(ntcp_rt *rt)
             return;
         }
     }
-    struct sockaddr_storage baddr;
-    ntcp_parse_hostport(rt->broker_hp, &baddr);
-    rt->npriv = private_addrs(rt, baddr.ss_family, rt->priv, BROKER_MAX_PRIVATE);
+    /* The session resolves the broker names itself, off the loop. Private
+     * addresses of IPv4 unless the first broker is an IPv6 address. */
+    char bhost[NTCP_SESSION_MAX_BROKERS][256];
+    uint16_t bports[NTCP_SESSION_MAX_BROKERS];
+    unsigned char a6[16];
+    int family = ntcp_broker_list_parse(ctx->broker, bhost, bports, NTCP_SESSION_MAX_BROKERS) > 0 &&
+                         inet_pton(AF_INET6, bhost[0], a6) == 1
+                     ? AF_INET6
+                     : AF_INET;
+    rt->npriv = private_addrs(rt, family, rt->priv, BROKER_MAX_PRIVATE);
 
     ntcp_session_config sc;
     memset(&sc, 0, sizeof sc);
-    sc.broker = rt->broker_hp;
-    sc.broker_udp = rt->broker_hp; /* ntcp-brokerd --udp on the same address and port */
+    sc.broker = ctx->broker;
+    sc.udp_at_broker = true; /* ntcp-brokerd's UDP: the same address and port */
     sc.name = rt->name;
     sc.key = rt->key;
     sc.private_addrs = rt->priv;
@@ -1063,15 +1043,11 @@ static void start_session(ntcp_rt *rt)
     sc.user = rt;
     /* TLS to the broker: its certificate must carry the host name the
      * configuration gives (or that address), unless pinned. */
-    char tls_host[256];
-    uint16_t tls_port;
     if (ctx->broker_tls) {
         sc.tls = true;
         sc.tls_ca_file = ctx->broker_ca;
         sc.tls_pin = ctx->broker_pin;
         sc.tls_insecure = ctx->broker_tls_insecure != 0;
-        if (ntcp_split_host_port(ctx->broker, tls_host, sizeof tls_host, &tls_port, 0) == 0)
-            sc.tls_host = tls_host;
     }
     rt->phase = P_REGISTERING;
     rc = ntcp_session_start(&rt->loop, &sc, &rt->s);

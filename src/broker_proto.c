@@ -9,6 +9,9 @@
 #include <netinet/in.h>
 #include <string.h>
 
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+
 static uint32_t rd32(const uint8_t *p)
 {
     return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
@@ -32,7 +35,7 @@ bool broker_name_valid(const char *s, size_t len)
 
 static bool is_broker_attr(uint16_t t)
 {
-    return t >= BROKER_ATTR_NAME && t <= BROKER_ATTR_SPOOF;
+    return t >= BROKER_ATTR_NAME && t <= BROKER_ATTR_PROOF;
 }
 
 /* The codec already bounds-checks every attribute; here the values. */
@@ -75,6 +78,12 @@ static int check_attr(uint16_t type, const uint8_t *v, uint16_t len)
     case BROKER_ATTR_ISN:
     case BROKER_ATTR_SPOOF:
         return len == 4 ? 0 : NTCP_EBADATTR;
+    case BROKER_ATTR_TICKET:
+        return len >= 1 && len <= BROKER_TICKET_MAX ? 0 : NTCP_EBADATTR;
+    case BROKER_ATTR_RESUME_KEY:
+        return len == BROKER_RESUME_KEY_SIZE ? 0 : NTCP_EBADATTR;
+    case BROKER_ATTR_PROOF:
+        return len == BROKER_PROOF_SIZE ? 0 : NTCP_EBADATTR;
     case BROKER_ATTR_TRANSPORT:
         /* Any value validates: a broker answers a transport it does not
          * offer with 400 and keeps the session, so a later version can add
@@ -339,4 +348,23 @@ int broker_transcript(uint8_t *out, size_t cap, const char *broker_id, size_t id
     memcpy(p, key, BROKER_KEY_SIZE);
     p += BROKER_KEY_SIZE;
     return (int)(p - out);
+}
+
+int broker_resume_proof(uint8_t out[BROKER_PROOF_SIZE],
+                        const uint8_t resume_key[BROKER_RESUME_KEY_SIZE], const char *broker_id,
+                        size_t idlen, const uint8_t challenge[BROKER_CHALLENGE_SIZE],
+                        const char *name, size_t namelen, const uint8_t key[BROKER_KEY_SIZE])
+{
+    uint8_t buf[sizeof BROKER_RESUME_LABEL - 1 + BROKER_TRANSCRIPT_MAX];
+    size_t label = sizeof BROKER_RESUME_LABEL - 1;
+    memcpy(buf, BROKER_RESUME_LABEL, label);
+    int n = broker_transcript(buf + label, sizeof buf - label, broker_id, idlen, challenge, name,
+                              namelen, key);
+    if (n < 0)
+        return NTCP_EINVAL;
+    unsigned int olen = 0;
+    if (!HMAC(EVP_sha256(), resume_key, BROKER_RESUME_KEY_SIZE, buf, label + (size_t)n, out, &olen) ||
+        olen != BROKER_PROOF_SIZE)
+        return NTCP_EINVAL;
+    return 0;
 }

@@ -56,6 +56,9 @@
 #define BROKER_ATTR_ISN 0x4E23           /* u32: the initial sequence number of a SYN */
 #define BROKER_ATTR_SPOOF 0x4E24         /* u32: RAW-ISN: 1 = spoof the SYN-ACKs (STUNT#1);
                                           * REGISTER success: 1 = this broker spoofs */
+#define BROKER_ATTR_TICKET 0x4E25        /* opaque resumption ticket, 1..BROKER_TICKET_MAX bytes */
+#define BROKER_ATTR_RESUME_KEY 0x4E26    /* 32 bytes: the ticket's secret, REGISTER success only */
+#define BROKER_ATTR_PROOF 0x4E27         /* 32 bytes: HMAC-SHA256 under the resume key */
 
 #define BROKER_NAME_MAX 64
 #define BROKER_ID_MAX 128
@@ -65,6 +68,9 @@
 #define BROKER_NONCE_SIZE 32
 #define BROKER_UDP_KEY_SIZE 16
 #define BROKER_MAX_PRIVATE 8
+#define BROKER_TICKET_MAX 256
+#define BROKER_RESUME_KEY_SIZE 32
+#define BROKER_PROOF_SIZE 32
 #define BROKER_PROFILE_MAX 256
 /* No broker message may be larger: a longer one is refused and the session
  * closed, so a peer cannot make the broker buffer much. */
@@ -86,6 +92,7 @@ enum broker_transport { BROKER_TRANSPORT_TCP = 0, BROKER_TRANSPORT_UDP = 1 };
 #define BROKER_ERR_RATE_LIMITED 429
 #define BROKER_ERR_STALE 438         /* challenge missing, used or replayed */
 #define BROKER_ERR_SERVER 500
+#define BROKER_ERR_NO_UDP 501        /* a UDP connect at a broker with no UDP port */
 #define BROKER_ERR_FULL 503
 #define BROKER_ERR_DECLINED 603      /* the target refused the connect */
 /* NTCP 0.2's code for an unknown peer. ERROR-CODE cannot carry 700 (RFC 8489
@@ -173,5 +180,15 @@ int broker_parse_go(const stun_msg *m, broker_go *g);
 int broker_transcript(uint8_t *out, size_t cap, const char *broker_id, size_t idlen,
                       const uint8_t challenge[BROKER_CHALLENGE_SIZE], const char *name,
                       size_t namelen, const uint8_t key[BROKER_KEY_SIZE]);
+
+/* A resumption's PROOF (docs/broker-protocol.md 4.1): HMAC-SHA256 keyed with
+ * the ticket's resume key over "NTCP-BROKER-RESUME-1" || the transcript
+ * above (same broker id, challenge, name and key). Returns 0 or
+ * NTCP_EINVAL. */
+#define BROKER_RESUME_LABEL "NTCP-BROKER-RESUME-1"
+int broker_resume_proof(uint8_t out[BROKER_PROOF_SIZE],
+                        const uint8_t resume_key[BROKER_RESUME_KEY_SIZE], const char *broker_id,
+                        size_t idlen, const uint8_t challenge[BROKER_CHALLENGE_SIZE],
+                        const char *name, size_t namelen, const uint8_t key[BROKER_KEY_SIZE]);
 
 #endif /* NTCP_BROKER_PROTO_H */

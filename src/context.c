@@ -10,6 +10,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "session.h"
 #include "tls.h"
 
 void ntcp_config_init(ntcp_config_t *cfg)
@@ -52,10 +53,12 @@ static int set_broker(ntcp_t *ctx, const char *value)
         value += 6;
         ctx->broker_tls = 1;
     }
-    char host[256];
-    uint16_t port;
-    if (value && (ntcp_split_host_port(value, host, sizeof host, &port, 0) < 0 || port == 0))
-        return NTCP_EINVAL; /* the broker has no default port: say which */
+    /* One "host:port" or a list of them (ntcp_session_config.broker); a
+     * broker has no default port: say which. */
+    char hosts[NTCP_SESSION_MAX_BROKERS][256];
+    uint16_t ports[NTCP_SESSION_MAX_BROKERS];
+    if (value && ntcp_broker_list_parse(value, hosts, ports, NTCP_SESSION_MAX_BROKERS) < 0)
+        return NTCP_EINVAL;
     return set_string(&ctx->broker, value);
 }
 

@@ -42,13 +42,24 @@ typedef struct wreq {
     uint8_t data[];
 } wreq;
 
-enum { C_NONE, C_CONNECTING, C_HELLO, C_SIGNED, C_REGISTERED, C_CLOSING, C_TLS };
+enum { C_NONE, C_CONNECTING, C_HELLO, C_SIGNED, C_REGISTERED, C_CLOSING, C_TLS, C_RESOLVING };
+
+#define MAX_CANDS 16 /* broker addresses of one round */
+#define MAX_PER_NAME 4
+
+/* One name being resolved on the thread pool. */
+typedef struct gai_req {
+    uv_getaddrinfo_t req;
+    ntcp_session *s;
+    uint8_t ent;
+} gai_req;
 
 struct ntcp_session {
     uv_loop_t *loop;
     uv_tcp_t tcp;
     uv_connect_t creq;
     uv_udp_t *udp;                /* heap: a taken socket's handle closes while its successor runs */
+    int udp_family;               /* of udp's socket */
     uv_timer_t timer;
     int open_handles;
     bool tcp_open, has_udp, closed;
@@ -59,7 +70,26 @@ struct ntcp_session {
     char *broker_id;              /* expected, or NULL */
     EVP_PKEY *key;
     uint8_t pub[BROKER_KEY_SIZE];
-    struct sockaddr_storage broker, broker_udp;
+    struct sockaddr_storage broker, broker_udp; /* broker: the candidate in use */
+    bool udp_at_broker;           /* broker_udp follows broker */
+
+    /* The broker list: entries as configured, candidates as resolved. A
+     * round tries each candidate once, starting at a random one. */
+    char (*hosts)[256];           /* nents entries, owned */
+    uint16_t ports[NTCP_SESSION_MAX_BROKERS];
+    size_t nents;
+    struct sockaddr_storage res[NTCP_SESSION_MAX_BROKERS][MAX_PER_NAME];
+    uint8_t nres[NTCP_SESSION_MAX_BROKERS];
+    struct {
+        struct sockaddr_storage addr;
+        uint8_t ent;
+    } cands[MAX_CANDS];
+    size_t ncand, cur;
+    bool need_resolve;            /* before the next attempt (a new round) */
+    unsigned resolving;           /* uv_getaddrinfo requests in flight */
+    unsigned round_fails;         /* candidates failed in a row before registering */
+    bool round_failed;            /* the last IDLE ended a failed round */
+    char why[512];                /* the causes of this round's failures */
     broker_addr priv[BROKER_MAX_PRIVATE];
     size_t nprivate;
     uint8_t profile[BROKER_PROFILE_MAX];
@@ -78,8 +108,16 @@ struct ntcp_session {
     uint64_t udp_retry_at;        /* next keepalive while none was answered */
     uint32_t udp_retry_gap;       /* its backoff: 250 ms doubling to 5 s */
     struct sockaddr_storage public_addr, public_udp;
-    unsigned registrations;
+    unsigned registrations, resumed;
     txn *txns;
+
+    /* The last REGISTER answer's resumption ticket and its key (a cluster's
+     * nodes share the key that seals it): the next registration, at any
+     * node, proves itself with them instead of a signature. */
+    uint8_t ticket[BROKER_TICKET_MAX];
+    size_t ticket_len;
+    uint8_t resume_key[BROKER_RESUME_KEY_SIZE];
+    bool resuming; /* the REGISTER in flight carries the ticket */
 
     /* TLS (tls_ctx non-NULL): one connection object per TCP connection. */
     SSL_CTX *tls_ctx;
@@ -309,12 +347,22 @@ int ntcp_session_set_profile(ntcp_session *s, const uint8_t *profile, size_t len
 
 static void session_free(ntcp_session *s)
 {
+    OPENSSL_cleanse(s->resume_key, sizeof s->resume_key);
+    free(s->hosts);
     ntcp_tls_free(s->tls);
     SSL_CTX_free(s->tls_ctx);
     free(s->tls_ca_file);
     free(s->tls_host);
     free(s->broker_id);
     free(s);
+}
+
+/* The session goes when the application closed it and nothing refers to
+ * it any more: handles closed, name resolutions returned. */
+static void maybe_free(ntcp_session *s)
+{
+    if (s->closed && s->open_handles == 0 && s->resolving == 0)
+        session_free(s);
 }
 
 static void on_tcp_closed(uv_handle_t *h)
@@ -325,8 +373,8 @@ static void on_tcp_closed(uv_handle_t *h)
     s->tls = NULL;
     s->tcp_open = false;
     s->open_handles--;
-    if (s->closed && s->open_handles == 0) {
-        session_free(s);
+    if (s->closed) {
+        maybe_free(s);
         return;
     }
     if (!s->closed)
@@ -342,11 +390,31 @@ static uint32_t backoff_cap(ntcp_session *s)
     return cap < s->backoff_min ? s->backoff_min : cap;
 }
 
-/* The session ended: fail what waits on it and retry after a backoff. */
-static void lose(ntcp_session *s, int err, int code)
+/* Adds "where: what" to the causes of this round's failures. */
+static void note_cause(ntcp_session *s, const char *where, const char *what)
+{
+    size_t n = strlen(s->why);
+    if (n + 3 >= sizeof s->why)
+        return;
+    snprintf(s->why + n, sizeof s->why - n, "%s%s: %s", n ? "; " : "", where, what);
+}
+
+static void note_cand_cause(ntcp_session *s, const char *what)
+{
+    char a[64];
+    if (s->ncand == 0)
+        return;
+    note_cause(s, ntcp_addr_str((struct sockaddr *)&s->cands[s->cur].addr, a, sizeof a), what);
+}
+
+/* The session ended: fail what waits on it, then the next candidate at
+ * once (failover, or the rest of a round), or after a backoff the next
+ * round. why: the cause, for ntcp_session_last_error() (NULL: err's). */
+static void lose_why(ntcp_session *s, int err, int code, const char *why)
 {
     if (s->conn == C_CLOSING || s->conn == C_NONE)
         return;
+    bool registered = s->conn == C_REGISTERED, resolving = s->conn == C_RESOLVING;
     if (s->closed && s->tls && ntcp_tls_established(s->tls)) {
         /* Closed by the application: close_notify, best effort, so the
          * broker sees an orderly end (RFC 8446 6.1). */
@@ -369,14 +437,52 @@ static void lose(ntcp_session *s, int err, int code)
     }
     if (s->tcp_open && !uv_is_closing((uv_handle_t *)&s->tcp))
         uv_close((uv_handle_t *)&s->tcp, on_tcp_closed);
+    else if (!s->tcp_open)
+        s->conn = C_NONE; /* nothing to wait for (still resolving, or no socket) */
     if (s->closed)
         return;
+    /* A broker that refused us (a code) or whose TLS failed answered: that
+     * is its own report. Anything else before registering means this
+     * candidate does not work: the next one is tried at once, and a round
+     * in which none worked is reported as such. */
+    bool transport = !registered && code == 0 && err != NTCP_ETLS && err != NTCP_ECERT;
+    bool next_now = false;
+    s->round_failed = false;
+    if (registered) {
+        s->round_fails = 0;
+        s->why[0] = '\0';
+        next_now = s->ncand > 1; /* failover: the next broker, now */
+    } else if (transport) {
+        if (!resolving)
+            note_cand_cause(s, why ? why : ntcp_strerror(err));
+        if (++s->round_fails < s->ncand) {
+            next_now = true;
+        } else {
+            s->round_failed = true;
+            s->round_fails = 0;
+            s->need_resolve = true; /* names may point elsewhere now */
+        }
+    } else {
+        note_cand_cause(s, why ? why : ntcp_strerror(err));
+    }
+    if (s->ncand > 1)
+        s->cur = (s->cur + 1) % s->ncand;
+    if (next_now) {
+        s->reconnect_ms = now_ms(s);
+        set_state(s, NTCP_SESSION_IDLE, registered ? err : 0, registered ? code : 0);
+        return;
+    }
     uint32_t jitter = 0;
     RAND_bytes((unsigned char *)&jitter, sizeof jitter);
     uint32_t wait = s->backoff + (s->backoff ? jitter % (s->backoff / 4 + 1) : 0);
     s->reconnect_ms = now_ms(s) + wait;
     s->backoff = s->backoff * 2 > backoff_cap(s) ? backoff_cap(s) : s->backoff * 2;
     set_state(s, NTCP_SESSION_IDLE, err, code);
+}
+
+static void lose(ntcp_session *s, int err, int code)
+{
+    lose_why(s, err, code, NULL);
 }
 
 static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf);
@@ -403,7 +509,7 @@ static void on_connected(uv_connect_t *req, int status)
     if (s->conn != C_CONNECTING)
         return; /* given up already */
     if (status < 0) {
-        lose(s, NTCP_EUNREACHABLE, 0);
+        lose_why(s, NTCP_EUNREACHABLE, 0, uv_strerror(status));
         return;
     }
     uv_tcp_nodelay(&s->tcp, 1);
@@ -411,7 +517,11 @@ static void on_connected(uv_connect_t *req, int status)
     if (s->tls_ctx) {
         /* REGISTER waits for the handshake: names and addresses only ever
          * travel encrypted. */
-        if (!(s->tls = ntcp_tls_new(s->tls_ctx, false, s->tls_host, &s->tls_verify))) {
+        /* The certificate must name the broker as configured: the name
+         * given for TLS, else this candidate's entry (a name, or an
+         * address). */
+        const char *host = s->tls_host ? s->tls_host : s->hosts[s->cands[s->cur].ent];
+        if (!(s->tls = ntcp_tls_new(s->tls_ctx, false, host, &s->tls_verify))) {
             lose(s, NTCP_ENOMEM, 0);
             return;
         }
@@ -429,10 +539,31 @@ static void on_connected(uv_connect_t *req, int status)
     }
 }
 
+static int udp_open(ntcp_session *s);
+static void on_udp_closed(uv_handle_t *h);
+
 static void start_connect(ntcp_session *s)
 {
     if (s->tcp_open)
         return; /* the old handle is still closing: next tick */
+    if (s->ncand == 0)
+        return;
+    s->broker = s->cands[s->cur].addr;
+    if (s->udp_at_broker) {
+        /* Keepalives go where this broker listens; a socket of its family. */
+        s->broker_udp = s->broker;
+        if (!s->has_udp || !s->udp || s->udp_family != s->broker.ss_family) {
+            if (s->has_udp && s->udp)
+                uv_close((uv_handle_t *)s->udp, on_udp_closed);
+            s->udp = NULL;
+            if (udp_open(s) < 0) {
+                if (s->has_udp && s->udp)
+                    uv_close((uv_handle_t *)s->udp, on_udp_closed);
+                s->udp = NULL;
+                s->has_udp = false;
+            }
+        }
+    }
     /* The socket exists before connect() so that it can share its port:
      * traversal attempts bind the session's port (PLAN_LOCAL_SESSION), whose
      * mapping the broker has seen, with SO_REUSEADDR and SO_REUSEPORT, and
@@ -452,8 +583,137 @@ static void start_connect(ntcp_session *s)
     s->connect_deadline_ms = now_ms(s) + s->req_timeout;
     s->creq.data = s;
     set_state(s, NTCP_SESSION_CONNECTING, 0, 0);
-    if (uv_tcp_connect(&s->creq, &s->tcp, (struct sockaddr *)&s->broker, on_connected) < 0)
-        lose(s, NTCP_EUNREACHABLE, 0);
+    int rc = uv_tcp_connect(&s->creq, &s->tcp, (struct sockaddr *)&s->broker, on_connected);
+    if (rc < 0)
+        lose_why(s, NTCP_EUNREACHABLE, 0, uv_strerror(rc));
+}
+
+/* ---- the broker list ---- */
+
+int ntcp_broker_list_parse(const char *list, char (*hosts)[256], uint16_t *ports, size_t max)
+{
+    if (!list)
+        return NTCP_EINVAL;
+    size_t n = 0, len;
+    const char *p = list, *at;
+    while ((at = ntcp_list_next(&p, &len))) {
+        char item[300];
+        if (n == max || len >= sizeof item)
+            return NTCP_EINVAL;
+        memcpy(item, at, len);
+        item[len] = '\0';
+        if (ntcp_split_host_port(item, hosts[n], 256, &ports[n], 0) < 0 || ports[n] == 0 ||
+            !hosts[n][0])
+            return NTCP_EINVAL; /* a broker has no default port: say which */
+        n++;
+    }
+    return n ? (int)n : NTCP_EINVAL;
+}
+
+/* Candidates in entry order, IPv4 before IPv6 within a name (the planner
+ * works on IPv4 behaviour), starting at a random one so that peers given
+ * the same list spread over its brokers. */
+static void build_candidates(ntcp_session *s)
+{
+    s->ncand = 0;
+    for (size_t e = 0; e < s->nents; e++)
+        for (int pass = 0; pass < 2; pass++)
+            for (size_t i = 0; i < s->nres[e] && s->ncand < MAX_CANDS; i++) {
+                int want = pass == 0 ? AF_INET : AF_INET6;
+                if (s->res[e][i].ss_family != want)
+                    continue;
+                s->cands[s->ncand].addr = s->res[e][i];
+                s->cands[s->ncand].ent = (uint8_t)e;
+                s->ncand++;
+            }
+    uint32_t r = 0;
+    RAND_bytes((unsigned char *)&r, sizeof r);
+    s->cur = s->ncand ? r % s->ncand : 0;
+}
+
+static void resolved_all(ntcp_session *s)
+{
+    build_candidates(s);
+    if (s->ncand == 0) {
+        lose(s, NTCP_EUNREACHABLE, 0); /* causes noted per name */
+        return;
+    }
+    s->conn = C_NONE;
+    start_connect(s);
+}
+
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    gai_req *g = (gai_req *)req;
+    ntcp_session *s = g->s;
+    size_t e = g->ent;
+    free(g);
+    s->resolving--;
+    if (!s->closed && s->conn == C_RESOLVING) {
+        if (status < 0) {
+            char what[160];
+            snprintf(what, sizeof what, "cannot resolve: %s", uv_strerror(status));
+            note_cause(s, s->hosts[e], what);
+        }
+        for (const struct addrinfo *a = status == 0 ? res : NULL; a && s->nres[e] < MAX_PER_NAME;
+             a = a->ai_next) {
+            if ((a->ai_family != AF_INET && a->ai_family != AF_INET6) ||
+                a->ai_addrlen > sizeof(struct sockaddr_storage))
+                continue;
+            struct sockaddr_storage *ss = &s->res[e][s->nres[e]++];
+            memset(ss, 0, sizeof *ss);
+            memcpy(ss, a->ai_addr, a->ai_addrlen);
+            ntcp_sa_set_port(ss, s->ports[e]);
+        }
+    }
+    uv_freeaddrinfo(res);
+    if (s->closed) {
+        maybe_free(s);
+        return;
+    }
+    if (s->resolving == 0 && s->conn == C_RESOLVING)
+        resolved_all(s);
+}
+
+/* A new round: the names resolved again (on the thread pool: a slow DNS
+ * server must not stall the loop), addresses taken as they are. */
+static void start_resolve(ntcp_session *s)
+{
+    s->need_resolve = false;
+    s->round_fails = 0;
+    s->why[0] = '\0';
+    s->conn = C_RESOLVING;
+    set_state(s, NTCP_SESSION_CONNECTING, 0, 0);
+    for (size_t e = 0; e < s->nents; e++) {
+        s->nres[e] = 0;
+        char item[300];
+        snprintf(item, sizeof item, strchr(s->hosts[e], ':') ? "[%s]:%u" : "%s:%u", s->hosts[e],
+                 s->ports[e]);
+        if (ntcp_parse_addr(item, -1, &s->res[e][0]) == 0) {
+            s->nres[e] = 1;
+            continue;
+        }
+        gai_req *g = malloc(sizeof *g);
+        if (!g) {
+            note_cause(s, s->hosts[e], "out of memory");
+            continue;
+        }
+        g->s = s;
+        g->ent = (uint8_t)e;
+        struct addrinfo hints;
+        memset(&hints, 0, sizeof hints);
+        hints.ai_family = AF_UNSPEC;
+        hints.ai_socktype = SOCK_STREAM;
+        int rc = uv_getaddrinfo(s->loop, &g->req, on_resolved, s->hosts[e], NULL, &hints);
+        if (rc < 0) {
+            free(g);
+            note_cause(s, s->hosts[e], uv_strerror(rc));
+            continue;
+        }
+        s->resolving++;
+    }
+    if (s->resolving == 0)
+        resolved_all(s);
 }
 
 /* ---- incoming messages ---- */
@@ -474,9 +734,15 @@ static void on_challenge(ntcp_session *s, const stun_msg *m)
         lose(s, NTCP_EPROTO, BROKER_ERR_FORBIDDEN);
         return;
     }
-    uint8_t tr[BROKER_TRANSCRIPT_MAX], sig[BROKER_SIG_SIZE];
+    uint8_t tr[BROKER_TRANSCRIPT_MAX], sig[BROKER_SIG_SIZE], proof[BROKER_PROOF_SIZE];
+    /* With a ticket: its proof over this challenge, no signature (the
+     * broker saves the verification); a refused ticket brings a new
+     * challenge, which is then signed. */
+    s->resuming = s->ticket_len > 0 &&
+                  broker_resume_proof(proof, s->resume_key, id, idlen, chal, s->name,
+                                      strlen(s->name), s->pub) == 0;
     int tl = broker_transcript(tr, sizeof tr, id, idlen, chal, s->name, strlen(s->name), s->pub);
-    if (tl < 0 || ntcp_identity_sign(s->key, tr, (size_t)tl, sig) < 0) {
+    if (tl < 0 || (!s->resuming && ntcp_identity_sign(s->key, tr, (size_t)tl, sig) < 0)) {
         lose(s, NTCP_EPROTO, 0);
         return;
     }
@@ -491,7 +757,12 @@ static void on_challenge(ntcp_session *s, const stun_msg *m)
     stun_build_attr(&sb, BROKER_ATTR_NAME, s->name, strlen(s->name));
     stun_build_attr(&sb, BROKER_ATTR_PUBLIC_KEY, s->pub, sizeof s->pub);
     stun_build_attr(&sb, BROKER_ATTR_CHALLENGE, chal, sizeof chal);
-    stun_build_attr(&sb, BROKER_ATTR_SIGNATURE, sig, sizeof sig);
+    if (s->resuming) {
+        stun_build_attr(&sb, BROKER_ATTR_TICKET, s->ticket, s->ticket_len);
+        stun_build_attr(&sb, BROKER_ATTR_PROOF, proof, sizeof proof);
+    } else {
+        stun_build_attr(&sb, BROKER_ATTR_SIGNATURE, sig, sizeof sig);
+    }
     add_own_info(s, &sb);
     s->conn = C_SIGNED;
     build_send(s, &sb);
@@ -506,6 +777,16 @@ static void on_registered(ntcp_session *s, const stun_msg *m)
     stun_get_addr(m, STUN_ATTR_XOR_MAPPED_ADDRESS, &s->public_addr);
     if (broker_get_fixed(m, BROKER_ATTR_UDP_KEY, s->udp_key, sizeof s->udp_key) < 0)
         memset(s->udp_key, 0, sizeof s->udp_key);
+    const stun_attr *tk = stun_find(m, BROKER_ATTR_TICKET);
+    if (tk && broker_get_fixed(m, BROKER_ATTR_RESUME_KEY, s->resume_key, sizeof s->resume_key) == 0) {
+        memcpy(s->ticket, stun_attr_value(m, tk), tk->len);
+        s->ticket_len = tk->len;
+    } else {
+        s->ticket_len = 0; /* a broker without tickets: sign next time */
+    }
+    if (s->resuming)
+        s->resumed++;
+    s->resuming = false;
     uint32_t spoof = 0;
     stun_get_u32(m, BROKER_ATTR_SPOOF, &spoof);
     s->broker_spoofs = spoof == 1;
@@ -557,10 +838,21 @@ static void on_response(ntcp_session *s, const stun_msg *m)
         return;
     case T_REGISTER:
         free(t);
-        if (m->cls == STUN_SUCCESS)
+        if (m->cls == STUN_SUCCESS) {
             on_registered(s, m);
-        else
+        } else if (s->resuming) {
+            /* The ticket was refused (expired, another cluster's, a key
+             * since replaced): forgotten, and the new challenge signed. */
+            s->resuming = false;
+            s->ticket_len = 0;
+            OPENSSL_cleanse(s->resume_key, sizeof s->resume_key);
+            if (code == BROKER_ERR_UNAUTHORIZED)
+                on_challenge(s, m);
+            else
+                lose(s, NTCP_EPROTO, code);
+        } else {
             lose(s, NTCP_EPROTO, code);
+        }
         return;
     case T_REFRESH:
         free(t);
@@ -701,7 +993,7 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 {
     ntcp_session *s = st->data;
     if (nread < 0) {
-        lose(s, NTCP_ECLOSED, 0);
+        lose_why(s, NTCP_ECLOSED, 0, nread == UV_EOF ? "closed the connection" : uv_strerror((int)nread));
         return;
     }
     if (s->tls) {
@@ -763,20 +1055,26 @@ static void on_tick(uv_timer_t *timer)
         if (t->kind == T_CONNECT || t->kind == T_LOOKUP) {
             txn_fail(s, t, t->preset_err ? t->preset_err : NTCP_ETIMEDOUT, 0);
         } else {
+            const char *why = t->kind == T_REFRESH ? "no answer to REFRESH" : "no answer to REGISTER";
             free(t);
-            lose(s, NTCP_ETIMEDOUT, 0);
+            lose_why(s, NTCP_ETIMEDOUT, 0, why);
             return;
         }
     }
     switch (s->conn) {
     case C_NONE:
-        if (now >= s->reconnect_ms)
-            start_connect(s);
+        if (now >= s->reconnect_ms) {
+            if (s->need_resolve)
+                start_resolve(s);
+            else
+                start_connect(s);
+        }
         break;
     case C_CONNECTING:
     case C_TLS: /* a broker that never finishes the handshake */
         if (now >= s->connect_deadline_ms)
-            lose(s, NTCP_ETIMEDOUT, 0);
+            lose_why(s, NTCP_ETIMEDOUT, 0,
+                     s->conn == C_TLS ? "no TLS handshake in time" : "no answer to the TCP connect");
         break;
     case C_REGISTERED:
         if (s->udp_keepalive_at && now >= s->udp_keepalive_at) {
@@ -812,9 +1110,8 @@ static void on_udp_closed(uv_handle_t *h)
 {
     ntcp_session *s = h->data;
     free(h);
-    if (--s->open_handles == 0) {
-        session_free(s);
-    }
+    s->open_handles--;
+    maybe_free(s);
 }
 
 /* Opens the UDP keepalive socket on an ephemeral port. has_udp is set as
@@ -832,6 +1129,7 @@ static int udp_open(ntcp_session *s)
     }
     u->data = s;
     s->udp = u;
+    s->udp_family = any.ss_family;
     s->open_handles++;
     s->has_udp = true;
     if (uv_udp_bind(u, (struct sockaddr *)&any, 0) < 0 ||
@@ -899,15 +1197,8 @@ static int tls_setup(ntcp_session *s, const ntcp_session_config *cfg)
     if (cfg->tls_ca_file && !(s->tls_ca_file = strdup(cfg->tls_ca_file)))
         return NTCP_ENOMEM;
     s->tls_verify.ca_file = s->tls_ca_file;
-    char ip[INET6_ADDRSTRLEN] = "";
-    if (!cfg->tls_host) {
-        /* No name given: the certificate must carry the broker's address. */
-        const void *a = s->broker.ss_family == AF_INET6
-                            ? (const void *)&((struct sockaddr_in6 *)&s->broker)->sin6_addr
-                            : (const void *)&((struct sockaddr_in *)&s->broker)->sin_addr;
-        inet_ntop(s->broker.ss_family, a, ip, sizeof ip);
-    }
-    if (!(s->tls_host = strdup(cfg->tls_host ? cfg->tls_host : ip)))
+    /* No name given: each candidate's entry (its name, or its address). */
+    if (cfg->tls_host && !(s->tls_host = strdup(cfg->tls_host)))
         return NTCP_ENOMEM;
     char why[320];
     if (!(s->tls_ctx = ntcp_tls_client_ctx(&s->tls_verify, why, sizeof why))) {
@@ -928,14 +1219,19 @@ int ntcp_session_start(uv_loop_t *loop, const ntcp_session_config *cfg, ntcp_ses
     if (!s)
         return NTCP_ENOMEM;
     s->loop = loop;
-    if (ntcp_parse_hostport(cfg->broker, &s->broker) < 0 ||
-        (cfg->broker_udp && ntcp_parse_hostport(cfg->broker_udp, &s->broker_udp) < 0) ||
-        ntcp_identity_public(cfg->key, s->pub) < 0) {
-        free(s);
-        return NTCP_EINVAL;
+    s->hosts = calloc(NTCP_SESSION_MAX_BROKERS, sizeof *s->hosts);
+    int n = s->hosts ? ntcp_broker_list_parse(cfg->broker, s->hosts, s->ports,
+                                              NTCP_SESSION_MAX_BROKERS)
+                     : NTCP_ENOMEM;
+    if (n < 0 || (cfg->broker_udp && ntcp_parse_hostport(cfg->broker_udp, &s->broker_udp) < 0) ||
+        (cfg->broker_udp && cfg->udp_at_broker) || ntcp_identity_public(cfg->key, s->pub) < 0) {
+        session_free(s);
+        return n == NTCP_ENOMEM ? n : NTCP_EINVAL;
     }
+    s->nents = (size_t)n;
+    s->udp_at_broker = cfg->udp_at_broker;
     if (cfg->broker_id && !(s->broker_id = strdup(cfg->broker_id))) {
-        free(s);
+        session_free(s);
         return NTCP_ENOMEM;
     }
     if (cfg->tls) {
@@ -973,7 +1269,7 @@ int ntcp_session_start(uv_loop_t *loop, const ntcp_session_config *cfg, ntcp_ses
         return NTCP_ESYS;
     }
     uv_timer_start(&s->timer, on_tick, TICK_MS, TICK_MS);
-    start_connect(s);
+    start_resolve(s);
     *out = s;
     return 0;
 }
@@ -981,9 +1277,8 @@ int ntcp_session_start(uv_loop_t *loop, const ntcp_session_config *cfg, ntcp_ses
 static void on_handle_closed(uv_handle_t *h)
 {
     ntcp_session *s = h->data;
-    if (--s->open_handles == 0) {
-        session_free(s);
-    }
+    s->open_handles--;
+    maybe_free(s);
 }
 
 void ntcp_session_close(ntcp_session *s)
@@ -1056,6 +1351,27 @@ int ntcp_session_public_udp(const ntcp_session *s, struct sockaddr_storage *out)
 const char *ntcp_session_tls_error(const ntcp_session *s)
 {
     return s->tls_err;
+}
+
+bool ntcp_session_round_failed(const ntcp_session *s)
+{
+    return s->round_failed;
+}
+
+const char *ntcp_session_last_error(const ntcp_session *s)
+{
+    return s->why;
+}
+
+int ntcp_session_broker_addr(const ntcp_session *s, struct sockaddr_storage *out)
+{
+    *out = s->broker;
+    return s->broker.ss_family ? 0 : NTCP_ENOTFOUND;
+}
+
+unsigned ntcp_session_resumed(const ntcp_session *s)
+{
+    return s->resumed;
 }
 
 unsigned ntcp_session_registrations(const ntcp_session *s)

@@ -47,8 +47,18 @@ typedef void (*ntcp_session_raw_isn_fn)(ntcp_session *s, const uint8_t nonce[BRO
                                         const struct sockaddr_storage *ext, uint32_t isn, void *user);
 
 typedef struct ntcp_session_config {
-    const char *broker;      /* "IP:PORT" of the broker (required) */
+    /* The broker (required): "host:port", or a list of them separated by
+     * commas or spaces ("a:3490, b:3490"); a host is an address or a DNS
+     * name, resolved on the loop's thread pool (uv_getaddrinfo), each of
+     * its addresses a candidate. The session starts at a random candidate
+     * (peers spread over a cluster's nodes), moves to the next one at once
+     * when the one it uses is lost or fails, and resolves the names again
+     * after a round in which every candidate failed. */
+    const char *broker;
     const char *broker_udp;  /* "IP:PORT" for UDP keepalives, or NULL */
+    bool udp_at_broker;      /* UDP keepalives to the address and port of the
+                              * broker in use (ntcp-brokerd's default);
+                              * instead of broker_udp */
     const char *name;        /* the name to register (required) */
     EVP_PKEY *key;           /* Ed25519 identity, borrowed: must outlive the session */
     const char *broker_id;   /* the broker identity we expect; NULL: the one it presents */
@@ -118,8 +128,27 @@ int ntcp_session_send_raw_isn(ntcp_session *s, const uint8_t nonce[BROKER_NONCE_
  * STUNT#1's SYN-ACKs (SPOOF in the REGISTER answer). */
 bool ntcp_session_broker_spoofs(const ntcp_session *s);
 
+/* True when the last change to NTCP_SESSION_IDLE came at the end of a
+ * round in which every candidate broker failed before registering
+ * (refused, unreachable, silent, closed, not resolved): the application
+ * may give up at once instead of waiting. ntcp_session_last_error() says
+ * why, per broker ("127.0.0.1:3490: connection refused"). */
+bool ntcp_session_round_failed(const ntcp_session *s);
+const char *ntcp_session_last_error(const ntcp_session *s);
+/* The broker address in use or last tried (family 0: none yet). */
+int ntcp_session_broker_addr(const ntcp_session *s, struct sockaddr_storage *out);
+
+/* Parses a broker list as ntcp_session_config.broker takes it: up to max
+ * entries, each host (a name or address, NUL-terminated) and its port
+ * (required, not 0). Returns the number of entries or NTCP_EINVAL. */
+#define NTCP_SESSION_MAX_BROKERS 8
+int ntcp_broker_list_parse(const char *list, char (*hosts)[256], uint16_t *ports, size_t max);
+
 /* How many times the session has registered (1 after the first). */
 unsigned ntcp_session_registrations(const ntcp_session *s);
+/* How many of them proved themselves with a resumption ticket instead of a
+ * signature (docs/broker-protocol.md 4.1). */
+unsigned ntcp_session_resumed(const ntcp_session *s);
 
 /* Result of a connect: err 0 and go, or err < 0 (go NULL):
  *   NTCP_ENOTFOUND  the broker does not know the name (code 700);

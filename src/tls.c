@@ -16,6 +16,8 @@
 #include <openssl/evp.h>
 #include <openssl/x509v3.h>
 
+#include "addr.h"
+
 #include "identity.h"
 #include "ntcp.h"
 
@@ -35,14 +37,9 @@ int ntcp_tls_parse_pins(const char *s, uint8_t pins[][NTCP_TLS_PIN_SIZE], size_t
 {
     if (!s)
         return NTCP_EINVAL;
-    size_t n = 0;
+    size_t n = 0, len;
     const char *p = s;
-    for (;;) {
-        while (*p == ',' || *p == ' ' || *p == '\t')
-            p++;
-        if (!*p)
-            break;
-        size_t len = strcspn(p, ", \t");
+    while ((p = ntcp_list_next(&s, &len))) {
         if (len < 7 || strncasecmp(p, "sha256/", 7) != 0)
             return NTCP_EINVAL;
         const char *b64 = p + 7;
@@ -56,7 +53,6 @@ int ntcp_tls_parse_pins(const char *s, uint8_t pins[][NTCP_TLS_PIN_SIZE], size_t
         if (ntcp_identity_pub_from_b64(b64, blen, pins[n]) < 0)
             return NTCP_EINVAL;
         n++;
-        p += len;
     }
     return n ? (int)n : NTCP_EINVAL;
 }

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
@@ -90,9 +91,8 @@ static void set_state(bsession *s, uint8_t state)
 
 static void maybe_free(ntcp_broker *b);
 
-static void on_session_closed(uv_handle_t *h)
+static void session_free(bsession *s)
 {
-    bsession *s = h->data;
     ntcp_broker *b = s->b;
     free(s->in);
     free(s->out);
@@ -105,6 +105,24 @@ static void on_session_closed(uv_handle_t *h)
     b->st.sessions--;
     if (b->stopping)
         maybe_free(b);
+}
+
+/* A cluster request that names s holds it: its memory stays until the
+ * answer, which finds it dead and drops. */
+static void on_session_closed(uv_handle_t *h)
+{
+    bsession *s = h->data;
+    if (s->refs) {
+        s->dead = 1;
+        return;
+    }
+    session_free(s);
+}
+
+void session_unref(bsession *s)
+{
+    if (--s->refs == 0 && s->dead)
+        session_free(s);
 }
 
 static void hard_close(bsession *s)
@@ -225,10 +243,7 @@ static void send_msg(bsession *s, const uint8_t *msg, size_t len)
 
 /* ---- closing ---- */
 
-static void answer_error(bsession *s, uint16_t method, const uint8_t tid[STUN_TID_SIZE], int code,
-                         const char *reason);
-
-static void pending_free(ntcp_broker *b, pending *p)
+void pending_free(ntcp_broker *b, pending *p)
 {
     if (p->prev)
         p->prev->next = p->next;
@@ -242,6 +257,8 @@ static void pending_free(ntcp_broker *b, pending *p)
         p->req->npending--;
     if (p->tgt)
         p->tgt->npending--;
+    free(p->remote);
+    p->remote = NULL;
     b->st.pending--;
     if (b->npend_free < 4096 && !b->stopping) {
         p->next = b->pend_free;
@@ -250,6 +267,20 @@ static void pending_free(ntcp_broker *b, pending *p)
     } else {
         free(p);
     }
+}
+
+/* A connect that ends without a GO: the entry goes first (a failed send can
+ * close the requester and with it entries: callers walking the list start
+ * again), then the requester, when it is here, hears why. */
+void pending_fail(ntcp_broker *b, pending *p, int code, const char *reason)
+{
+    bsession *req = p->req;
+    uint8_t tid[STUN_TID_SIZE];
+    memcpy(tid, p->req_tid, sizeof tid);
+    pending_free(b, p);
+    b->st.connects_failed++;
+    if (req)
+        answer_error(req, BROKER_CONNECT, tid, code, reason);
 }
 
 /* flush: send what is queued first (after an error response). */
@@ -262,6 +293,8 @@ void session_close(bsession *s, bool flush)
         return;
     }
     list_unlink(s);
+    if (s->state == S_REGISTERED && s->bind && s->bind->live == s)
+        cluster_forget(s); /* before bind goes: it names the record */
     if (s->bind && s->bind->live == s)
         s->bind->live = NULL;
     if (s->state == S_REGISTERED)
@@ -273,14 +306,11 @@ void session_close(bsession *s, bool flush)
     while (p) {
         if (p->tgt == s) {
             /* The target vanished: tell the requester now, not at the
-             * timeout. The entry goes first and the walk restarts, because
-             * a failed send can close the requester and with it entries. */
-            bsession *req = p->req;
-            uint8_t tid[STUN_TID_SIZE];
-            memcpy(tid, p->req_tid, sizeof tid);
-            pending_free(b, p);
-            b->st.connects_failed++;
-            answer_error(req, BROKER_CONNECT, tid, BROKER_ERR_GONE, "Peer gone");
+             * timeout (through the cluster when it is on another node);
+             * the walk restarts (see pending_fail). */
+            if (!p->req)
+                cluster_answer(b, p, BROKER_ERR_GONE, NULL);
+            pending_fail(b, p, BROKER_ERR_GONE, "Peer gone");
             p = b->pend_head;
         } else if (p->req == s) {
             pending *next = p->next;
@@ -309,8 +339,8 @@ void session_close(bsession *s, bool flush)
 
 /* ---- building answers ---- */
 
-static void answer_error(bsession *s, uint16_t method, const uint8_t tid[STUN_TID_SIZE], int code,
-                         const char *reason)
+void answer_error(bsession *s, uint16_t method, const uint8_t tid[STUN_TID_SIZE], int code,
+                  const char *reason)
 {
     uint8_t buf[256];
     stun_builder sb;
@@ -347,7 +377,7 @@ static void fail_session(bsession *s, uint16_t method, const uint8_t *tid, int c
     session_close(s, true);
 }
 
-static void session_info(const bsession *s, broker_peer_info *p)
+void session_info(const bsession *s, broker_peer_info *p)
 {
     memset(p, 0, sizeof *p);
     if (s->bind) {
@@ -411,7 +441,7 @@ static void rtt_sample(bsession *s, uint64_t us)
 
 /* The round trip to a peer: the kernel's smoothed TCP RTT, refreshed by every
  * ACK of the session's traffic, when the platform gives it; else ours. */
-static uint32_t session_rtt(bsession *s)
+uint32_t session_rtt(bsession *s)
 {
 #ifdef TCP_INFO
     uv_os_fd_t fd;
@@ -468,6 +498,73 @@ static const char *frame_error(int rc)
     return rc == NTCP_ERANGE ? "Message too large" : rc == NTCP_ETLS ? "TLS on a plain port" : "Not STUN";
 }
 
+/* A 401 with a fresh challenge, good for one REGISTER (signed, or with a
+ * ticket) on this session only. */
+static void send_challenge(bsession *s, const stun_msg *m, const char *reason)
+{
+    ntcp_broker *b = s->b;
+    uint8_t buf[512];
+    stun_builder sb;
+    if (RAND_bytes(s->challenge, sizeof s->challenge) != 1) {
+        answer_error(s, m->method, m->tid, BROKER_ERR_SERVER, "No randomness");
+        return;
+    }
+    s->state = S_CHALLENGED; /* same activity list as S_NEW */
+    s->challenge_us = uv_hrtime() / 1000;
+    begin(&sb, buf, sizeof buf, m, STUN_ERROR);
+    stun_build_error(&sb, BROKER_ERR_UNAUTHORIZED, reason);
+    stun_build_attr(&sb, BROKER_ATTR_CHALLENGE, s->challenge, sizeof s->challenge);
+    stun_build_attr(&sb, BROKER_ATTR_BROKER_ID, b->broker_id, b->broker_id_len);
+    stun_build_u32(&sb, BROKER_ATTR_VERSION, BROKER_PROTO_VERSION);
+    finish_send(s, &sb);
+}
+
+static bool finish_register(bsession *s, const vjob *j);
+static void resume_reading(bsession *s);
+
+/* A REGISTER with a ticket and its PROOF over this session's challenge:
+ * registered without a signature check when the ticket is one of ours,
+ * unexpired, for this name and key (and this address, when issued on a
+ * plain session) and the proof holds; else a new challenge to sign. */
+static void resume_register(bsession *s, const stun_msg *m, const char *name,
+                            const uint8_t key[BROKER_KEY_SIZE], const uint8_t chal[BROKER_CHALLENGE_SIZE],
+                            const uint8_t proof[BROKER_PROOF_SIZE], uint64_t rtt)
+{
+    ntcp_broker *b = s->b;
+    const stun_attr *tk = stun_find(m, BROKER_ATTR_TICKET);
+    ticket t;
+    uint8_t want[BROKER_PROOF_SIZE];
+    bool ok = b->has_ticket_key &&
+              ticket_open(b->ticket_key, stun_attr_value(m, tk), tk->len, &t) == 0 &&
+              strcmp(t.name, name) == 0 && CRYPTO_memcmp(t.key, key, BROKER_KEY_SIZE) == 0 &&
+              t.expires > (uint64_t)time(NULL) &&
+              (!t.ip_bound || (t.family == s->pub.family && memcmp(t.ip, s->pub.ip, 16) == 0)) &&
+              broker_resume_proof(want, t.resume_key, b->broker_id, b->broker_id_len, chal, name,
+                                  strlen(name), key) == 0 &&
+              CRYPTO_memcmp(want, proof, sizeof want) == 0;
+    OPENSSL_cleanse(&t, sizeof t);
+    if (!ok) {
+        b->st.tickets_refused++;
+        send_challenge(s, m, "Ticket refused: sign the challenge");
+        return;
+    }
+    b->st.resumptions++;
+    vjob j;
+    memset(&j, 0, sizeof j);
+    j.s = s;
+    j.ok = true;
+    j.rtt_us = rtt;
+    memcpy(j.tid, m->tid, STUN_TID_SIZE);
+    memcpy(j.key, key, BROKER_KEY_SIZE);
+    snprintf(j.name, sizeof j.name, "%s", name);
+    if (finish_register(s, &j)) {
+        /* The cluster's verdict comes later: read nothing meanwhile, as
+         * during a signature check. */
+        s->busy = 1;
+        uv_read_stop((uv_stream_t *)&s->tcp);
+    }
+}
+
 static void do_register(bsession *s, const stun_msg *m, const struct sockaddr *src)
 {
     ntcp_broker *b = s->b;
@@ -484,23 +581,14 @@ static void do_register(bsession *s, const stun_msg *m, const struct sockaddr *s
     }
     size_t namelen = strlen(name);
     int has_sig = broker_get_fixed(m, BROKER_ATTR_SIGNATURE, sig, sizeof sig);
-    uint8_t buf[512];
-    stun_builder sb;
-    if (has_sig == NTCP_ENOTFOUND) {
+    const stun_attr *tk = stun_find(m, BROKER_ATTR_TICKET);
+    uint8_t proof[BROKER_PROOF_SIZE];
+    bool resume = has_sig == NTCP_ENOTFOUND && tk &&
+                  broker_get_fixed(m, BROKER_ATTR_PROOF, proof, sizeof proof) == 0;
+    if (has_sig == NTCP_ENOTFOUND && !resume) {
         /* Step 1: a fresh challenge, good for one signed REGISTER on this
          * session only. */
-        if (RAND_bytes(s->challenge, sizeof s->challenge) != 1) {
-            answer_error(s, m->method, m->tid, BROKER_ERR_SERVER, "No randomness");
-            return;
-        }
-        s->state = S_CHALLENGED; /* same activity list as S_NEW */
-        s->challenge_us = uv_hrtime() / 1000;
-        begin(&sb, buf, sizeof buf, m, STUN_ERROR);
-        stun_build_error(&sb, BROKER_ERR_UNAUTHORIZED, "Sign the challenge");
-        stun_build_attr(&sb, BROKER_ATTR_CHALLENGE, s->challenge, sizeof s->challenge);
-        stun_build_attr(&sb, BROKER_ATTR_BROKER_ID, b->broker_id, b->broker_id_len);
-        stun_build_u32(&sb, BROKER_ATTR_VERSION, BROKER_PROTO_VERSION);
-        finish_send(s, &sb);
+        send_challenge(s, m, "Sign the challenge");
         return;
     }
     /* Step 2: the signed REGISTER. Signature checks cost CPU: limit them per
@@ -527,6 +615,10 @@ static void do_register(bsession *s, const stun_msg *m, const struct sockaddr *s
      * A refused session is closed, so nothing stale is ever served. */
     if (store_extra(s, m) < 0) {
         answer_error(s, m->method, m->tid, BROKER_ERR_SERVER, "Out of memory");
+        return;
+    }
+    if (resume) {
+        resume_register(s, m, name, key, chal, proof, rtt);
         return;
     }
     vjob *j = b->vfree;
@@ -577,8 +669,6 @@ static void vjob_recycle(ntcp_broker *b, vjob *j)
     }
 }
 
-static void finish_register(bsession *s, const vjob *j);
-
 static void verify_done(uv_work_t *req, int status)
 {
     vjob *j = req->data;
@@ -586,9 +676,21 @@ static void verify_done(uv_work_t *req, int status)
     ntcp_broker *b = s->b;
     s->busy = 0;
     b->jobs--;
+    bool waits = false;
     if (status == 0 && s->state != S_CLOSING)
-        finish_register(s, j);
+        waits = finish_register(s, j);
     vjob_recycle(b, j);
+    if (waits) {
+        s->busy = 1; /* the cluster's verdict comes later: still not reading */
+        return;
+    }
+    resume_reading(s);
+}
+
+/* After a registration step that held the session (busy): closes what was
+ * closed meanwhile, else reads again. */
+static void resume_reading(bsession *s)
+{
     if (s->state == S_CLOSING) {
         /* Closed (or reaped) while the check ran, or refused just now: the
          * close waited for the check. A refusal still being flushed is left
@@ -602,33 +704,94 @@ static void verify_done(uv_work_t *req, int status)
         session_close(s, false);
 }
 
-static void finish_register(bsession *s, const vjob *j)
+static void complete_register(bsession *s, const char *name, const uint8_t key[BROKER_KEY_SIZE],
+                              const uint8_t tid[STUN_TID_SIZE], bool cluster_bound);
+
+/* The signature checked: the name's binding decides. Returns true when the
+ * cluster's verdict is awaited (register_verdict() completes it). */
+static bool finish_register(bsession *s, const vjob *j)
 {
     ntcp_broker *b = s->b;
-    size_t namelen = strlen(j->name);
     if (!j->ok) {
         b->st.refused++;
         fail_session(s, BROKER_REGISTER, j->tid, BROKER_ERR_FORBIDDEN, "Bad signature");
+        return false;
+    }
+    rtt_sample(s, j->rtt_us);
+    if (b->authorized_keys) {
+        binding *x = binding_find(b, j->name, strlen(j->name));
+        if (!x || CRYPTO_memcmp(x->key, j->key, sizeof j->key) != 0) {
+            b->st.refused++;
+            fail_session(s, BROKER_REGISTER, j->tid, BROKER_ERR_FORBIDDEN, "Not authorized");
+            return false;
+        }
+    }
+    if (b->cl) {
+        /* First use binds the name for the whole cluster, and the record
+         * is written, before the peer hears it is registered. */
+        if (cluster_bind(s, j->name, j->key, j->tid))
+            return true;
+        /* No Redis now: a registration no other node could see is refused,
+         * at once and with the reason; the peer comes back later (or goes
+         * to another node of its list). */
+        b->st.refused++;
+        fail_session(s, BROKER_REGISTER, j->tid, BROKER_ERR_FULL, "Cluster state unavailable");
+        return false;
+    }
+    complete_register(s, j->name, j->key, j->tid, false);
+    return false;
+}
+
+void register_verdict(bsession *s, const char *name, const uint8_t key[BROKER_KEY_SIZE],
+                      const uint8_t tid[STUN_TID_SIZE], int code)
+{
+    ntcp_broker *b = s->b;
+    s->busy = 0;
+    if (s->state != S_CLOSING) {
+        if (code == BROKER_ERR_CONFLICT) {
+            b->st.refused++;
+            fail_session(s, BROKER_REGISTER, tid, BROKER_ERR_CONFLICT, "Name bound to another key");
+        } else if (code) {
+            /* No cluster state: a registration no other node could see is
+             * refused rather than accepted; the peer tries again later. */
+            b->st.refused++;
+            fail_session(s, BROKER_REGISTER, tid, BROKER_ERR_FULL, "Cluster state unavailable");
+        } else {
+            complete_register(s, name, key, tid, true);
+        }
+    }
+    resume_reading(s);
+}
+
+static void complete_register(bsession *s, const char *name, const uint8_t key[BROKER_KEY_SIZE],
+                              const uint8_t tid[STUN_TID_SIZE], bool cluster_bound)
+{
+    ntcp_broker *b = s->b;
+    size_t namelen = strlen(name);
+    binding *x = binding_find(b, name, namelen);
+    if (b->authorized_keys && (!x || CRYPTO_memcmp(x->key, key, BROKER_KEY_SIZE) != 0)) {
+        b->st.refused++;
+        fail_session(s, BROKER_REGISTER, tid, BROKER_ERR_FORBIDDEN, "Not authorized");
         return;
     }
-    binding *x = binding_find(b, j->name, namelen);
-    if (b->authorized_keys && (!x || CRYPTO_memcmp(x->key, j->key, sizeof j->key) != 0)) {
-        b->st.refused++;
-        fail_session(s, BROKER_REGISTER, j->tid, BROKER_ERR_FORBIDDEN, "Not authorized");
-        return;
+    if (x && cluster_bound && CRYPTO_memcmp(x->key, key, BROKER_KEY_SIZE) != 0) {
+        /* Only after Redis lost its data and the name was bound anew: the
+         * cluster's binding is the one that holds. */
+        memcpy(x->key, key, BROKER_KEY_SIZE);
     }
-    if (x && CRYPTO_memcmp(x->key, j->key, sizeof j->key) != 0) {
+    if (x && CRYPTO_memcmp(x->key, key, BROKER_KEY_SIZE) != 0) {
         b->st.refused++;
-        fail_session(s, BROKER_REGISTER, j->tid, BROKER_ERR_CONFLICT, "Name bound to another key");
+        fail_session(s, BROKER_REGISTER, tid, BROKER_ERR_CONFLICT, "Name bound to another key");
         return;
     }
     if (!x) {
-        x = binding_add(b, j->name, namelen, j->key, 0);
+        x = binding_add(b, name, namelen, key, 0);
         if (!x) {
-            answer_error(s, BROKER_REGISTER, j->tid, BROKER_ERR_SERVER, "Out of memory");
+            answer_error(s, BROKER_REGISTER, tid, BROKER_ERR_SERVER, "Out of memory");
             return;
         }
-        keys_persist(b, x);
+        if (!cluster_bound)
+            keys_persist(b, x);
     }
     if (x->live && x->live != s) {
         /* The same key from a new session: the peer restarted or moved, and
@@ -643,18 +806,41 @@ static void finish_register(bsession *s, const vjob *j)
         notify_ended(old, BROKER_ERR_CONFLICT, "Replaced by a newer session");
     }
     RAND_bytes(s->udp_key, sizeof s->udp_key);
-    rtt_sample(s, j->rtt_us);
     s->bind = x;
     x->live = s;
+    if (!cluster_bound)
+        s->serial = ++b->next_serial; /* in a cluster, given with the record */
     set_state(s, S_REGISTERED);
     b->st.peers++;
     b->st.registrations++;
 
-    uint8_t buf[512];
+    uint8_t buf[1024];
     stun_builder sb;
     struct sockaddr_storage pub;
     broker_addr_to_sa(&s->pub, &pub);
-    stun_build_init(&sb, buf, sizeof buf, BROKER_REGISTER, STUN_SUCCESS, j->tid, false);
+    stun_build_init(&sb, buf, sizeof buf, BROKER_REGISTER, STUN_SUCCESS, tid, false);
+    if (b->has_ticket_key) {
+        /* A ticket for the next registration, here or at another node of
+         * the cluster: on a plain session bound to this address, since its
+         * resume key crossed the network in the clear. */
+        ticket t;
+        uint8_t sealed[BROKER_TICKET_MAX];
+        memset(&t, 0, sizeof t);
+        t.expires = (uint64_t)time(NULL) + b->ticket_lifetime_s;
+        t.ip_bound = !s->tls;
+        t.family = s->pub.family;
+        memcpy(t.ip, s->pub.ip, 16);
+        memcpy(t.key, key, BROKER_KEY_SIZE);
+        snprintf(t.name, sizeof t.name, "%s", name);
+        int n = RAND_bytes(t.resume_key, sizeof t.resume_key) == 1
+                    ? ticket_seal(b->ticket_key, &t, sealed, sizeof sealed)
+                    : NTCP_ESYS;
+        if (n > 0) {
+            stun_build_attr(&sb, BROKER_ATTR_TICKET, sealed, (size_t)n);
+            stun_build_attr(&sb, BROKER_ATTR_RESUME_KEY, t.resume_key, sizeof t.resume_key);
+        }
+        OPENSSL_cleanse(&t, sizeof t);
+    }
     stun_build_addr(&sb, STUN_ATTR_XOR_MAPPED_ADDRESS, (struct sockaddr *)&pub);
     stun_build_u32(&sb, BROKER_ATTR_EXPIRY, b->expiry_s);
     stun_build_attr(&sb, BROKER_ATTR_UDP_KEY, s->udp_key, sizeof s->udp_key);
@@ -663,17 +849,21 @@ static void finish_register(bsession *s, const vjob *j)
     if (spoof_enabled(b))
         stun_build_u32(&sb, BROKER_ATTR_SPOOF, 1);
     finish_send(s, &sb);
-    broker_logf(b, NTCP_LOG_DEBUG, "registered %s", j->name);
+    broker_logf(b, NTCP_LOG_DEBUG, "registered %s", name);
 }
 
 static void do_refresh(bsession *s, const stun_msg *m)
 {
     ntcp_broker *b = s->b;
-    if (stun_find(m, BROKER_ATTR_PRIVATE_ADDR) || stun_find(m, BROKER_ATTR_PROFILE))
+    if (stun_find(m, BROKER_ATTR_PRIVATE_ADDR) || stun_find(m, BROKER_ATTR_PROFILE)) {
         if (store_extra(s, m) < 0) {
             answer_error(s, m->method, m->tid, BROKER_ERR_SERVER, "Out of memory");
             return;
         }
+        cluster_publish(s, false); /* the record other nodes serve changed */
+    } else {
+        cluster_touch(s);
+    }
     uint8_t buf[256];
     stun_builder sb;
     struct sockaddr_storage ss;
@@ -702,6 +892,8 @@ static void do_lookup(bsession *s, const stun_msg *m)
         return;
     }
     bsession *t = find_live(b, m, name);
+    if (!t && name[0] && cluster_lookup(s, m, name))
+        return; /* another node may hold it: answered when Redis says */
     if (!t) {
         answer_error(s, m->method, m->tid, BROKER_ERR_UNKNOWN_USER, "Unknown user");
         return;
@@ -724,7 +916,7 @@ static void do_connect(bsession *s, const stun_msg *m)
         return;
     }
     bsession *t = find_live(b, m, name);
-    if (!t) {
+    if (!t && !(b->cl && name[0])) {
         b->st.connects_failed++;
         answer_error(s, m->method, m->tid, BROKER_ERR_UNKNOWN_USER, "Unknown user");
         return;
@@ -733,7 +925,7 @@ static void do_connect(bsession *s, const stun_msg *m)
         answer_error(s, m->method, m->tid, BROKER_ERR_BAD_REQUEST, "Cannot connect to oneself");
         return;
     }
-    if (t->npending >= 64 || s->npending >= 64) {
+    if ((t && t->npending >= 64) || s->npending >= 64) {
         b->st.rate_limited++;
         answer_error(s, m->method, m->tid, BROKER_ERR_RATE_LIMITED, "Too many connects pending");
         return;
@@ -744,22 +936,27 @@ static void do_connect(bsession *s, const stun_msg *m)
         answer_error(s, m->method, m->tid, BROKER_ERR_BAD_REQUEST, "Unknown transport");
         return;
     }
-    pending *p = b->pend_free;
-    if (p) {
-        b->pend_free = p->next;
-        b->npend_free--;
-        memset(p, 0, sizeof *p);
-    } else {
-        p = calloc(1, sizeof *p);
-    }
-    if (!p) {
-        answer_error(s, m->method, m->tid, BROKER_ERR_SERVER, "Out of memory");
+    if (transport == BROKER_TRANSPORT_UDP && !b->has_udp) {
+        /* No UDP port: no end's mapping can ever be learned, so a punch
+         * could only wait and fail. Said at once, the session stays. */
+        b->st.connects_failed++;
+        answer_error(s, m->method, m->tid, BROKER_ERR_NO_UDP, "No UDP at this broker");
         return;
     }
     uint32_t timeout = b->offer_timeout_ms;
     uint32_t want;
     if (stun_get_u32(m, BROKER_ATTR_TIMEOUT, &want) == 0 && want > 0 && want < timeout)
         timeout = want;
+    if (!t) {
+        /* Not here: the node that holds it, if any, is asked via Redis. */
+        cluster_connect(s, m, name, transport, timeout);
+        return;
+    }
+    pending *p = pending_new(b);
+    if (!p) {
+        answer_error(s, m->method, m->tid, BROKER_ERR_SERVER, "Out of memory");
+        return;
+    }
     p->req = s;
     p->tgt = t;
     p->transport = transport;
@@ -768,25 +965,86 @@ static void do_connect(bsession *s, const stun_msg *m)
     memcpy(p->req_tid, m->tid, STUN_TID_SIZE);
     stun_new_tid(p->offer_tid);
     p->deadline_ms = uv_now(b->loop) + timeout;
-    p->sent_us = uv_hrtime() / 1000;
+    pending_link(b, p);
+    broker_peer_info info;
+    session_info(s, &info);
+    send_offer(t, &info, p, timeout);
+}
+
+pending *pending_new(ntcp_broker *b)
+{
+    pending *p = b->pend_free;
+    if (p) {
+        b->pend_free = p->next;
+        b->npend_free--;
+        memset(p, 0, sizeof *p);
+    } else {
+        p = calloc(1, sizeof *p);
+    }
+    return p;
+}
+
+void pending_link(ntcp_broker *b, pending *p)
+{
     p->prev = b->pend_tail;
+    p->next = NULL;
     if (b->pend_tail)
         b->pend_tail->next = p;
     else
         b->pend_head = p;
     b->pend_tail = p;
     b->st.pending++;
+}
 
-    uint8_t buf[BROKER_MAX_MESSAGE];
+void send_go(bsession *s, const uint8_t *req_tid, const broker_peer_info *other,
+             const uint8_t nonce[BROKER_NONCE_SIZE], uint32_t delay_ms, uint32_t rtt_us,
+             uint32_t transport)
+{
+    uint8_t buf[BROKER_MAX_MESSAGE], tid[STUN_TID_SIZE];
     stun_builder sb;
-    broker_peer_info info;
-    session_info(s, &info);
-    stun_build_init(&sb, buf, sizeof buf, BROKER_OFFER, STUN_REQUEST, p->offer_tid, false);
-    broker_build_peer_info(&sb, &info);
-    stun_build_u32(&sb, BROKER_ATTR_TIMEOUT, timeout);
+    if (req_tid)
+        memcpy(tid, req_tid, sizeof tid);
+    else
+        stun_new_tid(tid);
+    stun_build_init(&sb, buf, sizeof buf, req_tid ? BROKER_CONNECT : BROKER_GO,
+                    req_tid ? STUN_SUCCESS : STUN_INDICATION, tid, false);
+    broker_build_peer_info(&sb, other);
+    stun_build_attr(&sb, BROKER_ATTR_SESSION_NONCE, nonce, BROKER_NONCE_SIZE);
+    stun_build_u32(&sb, BROKER_ATTR_START_DELAY, delay_ms);
+    stun_build_u32(&sb, BROKER_ATTR_ROLE, req_tid ? BROKER_ROLE_REQUESTER : BROKER_ROLE_TARGET);
+    stun_build_u32(&sb, BROKER_ATTR_RTT, rtt_us);
     if (transport != BROKER_TRANSPORT_TCP)
         stun_build_u32(&sb, BROKER_ATTR_TRANSPORT, transport);
+    finish_send(s, &sb);
+}
+
+/* The OFFER to a target here, for a requester here or on another node. */
+void send_offer(bsession *t, const broker_peer_info *from, pending *p, uint32_t timeout)
+{
+    uint8_t buf[BROKER_MAX_MESSAGE];
+    stun_builder sb;
+    p->sent_us = uv_hrtime() / 1000;
+    stun_build_init(&sb, buf, sizeof buf, BROKER_OFFER, STUN_REQUEST, p->offer_tid, false);
+    broker_build_peer_info(&sb, from);
+    stun_build_u32(&sb, BROKER_ATTR_TIMEOUT, timeout);
+    if (p->transport != BROKER_TRANSPORT_TCP)
+        stun_build_u32(&sb, BROKER_ATTR_TRANSPORT, p->transport);
     finish_send(t, &sb);
+}
+
+uint32_t start_margin(const ntcp_broker *b, uint32_t slow_us)
+{
+    /* The margin covers the jitter of the GOs' trips and of both ends'
+     * processing: an eighth of the slower round trip, 2 to 20 ms, unless
+     * configured. A SYN that leaves a little early costs nothing (its
+     * mapping is there before the peer's SYN arrives, half a round trip
+     * later); a margin wider than needed costs every connection its time. */
+    uint32_t margin = b->start_margin_ms;
+    if (!margin) {
+        margin = slow_us / 8000;
+        margin = margin < 2 ? 2 : margin > 20 ? 20 : margin;
+    }
+    return margin;
 }
 
 /* The target answered an offer: CONNECT-GO to both, or the refusal. */
@@ -805,6 +1063,16 @@ static void do_offer_answer(bsession *t, const stun_msg *m)
     memcpy(req_tid, p->req_tid, sizeof req_tid);
     uint32_t transport = p->transport;
     rtt_sample(t, uv_hrtime() / 1000 - p->sent_us);
+    if (!r) {
+        /* The requester is on another node: the answer goes there. */
+        cluster_answer(b, p, m->cls == STUN_ERROR ? BROKER_ERR_DECLINED : 0, t);
+        if (m->cls == STUN_ERROR)
+            b->st.connects_failed++;
+        else
+            b->st.connects_ok++;
+        pending_free(b, p);
+        return;
+    }
     pending_free(b, p);
     if (m->cls == STUN_ERROR) {
         b->st.connects_failed++;
@@ -821,49 +1089,19 @@ static void do_offer_answer(bsession *t, const stun_msg *m)
      * end waits S minus its own arrival. */
     uint32_t rr = session_rtt(r), rt = session_rtt(t);
     uint32_t slow = rr > rt ? rr : rt;
-    /* The margin covers the jitter of the GOs' trips and of both ends'
-     * processing: an eighth of the slower round trip, 2 to 20 ms, unless
-     * configured. A SYN that leaves a little early costs nothing (its
-     * mapping is there before the peer's SYN arrives, half a round trip
-     * later); a margin wider than needed costs every connection its time. */
-    uint32_t margin = b->start_margin_ms;
-    if (!margin) {
-        margin = slow / 8000;
-        margin = margin < 2 ? 2 : margin > 20 ? 20 : margin;
-    }
+    uint32_t margin = start_margin(b, slow);
     uint32_t dr = (uint32_t)((slow - rr) / 2 + 999) / 1000 + margin;
     uint32_t dt = (uint32_t)((slow - rt) / 2 + 999) / 1000 + margin;
 
-    uint8_t buf[BROKER_MAX_MESSAGE];
-    stun_builder sb;
     broker_peer_info info;
     session_info(t, &info);
-    stun_build_init(&sb, buf, sizeof buf, BROKER_CONNECT, STUN_SUCCESS, req_tid, false);
-    broker_build_peer_info(&sb, &info);
-    stun_build_attr(&sb, BROKER_ATTR_SESSION_NONCE, nonce, sizeof nonce);
-    stun_build_u32(&sb, BROKER_ATTR_START_DELAY, dr);
-    stun_build_u32(&sb, BROKER_ATTR_ROLE, BROKER_ROLE_REQUESTER);
-    stun_build_u32(&sb, BROKER_ATTR_RTT, rr);
-    if (transport != BROKER_TRANSPORT_TCP)
-        stun_build_u32(&sb, BROKER_ATTR_TRANSPORT, transport);
-    finish_send(r, &sb);
+    send_go(r, req_tid, &info, nonce, dr, rr, transport);
     if (r->state == S_CLOSING) {
         b->st.connects_failed++; /* the requester is gone: no GO for the target */
         return;
     }
-
-    uint8_t tid[STUN_TID_SIZE];
-    stun_new_tid(tid);
     session_info(r, &info);
-    stun_build_init(&sb, buf, sizeof buf, BROKER_GO, STUN_INDICATION, tid, false);
-    broker_build_peer_info(&sb, &info);
-    stun_build_attr(&sb, BROKER_ATTR_SESSION_NONCE, nonce, sizeof nonce);
-    stun_build_u32(&sb, BROKER_ATTR_START_DELAY, dt);
-    stun_build_u32(&sb, BROKER_ATTR_ROLE, BROKER_ROLE_TARGET);
-    stun_build_u32(&sb, BROKER_ATTR_RTT, rt);
-    if (transport != BROKER_TRANSPORT_TCP)
-        stun_build_u32(&sb, BROKER_ATTR_TRANSPORT, transport);
-    finish_send(t, &sb);
+    send_go(t, NULL, &info, nonce, dt, rt, transport);
     b->st.connects_ok++;
     if (transport == BROKER_TRANSPORT_TCP && t->state == S_REGISTERED)
         rdv_add(b, r, t, nonce); /* for RAW-ISN (spoof.c) */
@@ -1208,7 +1446,10 @@ static void on_udp(uv_udp_t *u, ssize_t nread, const uv_buf_t *buf, const struct
         return;
     }
     b->st.requests++;
+    broker_addr old = s->udp;
     broker_addr_from_sa(&s->udp, from);
+    if (memcmp(&old, &s->udp, sizeof old) != 0)
+        cluster_publish(s, false); /* other nodes put it in CONNECT-GOs */
     uint8_t out[128];
     stun_builder sb;
     stun_build_init(&sb, out, sizeof out, BROKER_KEEPALIVE, STUN_SUCCESS, m.tid, false);
@@ -1243,13 +1484,9 @@ static void on_tick(uv_timer_t *t)
             p = p->next;
             continue;
         }
-        /* Freed before the answer, and the walk restarts: see session_close. */
-        bsession *req = p->req;
-        uint8_t tid[STUN_TID_SIZE];
-        memcpy(tid, p->req_tid, sizeof tid);
-        pending_free(b, p);
-        b->st.connects_failed++;
-        answer_error(req, BROKER_CONNECT, tid, BROKER_ERR_TIMEOUT, "Peer did not answer");
+        /* A remote requester's node keeps its own deadline: nothing to say
+         * to it. The walk restarts (see pending_fail). */
+        pending_fail(b, p, BROKER_ERR_TIMEOUT, "Peer did not answer");
         p = b->pend_head;
     }
 }
@@ -1258,6 +1495,7 @@ static void on_tick(uv_timer_t *t)
 
 static void free_broker(ntcp_broker *b)
 {
+    OPENSSL_cleanse(b->ticket_key, sizeof b->ticket_key);
     while (b->vfree) {
         vjob *j = b->vfree;
         b->vfree = j->next_free;
@@ -1302,6 +1540,18 @@ static void on_handle_closed(uv_handle_t *h)
     maybe_free(b);
 }
 
+void broker_set_ticket_key(ntcp_broker *b, const uint8_t key[TICKET_KEY_SIZE])
+{
+    memcpy(b->ticket_key, key, TICKET_KEY_SIZE);
+    b->has_ticket_key = true;
+}
+
+void broker_handle_closed(ntcp_broker *b)
+{
+    if (b->stopping)
+        maybe_free(b);
+}
+
 int ntcp_broker_start(uv_loop_t *loop, const ntcp_broker_config *cfg, ntcp_broker **out)
 {
     *out = NULL;
@@ -1342,6 +1592,14 @@ int ntcp_broker_start(uv_loop_t *loop, const ntcp_broker_config *cfg, ntcp_broke
     b->max_sessions = cfg->max_sessions ? cfg->max_sessions : 1000000;
     b->log = cfg->log;
     b->log_user = cfg->log_user;
+    b->ticket_lifetime_s = cfg->ticket_lifetime_s ? cfg->ticket_lifetime_s : 86400;
+    if (cfg->ticket_key) {
+        memcpy(b->ticket_key, cfg->ticket_key, TICKET_KEY_SIZE);
+        b->has_ticket_key = true;
+    } else if (!cfg->cluster) {
+        /* This process's: tickets outlive a lost connection, not a restart. */
+        b->has_ticket_key = RAND_bytes(b->ticket_key, TICKET_KEY_SIZE) == 1;
+    }
     b->log_level = cfg->log ? (cfg->log_level ? cfg->log_level : NTCP_LOG_INFO) : -1;
     b->table_size = 1024;
     b->table = calloc(b->table_size, sizeof *b->table);
@@ -1394,7 +1652,12 @@ int ntcp_broker_start(uv_loop_t *loop, const ntcp_broker_config *cfg, ntcp_broke
     int err = uv_tcp_bind(&b->listener, (struct sockaddr *)&tcp_addr, 0);
     if (err == 0)
         err = uv_listen((uv_stream_t *)&b->listener, 4096, on_connection);
-    if (err == 0 && cfg->udp) {
+    if (err == 0 && cfg->udp_on_listen) {
+        /* The TCP port as bound (an ephemeral one when asked for port 0). */
+        int len = sizeof udp_addr;
+        err = uv_tcp_getsockname(&b->listener, (struct sockaddr *)&udp_addr, &len);
+    }
+    if (err == 0 && (cfg->udp || cfg->udp_on_listen)) {
         err = uv_udp_init(loop, &b->udp);
         if (err == 0) {
             b->udp.data = b;
@@ -1430,6 +1693,10 @@ int ntcp_broker_start(uv_loop_t *loop, const ntcp_broker_config *cfg, ntcp_broke
         errno = -err;
         ntcp_broker_stop(b, NULL, NULL);
         return NTCP_ESYS;
+    }
+    if (cfg->cluster && (rc = cluster_start(b, cfg->cluster)) < 0) {
+        ntcp_broker_stop(b, NULL, NULL);
+        return rc;
     }
     char a[64], u[64] = "", t[80] = "";
     struct sockaddr_storage bound;
@@ -1477,6 +1744,7 @@ int ntcp_broker_reload(ntcp_broker *b)
 void ntcp_broker_get_stats(const ntcp_broker *b, ntcp_broker_stats *st)
 {
     *st = b->st;
+    st->cluster_up = cluster_up(b);
 }
 
 int ntcp_broker_tcp_addr(const ntcp_broker *b, struct sockaddr_storage *out)
@@ -1515,6 +1783,7 @@ void ntcp_broker_stop(ntcp_broker *b, void (*done)(void *arg), void *arg)
         session_close(b->new_head, false);
     while (b->reg_head)
         session_close(b->reg_head, false);
+    cluster_stop(b);
     /* Sessions close on their own; the broker goes once its handles have. */
     uv_close((uv_handle_t *)&b->listener, on_handle_closed);
     if (b->has_tls_listener)

@@ -27,6 +27,9 @@ typedef void (*ntcp_broker_log_fn)(void *user, int level, const char *msg);
 typedef struct ntcp_broker_config {
     const char *listen;          /* "IP:PORT" for the TCP sessions (required; port 0 = any) */
     const char *udp;             /* "IP:PORT" for UDP keepalives, or NULL for none */
+    bool udp_on_listen;          /* UDP keepalives on the address and port `listen`
+                                  * got (with port 0 too), where peers send them
+                                  * by default; instead of udp */
     const char *authorized_keys; /* file of "name base64-key" lines, or NULL: first use binds */
     const char *state_dir;       /* where first-use bindings are kept, or NULL: memory only */
     const char *broker_id;       /* identity string signed by peers; default "ntcp-brokerd" */
@@ -54,6 +57,17 @@ typedef struct ntcp_broker_config {
      * IPPROTO_RAW socket opened by ntcp_broker_start() (CAP_NET_RAW; NTCP_ESYS
      * without it). Off: RAW-ISN is relayed, nothing is spoofed. */
     bool spoof;
+    /* Cluster mode (docs/cluster.md): "redis://HOST:PORT[/DB]". The nodes of
+     * one cluster share registrations, first-use name bindings, lookups and
+     * connects through that Redis; without it (NULL) nothing of this runs.
+     * A node that cannot reach Redis refuses new registrations (503) and
+     * recovers by itself. */
+    const char *cluster;
+    /* Resumption tickets (docs/broker-protocol.md 4.1): the key that seals
+     * them (32 bytes, copied); NULL: a random one per process, or in a
+     * cluster the one the nodes share in Redis. Lifetime 0: 86400 s. */
+    const uint8_t *ticket_key;
+    uint32_t ticket_lifetime_s;
 } ntcp_broker_config;
 
 typedef struct ntcp_broker_stats {
@@ -73,13 +87,17 @@ typedef struct ntcp_broker_stats {
     uint64_t tls_failed;   /* TLS handshakes or records that failed (also in bad_sessions) */
     uint64_t raw_isn;      /* RAW-ISN indications taken (STUNT#1, NATBlaster) */
     uint64_t spoofed;      /* SYN-ACKs spoofed (STUNT#1) */
+    uint64_t cluster_up;   /* cluster mode: 1 while Redis is reachable */
+    uint64_t resumptions;  /* registrations by ticket (no signature checked) */
+    uint64_t tickets_refused; /* tickets or proofs refused (the peer then signs) */
 } ntcp_broker_stats;
 
 /* Binds the sockets, loads keys/state and starts serving on loop. On success
  * *out is the broker (owned by the caller: ntcp_broker_stop()). Returns 0,
  * NTCP_EINVAL, NTCP_ECONFIG (bad address, unreadable keys or state, a TLS
  * certificate or key that does not load or match, half a TLS setting),
- * NTCP_ESYS (bind failed; errno set) or NTCP_ENOMEM. */
+ * NTCP_ESYS (bind failed; errno set) or NTCP_ENOMEM. A broker without UDP
+ * answers a UDP CONNECT with 501 at once. */
 int ntcp_broker_start(uv_loop_t *loop, const ntcp_broker_config *cfg, ntcp_broker **out);
 
 /* Re-reads the authorized-keys file and the TLS certificate and key

@@ -13,6 +13,8 @@
 #include "broker.h"
 #include "broker_proto.h"
 
+#define TICKET_KEY_SIZE 32
+
 /* A name bound to a key, registered or not. One allocation, name inline. */
 typedef struct binding {
     struct binding *next;   /* hash chain */
@@ -47,7 +49,11 @@ typedef struct bsession {
     double tokens;                 /* rate limit bucket */
     uint64_t tokens_ms;
     uint8_t state;
-    uint8_t busy;                  /* a signature check is running for it */
+    uint8_t busy;                  /* a signature check (or the cluster's verdict on
+                                    * the registration) is pending for it */
+    uint8_t dead;                  /* closed, freed when refs drops to 0 */
+    uint16_t refs;                 /* cluster requests in flight that name it */
+    uint64_t serial;               /* this registration, unique on this node */
     uint8_t nprivate;
     uint16_t profile_len;
     uint16_t inlen;                /* bytes of a split message held in in */
@@ -63,10 +69,17 @@ typedef struct bsession {
     uint8_t udp_key[BROKER_UDP_KEY_SIZE];
 } bsession;
 
-/* A connect waiting for the target's answer. */
+/* A connect waiting for the target's answer. In a cluster one end may be
+ * on another node: req NULL (the requester's node waits, `node` and `ref`
+ * say where to answer) or tgt NULL (the target's node was asked). */
 typedef struct pending {
     struct pending *prev, *next;
     bsession *req, *tgt;
+    uint64_t ref;                  /* the requester's node's number for it */
+    char node[17];                 /* the other node, "" when both are here */
+    uint32_t req_rtt_us;           /* remote requester: its RTT at its node */
+    uint32_t node_delay_us;        /* remote requester: its node's half trip to Redis */
+    struct cl_remote *remote;      /* remote requester: its data, for the target's GO */
     uint64_t deadline_ms;
     uint64_t sent_us;              /* when the offer left, for the target's RTT */
     uint32_t transport;            /* enum broker_transport, from the CONNECT */
@@ -141,6 +154,12 @@ struct ntcp_broker {
 
     int journal_fd;                /* state_dir/bindings.journal, or -1 */
 
+    struct cluster *cl;            /* cluster.c: shared state in Redis, or NULL */
+    uint8_t ticket_key[TICKET_KEY_SIZE]; /* the cluster's (from Redis), or this process's */
+    bool has_ticket_key;
+    uint32_t ticket_lifetime_s;
+    uint64_t next_serial;
+
     ntcp_broker_stats st;
     /* spoof.c: connects remembered for RAW-ISN; the spoofing socket (-1: off). */
     struct rdv *rdv;
@@ -151,6 +170,23 @@ struct ntcp_broker {
     uint8_t pbuf[16384];           /* plaintext of a TLS session's records */
     uint8_t ubuf[BROKER_MAX_MESSAGE];
 };
+
+/* ticket.c: resumption tickets (docs/broker-protocol.md 4.1). */
+typedef struct ticket {
+    uint64_t expires;        /* Unix time, seconds */
+    uint8_t ip_bound;        /* 1: valid only from ip (issued on a plain session) */
+    uint8_t family;          /* 4 or 6, when ip_bound */
+    uint8_t ip[16];
+    uint8_t resume_key[BROKER_RESUME_KEY_SIZE];
+    uint8_t key[BROKER_KEY_SIZE];
+    char name[BROKER_NAME_MAX + 1];
+} ticket;
+/* Returns the sealed length or NTCP_ENOSPC / NTCP_ESYS. */
+int ticket_seal(const uint8_t tkey[TICKET_KEY_SIZE], const ticket *t, uint8_t *out, size_t cap);
+/* Returns 0, or NTCP_EINVAL for anything not sealed by tkey or malformed. */
+int ticket_open(const uint8_t tkey[TICKET_KEY_SIZE], const uint8_t *in, size_t len, ticket *t);
+/* The plaintext's parser (ticket_open's second half; the fuzz target's). */
+int ticket_parse(const uint8_t *plain, size_t plen, ticket *t);
 
 /* keys.c */
 uint64_t broker_siphash(const uint8_t key[16], const void *data, size_t len);
@@ -171,6 +207,61 @@ void session_close(bsession *s, bool flush);
 void notify_ended(bsession *s, int code, const char *reason);
 void broker_send(bsession *s, const uint8_t *msg, size_t len);
 
+/* broker.c, for cluster.c */
+void session_unref(bsession *s);
+void answer_error(bsession *s, uint16_t method, const uint8_t tid[STUN_TID_SIZE], int code,
+                  const char *reason);
+void session_info(const bsession *s, broker_peer_info *p);
+/* A registration whose name the cluster bound to its key (ok), refused (409,
+ * or 503 without Redis): completes it and restarts reading. */
+void register_verdict(bsession *s, const char *name, const uint8_t key[BROKER_KEY_SIZE],
+                      const uint8_t tid[STUN_TID_SIZE], int code);
+/* Both GOs of an accepted connect: sends the requester's (local) or hands
+ * the target's timing to the caller (remote requester). */
+pending *pending_new(ntcp_broker *b);
+void pending_link(ntcp_broker *b, pending *p);
+void pending_free(ntcp_broker *b, pending *p);
+/* Ends a connect with an error to its requester (if here). */
+void pending_fail(ntcp_broker *b, pending *p, int code, const char *reason);
+uint32_t session_rtt(bsession *s);
+uint32_t start_margin(const ntcp_broker *b, uint32_t slow_us);
+void send_offer(bsession *t, const broker_peer_info *from, pending *p, uint32_t timeout);
+/* A CONNECT-GO carrying the other end's data: the requester's (the CONNECT
+ * success answering req_tid) or, req_tid NULL, the target's GO. */
+void send_go(bsession *s, const uint8_t *req_tid, const broker_peer_info *other,
+             const uint8_t nonce[BROKER_NONCE_SIZE], uint32_t delay_ms, uint32_t rtt_us,
+             uint32_t transport);
+
+/* cluster.c: the broker as one node of a cluster (docs/cluster.md). Every
+ * function is a no-op, or answers as a lone broker would, when b->cl is
+ * NULL. */
+int cluster_start(ntcp_broker *b, const char *url);
+void cluster_stop(ntcp_broker *b);
+bool cluster_up(const ntcp_broker *b);
+/* Registration: asks Redis to bind name to key (first use) for s, then
+ * calls register_verdict(). Returns false when Redis is not there now. */
+bool cluster_bind(bsession *s, const char *name, const uint8_t key[BROKER_KEY_SIZE],
+                  const uint8_t tid[STUN_TID_SIZE]);
+/* A handle of the broker's closed: frees it when it was the last one and
+ * the broker is stopping. */
+void broker_handle_closed(ntcp_broker *b);
+/* The registration record: written (full), its TTL renewed, removed. */
+void cluster_publish(bsession *s, bool took_over);
+void cluster_touch(bsession *s);
+void cluster_forget(bsession *s);
+/* LOOKUP / CONNECT of a name not registered here. Return false without a
+ * cluster (the caller answers 404). */
+bool cluster_lookup(bsession *s, const stun_msg *m, const char *name);
+bool cluster_connect(bsession *s, const stun_msg *m, const char *name, uint32_t transport,
+                     uint32_t timeout);
+/* The target here answered a remote requester's offer (code 0: accepted),
+ * or its session ended (410). */
+void cluster_answer(ntcp_broker *b, pending *p, int code, bsession *t);
+/* The cluster's ticket key arrived (or changed, after Redis lost it). */
+void broker_set_ticket_key(ntcp_broker *b, const uint8_t key[TICKET_KEY_SIZE]);
+/* Stats: cluster messages, Redis state. */
+uint64_t cluster_rtt_us(const ntcp_broker *b);
+
 /* spoof.c */
 int spoof_init(ntcp_broker *b, bool spoof);
 void spoof_free(ntcp_broker *b);
@@ -178,5 +269,12 @@ bool spoof_enabled(const ntcp_broker *b);
 void rdv_add(ntcp_broker *b, bsession *req, bsession *tgt, const uint8_t nonce[BROKER_NONCE_SIZE]);
 void rdv_forget(ntcp_broker *b, bsession *s);
 void do_raw_isn(bsession *s, const stun_msg *m);
+void rdv_add_remote(ntcp_broker *b, bsession *s, int me, const char *node,
+                    const uint8_t nonce[BROKER_NONCE_SIZE]);
+void rdv_remote_isn(ntcp_broker *b, const char *node, const uint8_t nonce[BROKER_NONCE_SIZE],
+                    const struct sockaddr_storage *ext, uint32_t isn, bool spoof);
+/* cluster.c: a RAW-ISN for the end of a connect registered at node. */
+void cluster_raw_isn(ntcp_broker *b, const char *node, const uint8_t nonce[BROKER_NONCE_SIZE],
+                     const struct sockaddr_storage *ext, uint32_t isn, bool spoof);
 
 #endif

@@ -28,6 +28,7 @@
 
 typedef struct rdv_end {
     bsession *s;
+    char node[17]; /* cluster: the node this end is registered at ("" here) */
     struct sockaddr_storage ext;
     uint32_t isn;
     bool have, spoof;
@@ -100,6 +101,19 @@ void rdv_add(ntcp_broker *b, bsession *req, bsession *tgt, const uint8_t nonce[B
     best->e[1].s = tgt;
 }
 
+/* A connect across two nodes of a cluster: one end here (me: 0 requester,
+ * 1 target), the other at node. */
+void rdv_add_remote(ntcp_broker *b, bsession *s, int me, const char *node,
+                    const uint8_t nonce[BROKER_NONCE_SIZE])
+{
+    rdv_add(b, me == 0 ? s : NULL, me == 1 ? s : NULL, nonce);
+    for (size_t i = 0; i < RDV_SLOTS && b->rdv; i++)
+        if (b->rdv[i].e[me].s == s && !memcmp(b->rdv[i].nonce, nonce, BROKER_NONCE_SIZE)) {
+            snprintf(b->rdv[i].e[!me].node, sizeof b->rdv[i].e[!me].node, "%s", node);
+            return;
+        }
+}
+
 void rdv_forget(ntcp_broker *b, bsession *s)
 {
     if (!b->rdv)
@@ -147,6 +161,51 @@ static void spoof_one(ntcp_broker *b, struct rdv *r, const rdv_end *from, const 
         b->st.spoofed++;
 }
 
+static void send_isn(bsession *to, const uint8_t nonce[BROKER_NONCE_SIZE],
+                     const struct sockaddr_storage *ext, uint32_t isn)
+{
+    uint8_t buf[128], tid[STUN_TID_SIZE];
+    stun_builder sb;
+    stun_new_tid(tid);
+    stun_build_init(&sb, buf, sizeof buf, BROKER_RAW_ISN, STUN_INDICATION, tid, false);
+    stun_build_attr(&sb, BROKER_ATTR_SESSION_NONCE, nonce, BROKER_NONCE_SIZE);
+    broker_addr ba;
+    broker_addr_from_sa(&ba, (const struct sockaddr *)ext);
+    broker_build_baddr(&sb, BROKER_ATTR_PUBLIC_ADDR, &ba);
+    stun_build_u32(&sb, BROKER_ATTR_ISN, isn);
+    int n = stun_build_finish(&sb, NULL);
+    if (n > 0)
+        broker_send(to, buf, (size_t)n);
+}
+
+/* A RAW-ISN of the end at node, relayed by that node (which checked its
+ * address against its session): to our end of that connect, and, with
+ * both ends asking for it, the SYN-ACK to our end only (the other node
+ * sends its own end's). */
+void rdv_remote_isn(ntcp_broker *b, const char *node, const uint8_t nonce[BROKER_NONCE_SIZE],
+                    const struct sockaddr_storage *ext, uint32_t isn, bool spoof)
+{
+    uint64_t now = uv_now(b->loop);
+    for (size_t i = 0; i < RDV_SLOTS && b->rdv; i++) {
+        struct rdv *r = &b->rdv[i];
+        if (r->expires_ms <= now || memcmp(r->nonce, nonce, BROKER_NONCE_SIZE) != 0)
+            continue;
+        for (int k = 0; k < 2; k++) {
+            rdv_end *far = &r->e[k], *near = &r->e[!k];
+            if (strcmp(far->node, node) != 0 || !near->s)
+                continue;
+            far->ext = *ext;
+            far->isn = isn;
+            far->have = true;
+            far->spoof = spoof;
+            send_isn(near->s, nonce, ext, isn);
+            if (spoof_enabled(b) && near->spoof && near->have && far->spoof)
+                spoof_one(b, r, far, near);
+            return;
+        }
+    }
+}
+
 void do_raw_isn(bsession *s, const stun_msg *m)
 {
     ntcp_broker *b = s->b;
@@ -191,25 +250,18 @@ void do_raw_isn(bsession *s, const stun_msg *m)
     mine->isn = isn;
     mine->have = true;
     mine->spoof = spoof == 1;
-    if (other->s) {
-        uint8_t buf[128], tid[STUN_TID_SIZE];
-        stun_builder sb;
-        stun_new_tid(tid);
-        stun_build_init(&sb, buf, sizeof buf, BROKER_RAW_ISN, STUN_INDICATION, tid, false);
-        stun_build_attr(&sb, BROKER_ATTR_SESSION_NONCE, nonce, sizeof nonce);
-        broker_addr ba;
-        broker_addr_from_sa(&ba, (struct sockaddr *)&ext);
-        broker_build_baddr(&sb, BROKER_ATTR_PUBLIC_ADDR, &ba);
-        stun_build_u32(&sb, BROKER_ATTR_ISN, isn);
-        int n = stun_build_finish(&sb, NULL);
-        if (n > 0)
-            broker_send(other->s, buf, (size_t)n);
-    }
+    if (other->s)
+        send_isn(other->s, nonce, &ext, isn);
+    else if (other->node[0])
+        cluster_raw_isn(b, other->node, nonce, &ext, isn, mine->spoof);
     /* STUNT#1: both ends asked, both ISNs known: each gets the SYN-ACK of
      * the other, from the other's external address to its own. Only these
-     * two addresses, each checked against its session's public IP. */
+     * two addresses, each checked against its session's public IP (by
+     * its own node, for an end at another node of a cluster, which sends
+     * that end's SYN-ACK itself). */
     if (spoof_enabled(b) && mine->spoof && other->have && other->spoof) {
         spoof_one(b, r, other, mine);
-        spoof_one(b, r, mine, other);
+        if (other->s)
+            spoof_one(b, r, mine, other);
     }
 }

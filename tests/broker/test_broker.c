@@ -1371,6 +1371,203 @@ static void test_ipv6(void **state)
     peer_stop(&b);
 }
 
+/* A broker without UDP refuses a UDP connect at once (501), without
+ * bothering the target; TCP connects go on. */
+static void test_no_udp_refused(void **state)
+{
+    fx *f = *state;
+    f->cfg.udp = NULL;
+    start_broker(f);
+    assert_int_equal(f->uaddr[0], '\0');
+    peer a, b;
+    peer_start(f, &a, "alice", NULL);
+    peer_start(f, &b, "bob", NULL);
+    assert_true(wait_for(f, is_registered, &a, 3000));
+    assert_true(wait_for(f, is_registered, &b, 3000));
+    result r;
+    memset(&r, 0, sizeof r);
+    assert_int_equal(ntcp_session_connect_ex(a.s, "bob", BROKER_TRANSPORT_UDP, 60000,
+                                             on_connect_done, &r), 0);
+    assert_true(wait_for(f, result_done, &r, 4000));
+    assert_int_equal(r.err, NTCP_EPROTO);
+    assert_int_equal(r.code, BROKER_ERR_NO_UDP);
+    assert_false(b.offered);
+    memset(&r, 0, sizeof r);
+    assert_int_equal(ntcp_session_connect(a.s, "bob", 3000, on_connect_done, &r), 0);
+    assert_true(wait_for(f, result_done, &r, 4000));
+    assert_int_equal(r.err, 0);
+    assert_true(b.offered);
+    peer_stop(&a);
+    peer_stop(&b);
+}
+
+static bool round_failed(void *arg)
+{
+    peer *p = arg;
+    return p->err != 0 && ntcp_session_round_failed(p->s);
+}
+
+/* A list of brokers none of which listens: each is tried in turn, and the
+ * end of the round is reported with every cause. */
+static void test_every_broker_refused(void **state)
+{
+    fx *f = *state;
+    int l1 = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), l2 = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_storage a1, a2;
+    sa4(&a1, "127.0.0.1", 0);
+    sa4(&a2, "127.0.0.1", 0);
+    socklen_t len = sizeof(struct sockaddr_in);
+    /* Two ports bound, never listened on: connections to them are refused. */
+    assert_int_equal(bind(l1, (struct sockaddr *)&a1, len), 0);
+    assert_int_equal(bind(l2, (struct sockaddr *)&a2, len), 0);
+    getsockname(l1, (struct sockaddr *)&a1, &len);
+    getsockname(l2, (struct sockaddr *)&a2, &len);
+    char d1[32], d2[32];
+    snprintf(d1, sizeof d1, "127.0.0.1:%d", ntohs(((struct sockaddr_in *)&a1)->sin_port));
+    snprintf(d2, sizeof d2, "127.0.0.1:%d", ntohs(((struct sockaddr_in *)&a2)->sin_port));
+    snprintf(f->addr, sizeof f->addr, "%s,%s", d1, d2);
+    f->uaddr[0] = '\0';
+    peer p;
+    peer_start(f, &p, "alice", NULL);
+    assert_true(wait_for(f, round_failed, &p, 3000));
+    assert_int_equal(p.err, NTCP_EUNREACHABLE);
+    const char *why = ntcp_session_last_error(p.s);
+    assert_non_null(strstr(why, d1));
+    assert_non_null(strstr(why, d2));
+    assert_non_null(strstr(why, "connection refused"));
+    assert_int_equal(ntcp_session_registrations(p.s), 0);
+    peer_stop(&p);
+    close(l1);
+    close(l2);
+}
+
+static bool resumed_once(void *arg)
+{
+    peer *p = arg;
+    return is_registered(p) && ntcp_session_registrations(p->s) >= 2;
+}
+
+/* Resumption tickets: a peer whose broker restarted with the same ticket
+ * key registers again without a signature; with another key its ticket is
+ * refused and it signs. */
+static void test_ticket_resumption(void **state)
+{
+    fx *f = *state;
+    uint8_t tkey[32];
+    memset(tkey, 7, sizeof tkey);
+    f->cfg.ticket_key = tkey;
+    start_broker(f);
+    char listen[64];
+    snprintf(listen, sizeof listen, "127.0.0.1:%d", f->port);
+    peer a;
+    peer_start(f, &a, "alice", NULL);
+    assert_true(wait_for(f, is_registered, &a, 3000));
+    assert_int_equal(ntcp_session_resumed(a.s), 0);
+
+    stop_broker(f);
+    f->cfg.listen = listen;
+    start_broker(f);
+    assert_true(wait_for(f, resumed_once, &a, 5000));
+    assert_int_equal(ntcp_session_resumed(a.s), 1);
+    ntcp_broker_stats st;
+    ntcp_broker_get_stats(f->broker, &st);
+    assert_int_equal(st.resumptions, 1);
+    assert_int_equal(st.tickets_refused, 0);
+
+    /* Another key: the ticket is refused, the peer signs the new challenge
+     * on the same session. */
+    stop_broker(f);
+    uint8_t other[32];
+    memset(other, 9, sizeof other);
+    f->cfg.ticket_key = other;
+    start_broker(f);
+    unsigned before = ntcp_session_registrations(a.s);
+    uint64_t end = now_ms() + 5000;
+    while (!(is_registered(&a) && ntcp_session_registrations(a.s) > before) && now_ms() < end)
+        uv_run(&f->loop, UV_RUN_ONCE);
+    assert_true(ntcp_session_registrations(a.s) > before);
+    assert_int_equal(ntcp_session_resumed(a.s), 1);
+    ntcp_broker_get_stats(f->broker, &st);
+    assert_int_equal(st.resumptions, 0);
+    assert_int_equal(st.tickets_refused, 1);
+    peer_stop(&a);
+}
+
+/* What a session never sends: a ticket with a wrong proof (a new challenge
+ * comes back, the session stays), then the right proof, then that very
+ * message replayed on another session (a stale challenge). */
+static void test_ticket_forged_and_replayed(void **state)
+{
+    fx *f = *state;
+    start_broker(f);
+    EVP_PKEY *k;
+    assert_int_equal(ntcp_identity_generate(&k), 0);
+    uint8_t pub[32];
+    ntcp_identity_public(k, pub);
+    raw r;
+    raw_connect(f, &r);
+    assert_int_equal(raw_register(f, &r, "alice", k, k, NULL, NULL), 0);
+    stun_msg m;
+    assert_int_equal(stun_parse(&m, r.msg, r.msglen), 0);
+    const stun_attr *tk = stun_find(&m, BROKER_ATTR_TICKET);
+    assert_non_null(tk);
+    uint8_t ticket[BROKER_TICKET_MAX], rkey[32];
+    size_t tlen = tk->len;
+    memcpy(ticket, stun_attr_value(&m, tk), tlen);
+    assert_int_equal(broker_get_fixed(&m, BROKER_ATTR_RESUME_KEY, rkey, 32), 0);
+
+    raw r2;
+    raw_connect(f, &r2);
+    uint8_t buf[1024], chal[32], proof[32], tid[STUN_TID_SIZE];
+    for (int round = 0; round < 2; round++) {
+        if (round == 0) {
+            raw_send(&r2, buf, build_hello(buf, sizeof buf, "alice", pub));
+            assert_int_equal(raw_next(f, &r2, 2000), 1);
+        }
+        assert_int_equal(raw_code(&r2, NULL), 401);
+        assert_int_equal(stun_parse(&m, r2.msg, r2.msglen), 0);
+        assert_int_equal(broker_get_fixed(&m, BROKER_ATTR_CHALLENGE, chal, 32), 0);
+        uint8_t key[32];
+        memcpy(key, rkey, 32);
+        if (round == 0)
+            key[0] ^= 1; /* a thief without the resume key */
+        assert_int_equal(broker_resume_proof(proof, key, "test-broker", 11, chal, "alice", 5, pub), 0);
+        stun_new_tid(tid);
+        stun_builder sb;
+        stun_build_init(&sb, buf, sizeof buf, BROKER_REGISTER, STUN_REQUEST, tid, false);
+        stun_build_attr(&sb, BROKER_ATTR_NAME, "alice", 5);
+        stun_build_attr(&sb, BROKER_ATTR_PUBLIC_KEY, pub, 32);
+        stun_build_attr(&sb, BROKER_ATTR_CHALLENGE, chal, 32);
+        stun_build_attr(&sb, BROKER_ATTR_TICKET, ticket, tlen);
+        stun_build_attr(&sb, BROKER_ATTR_PROOF, proof, 32);
+        int n = stun_build_finish(&sb, NULL);
+        assert_true(n > 0);
+        raw_send(&r2, buf, (size_t)n);
+        assert_int_equal(raw_next(f, &r2, 2000), 1);
+        if (round == 1)
+            assert_int_equal(raw_code(&r2, NULL), 0); /* registered by ticket */
+        /* round 0: the 401 with a new challenge is checked at the top */
+        if (round == 1) {
+            ntcp_broker_stats st;
+            ntcp_broker_get_stats(f->broker, &st);
+            assert_int_equal(st.resumptions, 1);
+            assert_int_equal(st.tickets_refused, 1);
+            /* The replay on a third session: its challenge is another. */
+            raw r3;
+            raw_connect(f, &r3);
+            uint8_t hb[256];
+            raw_send(&r3, hb, build_hello(hb, sizeof hb, "alice", pub));
+            assert_int_equal(raw_next(f, &r3, 2000), 1);
+            raw_send(&r3, buf, (size_t)n);
+            expect_error_then_close(f, &r3, BROKER_ERR_STALE);
+            raw_close(&r3);
+        }
+    }
+    raw_close(&r);
+    raw_close(&r2);
+    EVP_PKEY_free(k);
+}
+
 /* ---- the program: ntcp-brokerd killed with SIGKILL and started again ---- */
 
 static const char *brokerd_path;
@@ -1386,8 +1583,12 @@ static pid_t spawn_brokerd(const char *listen, const char *state_dir, int *port)
         dup2(pfd[1], 2);
         close(pfd[0]);
         close(pfd[1]);
+        /* The ticket key beside the state dir: tickets outlive a restart. */
+        char tkey[160];
+        snprintf(tkey, sizeof tkey, "%s.ticket-key", state_dir);
         execl(brokerd_path, brokerd_path, "--listen", listen, "--state-dir", state_dir,
-              "--expiry", "3", "--id", "test-broker", "--stats", "0", (char *)NULL);
+              "--expiry", "3", "--id", "test-broker", "--stats", "0", "--ticket-key-file", tkey,
+              (char *)NULL);
         _exit(127);
     }
     close(pfd[1]);
@@ -1415,6 +1616,16 @@ static pid_t spawn_brokerd(const char *listen, const char *state_dir, int *port)
     return pid;
 }
 
+/* ntcp-brokerd on an ephemeral port with its state in the test's dir;
+ * f->addr names it. */
+static pid_t spawn_in_dir(fx *f, char sdir[128])
+{
+    snprintf(sdir, 128, "%s/state", f->dir);
+    pid_t pid = spawn_brokerd("127.0.0.1:0", sdir, &f->port);
+    snprintf(f->addr, sizeof f->addr, "127.0.0.1:%d", f->port);
+    return pid;
+}
+
 static void test_brokerd_killed_and_restarted(void **state)
 {
     fx *f = *state;
@@ -1423,9 +1634,7 @@ static void test_brokerd_killed_and_restarted(void **state)
         return;
     }
     char sdir[128];
-    snprintf(sdir, sizeof sdir, "%s/state", f->dir);
-    pid_t pid = spawn_brokerd("127.0.0.1:0", sdir, &f->port);
-    snprintf(f->addr, sizeof f->addr, "127.0.0.1:%d", f->port);
+    pid_t pid = spawn_in_dir(f, sdir);
     f->uaddr[0] = '\0';
     peer a, b;
     peer_start(f, &a, "alice", NULL);
@@ -1444,9 +1653,12 @@ static void test_brokerd_killed_and_restarted(void **state)
     assert_int_equal(port2, f->port);
     uint64_t t0 = now_ms();
     t.want = 2;
-    /* Both back within two keepalive periods (2 x 1 s) of the restart. */
+    /* Both back within two keepalive periods (2 x 1 s) of the restart, by
+     * the tickets the first process gave them (--ticket-key-file). */
     assert_true(wait_for(f, both_reregistered, &t, 2000));
     assert_true(now_ms() - t0 <= 2000);
+    assert_int_equal(ntcp_session_resumed(a.s), 1);
+    assert_int_equal(ntcp_session_resumed(b.s), 1);
     /* The bindings made before the kill hold: alice's name keeps her key. */
     peer impostor;
     peer_start(f, &impostor, "alice", NULL);
@@ -1463,6 +1675,99 @@ static void test_brokerd_killed_and_restarted(void **state)
     int st;
     assert_int_equal(waitpid(pid, &st, 0), pid);
     assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+
+/* ntcp-brokerd without --udp keeps UDP on its TCP address and port, where
+ * peers send their keepalives by default. */
+static void test_brokerd_udp_default(void **state)
+{
+    fx *f = *state;
+    if (!brokerd_path) {
+        skip();
+        return;
+    }
+    char sdir[128];
+    pid_t pid = spawn_in_dir(f, sdir);
+    snprintf(f->uaddr, sizeof f->uaddr, "127.0.0.1:%d", f->port);
+    peer a;
+    peer_start(f, &a, "alice", NULL);
+    assert_true(wait_for(f, is_registered, &a, 3000));
+    /* The keepalive was answered: the broker listens there. */
+    assert_true(wait_for(f, udp_known, &a, 3000));
+    peer_stop(&a);
+    assert_int_equal(kill(pid, SIGTERM), 0);
+    assert_int_equal(waitpid(pid, NULL, 0), pid);
+}
+
+typedef struct on_port {
+    peer *p;
+    int port; /* registered with the broker on this port */
+    unsigned want;
+} on_port;
+
+static bool registered_on(void *arg)
+{
+    on_port *o = arg;
+    struct sockaddr_storage ss;
+    return is_registered(o->p) && ntcp_session_registrations(o->p->s) >= o->want &&
+           ntcp_session_broker_addr(o->p->s, &ss) == 0 &&
+           ntohs(((struct sockaddr_in *)&ss)->sin_port) == o->port;
+}
+
+/* Two ntcp-brokerd, one list: a peer on the one killed with SIGKILL is
+ * registered on the other within two keepalive intervals, and a peer that
+ * was there already reaches it. */
+static void test_failover_on_kill(void **state)
+{
+    fx *f = *state;
+    if (!brokerd_path) {
+        skip();
+        return;
+    }
+    char s1[128], s2[128];
+    snprintf(s1, sizeof s1, "%s/state1", f->dir);
+    snprintf(s2, sizeof s2, "%s/state2", f->dir);
+    int port1, port2;
+    pid_t pid1 = spawn_brokerd("127.0.0.1:0", s1, &port1);
+    pid_t pid2 = spawn_brokerd("127.0.0.1:0", s2, &port2);
+    /* The keepalive interval: a refresh a second. */
+    const uint32_t keepalive_ms = 1000;
+    snprintf(f->addr, sizeof f->addr, "127.0.0.1:%d, 127.0.0.1:%d", port1, port2);
+    f->uaddr[0] = '\0';
+    peer a;
+    peer_start(f, &a, "alice", NULL);
+    assert_true(wait_for(f, is_registered, &a, 3000));
+    struct sockaddr_storage ss;
+    assert_int_equal(ntcp_session_broker_addr(a.s, &ss), 0);
+    int on = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    assert_true(on == port1 || on == port2);
+    int other = on == port1 ? port2 : port1;
+    pid_t victim = on == port1 ? pid1 : pid2, survivor = on == port1 ? pid2 : pid1;
+    /* bob only on the survivor. */
+    char only[64];
+    snprintf(only, sizeof only, "127.0.0.1:%d", other);
+    snprintf(f->addr, sizeof f->addr, "%s", only);
+    peer b;
+    peer_start(f, &b, "bob", NULL);
+    assert_true(wait_for(f, is_registered, &b, 3000));
+
+    assert_int_equal(kill(victim, SIGKILL), 0);
+    assert_int_equal(waitpid(victim, NULL, 0), victim);
+    on_port o = {&a, other, 2};
+    assert_true(wait_for(f, registered_on, &o, 2 * keepalive_ms));
+    result r;
+    lookup(f, &b, "alice", &r);
+    assert_int_equal(r.err, 0);
+    assert_memory_equal(r.info.public_key, a.pub, 32);
+    memset(&r, 0, sizeof r);
+    assert_int_equal(ntcp_session_connect(b.s, "alice", 3000, on_connect_done, &r), 0);
+    assert_true(wait_for(f, result_done, &r, 4000));
+    assert_int_equal(r.err, 0);
+    assert_true(wait_for(f, flag_set, &a.got_go, 2000));
+    peer_stop(&a);
+    peer_stop(&b);
+    assert_int_equal(kill(survivor, SIGTERM), 0);
+    assert_int_equal(waitpid(survivor, NULL, 0), survivor);
 }
 
 int main(int argc, char **argv)
@@ -1486,6 +1791,12 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_ipv6, setup, teardown),
         cmocka_unit_test_setup_teardown(test_raw_isn, setup, teardown),
         cmocka_unit_test_setup_teardown(test_brokerd_killed_and_restarted, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_no_udp_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ticket_resumption, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ticket_forged_and_replayed, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_every_broker_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_brokerd_udp_default, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_failover_on_kill, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

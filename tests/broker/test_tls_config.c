@@ -74,6 +74,30 @@ static void test_config_struct(void **state)
     ntcp_free(ctx);
 }
 
+/* A broker list (the nodes of a cluster): kept as given; every entry needs
+ * its port; at most eight. */
+static void test_broker_list(void **state)
+{
+    (void)state;
+    ntcp_config_t cfg;
+    ntcp_config_init(&cfg);
+    ntcp_t *ctx;
+    cfg.broker = "a.example.net:3490, 192.0.2.7:3491 [2001:db8::1]:3492";
+    assert_int_equal(ntcp_new(&cfg, &ctx), 0);
+    assert_string_equal(ntcp_get_broker(ctx), cfg.broker);
+    ntcp_free(ctx);
+    static const char *const bad[] = {
+        "a.example.net:3490, b.example.net", /* no port */
+        "a.example.net:3490,,:3491",         /* no host */
+        "a:1,b:2,c:3,d:4,e:5,f:6,g:7,h:8,i:9", /* nine */
+        " , ",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        cfg.broker = bad[i];
+        assert_int_equal(ntcp_new(&cfg, &ctx), NTCP_EINVAL);
+    }
+}
+
 static int from_file(const char *text, ntcp_t **ctx)
 {
     char path[] = "/tmp/ntcp-tls-conf-XXXXXX";
@@ -125,6 +149,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_config_struct),
         cmocka_unit_test(test_config_file),
+        cmocka_unit_test(test_broker_list),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
