@@ -22,7 +22,8 @@ static const char usage[] =
     "usage: ntcp-brokerd --listen IP:PORT [--udp IP:PORT] [--authorized-keys FILE]\n"
     "                    [--state-dir DIR] [--expiry S] [--id STRING] [--stats S]\n"
     "                    [--tls-cert FILE --tls-key FILE [--tls-listen IP:PORT]]\n"
-    "                    [--spoof] [--verbose] [--quiet]\n"
+    "                    [--spoof] [--turn-server IP:PORT --turn-secret-file FILE\n"
+    "                    [--turn-ttl S]] [--verbose] [--quiet]\n"
     "       ntcp-brokerd --help | --version\n"
     "\n"
     "The ntcp connection broker: peers register a name bound to an Ed25519 key,\n"
@@ -42,6 +43,12 @@ static const char usage[] =
     "  --tls-listen IP:PORT     TLS here, and --listen stays plain TCP\n"
     "  --spoof                  send STUNT#1's spoofed SYN-ACKs to the two ends of\n"
     "                           a connect (needs CAP_NET_RAW; off by default)\n"
+    "  --turn-server IP:PORT    the relay of last resort: a TURN server (coturn with\n"
+    "                           use-auth-secret); each CONNECT-GO carries it and\n"
+    "                           time-limited TURN REST credentials for that end\n"
+    "  --turn-secret-file FILE  the shared secret (coturn's static-auth-secret),\n"
+    "                           first line of FILE\n"
+    "  --turn-ttl S             the credentials' validity in seconds (86400)\n"
     "  --verbose, --quiet       more or fewer log lines\n";
 
 typedef struct app {
@@ -148,6 +155,9 @@ int main(int argc, char **argv)
         {"tls-key", required_argument, NULL, 'K'},
         {"tls-listen", required_argument, NULL, 'T'},
         {"spoof", no_argument, NULL, 'P'},
+        {"turn-server", required_argument, NULL, 'R'},
+        {"turn-secret-file", required_argument, NULL, 'F'},
+        {"turn-ttl", required_argument, NULL, 'L'},
         {"verbose", no_argument, NULL, 'v'},
         {"quiet", no_argument, NULL, 'q'},
         {"help", no_argument, NULL, 'h'},
@@ -159,7 +169,7 @@ int main(int argc, char **argv)
     cfg.log_level = NTCP_LOG_INFO;
     long stats_s = 60;
     int c;
-    while ((c = getopt_long(argc, argv, "l:u:k:s:e:i:S:C:K:T:PvqhV", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "l:u:k:s:e:i:S:C:K:T:PR:F:L:vqhV", opts, NULL)) != -1) {
         char *end;
         switch (c) {
         case 'l': cfg.listen = optarg; break;
@@ -171,6 +181,17 @@ int main(int argc, char **argv)
         case 'K': cfg.tls_key = optarg; break;
         case 'T': cfg.tls_listen = optarg; break;
         case 'P': cfg.spoof = true; break;
+        case 'R': cfg.turn_server = optarg; break;
+        case 'F': cfg.turn_secret_file = optarg; break;
+        case 'L': {
+            long v = strtol(optarg, &end, 10);
+            if (*end || v < 60 || v > 7 * 86400) {
+                fprintf(stderr, "ntcp-brokerd: --turn-ttl wants 60..604800 seconds\n");
+                return 2;
+            }
+            cfg.turn_ttl_s = (uint32_t)v;
+            break;
+        }
         case 'e': {
             long v = strtol(optarg, &end, 10);
             if (*end || v < 1 || v > 86400) {
@@ -200,6 +221,10 @@ int main(int argc, char **argv)
     }
     if (!cfg.tls_cert != !cfg.tls_key || (cfg.tls_listen && !cfg.tls_cert)) {
         fprintf(stderr, "ntcp-brokerd: --tls-cert and --tls-key go together; --tls-listen needs both\n");
+        return 2;
+    }
+    if (!cfg.turn_server != !cfg.turn_secret_file) {
+        fprintf(stderr, "ntcp-brokerd: --turn-server and --turn-secret-file go together\n");
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);

@@ -56,6 +56,12 @@
 #define BROKER_ATTR_ISN 0x4E23           /* u32: the initial sequence number of a SYN */
 #define BROKER_ATTR_SPOOF 0x4E24         /* u32: RAW-ISN: 1 = spoof the SYN-ACKs (STUNT#1);
                                           * REGISTER success: 1 = this broker spoofs */
+/* The relay of last resort (docs/relay.md): in both CONNECT-GOs when the
+ * broker has a TURN server. The credentials are this end's own, minted for
+ * this connect (TURN REST: "expiry:name", base64(HMAC-SHA1(secret, user))). */
+#define BROKER_ATTR_TURN_SERVER 0x4E25   /* address (MAPPED-ADDRESS format, no XOR) */
+#define BROKER_ATTR_TURN_USERNAME 0x4E26 /* 1..BROKER_TURN_USER_MAX bytes */
+#define BROKER_ATTR_TURN_PASSWORD 0x4E27 /* 1..BROKER_TURN_PASS_MAX bytes */
 
 #define BROKER_NAME_MAX 64
 #define BROKER_ID_MAX 128
@@ -66,6 +72,8 @@
 #define BROKER_UDP_KEY_SIZE 16
 #define BROKER_MAX_PRIVATE 8
 #define BROKER_PROFILE_MAX 256
+#define BROKER_TURN_USER_MAX 128
+#define BROKER_TURN_PASS_MAX 64
 /* No broker message may be larger: a longer one is refused and the session
  * closed, so a peer cannot make the broker buffer much. */
 #define BROKER_MAX_MESSAGE 2048
@@ -126,6 +134,11 @@ typedef struct broker_go {
     uint32_t role;           /* enum broker_role */
     uint32_t rtt_us;         /* the broker's measure of this end's round trip */
     uint32_t transport;      /* enum broker_transport: what to punch (TCP when absent) */
+    /* The relay (docs/relay.md): turn_server.ss_family 0 when the broker
+     * offers none; then the strings are empty. NUL-terminated copies. */
+    struct sockaddr_storage turn_server;
+    char turn_user[BROKER_TURN_USER_MAX + 1];
+    char turn_pass[BROKER_TURN_PASS_MAX + 1];
 } broker_go;
 
 /* Names: 1..64 bytes of [A-Za-z0-9._@+-], not starting with '.' or '-'. */

@@ -846,6 +846,8 @@ static void do_offer_answer(bsession *t, const stun_msg *m)
     stun_build_u32(&sb, BROKER_ATTR_RTT, rr);
     if (transport != BROKER_TRANSPORT_TCP)
         stun_build_u32(&sb, BROKER_ATTR_TRANSPORT, transport);
+    if (r->bind)
+        broker_turn_build(b, &sb, r->bind->name); /* turn_creds.c */
     finish_send(r, &sb);
     if (r->state == S_CLOSING) {
         b->st.connects_failed++; /* the requester is gone: no GO for the target */
@@ -863,6 +865,8 @@ static void do_offer_answer(bsession *t, const stun_msg *m)
     stun_build_u32(&sb, BROKER_ATTR_RTT, rt);
     if (transport != BROKER_TRANSPORT_TCP)
         stun_build_u32(&sb, BROKER_ATTR_TRANSPORT, transport);
+    if (t->bind)
+        broker_turn_build(b, &sb, t->bind->name); /* turn_creds.c */
     finish_send(t, &sb);
     b->st.connects_ok++;
     if (transport == BROKER_TRANSPORT_TCP && t->state == S_REGISTERED)
@@ -1277,6 +1281,7 @@ static void free_broker(ntcp_broker *b)
     free(b->tls_key);
     SSL_CTX_free(b->tls_ctx);
     spoof_free(b);
+    broker_turn_free(b);
     if (b->journal_fd >= 0)
         close(b->journal_fd);
     free(b);
@@ -1352,6 +1357,8 @@ int ntcp_broker_start(uv_loop_t *loop, const ntcp_broker_config *cfg, ntcp_broke
     if (b->source_rate > 0 && !(b->src = calloc(SRC_SETS * SRC_WAYS, sizeof *b->src)))
         goto fail;
     if ((rc = spoof_init(b, cfg->spoof)) < 0)
+        goto fail;
+    if ((rc = broker_turn_init(b, cfg->turn_server, cfg->turn_secret_file, cfg->turn_ttl_s)) < 0)
         goto fail;
     rc = NTCP_ENOMEM;
     if (RAND_bytes(b->hash_key, sizeof b->hash_key) != 1) {
