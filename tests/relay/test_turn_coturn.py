@@ -46,7 +46,7 @@ with Workdir() as wd:
     start_turn(wd, "turnserver-notcp", P2, relay2, secret, ["--no-tcp-relay"])
     down = free_port()
 
-    cases = [("tcp", P), ("connect", P), ("udp", P), ("wrong-secret", P), ("expired", P),
+    cases = [("tcp", P), ("connect", P), ("udp", P), ("verify", P), ("impostor", P), ("wrong-secret", P), ("expired", P),
              ("quota", P), ("no-tcp-relay", P2), ("down", down)]
     for scenario, port in cases:
         rc, out, _ = run([turn_check, scenario, "%s:%d" % (IP1, port), secret_file], timeout=90)

@@ -5,6 +5,10 @@
  *            (ConnectionAttempt, ConnectionBind); 1 MiB each way, by SHA-256
  *   connect  TCP allocation; the client Connects to a listening peer
  *   udp      UDP allocation; 1,000 datagrams each way through the relay
+ *   verify   as tcp, but first the key proof (src/verify.h) runs end to end
+ *            over the relayed stream, then the 1 MiB each way
+ *   impostor as verify, with the peer holding another key than the one
+ *            "the broker vouched for": the relay side refuses it
  *   down | wrong-secret | expired | quota | no-tcp-relay
  *            the fault named; prints the error and checks its cause, that
  *            it came, and that no descriptor is left open afterwards
@@ -30,6 +34,8 @@
 #include <uv.h>
 
 #include "addr.h"
+#include "identity.h"
+#include "verify.h"
 #include "turn.h"
 #include "turn_client.h"
 
@@ -169,7 +175,39 @@ typedef struct run {
     char why[256];
     bool got_error, got_alloc;
     uint64_t t0, t_event;
+    /* verify, impostor: alice holds the allocation (target), bob connects
+     * to it (requester); bob_claimed is the key alice expects for bob. */
+    EVP_PKEY *alice, *bob, *bob_claimed;
+    uint8_t nonce[BROKER_NONCE_SIZE];
+    int relay_verify, peer_verify;
+    uint8_t relay_binding[VERIFY_BINDING_SIZE], peer_binding[VERIFY_BINDING_SIZE];
 } run;
+
+static bool with_proof(const run *r)
+{
+    return !strcmp(r->scenario, "verify") || !strcmp(r->scenario, "impostor");
+}
+
+/* The key proof on fd as one end; returns its error, fd closed on failure. */
+static int prove(run *r, int fd, bool relay_side, uint8_t binding[VERIFY_BINDING_SIZE])
+{
+    ntcp_verify_params p = {0};
+    EVP_PKEY *other = relay_side ? r->bob_claimed : r->alice;
+    p.key = relay_side ? r->alice : r->bob;
+    p.name = relay_side ? "alice" : "bob";
+    p.peer_name = relay_side ? "bob" : "alice";
+    ntcp_identity_public(other, p.peer_key);
+    memcpy(p.nonce, r->nonce, sizeof p.nonce);
+    p.role = relay_side ? BROKER_ROLE_TARGET : BROKER_ROLE_REQUESTER;
+    p.timeout_ms = 5000;
+    ntcp_verify_result vr;
+    int rc = ntcp_verify_fd(fd, &p, &vr);
+    printf("%s side: key proof %s%s%s\n", relay_side ? "relay" : "peer", rc ? ntcp_strerror(rc) : "ok",
+           rc ? ": " : "", rc && vr.why ? vr.why : "");
+    if (rc == 0)
+        memcpy(binding, vr.binding, VERIFY_BINDING_SIZE);
+    return rc;
+}
 
 /* quota: a second client with the same user as the first. */
 static turn_client *second;
@@ -208,7 +246,13 @@ static void *tcp_peer(void *arg)
         close(fd);
         return NULL;
     }
-    r->peer_ok = exchange(fd, 2, 1);
+    if (with_proof(r)) {
+        r->peer_verify = prove(r, fd, false, r->peer_binding);
+        if (r->peer_verify == 0 && !strcmp(r->scenario, "verify"))
+            r->peer_ok = exchange(fd, 2, 1);
+    } else {
+        r->peer_ok = exchange(fd, 2, 1);
+    }
     /* coturn drops what it still buffers when either side closes: both
      * ends close only once both have read everything. */
     pthread_barrier_wait(&r->both_read);
@@ -226,7 +270,13 @@ static void *tcp_acceptor(void *arg)
         perror("accept from the relay");
         return NULL;
     }
-    r->peer_ok = exchange(fd, 2, 1);
+    if (with_proof(r)) {
+        r->peer_verify = prove(r, fd, false, r->peer_binding);
+        if (r->peer_verify == 0 && !strcmp(r->scenario, "verify"))
+            r->peer_ok = exchange(fd, 2, 1);
+    } else {
+        r->peer_ok = exchange(fd, 2, 1);
+    }
     /* coturn drops what it still buffers when either side closes: both
      * ends close only once both have read everything. */
     pthread_barrier_wait(&r->both_read);
@@ -300,7 +350,7 @@ static void on_event(turn_client *c, const turn_event *ev, void *user)
         return;
     case TURN_EV_PERMITTED:
         printf("permitted %s\n", ntcp_addr_str((const struct sockaddr *)&ev->peer, ab, sizeof ab));
-        if (!strcmp(r->scenario, "tcp"))
+        if (!strcmp(r->scenario, "tcp") || with_proof(r))
             r->peer_started = !pthread_create(&r->peer_thread, NULL, tcp_peer, r);
         else if (!strcmp(r->scenario, "connect")) {
             r->peer_started = !pthread_create(&r->peer_thread, NULL, tcp_acceptor, r);
@@ -314,7 +364,16 @@ static void on_event(turn_client *c, const turn_event *ev, void *user)
     case TURN_EV_CONNECTION:
         printf("connection from %s, fd %d\n",
                ntcp_addr_str((const struct sockaddr *)&ev->peer, ab, sizeof ab), ev->fd);
-        r->relay_ok = exchange(ev->fd, 1, 2);
+        int fd = ev->fd;
+        if (with_proof(r)) {
+            r->relay_verify = prove(r, fd, true, r->relay_binding);
+            if (r->relay_verify == 0 && !strcmp(r->scenario, "verify"))
+                r->relay_ok = exchange(fd, 1, 2);
+            if (r->relay_verify != 0)
+                fd = -1; /* closed by the proof */
+        } else {
+            r->relay_ok = exchange(fd, 1, 2);
+        }
         /* The peer must have read everything before the allocation (and
          * with it the data connection) ends. */
         pthread_barrier_wait(&r->both_read);
@@ -322,7 +381,8 @@ static void on_event(turn_client *c, const turn_event *ev, void *user)
             pthread_join(r->peer_thread, NULL);
             r->peer_started = false;
         }
-        close(ev->fd);
+        if (fd >= 0)
+            close(fd);
         finish(r);
         return;
     case TURN_EV_DATA: {
@@ -402,6 +462,14 @@ int main(int argc, char **argv)
 
     uv_loop_t loop;
     pthread_barrier_init(&r.both_read, NULL, 2);
+    if (with_proof(&r)) {
+        if (ntcp_identity_generate(&r.alice) < 0 || ntcp_identity_generate(&r.bob) < 0)
+            return 2;
+        r.bob_claimed = r.bob;
+        if (!strcmp(sc, "impostor") && ntcp_identity_generate(&r.bob_claimed) < 0)
+            return 2;
+        memset(r.nonce, 0x5a, sizeof r.nonce);
+    }
     int fds_before = count_fds();
     uv_loop_init(&loop);
     r.loop = &loop;
@@ -431,7 +499,15 @@ int main(int argc, char **argv)
         close(r.udp_fd);
     char d[400];
 
-    if (!strcmp(sc, "tcp") || !strcmp(sc, "connect")) {
+    if (!strcmp(sc, "verify")) {
+        check(r.relay_verify == 0 && r.peer_verify == 0, "key proof over the relay: both ends verified", "");
+        check(!memcmp(r.relay_binding, r.peer_binding, VERIFY_BINDING_SIZE),
+              "both ends computed the same binding", "");
+        check(r.relay_ok && r.peer_ok, "then 1 MiB each way, SHA-256 matches", "");
+    } else if (!strcmp(sc, "impostor")) {
+        snprintf(d, sizeof d, "relay side: %s", ntcp_strerror(r.relay_verify));
+        check(r.relay_verify == NTCP_EINTEGRITY, "a peer with another key is refused over the relay", d);
+    } else if (!strcmp(sc, "tcp") || !strcmp(sc, "connect")) {
         check(r.got_alloc, "allocated a TCP relay", "");
         check(r.relay_ok, "relay side: 1 MiB from the peer, SHA-256 matches", "");
         check(r.peer_ok, "peer side: 1 MiB from the relay client, SHA-256 matches", "");
