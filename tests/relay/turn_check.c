@@ -541,6 +541,11 @@ int main(int argc, char **argv)
     }
     snprintf(d, sizeof d, "%d before, %d after", fds_before, fds_after);
     check(fds_before == fds_after, "no descriptor left open", d);
+    if (r.bob_claimed != r.bob)
+        EVP_PKEY_free(r.bob_claimed);
+    EVP_PKEY_free(r.alice);
+    EVP_PKEY_free(r.bob);
+    pthread_barrier_destroy(&r.both_read);
     printf("%s\n", failures ? "FAIL" : "PASS");
     return failures ? 1 : 0;
 }
