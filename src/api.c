@@ -40,6 +40,7 @@
 #include "ntcp.h"
 #include "plan.h"
 #include "raw.h"
+#include "relay.h"
 #include "session.h"
 #include "stun.h"
 #include "udp_plan.h"
@@ -125,6 +126,7 @@ typedef struct ntcp_rt {
     struct sampler *sampling;          /* a port sample in flight, or NULL */
     bool sample_again;                 /* a connection ended during it */
     struct ka_entry *kas;              /* keepalives of the UDP paths handed over */
+    ntcp_relay *relays;                /* relay.c: allocations kept for handed-over sockets */
 } ntcp_rt;
 
 struct conn {
@@ -142,6 +144,12 @@ struct conn {
     ntcp_conn_info_t info;
     int cancel_err; /* why the engine was cancelled (NTCP_ETIMEDOUT, NTCP_ECLOSED) */
     uint8_t nonce[BROKER_NONCE_SIZE]; /* the CONNECT-GO's: RAW-ISN messages name it */
+    /* The relay of last resort (relay.h, docs/relay.md), beside the engine. */
+    ntcp_relay *relay;
+    bool relay_allocator;
+    bool relay_ready;              /* relay_res holds a verified socket while the engine ends */
+    ntcp_relay_result relay_res;
+    char relay_why[160];           /* why the relay failed, for the detail */
 };
 
 static uint64_t mono_ms(void)
@@ -460,8 +468,8 @@ static void conn_finish(conn *c, int status)
     } else if (status >= 0) {
         deliver_incoming(rt, status, &c->info);
     }
-    if (!c->e && !c->p)
-        conn_free(c); /* else freed by the engine's (or punch's) callback */
+    if (!c->e && !c->p && !c->relay)
+        conn_free(c); /* else freed by the engine's (punch's, relay's) callback */
     run_held(rt);
 }
 
@@ -512,6 +520,8 @@ static void close_tcp(ntcp_rt *rt, int fd)
     close(fd);
 }
 
+static bool relay_after_engine(conn *c, const ntcp_engine_result *res);
+
 static void on_engine(ntcp_engine *e, const ntcp_engine_result *res, void *user)
 {
     (void)e;
@@ -527,10 +537,154 @@ static void on_engine(ntcp_engine *e, const ntcp_engine_result *res, void *user)
     }
     i->attempts = (unsigned)res->n;
     snprintf(i->detail, sizeof i->detail, "%s", res->reason);
+    if (relay_after_engine(c, res))
+        return; /* the relay has won, or goes on from here (relay.h) */
     if (res->err == 0)
         conn_won(c, res->fd, ntcp_method_name(res->method), &res->local, &res->remote,
                  res->connected_ms, res->verified_ms);
     conn_ended(c, res->err == 0 ? res->fd : res->err, close_tcp);
+}
+
+/* ---- the relay of last resort (relay.h) ---- */
+
+static void relay_won(conn *c, const ntcp_relay_result *res)
+{
+    ntcp_conn_info_t *i = &c->info;
+    int64_t t0 = (int64_t)c->t0 + (i->start_ms >= 0 ? i->start_ms : 0);
+    conn_won(c, res->fd, "relay", &res->local, &res->remote,
+             (int64_t)res->connected_at - t0, (int64_t)res->verified_at - t0);
+    i->relay = res->server;
+    char sb[64], rb[64], d[sizeof i->detail];
+    /* Cut to the field's size when long (the return value says by how much). */
+    (void)!snprintf(d, sizeof d, "relay %s (relayed address %s); direct: %s",
+             ntcp_addr_str((const struct sockaddr *)&res->server, sb, sizeof sb),
+             res->relayed.ss_family ? ntcp_addr_str((const struct sockaddr *)&res->relayed, rb,
+                                                    sizeof rb)
+                                    : "?",
+             i->detail[0] ? i->detail : "not tried");
+    memcpy(i->detail, d, sizeof d);
+}
+
+/* The relay's turn once the direct methods are over (also when they never
+ * ran: relay = always). */
+static void relay_go(conn *c)
+{
+    /* The requester until its call's deadline; the target as long as the
+     * requester could still come (it starts when its own engine failed). */
+    uint64_t deadline = c->r ? c->r->deadline : mono_ms() + 15000;
+    if (c->rt->debug)
+        fprintf(stderr, "ntcp: direct methods over (%s): relay\n", c->info.detail);
+    ntcp_relay_go(c->relay, deadline);
+}
+
+/* The engine of c has ended with res. Returns true when the relay takes it
+ * from here: its socket was verified meanwhile (handed over now), or no
+ * direct method got through and the relay goes on. Otherwise (the engine
+ * won, or was cancelled) the relay is stopped and the caller goes on. */
+static bool relay_after_engine(conn *c, const ntcp_engine_result *res)
+{
+    if (c->relay_ready) {
+        int fd = c->relay_res.fd;
+        c->relay_ready = false;
+        relay_won(c, &c->relay_res);
+        conn_ended(c, fd, close_tcp);
+        return true;
+    }
+    if (res->err != 0 && res->err != NTCP_ECLOSED && c->relay && !c->finished) {
+        relay_go(c);
+        return true;
+    }
+    if (c->relay)
+        ntcp_relay_cancel(c->relay); /* its callback ends it */
+    if (res->err != 0 && c->relay_why[0]) {
+        size_t n = strlen(c->info.detail);
+        snprintf(c->info.detail + n, sizeof c->info.detail - n, "; relay: %s", c->relay_why);
+    }
+    return false;
+}
+
+static void on_relay(ntcp_relay *rl, const ntcp_relay_result *res, void *user)
+{
+    conn *c = user;
+    c->relay = NULL;
+    if (res->err == 0 && c->relay_allocator)
+        ntcp_relay_keep(rl, res->fd, &c->rt->relays); /* the allocation lives with the socket */
+    if (c->finished) {
+        if (res->err == 0)
+            close(res->fd);
+        if (!c->e && !c->p)
+            conn_free(c);
+        return;
+    }
+    if (c->e) {
+        /* The engine still runs. A verified relay connection means the peer
+         * gave up on the direct methods: it wins, the engine stops. */
+        if (res->err == 0) {
+            c->relay_ready = true;
+            c->relay_res = *res;
+            ntcp_engine_cancel(c->e); /* on_engine hands the relay's socket over */
+        } else {
+            (void)!snprintf(c->relay_why, sizeof c->relay_why, "%s", res->why);
+        }
+        return;
+    }
+    if (res->err == 0) {
+        relay_won(c, res);
+        conn_ended(c, res->fd, close_tcp);
+        return;
+    }
+    ntcp_conn_info_t *i = &c->info;
+    char d[sizeof i->detail];
+    (void)!snprintf(d, sizeof d, "%s; relay: %s", i->detail[0] ? i->detail : "no direct method",
+             res->why);
+    memcpy(i->detail, d, sizeof d);
+    /* The relay's own failure says most: refused (credentials, quota),
+     * unreachable, timed out, or the proof's error. */
+    conn_ended(c, res->err, close_tcp);
+}
+
+static void relay_send_addr(void *user, const struct sockaddr_storage *relayed, const char *why)
+{
+    conn *c = user;
+    ntcp_session_send_relay_addr(c->rt->s, c->nonce, relayed, why);
+}
+
+static void on_relay_addr(ntcp_session *s, const uint8_t nonce[BROKER_NONCE_SIZE],
+                          const struct sockaddr_storage *relayed, const char *why, void *user)
+{
+    (void)s;
+    ntcp_rt *rt = user;
+    for (conn *c = rt->conns; c; c = c->next)
+        if (c->relay && !c->relay_allocator && memcmp(c->nonce, nonce, sizeof c->nonce) == 0)
+            ntcp_relay_peer_addr(c->relay, relayed, why);
+}
+
+/* Starts the relay beside the engine when the broker offers one and the
+ * policy allows it. The target allocates, the requester connects. */
+static void relay_start(conn *c, const broker_go *g, const ntcp_verify_params *vp)
+{
+    ntcp_rt *rt = c->rt;
+    if (g->turn_server.ss_family == 0)
+        return;
+    if (rt->ctx->relay == NTCP_RELAY_NEVER) {
+        /* The requester must not wait for an address that will not come. */
+        if (g->role == BROKER_ROLE_TARGET)
+            ntcp_session_send_relay_addr(rt->s, g->nonce, NULL, "the peer's policy forbids the relay");
+        return;
+    }
+    ntcp_relay_config rc;
+    memset(&rc, 0, sizeof rc);
+    rc.allocator = g->role == BROKER_ROLE_TARGET;
+    rc.server = g->turn_server;
+    rc.user = g->turn_user;
+    rc.pass = g->turn_pass;
+    rc.peer_public = g->peer.public_addr;
+    rc.verify = *vp;
+    rc.send_addr = relay_send_addr;
+    rc.send_user = c;
+    c->relay_allocator = rc.allocator;
+    if (ntcp_relay_start(&rt->loop, &rc, on_relay, c, &c->relay) < 0)
+        c->relay = NULL;
 }
 
 /* RAW_SYN attempts: our ISN to the peer, and the peer's to the engine. */
@@ -733,6 +887,12 @@ static void conn_go(conn *c, const broker_go *g)
     cfg.verify.name = rt->name;
     cfg.raw_send_isn = raw_send_isn;
     cfg.raw_user = c;
+    relay_start(c, g, &cfg.verify);
+    if (c->relay && rt->ctx->relay == NTCP_RELAY_ALWAYS) {
+        snprintf(i->detail, sizeof i->detail, "direct methods skipped (relay = always)");
+        relay_go(c);
+        return;
+    }
     int rc = ntcp_engine_start(&rt->loop, &cfg, on_engine, c, &c->e);
     if (rc < 0) {
         c->e = NULL;
@@ -1060,6 +1220,7 @@ static void start_session(ntcp_rt *rt)
     sc.on_go = on_go;
     sc.on_state = on_state;
     sc.on_raw_isn = on_raw_isn;
+    sc.on_relay_addr = on_relay_addr;
     sc.user = rt;
     /* TLS to the broker: its certificate must carry the host name the
      * configuration gives (or that address), unless pinned. */
@@ -1240,6 +1401,9 @@ static void on_wake(uv_async_t *a)
         } else if (c->p) {
             c->cancel_err = NTCP_ECLOSED;
             ntcp_udp_punch_cancel(c->p); /* its callback frees c */
+        } else if (c->relay) {
+            c->cancel_err = NTCP_ECLOSED;
+            ntcp_relay_cancel(c->relay); /* its callback frees c */
         } else if (c->retry_at && !c->finished) {
             snprintf(c->info.detail, sizeof c->info.detail, "the context is being freed");
             conn_finish(c, NTCP_ECLOSED); /* no broker answer pending: frees c */
@@ -1247,6 +1411,7 @@ static void on_wake(uv_async_t *a)
         /* Otherwise c waits for the broker's answer: closing the session
          * below gives it (NTCP_ECLOSED), and on_connect_answer ends it. */
     }
+    ntcp_relay_close_all(&rt->relays); /* allocations of handed-over relayed sockets */
     /* The handed-over UDP paths' keepalives (the application's descriptors
      * stay open). */
     while (rt->kas) {
@@ -1306,6 +1471,9 @@ static void on_tick(uv_timer_t *t)
         } else if (c->p) {
             c->cancel_err = NTCP_ETIMEDOUT;
             ntcp_udp_punch_cancel(c->p);
+        } else if (c->relay) {
+            c->cancel_err = NTCP_ETIMEDOUT;
+            ntcp_relay_cancel(c->relay); /* on_relay ends c */
         } else if (c->retry_at) {
             snprintf(c->info.detail, sizeof c->info.detail,
                      "timed out: the broker never had the peer's UDP mapping");
@@ -1766,7 +1934,7 @@ static size_t json_str(char *buf, size_t len, size_t off, const char *s)
 
 size_t ntcp_conn_info_json(const ntcp_conn_info_t *i, int status, char *buf, size_t len)
 {
-    char loc[64] = "", rem[64] = "", pub[64] = "", ppub[64] = "";
+    char loc[64] = "", rem[64] = "", pub[64] = "", ppub[64] = "", rly[64] = "";
     if (i->local.ss_family)
         ntcp_addr_str((const struct sockaddr *)&i->local, loc, sizeof loc);
     if (i->remote.ss_family)
@@ -1775,6 +1943,9 @@ size_t ntcp_conn_info_json(const ntcp_conn_info_t *i, int status, char *buf, siz
         ntcp_addr_str((const struct sockaddr *)&i->public_addr, pub, sizeof pub);
     if (i->peer_public.ss_family)
         ntcp_addr_str((const struct sockaddr *)&i->peer_public, ppub, sizeof ppub);
+    /* The relay's address, only when the struct has it (older callers). */
+    if (i->size >= offsetof(ntcp_conn_info_t, relay) + sizeof i->relay && i->relay.ss_family)
+        ntcp_addr_str((const struct sockaddr *)&i->relay, rly, sizeof rly);
     size_t off = 0;
 #define PUT(...)                                                                                   \
     do {                                                                                           \
@@ -1791,6 +1962,8 @@ size_t ntcp_conn_info_json(const ntcp_conn_info_t *i, int status, char *buf, siz
         (long long)i->broker_ms, (long long)i->start_ms, (long long)i->connected_ms,
         (long long)i->verified_ms, i->rtt_ms, i->attempts);
     off = json_str(buf, len, off, i->detail);
+    if (rly[0])
+        PUT("\",\"relay\":\"%s", rly);
     PUT("\"}");
 #undef PUT
     if (len)

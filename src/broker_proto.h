@@ -31,6 +31,8 @@
 #define BROKER_KEEPALIVE 0x0E17  /* request over UDP: peer -> broker */
 #define BROKER_RAW_ISN 0x0E18    /* indication: peer -> broker -> the other end of
                                   * a connect (STUNT#1, NATBlaster; section 5.1) */
+#define BROKER_RELAY_ADDR 0x0E19 /* indication: peer -> broker -> the other end of a
+                                  * TCP connect: the relayed address (section 5.2) */
 
 /* Attributes, comprehension-required range 0x4E10-0x4E3F. */
 #define BROKER_ATTR_NAME 0x4E10          /* UTF-8 subset, 1..64 bytes, see broker_name_valid */
@@ -59,7 +61,8 @@
 /* The relay of last resort (docs/relay.md): in both CONNECT-GOs when the
  * broker has a TURN server. The credentials are this end's own, minted for
  * this connect (TURN REST: "expiry:name", base64(HMAC-SHA1(secret, user))). */
-#define BROKER_ATTR_TURN_SERVER 0x4E25   /* address (MAPPED-ADDRESS format, no XOR) */
+#define BROKER_ATTR_TURN_SERVER 0x4E25   /* address (MAPPED-ADDRESS format, no XOR); in
+                                          * RELAY-ADDR: the relayed address */
 #define BROKER_ATTR_TURN_USERNAME 0x4E26 /* 1..BROKER_TURN_USER_MAX bytes */
 #define BROKER_ATTR_TURN_PASSWORD 0x4E27 /* 1..BROKER_TURN_PASS_MAX bytes */
 

@@ -937,6 +937,13 @@ static void handle_message(bsession *s, const uint8_t *data, size_t len)
             do_raw_isn(s, &m);
         return;
     }
+    /* The relay: one end's relayed address for the other (turn_creds.c). */
+    if (m.method == BROKER_RELAY_ADDR && m.cls == STUN_INDICATION && s->state == S_REGISTERED) {
+        touch(s);
+        if (nunknown == 0 && rate_ok(s))
+            do_relay_addr(s, &m);
+        return;
+    }
     if (m.cls != STUN_REQUEST) {
         fail_session(s, m.method, m.tid, BROKER_ERR_BAD_REQUEST, "Out of order");
         return;

@@ -185,6 +185,8 @@ void spoof_free(ntcp_broker *b);
 bool spoof_enabled(const ntcp_broker *b);
 void rdv_add(ntcp_broker *b, bsession *req, bsession *tgt, const uint8_t nonce[BROKER_NONCE_SIZE]);
 void rdv_forget(ntcp_broker *b, bsession *s);
+/* The other end of the TCP connect `nonce` that s is part of, or NULL. */
+bsession *rdv_other(ntcp_broker *b, const bsession *s, const uint8_t nonce[BROKER_NONCE_SIZE]);
 void do_raw_isn(bsession *s, const stun_msg *m);
 
 /* turn_creds.c */
@@ -193,5 +195,7 @@ void broker_turn_free(ntcp_broker *b);
 /* Adds TURN-SERVER, TURN-USERNAME and TURN-PASSWORD for name (nothing when
  * the broker has no TURN server). */
 void broker_turn_build(ntcp_broker *b, stun_builder *sb, const char *name);
+/* RELAY-ADDR: forwarded to the other end of the connect it names. */
+void do_relay_addr(bsession *s, const stun_msg *m);
 
 #endif

@@ -1,0 +1,186 @@
+#!/usr/bin/python3
+# test_relay_cli.py: the relay of last resort end to end through the CLI
+# (`ntcp listen` / `ntcp connect`, hence the public API): coturn with TURN
+# REST credentials and an ntcp-brokerd with --turn-server/--turn-secret-file,
+# all on 127.0.0.1, each stopped by PID.
+#   - connect --relay always: the connection goes through coturn, data both
+#     ways intact, both --json lines say method "relay" and name the relay;
+#   - the default (auto) on loopback: a direct method wins, no relay;
+#   - faults through the whole stack: a broker holding the wrong secret, and
+#     a TURN server that is down: the connect fails with the cause named.
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "interop"))
+from interop import IP1, Server, Workdir, check, finish, free_port, free_ports, log, skip, wait_ready  # noqa: E402
+import shutil  # noqa: E402
+
+if len(sys.argv) != 3 or not all(os.access(p, os.X_OK) for p in sys.argv[1:]):
+    skip("ntcp or ntcp-brokerd is not built")
+if not shutil.which("turnserver"):
+    skip("turnserver (coturn) is not installed")
+ntcp, brokerd = sys.argv[1], sys.argv[2]
+
+
+def start_turn(wd, secret):
+    port = free_port()
+    relay = free_ports(50, (IP1,))
+    argv = ["turnserver", "-n", "--no-cli", "--no-tls", "--no-dtls", "-L", IP1,
+            "--listening-port", str(port), "--relay-ip", IP1, "--min-port", str(relay),
+            "--max-port", str(relay + 49), "--use-auth-secret", "--static-auth-secret", secret,
+            "--realm", "ntcp.test", "--allow-loopback-peers",
+            "--log-file", os.path.join(wd, "turn.log"), "--simple-log",
+            "--pidfile", os.path.join(wd, "turn.pid"), "--userdb", os.path.join(wd, "turn.db")]
+    srv = Server("turnserver", argv, wd)
+    wait_ready(srv, udp=[(IP1, port)], tcp=[(IP1, port)])
+    return port
+
+
+def start_broker(wd, name, turn_port, secret_file):
+    for _ in range(5):
+        port = free_port()
+        srv = Server(name, [brokerd, "--listen", "%s:%d" % (IP1, port), "--udp", "%s:%d" % (IP1, port),
+                            "--stats", "0", "--turn-server", "%s:%d" % (IP1, turn_port),
+                            "--turn-secret-file", secret_file], wd)
+        end = time.monotonic() + 20
+        while time.monotonic() < end and srv.alive():
+            if "listening on %s:%d (TCP)" % (IP1, port) in srv.output():
+                return "%s:%d" % (IP1, port)
+            time.sleep(0.05)  # polling the log for readiness
+        srv.stop()
+    raise RuntimeError("ntcp-brokerd did not start")
+
+
+def json_line(path):
+    try:
+        with open(path) as f:
+            lines = [l for l in f if l.startswith("{")]
+        return json.loads(lines[-1]) if lines else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def feed(proc, data):
+    def run():
+        try:
+            proc.stdin.write(data)
+            proc.stdin.flush()
+        except (BrokenPipeError, ValueError, OSError):
+            pass
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def size(path):
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def pair(wd, tag, broker, connect_opts, listen_opts=(), data=True):
+    """bob listens, alice connects (started again while bob is not registered
+    yet: exit 3); each sends its data and keeps its stdin open until it has
+    received all of the other's: TURN relays no half-close (docs/relay.md),
+    so neither end shuts its sending side down early. Returns (connect rc,
+    listen rc, alice json, bob json, data ok)."""
+    env = dict(os.environ, HOME=os.path.join(wd, "home"), XDG_CONFIG_HOME=os.path.join(wd, "xdg"),
+               NTCP_CONFIG=os.path.join(wd, "empty.conf"))
+    to_bob = os.urandom(150000) if data else b""
+    to_alice = os.urandom(200000) if data else b""
+    out = {k: os.path.join(wd, tag + "." + k) for k in ("aout", "aerr", "bout", "berr")}
+    lst = subprocess.Popen([ntcp, "listen", "--id", "bob", "-b", broker, "-t", "30000", "--json"]
+                           + list(listen_opts), stdin=subprocess.PIPE, stdout=open(out["bout"], "wb"),
+                           stderr=open(out["berr"], "wb"), env=env)
+    feed(lst, to_alice)
+    con = None
+    try:
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            con = subprocess.Popen([ntcp, "connect", "--id", "alice", "-b", broker, "-t", "20000", "--json"]
+                                   + list(connect_opts) + ["bob"], stdin=subprocess.PIPE,
+                                   stdout=open(out["aout"], "wb"), stderr=open(out["aerr"], "wb"), env=env)
+            feed(con, to_bob)
+            # Exit 3 comes at once when bob is not registered yet: start again.
+            while con.poll() is None and time.monotonic() < end:
+                if size(out["aout"]) >= len(to_alice) and size(out["bout"]) >= len(to_bob) and data:
+                    break
+                time.sleep(0.02)  # polling the outputs with a deadline
+            if con.poll() != 3:
+                break
+        # Both have everything (or something ended): now both stdins close.
+        for p in (con, lst):
+            try:
+                p.stdin.close()
+            except (OSError, ValueError):
+                pass
+        try:
+            rc = con.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            rc = None
+        try:
+            lrc = lst.wait(timeout=30) if rc == 0 else None
+        except subprocess.TimeoutExpired:
+            lrc = None
+    finally:
+        for p in (con, lst):
+            if p and p.poll() is None:
+                p.kill()
+                p.wait()
+    same = (to_bob == open(out["bout"], "rb").read() and to_alice == open(out["aout"], "rb").read())
+    for k in ("aerr", "berr"):
+        log("---- %s %s ----\n%s" % (tag, k, open(out[k], errors="replace").read()[-1500:]))
+    return rc, lrc, json_line(out["aerr"]), json_line(out["berr"]), same
+
+
+with Workdir() as wd:
+    os.makedirs(os.path.join(wd, "home"))
+    os.makedirs(os.path.join(wd, "xdg"))
+    open(os.path.join(wd, "empty.conf"), "w").close()
+    secret = os.urandom(16).hex()
+    good, bad = os.path.join(wd, "secret"), os.path.join(wd, "wrong-secret")
+    with open(good, "w") as f:
+        f.write(secret + "\n")
+    with open(bad, "w") as f:
+        f.write("not-" + secret + "\n")
+    tport = start_turn(wd, secret)
+    relay = "%s:%d" % (IP1, tport)
+    broker = start_broker(wd, "brokerd", tport, good)
+
+    # 1. Forced relay: through coturn, data intact, method relay on both ends.
+    rc, lrc, a, b, same = pair(wd, "always", broker, ["--relay", "always"])
+    check(rc == 0 and lrc == 0, "relay always: connect and listen exit 0", "%s %s" % (rc, lrc))
+    check(same, "relay always: data both ways intact")
+    check(a.get("method") == "relay" and b.get("method") == "relay",
+          "relay always: both --json lines say method relay", "%s / %s" % (a.get("method"), b.get("method")))
+    check(a.get("relay") == relay and b.get("relay") == relay,
+          "relay always: both name the relay %s" % relay, "%s / %s" % (a.get("relay"), b.get("relay")))
+    check(a.get("remote") == b.get("local") or a.get("remote", "").startswith(IP1),
+          "relay always: alice's remote is the relayed address", str(a.get("remote")))
+
+    # 2. Default (auto) on loopback: a direct method works, the relay is not used.
+    rc, lrc, a, b, same = pair(wd, "auto", broker, [])
+    check(rc == 0 and same, "auto: connected, data intact", str(rc))
+    check(a.get("method") not in ("", None, "relay"), "auto: a direct method won, not the relay",
+          str(a.get("method")))
+
+    # 3. A broker with the wrong secret: coturn refuses its credentials.
+    broker_bad = start_broker(wd, "brokerd-wrong", tport, bad)
+    rc, lrc, a, b, same = pair(wd, "wrong", broker_bad, ["--relay", "always"], data=False)
+    check(rc not in (0, 3) and a.get("ok") is False, "wrong secret: the connect fails", str(rc))
+    check("wrong credentials" in a.get("detail", ""),
+          "wrong secret: the cause is named at the requester", str(a.get("detail")))
+
+    # 4. The TURN server is down.
+    dead = free_port()
+    broker_dead = start_broker(wd, "brokerd-dead", dead, good)
+    rc, lrc, a, b, same = pair(wd, "down", broker_dead, ["--relay", "always"], data=False)
+    check(rc not in (0, 3) and a.get("ok") is False, "relay down: the connect fails", str(rc))
+    check("unreachable" in a.get("detail", "") and "%d" % dead in a.get("detail", ""),
+          "relay down: the cause is named (the TURN server unreachable)", str(a.get("detail")))
+    finish()
