@@ -1,0 +1,217 @@
+#!/usr/bin/python3
+"""relay_lab.py: the relay of last resort between real NATs in the lab (root
+only). For pairs no direct method can traverse (symmetric-random against a
+port-filtering NAT, or against another symmetric-random), `ntcp-lab up
+--turn` runs coturn on the relay host; ntcp-stuntd and an ntcp-brokerd with
+--turn-server/--turn-secret-file run on the server host; `ntcp listen` (b)
+and `ntcp connect` (a), the CLI over the public API, must connect by
+"relay", through 203.0.113.20:3478, and carry 1 MiB each way (SHA-256
+checked). With --relay never the same pair fails honestly (exit 2).
+
+Exits 77 (skipped) when not root or without coturn."""
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+CASES = [
+    # (a, b, syn, delay ms)
+    ("symmetric-random", "port-restricted", "drop", 0),
+    ("port-restricted", "symmetric-random", "rst", 25),
+    ("symmetric-random", "symmetric-random", "icmp", 0),
+]
+TURN = "203.0.113.20:3478"
+MIB = 1 << 20
+
+
+class Run:
+    def __init__(self, args):
+        self.a = args
+        self.failures = []
+        self.checks = 0
+        self.procs = []
+        self.prefix = None
+        self.home = tempfile.mkdtemp(prefix="ntcp-relay-lab-")
+
+    def check(self, cond, what):
+        self.checks += 1
+        print(("  ok: " if cond else "  FAILED: ") + what, flush=True)
+        if not cond:
+            self.failures.append(what)
+
+    def cmd(self, host, argv):
+        return ["ip", "netns", "exec", "%s-%s" % (self.prefix, host)] + argv
+
+    def env(self):
+        return dict(os.environ, HOME=self.home, XDG_CONFIG_HOME=os.path.join(self.home, "cfg"),
+                    NTCP_CONFIG=os.path.join(self.home, "empty.conf"))
+
+    def bg(self, host, argv, **kw):
+        p = subprocess.Popen(self.cmd(host, argv), env=self.env(), **kw)
+        self.procs.append(p)
+        return p
+
+    def up(self, a, b, syn, delay):
+        r = subprocess.run([self.a.lab, "up", "--a", a, "--b", b, "--syn", syn, "--delay", str(delay),
+                            "--turn", "--prefix", "rl"], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError("ntcp-lab up: %s" % r.stderr.strip())
+        self.prefix = r.stdout.strip().splitlines()[-1]
+        st = json.loads(subprocess.run([self.a.lab, "status", "--prefix", self.prefix, "--json"],
+                                       capture_output=True, text=True, check=True).stdout)
+        secret_file = st["turn"]["secret_file"]
+        self.bg("server", [self.a.stuntd, "--primary", "203.0.113.10:3478", "--alternate",
+                           "203.0.113.11:3479", "--udp-rate", "0", "--cb-rate", "0", "--log-level", "error"])
+        blog = open(os.path.join(self.home, "brokerd.log"), "w")
+        self.bg("server", [self.a.brokerd, "--listen", "203.0.113.10:3490", "--udp", "203.0.113.10:3490",
+                           "--turn-server", TURN, "--turn-secret-file", secret_file, "--stats", "0"],
+                stdout=blog, stderr=blog)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if "listening on" in open(blog.name).read():
+                return
+            time.sleep(0.05)  # polling the log with a deadline
+        raise RuntimeError("ntcp-brokerd did not start")
+
+    def down(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(5)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+        self.procs = []
+        if self.prefix:
+            subprocess.run([self.a.lab, "down", "--prefix", self.prefix], capture_output=True)
+            self.prefix = None
+
+    def peer(self, verb, name, *extra):
+        return [self.a.ntcp, verb, "--id", name, "--stun", "203.0.113.10", "--broker",
+                "203.0.113.10:3490", "--json", "-t", "30000", *extra]
+
+    def pair(self, tag, extra_connect=(), data=True):
+        """b listens, a connects; each sends 1 MiB and keeps its stdin open
+        until it has the other's 1 MiB (TURN relays no half-close). Returns
+        (connect rc, a's json, b's json, a got, b got, sent to a, sent to b)."""
+        to_a = os.urandom(MIB) if data else b""
+        to_b = os.urandom(MIB) if data else b""
+        f = {k: os.path.join(self.home, "%s.%s" % (tag, k)) for k in ("aout", "aerr", "bout", "berr")}
+        lst = self.bg("b", self.peer("listen", "bob"), stdin=subprocess.PIPE,
+                      stdout=open(f["bout"], "wb"), stderr=open(f["berr"], "wb"))
+        feed(lst, to_a)
+        con, rc = None, None
+        end = time.monotonic() + 90
+        while time.monotonic() < end:
+            con = self.bg("a", self.peer("connect", "alice", *extra_connect) + ["bob"], stdin=subprocess.PIPE,
+                          stdout=open(f["aout"], "wb"), stderr=open(f["aerr"], "wb"))
+            feed(con, to_b)
+            while con.poll() is None and time.monotonic() < end:
+                if data and size(f["aout"]) >= len(to_a) and size(f["bout"]) >= len(to_b):
+                    break
+                time.sleep(0.05)  # polling the outputs with a deadline
+            if con.poll() != 3:  # 3: bob not registered yet, ask again
+                break
+        for p in (con, lst):
+            try:
+                p.stdin.close()
+            except (OSError, ValueError, AttributeError):
+                pass
+        try:
+            rc = con.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            rc = None
+        try:
+            lst.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            pass
+        return (rc, last_json(f["aerr"]), last_json(f["berr"]), open(f["aout"], "rb").read(),
+                open(f["bout"], "rb").read(), to_a, to_b)
+
+    def case(self, a, b, syn, delay):
+        print("== %s (a) <-> %s (b), syn %s, %d ms one-way, coturn on relay" % (a, b, syn, delay), flush=True)
+        self.up(a, b, syn, delay)
+        rc, ja, jb, got_a, got_b, to_a, to_b = self.pair("%s-%s-%s" % (a, b, syn))
+        self.check(rc == 0, "connect exits 0 (got %s: %s)" % (rc, ja.get("detail")))
+        self.check(ja.get("method") == "relay" and jb.get("method") == "relay",
+                   "both ends say relay (got %s / %s)" % (ja.get("method"), jb.get("method")))
+        self.check(ja.get("relay") == TURN and jb.get("relay") == TURN,
+                   "both name the relay %s (got %s / %s)" % (TURN, ja.get("relay"), jb.get("relay")))
+        sha = lambda x: hashlib.sha256(x).hexdigest()[:16]
+        self.check(sha(got_a) == sha(to_a) and len(got_a) == MIB,
+                   "a got b's 1 MiB, SHA-256 %s (got %d bytes, %s)" % (sha(to_a), len(got_a), sha(got_a)))
+        self.check(sha(got_b) == sha(to_b) and len(got_b) == MIB,
+                   "b got a's 1 MiB, SHA-256 %s (got %d bytes, %s)" % (sha(to_b), len(got_b), sha(got_b)))
+        if a == "symmetric-random" and b == "port-restricted":
+            rc, ja, jb, _, _, _, _ = self.pair("never", ["--relay", "never"], data=False)
+            self.check(rc == 2 and ja.get("ok") is False,
+                       "--relay never: the same pair fails honestly, exit 2 (got %s: %s)"
+                       % (rc, ja.get("detail")))
+        self.down()
+
+
+def feed(proc, data):
+    def run():
+        try:
+            proc.stdin.write(data)
+            proc.stdin.flush()
+        except (BrokenPipeError, ValueError, OSError):
+            pass
+    threading.Thread(target=run, daemon=True).start()
+
+
+def size(path):
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def last_json(path):
+    try:
+        lines = [l for l in open(path, errors="replace") if l.startswith("{")]
+        return json.loads(lines[-1]) if lines else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    for k in ("lab", "ntcp", "stuntd", "brokerd"):
+        ap.add_argument("--" + k, required=True)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("SKIP: the lab needs root (network namespaces)")
+        return 77
+    if not shutil.which("turnserver"):
+        print("SKIP: coturn's turnserver is not installed")
+        return 77
+    r = Run(args)
+    open(os.path.join(r.home, "empty.conf"), "w").close()
+    try:
+        for c in CASES:
+            try:
+                r.case(*c)
+            except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+                r.check(False, "%s: %s" % (c, e))
+                r.down()
+    finally:
+        r.down()
+        shutil.rmtree(r.home, ignore_errors=True)
+    if r.failures:
+        print("FAIL: %d of %d checks failed" % (len(r.failures), r.checks))
+        return 1
+    print("PASS: %d checks" % r.checks)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
