@@ -57,6 +57,14 @@ wait_answer() {
 
 show() { printf '\n$ %s\n' "$*"; "$@"; }
 
+# Stops the lab's broker and STUN server (by PID) and removes a step's files.
+stop_lab_servers() {
+  kill "$broker_pid" "$lab_server_pid" 2>/dev/null || true
+  wait "$broker_pid" "$lab_server_pid" 2>/dev/null || true
+  broker_pid=""; lab_server_pid=""
+  rm -rf "$demo_home" "$out"
+}
+
 echo
 echo "== 1. ntcp-stuntd on loopback: 127.0.0.1:$port (primary), 127.0.0.2:$alt (alternate)"
 "$STUNTD" --primary 127.0.0.1:$port --alternate 127.0.0.2:$alt --log-level warn &
@@ -130,10 +138,7 @@ if s["ok"]:
 else:
     print(f"  -> no connection: {s['error']}: {s['detail']}")
 PY
-kill "$broker_pid" "$lab_server_pid" 2>/dev/null || true
-wait "$broker_pid" "$lab_server_pid" 2>/dev/null || true
-broker_pid=""; lab_server_pid=""
-rm -rf "$demo_home" "$out"
+stop_lab_servers
 [ "$rc" -eq 0 ] || { echo "demo: ntcp connect failed (exit $rc)" >&2; exit 1; }
 "$LAB" down --prefix "$lab_prefix" >/dev/null; lab_prefix=""
 
@@ -188,10 +193,7 @@ if s["ok"]:
 else:
     print(f"  -> no connection: {s['error']}: {s['detail']}")
 PY
-kill "$broker_pid" "$lab_server_pid" 2>/dev/null || true
-wait "$broker_pid" "$lab_server_pid" 2>/dev/null || true
-broker_pid=""; lab_server_pid=""
-rm -rf "$demo_home" "$out"
+stop_lab_servers
 [ "$rc" -eq 0 ] || { echo "demo: ntcp connect through the relay failed (exit $rc)" >&2; exit 1; }
 echo
 echo "demo: done"

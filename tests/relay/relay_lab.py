@@ -18,8 +18,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
+
+from relay_common import feed, last_json, size
 
 CASES = [
     # (a, b, syn, delay ms)
@@ -158,29 +159,10 @@ class Run:
         self.down()
 
 
-def feed(proc, data):
-    def run():
-        try:
-            proc.stdin.write(data)
-            proc.stdin.flush()
-        except (BrokenPipeError, ValueError, OSError):
-            pass
-    threading.Thread(target=run, daemon=True).start()
 
 
-def size(path):
-    try:
-        return os.path.getsize(path)
-    except OSError:
-        return 0
 
 
-def last_json(path):
-    try:
-        lines = [l for l in open(path, errors="replace") if l.startswith("{")]
-        return json.loads(lines[-1]) if lines else {}
-    except (OSError, ValueError):
-        return {}
 
 
 def main():

@@ -8,16 +8,16 @@
 #   - the default (auto) on loopback: a direct method wins, no relay;
 #   - faults through the whole stack: a broker holding the wrong secret, and
 #     a TURN server that is down: the connect fails with the cause named.
-import json
 import os
 import subprocess
 import sys
-import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "interop"))
 from interop import IP1, Server, Workdir, check, finish, free_port, free_ports, log, skip, wait_ready  # noqa: E402
 import shutil  # noqa: E402
+
+from relay_common import feed, last_json, size  # noqa: E402
 
 if len(sys.argv) != 3 or not all(os.access(p, os.X_OK) for p in sys.argv[1:]):
     skip("ntcp or ntcp-brokerd is not built")
@@ -55,32 +55,10 @@ def start_broker(wd, name, turn_port, secret_file):
     raise RuntimeError("ntcp-brokerd did not start")
 
 
-def json_line(path):
-    try:
-        with open(path) as f:
-            lines = [l for l in f if l.startswith("{")]
-        return json.loads(lines[-1]) if lines else {}
-    except (OSError, ValueError):
-        return {}
 
 
-def feed(proc, data):
-    def run():
-        try:
-            proc.stdin.write(data)
-            proc.stdin.flush()
-        except (BrokenPipeError, ValueError, OSError):
-            pass
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t
 
 
-def size(path):
-    try:
-        return os.path.getsize(path)
-    except OSError:
-        return 0
 
 
 def pair(wd, tag, broker, connect_opts, listen_opts=(), data=True):
@@ -135,7 +113,7 @@ def pair(wd, tag, broker, connect_opts, listen_opts=(), data=True):
     same = (to_bob == open(out["bout"], "rb").read() and to_alice == open(out["aout"], "rb").read())
     for k in ("aerr", "berr"):
         log("---- %s %s ----\n%s" % (tag, k, open(out[k], errors="replace").read()[-1500:]))
-    return rc, lrc, json_line(out["aerr"]), json_line(out["berr"]), same
+    return rc, lrc, last_json(out["aerr"]), last_json(out["berr"]), same
 
 
 with Workdir() as wd:

@@ -237,6 +237,25 @@ static void on_watchdog(uv_timer_t *t)
     finish(t->data);
 }
 
+/* The peer's half on its connected socket: the proof first (verify,
+ * impostor), then 1 MiB each way; closes fd once both ends have read all
+ * (coturn drops what it still buffers when either side closes). */
+static void peer_session(run *r, int fd)
+{
+    bool open_fd = true;
+    if (with_proof(r)) {
+        r->peer_verify = prove(r, fd, false, r->peer_binding);
+        open_fd = r->peer_verify == 0; /* a failed proof closed it */
+        if (open_fd && !strcmp(r->scenario, "verify"))
+            r->peer_ok = exchange(fd, 2, 1);
+    } else {
+        r->peer_ok = exchange(fd, 2, 1);
+    }
+    pthread_barrier_wait(&r->both_read);
+    if (open_fd)
+        close(fd);
+}
+
 static void *tcp_peer(void *arg)
 {
     run *r = arg;
@@ -246,17 +265,7 @@ static void *tcp_peer(void *arg)
         close(fd);
         return NULL;
     }
-    if (with_proof(r)) {
-        r->peer_verify = prove(r, fd, false, r->peer_binding);
-        if (r->peer_verify == 0 && !strcmp(r->scenario, "verify"))
-            r->peer_ok = exchange(fd, 2, 1);
-    } else {
-        r->peer_ok = exchange(fd, 2, 1);
-    }
-    /* coturn drops what it still buffers when either side closes: both
-     * ends close only once both have read everything. */
-    pthread_barrier_wait(&r->both_read);
-    close(fd);
+    peer_session(r, fd);
     return NULL;
 }
 
@@ -270,17 +279,7 @@ static void *tcp_acceptor(void *arg)
         perror("accept from the relay");
         return NULL;
     }
-    if (with_proof(r)) {
-        r->peer_verify = prove(r, fd, false, r->peer_binding);
-        if (r->peer_verify == 0 && !strcmp(r->scenario, "verify"))
-            r->peer_ok = exchange(fd, 2, 1);
-    } else {
-        r->peer_ok = exchange(fd, 2, 1);
-    }
-    /* coturn drops what it still buffers when either side closes: both
-     * ends close only once both have read everything. */
-    pthread_barrier_wait(&r->both_read);
-    close(fd);
+    peer_session(r, fd);
     return NULL;
 }
 
