@@ -569,9 +569,12 @@ static void relay_won(conn *c, const ntcp_relay_result *res)
  * ran: relay = always). */
 static void relay_go(conn *c)
 {
-    /* The requester until its call's deadline; the target as long as the
-     * requester could still come (it starts when its own engine failed). */
-    uint64_t deadline = c->r ? c->r->deadline : mono_ms() + 15000;
+    /* The requester until its call's deadline. The target as long as the
+     * requester could still come: its engine ends with ours (same plan
+     * deadline, same common start), then it connects at once: 5 s and a few
+     * round trips cover that. Not longer: a connection under way holds
+     * this context's next connects (conns_busy()). */
+    uint64_t deadline = c->r ? c->r->deadline : mono_ms() + 5000 + 8u * c->info.rtt_ms;
     if (c->rt->debug)
         fprintf(stderr, "ntcp: direct methods over (%s): relay\n", c->info.detail);
     ntcp_relay_go(c->relay, deadline);
