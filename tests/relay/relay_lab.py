@@ -28,6 +28,10 @@ CASES = [
     ("port-restricted", "symmetric-random", "rst", 25),
     ("symmetric-random", "symmetric-random", "icmp", 0),
 ]
+# The staged fallback: two peers behind one NAT that isolates its clients
+# and does not hairpin. The planner thinks same-lan (or the NAT's public
+# address) can work; nothing does, and once the plan's deadline has passed
+# the relay takes over.
 TURN = "203.0.113.20:3478"
 MIB = 1 << 20
 
@@ -59,9 +63,9 @@ class Run:
         self.procs.append(p)
         return p
 
-    def up(self, a, b, syn, delay):
+    def up(self, a, b, syn, delay, *extra):
         r = subprocess.run([self.a.lab, "up", "--a", a, "--b", b, "--syn", syn, "--delay", str(delay),
-                            "--turn", "--prefix", "rl"], capture_output=True, text=True)
+                            "--turn", "--prefix", "rl", *extra], capture_output=True, text=True)
         if r.returncode != 0:
             raise RuntimeError("ntcp-lab up: %s" % r.stderr.strip())
         self.prefix = r.stdout.strip().splitlines()[-1]
@@ -99,20 +103,20 @@ class Run:
         return [self.a.ntcp, verb, "--id", name, "--stun", "203.0.113.10", "--broker",
                 "203.0.113.10:3490", "--json", "-t", "30000", *extra]
 
-    def pair(self, tag, extra_connect=(), data=True):
+    def pair(self, tag, extra_connect=(), data=True, hosts=("a", "b")):
         """b listens, a connects; each sends 1 MiB and keeps its stdin open
         until it has the other's 1 MiB (TURN relays no half-close). Returns
         (connect rc, a's json, b's json, a got, b got, sent to a, sent to b)."""
         to_a = os.urandom(MIB) if data else b""
         to_b = os.urandom(MIB) if data else b""
         f = {k: os.path.join(self.home, "%s.%s" % (tag, k)) for k in ("aout", "aerr", "bout", "berr")}
-        lst = self.bg("b", self.peer("listen", "bob"), stdin=subprocess.PIPE,
+        lst = self.bg(hosts[1], self.peer("listen", "bob"), stdin=subprocess.PIPE,
                       stdout=open(f["bout"], "wb"), stderr=open(f["berr"], "wb"))
         feed(lst, to_a)
         con, rc = None, None
         end = time.monotonic() + 90
         while time.monotonic() < end:
-            con = self.bg("a", self.peer("connect", "alice", *extra_connect) + ["bob"], stdin=subprocess.PIPE,
+            con = self.bg(hosts[0], self.peer("connect", "alice", *extra_connect) + ["bob"], stdin=subprocess.PIPE,
                           stdout=open(f["aout"], "wb"), stderr=open(f["aerr"], "wb"))
             feed(con, to_b)
             while con.poll() is None and time.monotonic() < end:
@@ -136,6 +140,22 @@ class Run:
             pass
         return (rc, last_json(f["aerr"]), last_json(f["berr"]), open(f["aout"], "rb").read(),
                 open(f["bout"], "rb").read(), to_a, to_b)
+
+    def staged(self):
+        print("== a and a2 behind one port-restricted NAT, isolated LAN, no hairpin: "
+              "direct methods fail, then the relay", flush=True)
+        self.up("port-restricted", "port-restricted", "drop", 0, "--scenario", "same-nat,isolated",
+                "--hairpin", "off")
+        t0 = time.monotonic()
+        rc, ja, jb, got_a, got_b, to_a, to_b = self.pair("staged", hosts=("a", "a2"))
+        el = time.monotonic() - t0
+        self.check(rc == 0, "connect exits 0 (got %s: %s)" % (rc, ja.get("detail")))
+        self.check(ja.get("method") == "relay" and jb.get("method") == "relay",
+                   "both ends say relay (got %s / %s)" % (ja.get("method"), jb.get("method")))
+        self.check(ja.get("attempts", 0) > 0 and "direct:" in ja.get("detail", ""),
+                   "the direct methods ran first (%s attempts: %s)" % (ja.get("attempts"), ja.get("detail")))
+        self.check(got_a == to_a and got_b == to_b, "1 MiB each way intact (%.1f s in all)" % el)
+        self.down()
 
     def case(self, a, b, syn, delay):
         print("== %s (a) <-> %s (b), syn %s, %d ms one-way, coturn on relay" % (a, b, syn, delay), flush=True)
@@ -179,9 +199,12 @@ def main():
     r = Run(args)
     open(os.path.join(r.home, "empty.conf"), "w").close()
     try:
-        for c in CASES:
+        for c in CASES + ["staged"]:
             try:
-                r.case(*c)
+                if c == "staged":
+                    r.staged()
+                else:
+                    r.case(*c)
             except (RuntimeError, OSError, subprocess.SubprocessError) as e:
                 r.check(False, "%s: %s" % (c, e))
                 r.down()
