@@ -127,6 +127,7 @@ typedef struct ntcp_rt {
     bool sample_again;                 /* a connection ended during it */
     struct ka_entry *kas;              /* keepalives of the UDP paths handed over */
     ntcp_relay *relays;                /* relay.c: allocations kept for handed-over sockets */
+    ntcp_relay_bridge *bridges;        /* relay_udp.c: bridges kept for handed-over UDP paths */
 } ntcp_rt;
 
 struct conn {
@@ -150,6 +151,20 @@ struct conn {
     bool relay_ready;              /* relay_res holds a verified socket while the engine ends */
     ntcp_relay_result relay_res;
     char relay_why[160];           /* why the relay failed, for the detail */
+    /* UDP through the relay (relay_udp.c): the target's bridge; the
+     * requester's relayed address from RELAY-ADDR; the proof's parameters
+     * kept from the CONNECT-GO for the relay's punch. */
+    ntcp_relay_bridge *bridge;
+    bool urelay_on;                /* the broker offers a relay and the policy allows it */
+    bool urelay;                   /* the punch under way (or awaited) is the relay's */
+    bool urelay_wait;              /* waiting for the address (requester) or the bridge (target) */
+    bool urelay_now;               /* the target's punch was stopped: the peer is on the relay */
+    uint64_t urelay_deadline;      /* the target's wait */
+    struct sockaddr_storage urelayed, uturn;
+    int urelay_state;              /* requester: 0 unknown, 1 address known, -1 none */
+    char urelay_why[208];
+    ntcp_verify_params uvp;
+    char upeer[BROKER_NAME_MAX + 1];
 };
 
 static uint64_t mono_ms(void)
@@ -443,6 +458,8 @@ static void ntcp_udp_close_fd(ntcp_rt *rt, int fd);
 static void conn_free(conn *c)
 {
     ntcp_rt *rt = c->rt;
+    if (c->bridge)
+        ntcp_relay_bridge_close(c->bridge); /* not handed over: the allocation ends */
     for (conn **p = &rt->conns; *p; p = &(*p)->next)
         if (*p == c) {
             *p = c->next;
@@ -521,6 +538,7 @@ static void close_tcp(ntcp_rt *rt, int fd)
 }
 
 static bool relay_after_engine(conn *c, const ntcp_engine_result *res);
+static void udp_relay_resume(conn *c);
 
 static void on_engine(ntcp_engine *e, const ntcp_engine_result *res, void *user)
 {
@@ -657,9 +675,24 @@ static void on_relay_addr(ntcp_session *s, const uint8_t nonce[BROKER_NONCE_SIZE
 {
     (void)s;
     ntcp_rt *rt = user;
-    for (conn *c = rt->conns; c; c = c->next)
-        if (c->relay && !c->relay_allocator && memcmp(c->nonce, nonce, sizeof c->nonce) == 0)
+    for (conn *c = rt->conns; c; c = c->next) {
+        if (memcmp(c->nonce, nonce, sizeof c->nonce) != 0)
+            continue;
+        if (c->relay && !c->relay_allocator)
             ntcp_relay_peer_addr(c->relay, relayed, why);
+        if (c->urelay_on && !c->bridge && c->urelay_state == 0) {
+            /* UDP: the requester's relay step may be waiting for it. */
+            if (relayed && relayed->ss_family) {
+                c->urelayed = *relayed;
+                c->urelay_state = 1;
+            } else {
+                c->urelay_state = -1;
+                snprintf(c->urelay_why, sizeof c->urelay_why, "the peer has no relay: %s",
+                         why && *why ? why : "(no reason given)");
+            }
+            udp_relay_resume(c);
+        }
+    }
 }
 
 /* Starts the relay beside the engine when the broker offers one and the
@@ -710,6 +743,8 @@ static void on_raw_isn(ntcp_session *s, const uint8_t nonce[BROKER_NONCE_SIZE],
 
 /* ---- UDP (ntcp_udp_punch(), docs/udp.md) ---- */
 
+static void udp_relay_go(conn *c);
+
 static void on_punch(udp_puncher *p, const ntcp_udp_punch_result *r, void *user)
 {
     (void)p;
@@ -723,9 +758,27 @@ static void on_punch(udp_puncher *p, const ntcp_udp_punch_result *r, void *user)
         ntcp_udp_punch_result_json(r, rj, sizeof rj);
         fprintf(stderr, "ntcp: udp plan %s\nntcp: udp result %s\n", pj, rj);
     }
-    snprintf(i->detail, sizeof i->detail, "%s", r->reason);
-    i->attempts = r->paths;
-    if (r->err == 0) {
+    if (c->urelay) {
+        /* The relay's punch (relay_udp.c): its reason after the direct one's. */
+        char d[sizeof i->detail];
+        (void)!snprintf(d, sizeof d, "%s; relay: %s", i->detail, r->reason);
+        memcpy(i->detail, d, sizeof d);
+    } else {
+        snprintf(i->detail, sizeof i->detail, "%s", r->reason);
+        i->attempts = r->paths;
+        if (r->err != 0 && (r->err != NTCP_ECLOSED || c->urelay_now) && c->urelay_on && !c->finished) {
+            udp_relay_go(c); /* no direct path: the relay */
+            if (c->p || c->urelay_wait)
+                return;
+        }
+    }
+    if (r->err == 0 && c->urelay) {
+        i->relay = c->uturn;
+        conn_won(c, r->fd, "relay", &r->local, &r->remote, r->reached_ms, r->verified_ms);
+        if (c->bridge) /* the target: the bridge lives with the application's socket */
+            ntcp_relay_bridge_keep(c->bridge, r->fd, &rt->bridges);
+        c->bridge = NULL;
+    } else if (r->err == 0) {
         conn_won(c, r->fd, udp_method_name(r->method), &r->local, &r->remote, r->reached_ms,
                  r->verified_ms);
         /* The path's keepalive, until ntcp_udp_close() (or ntcp_free()). */
@@ -741,7 +794,167 @@ static void on_punch(udp_puncher *p, const ntcp_udp_punch_result *r, void *user)
             free(ka);
         }
     }
+    if (c->bridge) {
+        ntcp_relay_bridge_close(c->bridge); /* a direct path won, or nothing did */
+        c->bridge = NULL;
+    }
     conn_ended(c, r->err == 0 ? r->fd : r->err, ntcp_udp_close_fd);
+}
+
+/* ---- UDP through the relay (relay_udp.c, docs/relay.md) ---- */
+
+/* The relay's punch: one target (the relayed address, or at the target the
+ * bridge's stand-in for the peer), probed at once, the same proof and PICK
+ * as a direct path. fd is the punch's from here. */
+static void udp_relay_punch(conn *c, int fd, const struct sockaddr_storage *target)
+{
+    ntcp_rt *rt = c->rt;
+    udp_plan *pl = &c->upl;
+    memset(pl, 0, sizeof *pl);
+    pl->method = UDP_METHOD_DIRECT;
+    pl->nsockets = 1;
+    pl->ntargets = 1;
+    pl->t[0].addr = *target;
+    pl->t[0].count = 1;
+    pl->kind[0] = UDP_T_PUBLIC;
+    pl->rtt_ms = c->info.rtt_ms > 0 ? c->info.rtt_ms : 50;
+    pl->interval_ms = 200;
+    pl->deadline_ms = 8000 + 8 * pl->rtt_ms;
+    snprintf(pl->reason, sizeof pl->reason, "relay");
+    ntcp_udp_punch_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.plan = pl;
+    cfg.fd = fd;
+    cfg.start_at = uv_now(&rt->loop);
+    cfg.verify = c->uvp;
+    cfg.verify.peer_name = c->upeer;
+    cfg.verify.key = rt->key;
+    cfg.verify.name = rt->name;
+    c->urelay_wait = false;
+    int rc = ntcp_udp_punch_start(&rt->loop, &cfg, on_punch, c, &c->p);
+    if (rc < 0) {
+        c->p = NULL;
+        close(fd);
+        snprintf(c->urelay_why, sizeof c->urelay_why, "cannot start the relay's punch: %s",
+                 ntcp_strerror(rc));
+    }
+}
+
+/* The direct paths are over (or were skipped): the relay's turn. Starts its
+ * punch, or waits (urelay_wait) for the address or the bridge; otherwise
+ * leaves the reason in urelay_why and neither c->p nor urelay_wait. */
+static void udp_relay_go(conn *c)
+{
+    c->urelay = true;
+    if (c->bridge) {
+        const char *why = "";
+        int st = ntcp_relay_bridge_state(c->bridge, &why);
+        if (st == 0) {
+            c->urelay_wait = true;
+            c->urelay_deadline = mono_ms() + 8000 + 8u * c->info.rtt_ms;
+            return;
+        }
+        struct sockaddr_storage standin;
+        int fd = st == 1 ? ntcp_relay_bridge_take(c->bridge, &standin) : -1;
+        if (fd < 0) {
+            snprintf(c->urelay_why, sizeof c->urelay_why, "%s", why);
+            return;
+        }
+        udp_relay_punch(c, fd, &standin);
+        return;
+    }
+    if (c->urelay_state == 0) {
+        c->urelay_wait = true;
+        c->urelay_deadline = mono_ms() + 8000 + 8u * c->info.rtt_ms;
+        return;
+    }
+    if (c->urelay_state < 0)
+        return; /* urelay_why says why */
+    int fd = socket(c->urelayed.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(c->urelay_why, sizeof c->urelay_why, "socket: %s", strerror(errno));
+        return;
+    }
+    udp_relay_punch(c, fd, &c->urelayed);
+}
+
+/* A relay step that could not start: the connection ends with why. */
+static void udp_relay_failed(conn *c, int err)
+{
+    ntcp_conn_info_t *i = &c->info;
+    char d[sizeof i->detail];
+    (void)!snprintf(d, sizeof d, "%s; relay: %s", i->detail[0] ? i->detail : "no direct path",
+                    c->urelay_why[0] ? c->urelay_why : "no relay");
+    memcpy(i->detail, d, sizeof d);
+    c->urelay_wait = false;
+    conn_finish(c, err);
+}
+
+/* What the relay step waited for has come (an address, the bridge). */
+static void udp_relay_resume(conn *c)
+{
+    if (!c->urelay_wait || c->finished)
+        return;
+    c->urelay_wait = false;
+    udp_relay_go(c);
+    if (!c->p && !c->urelay_wait)
+        udp_relay_failed(c, NTCP_EUNREACHABLE);
+}
+
+/* The target's bridge saw the requester's first datagram: the requester has
+ * given up on the direct paths, so the target's own punch stops and the
+ * relay's starts. */
+static void udp_relay_peer_seen(void *user)
+{
+    conn *c = user;
+    if (c->p && !c->urelay && !c->finished) {
+        c->urelay_now = true;
+        ntcp_udp_punch_cancel(c->p); /* on_punch goes to the relay */
+    }
+}
+
+static void udp_relay_send_addr(void *user, const struct sockaddr_storage *relayed, const char *why)
+{
+    conn *c = user;
+    ntcp_session_send_relay_addr(c->rt->s, c->nonce, relayed, why);
+    udp_relay_resume(c); /* the target waiting for its bridge */
+}
+
+/* At the UDP CONNECT-GO: the bridge (target) or the wait for its address
+ * (requester), when the broker offers a relay and the policy allows it. */
+static void udp_relay_start(conn *c, const broker_go *g, const ntcp_verify_params *vp)
+{
+    ntcp_rt *rt = c->rt;
+    if (g->turn_server.ss_family == 0)
+        return;
+    if (rt->ctx->relay == NTCP_RELAY_NEVER) {
+        if (g->role == BROKER_ROLE_TARGET)
+            ntcp_session_send_relay_addr(rt->s, g->nonce, NULL, "the peer's policy forbids the relay");
+        return;
+    }
+    memcpy(c->nonce, g->nonce, sizeof c->nonce); /* RELAY-ADDR names the connect by it */
+    c->uvp = *vp;
+    snprintf(c->upeer, sizeof c->upeer, "%s", vp->peer_name ? vp->peer_name : "");
+    c->uvp.peer_name = c->upeer;
+    c->uturn = g->turn_server;
+    c->urelay_on = true;
+    if (g->role != BROKER_ROLE_TARGET)
+        return;
+    ntcp_relay_config rc;
+    memset(&rc, 0, sizeof rc);
+    rc.allocator = true;
+    rc.server = g->turn_server;
+    rc.user = g->turn_user;
+    rc.pass = g->turn_pass;
+    rc.peer_public = g->peer.public_udp.ss_family ? g->peer.public_udp : g->peer.public_addr;
+    rc.verify = *vp;
+    rc.send_addr = udp_relay_send_addr;
+    rc.send_user = c;
+    rc.peer_seen = udp_relay_peer_seen;
+    if (ntcp_relay_bridge_start(&rt->loop, &rc, &c->bridge) < 0) {
+        c->bridge = NULL;
+        c->urelay_on = false;
+    }
 }
 
 /* Both ends of a UDP connect: the UDP plan, the session's UDP socket (whose
@@ -801,6 +1014,15 @@ static void udp_go(conn *c, const broker_go *g, const plan_profile *peer)
     }
     cfg.verify.key = rt->key;
     cfg.verify.name = rt->name;
+    udp_relay_start(c, g, &cfg.verify);
+    if (c->urelay_on && rt->ctx->relay == NTCP_RELAY_ALWAYS && c->r) {
+        close(cfg.fd); /* the session's socket is not needed: the relay only */
+        snprintf(i->detail, sizeof i->detail, "direct paths skipped (relay = always)");
+        udp_relay_go(c);
+        if (!c->p && !c->urelay_wait)
+            udp_relay_failed(c, NTCP_EUNREACHABLE);
+        return;
+    }
     rc = ntcp_udp_punch_start(&rt->loop, &cfg, on_punch, c, &c->p);
     if (rc < 0) {
         c->p = NULL;
@@ -1407,6 +1629,9 @@ static void on_wake(uv_async_t *a)
         } else if (c->relay) {
             c->cancel_err = NTCP_ECLOSED;
             ntcp_relay_cancel(c->relay); /* its callback frees c */
+        } else if (c->urelay_wait && !c->finished) {
+            snprintf(c->urelay_why, sizeof c->urelay_why, "the context is being freed");
+            udp_relay_failed(c, NTCP_ECLOSED); /* frees c */
         } else if (c->retry_at && !c->finished) {
             snprintf(c->info.detail, sizeof c->info.detail, "the context is being freed");
             conn_finish(c, NTCP_ECLOSED); /* no broker answer pending: frees c */
@@ -1415,6 +1640,7 @@ static void on_wake(uv_async_t *a)
          * below gives it (NTCP_ECLOSED), and on_connect_answer ends it. */
     }
     ntcp_relay_close_all(&rt->relays); /* allocations of handed-over relayed sockets */
+    ntcp_relay_bridge_close_all(&rt->bridges); /* and the UDP paths' bridges */
     /* The handed-over UDP paths' keepalives (the application's descriptors
      * stay open). */
     while (rt->kas) {
@@ -1454,6 +1680,13 @@ static void on_tick(uv_timer_t *t)
     }
     for (conn *c = rt->conns, *n; c; c = n) {
         n = c->next;
+        if (c->urelay_wait && !c->finished && now >= c->urelay_deadline) {
+            snprintf(c->urelay_why, sizeof c->urelay_why, "%s",
+                     c->bridge ? "the relay's allocation did not finish in time"
+                               : "no relayed address from the peer in time");
+            udp_relay_failed(c, NTCP_ETIMEDOUT); /* frees c */
+            continue;
+        }
         if (c->retry_at && !c->finished && c->r && now >= c->retry_at && now < c->r->deadline) {
             /* UDP: ask the broker again (the peer's mapping was unknown). */
             c->retry_at = 0;
@@ -1477,6 +1710,9 @@ static void on_tick(uv_timer_t *t)
         } else if (c->relay) {
             c->cancel_err = NTCP_ETIMEDOUT;
             ntcp_relay_cancel(c->relay); /* on_relay ends c */
+        } else if (c->urelay_wait) {
+            snprintf(c->urelay_why, sizeof c->urelay_why, "timed out waiting for the relay");
+            udp_relay_failed(c, NTCP_ETIMEDOUT); /* frees c */
         } else if (c->retry_at) {
             snprintf(c->info.detail, sizeof c->info.detail,
                      "timed out: the broker never had the peer's UDP mapping");

@@ -62,6 +62,9 @@ typedef struct ntcp_relay_config {
     /* Allocator: sends our relayed address (NULL: none, and why) to the peer. */
     void (*send_addr)(void *user, const struct sockaddr_storage *relayed, const char *why);
     void *send_user;
+    /* UDP bridge only (may be NULL): the peer's first datagram came through
+     * the relay, so the peer has given up on the direct paths. */
+    void (*peer_seen)(void *user);
 } ntcp_relay_config;
 
 /* Starts (the allocator allocates now). cb never runs inside this call.
@@ -89,5 +92,45 @@ void ntcp_relay_keep(ntcp_relay *r, int app_fd, ntcp_relay **list);
 
 /* Ends every keeper in *list (the allocations close). */
 void ntcp_relay_close_all(ntcp_relay **list);
+
+/* ---- UDP (relay_udp.c) ----
+ * For ntcp_udp_punch() the relay is a bridge at the target: a UDP
+ * allocation (over the TCP control connection), a permission for the
+ * requester's IP, and two UDP sockets on 127.0.0.1, the application's (A)
+ * and the bridge's (L): a datagram the peer sends to the relayed address
+ * arrives on A from L, and one written on A to L leaves the relay towards
+ * the peer. The requester needs nothing of its own: its socket talks to the
+ * relayed address directly. On both ends the UDP punch engine then runs
+ * its usual proof and PICK over that path, with a plan of one target (the
+ * relayed address, or L), so the descriptor handed over is an ordinary
+ * connected UDP socket (keepalives and all). */
+
+typedef struct ntcp_relay_bridge ntcp_relay_bridge;
+
+/* Starts the allocation; send_addr(send_user, relayed or NULL, why) is
+ * called once, when the bridge is ready or has failed. Returns 0,
+ * NTCP_EINVAL or NTCP_ENOMEM. */
+int ntcp_relay_bridge_start(uv_loop_t *loop, const ntcp_relay_config *cfg, ntcp_relay_bridge **out);
+
+/* 1 ready (A and L exist), 0 still allocating, or the error (why in *why). */
+int ntcp_relay_bridge_state(const ntcp_relay_bridge *b, const char **why);
+
+/* Takes A (the caller's from now on: the punch engine's, then the
+ * application's) and gives L's address, the peer's stand-in. Once only;
+ * returns A or a negative error. */
+int ntcp_relay_bridge_take(ntcp_relay_bridge *b, struct sockaddr_storage *peer_standin);
+
+/* The relayed address and the TURN server (for reports). */
+const struct sockaddr_storage *ntcp_relay_bridge_relayed(const ntcp_relay_bridge *b);
+const struct sockaddr_storage *ntcp_relay_bridge_server(const ntcp_relay_bridge *b);
+
+/* Keeps the bridge for app_fd (A, now the application's) in *list, the
+ * caller's list head, until app_fd is gone (checked every 2 s) or
+ * ntcp_relay_bridge_close_all(). */
+void ntcp_relay_bridge_keep(ntcp_relay_bridge *b, int app_fd, ntcp_relay_bridge **list);
+void ntcp_relay_bridge_close_all(ntcp_relay_bridge **list);
+
+/* Ends it (A too, unless taken). */
+void ntcp_relay_bridge_close(ntcp_relay_bridge *b);
 
 #endif /* NTCP_RELAY_H */

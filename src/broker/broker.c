@@ -869,8 +869,8 @@ static void do_offer_answer(bsession *t, const stun_msg *m)
         broker_turn_build(b, &sb, t->bind->name); /* turn_creds.c */
     finish_send(t, &sb);
     b->st.connects_ok++;
-    if (transport == BROKER_TRANSPORT_TCP && t->state == S_REGISTERED)
-        rdv_add(b, r, t, nonce); /* for RAW-ISN (spoof.c) */
+    if (t->state == S_REGISTERED)
+        rdv_add(b, r, t, nonce); /* for RAW-ISN (spoof.c; TCP) and RELAY-ADDR (TCP, UDP) */
 }
 
 static void do_unregister(bsession *s, const stun_msg *m)

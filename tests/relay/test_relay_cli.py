@@ -116,6 +116,58 @@ def pair(wd, tag, broker, connect_opts, listen_opts=(), data=True):
     return rc, lrc, last_json(out["aerr"]), last_json(out["berr"]), same
 
 
+def pair_udp(wd, tag, broker, connect_opts, n=300):
+    """UDP (ntcp listen/connect --udp): n datagrams (lines) each way."""
+    env = dict(os.environ, HOME=os.path.join(wd, "home"), XDG_CONFIG_HOME=os.path.join(wd, "xdg"),
+               NTCP_CONFIG=os.path.join(wd, "empty.conf"))
+    to_bob = "".join("from-alice-%d\n" % k for k in range(n)).encode()
+    to_alice = "".join("from-bob-%d\n" % k for k in range(n)).encode()
+    out = {k: os.path.join(wd, tag + "." + k) for k in ("aout", "aerr", "bout", "berr")}
+    lst = subprocess.Popen([ntcp, "listen", "--id", "bob", "-b", broker, "-t", "30000", "--json", "--udp",
+                            "--interval", "2"], stdin=subprocess.PIPE, stdout=open(out["bout"], "wb"),
+                           stderr=open(out["berr"], "wb"), env=env)
+    feed(lst, to_alice)
+    rc = None
+    try:
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            con = subprocess.Popen([ntcp, "connect", "--id", "alice", "-b", broker, "-t", "20000", "--json",
+                                    "--udp", "--interval", "2"] + list(connect_opts) + ["bob"],
+                                   stdin=subprocess.PIPE, stdout=open(out["aout"], "wb"),
+                                   stderr=open(out["aerr"], "wb"), env=env)
+            feed(con, to_bob)
+            while con.poll() is None and time.monotonic() < end:
+                if size(out["aout"]) >= len(to_alice) and size(out["bout"]) >= len(to_bob):
+                    break
+                time.sleep(0.02)  # polling the outputs with a deadline
+            if con.poll() != 3:
+                break
+        for p in (con, lst):
+            try:
+                p.stdin.close()
+            except (OSError, ValueError):
+                pass
+        try:
+            rc = con.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            rc = None
+        try:
+            lst.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            pass
+    finally:
+        for p in (con, lst):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    got_a = open(out["aout"], "rb").read()
+    got_b = open(out["bout"], "rb").read()
+    for k in ("aerr", "berr"):
+        log("---- %s %s ----\n%s" % (tag, k, open(out[k], errors="replace").read()[-1500:]))
+    return rc, last_json(out["aerr"]), last_json(out["berr"]), got_a == to_alice and got_b == to_bob, \
+        (len(got_a.splitlines()), len(got_b.splitlines()))
+
+
 with Workdir() as wd:
     os.makedirs(os.path.join(wd, "home"))
     os.makedirs(os.path.join(wd, "xdg"))
@@ -140,6 +192,15 @@ with Workdir() as wd:
           "relay always: both name the relay %s" % relay, "%s / %s" % (a.get("relay"), b.get("relay")))
     check(a.get("remote") == b.get("local") or a.get("remote", "").startswith(IP1),
           "relay always: alice's remote is the relayed address", str(a.get("remote")))
+
+    # 1b. UDP (ntcp_udp_punch) through the relay: the target's bridge.
+    rc, a, b, same, counts = pair_udp(wd, "udp-always", broker, ["--relay", "always"])
+    check(rc == 0, "udp relay always: connect exits 0", "%s: %s" % (rc, a.get("detail")))
+    check(a.get("method") == "relay" and b.get("method") == "relay" and a.get("transport") == "udp",
+          "udp relay always: both say relay (udp)", "%s / %s" % (a.get("method"), b.get("method")))
+    check(a.get("relay") == relay and b.get("relay") == relay, "udp relay always: both name the relay",
+          "%s / %s" % (a.get("relay"), b.get("relay")))
+    check(same, "udp relay always: 300 datagrams each way, in order", "lines %s" % (counts,))
 
     # 2. Default (auto) on loopback: a direct method works, the relay is not used.
     rc, lrc, a, b, same = pair(wd, "auto", broker, [])
