@@ -141,6 +141,52 @@ class Run:
         return (rc, last_json(f["aerr"]), last_json(f["berr"]), open(f["aout"], "rb").read(),
                 open(f["bout"], "rb").read(), to_a, to_b)
 
+    def udp(self):
+        """ntcp_udp_punch() between two random-port NATs: no punch can work
+        (docs/udp.md), so the relay at once: 1,000 datagrams each way."""
+        n = 1000
+        to_a = "".join("from-bob-%d\n" % k for k in range(n)).encode()
+        to_b = "".join("from-alice-%d\n" % k for k in range(n)).encode()
+        f = {k: os.path.join(self.home, "udp.%s" % k) for k in ("aout", "aerr", "bout", "berr")}
+        lst = self.bg("b", self.peer("listen", "bobu", "--udp", "--interval", "2"), stdin=subprocess.PIPE,
+                      stdout=open(f["bout"], "wb"), stderr=open(f["berr"], "wb"))
+        feed(lst, to_a)
+        con, rc = None, None
+        end = time.monotonic() + 90
+        while time.monotonic() < end:
+            con = self.bg("a", self.peer("connect", "aliceu", "--udp", "--interval", "2") + ["bobu"],
+                          stdin=subprocess.PIPE, stdout=open(f["aout"], "wb"), stderr=open(f["aerr"], "wb"))
+            feed(con, to_b)
+            while con.poll() is None and time.monotonic() < end:
+                if size(f["aout"]) >= len(to_a) and size(f["bout"]) >= len(to_b):
+                    break
+                time.sleep(0.05)  # polling the outputs with a deadline
+            if con.poll() != 3:
+                break
+        for p in (con, lst):
+            try:
+                p.stdin.close()
+            except (OSError, ValueError, AttributeError):
+                pass
+        try:
+            rc = con.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            rc = None
+        try:
+            lst.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            pass
+        ja, jb = last_json(f["aerr"]), last_json(f["berr"])
+        got_a, got_b = open(f["aout"], "rb").read(), open(f["bout"], "rb").read()
+        self.check(rc == 0 and ja.get("transport") == "udp",
+                   "udp: connect --udp exits 0 (got %s: %s)" % (rc, ja.get("detail")))
+        self.check(ja.get("method") == "relay" and jb.get("method") == "relay",
+                   "udp: both ends say relay (got %s / %s)" % (ja.get("method"), jb.get("method")))
+        sha = lambda x: hashlib.sha256(x).hexdigest()[:16]
+        self.check(got_a == to_a and got_b == to_b,
+                   "udp: 1,000 datagrams each way, SHA-256 %s / %s (got %d / %d lines)"
+                   % (sha(to_a), sha(to_b), len(got_a.splitlines()), len(got_b.splitlines())))
+
     def staged(self):
         print("== a and a2 behind one port-restricted NAT, isolated LAN, no hairpin: "
               "direct methods fail, then the relay", flush=True)
@@ -171,6 +217,8 @@ class Run:
                    "a got b's 1 MiB, SHA-256 %s (got %d bytes, %s)" % (sha(to_a), len(got_a), sha(got_a)))
         self.check(sha(got_b) == sha(to_b) and len(got_b) == MIB,
                    "b got a's 1 MiB, SHA-256 %s (got %d bytes, %s)" % (sha(to_b), len(got_b), sha(got_b)))
+        if a == b == "symmetric-random":
+            self.udp()
         if a == "symmetric-random" and b == "port-restricted":
             rc, ja, jb, _, _, _, _ = self.pair("never", ["--relay", "never"], data=False)
             self.check(rc == 2 and ja.get("ok") is False,
