@@ -167,6 +167,24 @@ struct conn {
     char upeer[BROKER_NAME_MAX + 1];
 };
 
+/* dst = a b c, cut to cap bytes (a detail line may lose its end). a may be
+ * dst itself. */
+static void join3(char *dst, size_t cap, const char *a, const char *b, const char *c)
+{
+    char tmp[512];
+    size_t n = 0;
+    const char *parts[3] = {a, b, c};
+    for (int k = 0; k < 3; k++)
+        for (const char *q = parts[k]; q && *q && n + 1 < sizeof tmp; q++)
+            tmp[n++] = *q;
+    if (n >= cap)
+        n = cap ? cap - 1 : 0;
+    if (cap) {
+        memcpy(dst, tmp, n);
+        dst[n] = 0;
+    }
+}
+
 static uint64_t mono_ms(void)
 {
     return uv_hrtime() / 1000000u;
@@ -572,15 +590,12 @@ static void relay_won(conn *c, const ntcp_relay_result *res)
     conn_won(c, res->fd, "relay", &res->local, &res->remote,
              (int64_t)res->connected_at - t0, (int64_t)res->verified_at - t0);
     i->relay = res->server;
-    char sb[64], rb[64], d[sizeof i->detail];
-    /* Cut to the field's size when long (the return value says by how much). */
-    (void)!snprintf(d, sizeof d, "relay %s (relayed address %s); direct: %s",
-             ntcp_addr_str((const struct sockaddr *)&res->server, sb, sizeof sb),
-             res->relayed.ss_family ? ntcp_addr_str((const struct sockaddr *)&res->relayed, rb,
-                                                    sizeof rb)
-                                    : "?",
-             i->detail[0] ? i->detail : "not tried");
-    memcpy(i->detail, d, sizeof d);
+    char sb[64], rb[64] = "?", head[192];
+    ntcp_addr_str((const struct sockaddr *)&res->server, sb, sizeof sb);
+    if (res->relayed.ss_family)
+        ntcp_addr_str((const struct sockaddr *)&res->relayed, rb, sizeof rb);
+    snprintf(head, sizeof head, "relay %.63s (relayed address %.63s); direct: ", sb, rb);
+    join3(i->detail, sizeof i->detail, head, i->detail[0] ? i->detail : "not tried", "");
 }
 
 /* The relay's turn once the direct methods are over (also when they never
@@ -617,10 +632,8 @@ static bool relay_after_engine(conn *c, const ntcp_engine_result *res)
     }
     if (c->relay)
         ntcp_relay_cancel(c->relay); /* its callback ends it */
-    if (res->err != 0 && c->relay_why[0]) {
-        size_t n = strlen(c->info.detail);
-        snprintf(c->info.detail + n, sizeof c->info.detail - n, "; relay: %s", c->relay_why);
-    }
+    if (res->err != 0 && c->relay_why[0])
+        join3(c->info.detail, sizeof c->info.detail, c->info.detail, "; relay: ", c->relay_why);
     return false;
 }
 
@@ -645,7 +658,7 @@ static void on_relay(ntcp_relay *rl, const ntcp_relay_result *res, void *user)
             c->relay_res = *res;
             ntcp_engine_cancel(c->e); /* on_engine hands the relay's socket over */
         } else {
-            (void)!snprintf(c->relay_why, sizeof c->relay_why, "%s", res->why);
+            join3(c->relay_why, sizeof c->relay_why, res->why, "", "");
         }
         return;
     }
@@ -655,10 +668,8 @@ static void on_relay(ntcp_relay *rl, const ntcp_relay_result *res, void *user)
         return;
     }
     ntcp_conn_info_t *i = &c->info;
-    char d[sizeof i->detail];
-    (void)!snprintf(d, sizeof d, "%s; relay: %s", i->detail[0] ? i->detail : "no direct method",
-             res->why);
-    memcpy(i->detail, d, sizeof d);
+    join3(i->detail, sizeof i->detail, i->detail[0] ? i->detail : "no direct method", "; relay: ",
+          res->why);
     /* The relay's own failure says most: refused (credentials, quota),
      * unreachable, timed out, or the proof's error. */
     conn_ended(c, res->err, close_tcp);
@@ -760,9 +771,7 @@ static void on_punch(udp_puncher *p, const ntcp_udp_punch_result *r, void *user)
     }
     if (c->urelay) {
         /* The relay's punch (relay_udp.c): its reason after the direct one's. */
-        char d[sizeof i->detail];
-        (void)!snprintf(d, sizeof d, "%s; relay: %s", i->detail, r->reason);
-        memcpy(i->detail, d, sizeof d);
+        join3(i->detail, sizeof i->detail, i->detail, "; relay: ", r->reason);
     } else {
         snprintf(i->detail, sizeof i->detail, "%s", r->reason);
         i->attempts = r->paths;
@@ -882,10 +891,8 @@ static void udp_relay_go(conn *c)
 static void udp_relay_failed(conn *c, int err)
 {
     ntcp_conn_info_t *i = &c->info;
-    char d[sizeof i->detail];
-    (void)!snprintf(d, sizeof d, "%s; relay: %s", i->detail[0] ? i->detail : "no direct path",
-                    c->urelay_why[0] ? c->urelay_why : "no relay");
-    memcpy(i->detail, d, sizeof d);
+    join3(i->detail, sizeof i->detail, i->detail[0] ? i->detail : "no direct path", "; relay: ",
+          c->urelay_why[0] ? c->urelay_why : "no relay");
     c->urelay_wait = false;
     conn_finish(c, err);
 }
