@@ -10,8 +10,8 @@
 #  3. as root, lets two peers behind those NATs find each other through
 #     ntcp-brokerd and talk over TCP: `ntcp listen` in one site, `ntcp
 #     connect` in the other; it prints the messages and which method won;
-#  4. as root, a pair no direct method can traverse (a behind a symmetric NAT
-#     with random ports, b port-restricted): the broker offers coturn, run by
+#  4. as root, a pair no direct method can traverse (a and b both behind
+#     symmetric NATs with random ports): the broker offers coturn, run by
 #     the lab on its relay host, and the two connect through it, saying so.
 # Every process it starts is stopped by PID; the lab is taken down.
 set -euo pipefail
@@ -143,8 +143,8 @@ stop_lab_servers
 "$LAB" down --prefix "$lab_prefix" >/dev/null; lab_prefix=""
 
 echo
-echo "== 4. the relay of last resort (docs/relay.md): a behind a symmetric NAT with"
-echo "      random ports, b behind a port-restricted one. No direct method can work;"
+echo "== 4. the relay of last resort (docs/relay.md): a and b both behind symmetric"
+echo "      NATs with random ports. No direct method can work;"
 echo "      the lab runs coturn on its relay host, the broker hands each end"
 echo "      time-limited TURN credentials, and the connection goes through coturn,"
 echo "      with the key proof end to end."
@@ -152,7 +152,7 @@ if ! command -v turnserver >/dev/null; then
   echo "   coturn's turnserver is not installed: skipped"
   echo; echo "demo: done"; exit 0
 fi
-lab_prefix=$("$LAB" up --a symmetric-random --b port-restricted --syn drop --turn)
+lab_prefix=$("$LAB" up --a symmetric-random --b symmetric-random --syn drop --turn)
 export NTCP_LAB_PREFIX=$lab_prefix
 "$LAB" status | grep -E "site|TURN|turnserver"
 secret_file=$("$LAB" status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["turn"]["secret_file"])')
@@ -167,7 +167,7 @@ demo_home=$(mktemp -d)
 out=$(mktemp -d)
 # Each end keeps its side open until the other's line has come: a TURN
 # relay carries no half-close (docs/relay.md).
-( echo "hello alice, this is bob (port-restricted)"
+( echo "hello alice, this is bob (symmetric NAT, random ports)"
   for _ in $(seq 1 300); do grep -q . "$out/bob.txt" 2>/dev/null && break; sleep 0.1; done ) |
   HOME=$demo_home "$LAB" exec b -- "$NTCP" listen --id bob --stun server --broker server:3490 \
     --timeout 60000 >"$out/bob.txt" 2>"$out/bob.log" &

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """relay_lab.py: the relay of last resort between real NATs in the lab (root
-only). For pairs no direct method can traverse (symmetric-random against a
-port-filtering NAT, or against another symmetric-random), `ntcp-lab up
+only). For pairs no direct method can traverse (symmetric-random against
+symmetric-seq, or against another symmetric-random), `ntcp-lab up
 --turn` runs coturn on the relay host; ntcp-stuntd and an ntcp-brokerd with
 --turn-server/--turn-secret-file run on the server host; `ntcp listen` (b)
 and `ntcp connect` (a), the CLI over the public API, must connect by
@@ -22,10 +22,13 @@ import time
 
 from relay_common import feed, last_json, size
 
+# Pairs no direct method can traverse: a random-port NAT against a
+# sequential one or another random one (against fw or port-restricted, TCP
+# birthday probing may connect directly: issue 11, not the relay's case).
 CASES = [
     # (a, b, syn, delay ms)
-    ("symmetric-random", "port-restricted", "drop", 0),
-    ("port-restricted", "symmetric-random", "rst", 25),
+    ("symmetric-random", "symmetric-seq", "drop", 0),
+    ("symmetric-seq", "symmetric-random", "rst", 25),
     ("symmetric-random", "symmetric-random", "icmp", 0),
 ]
 # The staged fallback: two peers behind one NAT that isolates its clients
@@ -219,7 +222,7 @@ class Run:
                    "b got a's 1 MiB, SHA-256 %s (got %d bytes, %s)" % (sha(to_b), len(got_b), sha(got_b)))
         if a == b == "symmetric-random":
             self.udp()
-        if a == "symmetric-random" and b == "port-restricted":
+        if a == "symmetric-random" and b == "symmetric-seq":
             rc, ja, jb, _, _, _, _ = self.pair("never", ["--relay", "never"], data=False)
             self.check(rc == 2 and ja.get("ok") is False,
                        "--relay never: the same pair fails honestly, exit 2 (got %s: %s)"
