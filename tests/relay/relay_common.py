@@ -35,3 +35,33 @@ def last_json(path):
         return json.loads(lines[-1]) if lines else {}
     except (OSError, ValueError):
         return {}
+
+
+def relay_port_range(count=50, host="127.0.0.1"):
+    """A base port P such that P..P+count-1 are free (TCP and UDP) for
+    coturn's relayed addresses (--min-port/--max-port). Looked for below the
+    kernel's ephemeral range (32768 and up by default), where only explicit
+    binds live: after many tests loopback is full of ephemeral ports in
+    TIME_WAIT, and count free ones in a row are rare there."""
+    import random
+    import socket
+
+    def free(port):
+        socks = []
+        try:
+            for typ in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                s = socket.socket(socket.AF_INET, typ)
+                socks.append(s)
+                s.bind((host, port))
+            return True
+        except OSError:
+            return False
+        finally:
+            for s in socks:
+                s.close()
+
+    for _ in range(500):
+        base = random.randrange(20000, 32000 - count)
+        if all(free(base + i) for i in range(count)):
+            return base
+    raise RuntimeError("no free range of %d ports" % count)

@@ -14,10 +14,10 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "interop"))
-from interop import IP1, Server, Workdir, check, finish, free_port, free_ports, log, skip, wait_ready  # noqa: E402
+from interop import IP1, Server, Workdir, check, finish, free_port, log, skip, wait_ready  # noqa: E402
 import shutil  # noqa: E402
 
-from relay_common import feed, last_json, size  # noqa: E402
+from relay_common import feed, last_json, relay_port_range, size  # noqa: E402
 
 if len(sys.argv) != 3 or not all(os.access(p, os.X_OK) for p in sys.argv[1:]):
     skip("ntcp or ntcp-brokerd is not built")
@@ -28,7 +28,7 @@ ntcp, brokerd = sys.argv[1], sys.argv[2]
 
 def start_turn(wd, secret):
     port = free_port()
-    relay = free_ports(50, (IP1,))
+    relay = relay_port_range(50)
     argv = ["turnserver", "-n", "--no-cli", "--no-tls", "--no-dtls", "-L", IP1,
             "--listening-port", str(port), "--relay-ip", IP1, "--min-port", str(relay),
             "--max-port", str(relay + 49), "--use-auth-secret", "--static-auth-secret", secret,

@@ -9,8 +9,10 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "interop"))
-from interop import IP1, SKIP, Server, Workdir, check, finish, free_port, free_ports, log, run, skip, wait_ready  # noqa: E402
+from interop import IP1, SKIP, Server, Workdir, check, finish, free_port, log, run, skip, wait_ready  # noqa: E402
 import shutil  # noqa: E402
+
+from relay_common import relay_port_range  # noqa: E402
 
 if len(sys.argv) != 2 or not os.access(sys.argv[1], os.X_OK):
     skip("turn_check is not built")
@@ -39,10 +41,12 @@ with Workdir() as wd:
     with open(secret_file, "w") as f:
         f.write(secret + "\n")
     P = free_port()
-    relay = free_ports(50, (IP1,))
+    relay = relay_port_range(50)
     start_turn(wd, "turnserver", P, relay, secret)
     P2 = free_port()
-    relay2 = free_ports(50, (IP1,))
+    relay2 = relay_port_range(50)
+    while abs(relay2 - relay) < 50:  # the two servers' ranges apart
+        relay2 = relay_port_range(50)
     start_turn(wd, "turnserver-notcp", P2, relay2, secret, ["--no-tcp-relay"])
     down = free_port()
 
