@@ -16,6 +16,7 @@
 #include <uv.h>
 
 #include "broker.h"
+#include "logline.h"
 #include "ntcp.h"
 
 static const char usage[] =
@@ -63,12 +64,9 @@ typedef struct app {
 static void log_line(void *user, int level, const char *msg)
 {
     (void)user;
-    static const char *names[] = {"error", "warning", "info", "debug"};
-    char ts[32];
-    time_t now = time(NULL);
-    struct tm tm;
-    strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&now, &tm));
-    fprintf(stderr, "%s ntcp-brokerd %s: %s\n", ts, names[level & 3], msg);
+    char start[96];
+    ntcp_log_prefix(start, sizeof start, level & 3, "ntcp-brokerd", false);
+    fprintf(stderr, "%s%s\n", start, msg);
 }
 
 static long rss_kib(void)

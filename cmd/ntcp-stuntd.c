@@ -11,6 +11,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "logline.h"
 #include "ntcp.h"
 #include "stuntd.h"
 
@@ -112,10 +113,12 @@ static void on_signal(uv_signal_t *h, int signum)
     struct app *app = h->data;
     ntcp_stuntd_stats st;
     ntcp_stuntd_get_stats(app->srv, &st);
+    char start[96];
+    ntcp_log_prefix(start, sizeof start, NTCP_LOG_INFO, "ntcp-stuntd", true);
     fprintf(stderr,
-            "ntcp-stuntd: %s: stopping (udp in %llu out %llu rate-limited %llu; tcp "
+            "%s%s: stopping (udp in %llu out %llu rate-limited %llu; tcp "
             "connections %llu; connect-backs %llu)\n",
-            strsignal(signum), (unsigned long long)st.udp_in, (unsigned long long)st.udp_out,
+            start, strsignal(signum), (unsigned long long)st.udp_in, (unsigned long long)st.udp_out,
             (unsigned long long)st.udp_rate_limited, (unsigned long long)st.tcp_accepted,
             (unsigned long long)st.cb_started);
     ntcp_stuntd_stop(app->srv);

@@ -12,6 +12,15 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+/* Marks the library's interface. libntcp is compiled with hidden visibility
+ * (docs/architecture.md, "Packaging"), so libntcp.so exports exactly the
+ * declarations below that carry this and nothing of its internals. */
+#if defined(__GNUC__) || defined(__clang__)
+#define NTCP_EXPORT __attribute__((visibility("default")))
+#else
+#define NTCP_EXPORT
+#endif
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -121,16 +130,16 @@ typedef struct ntcp_nat_behaviour {
 
 /* Names for people and JSON: "endpoint-independent", "port-restricted cone",
  * "AddressPortDependent", ... Static strings, never NULL. */
-const char *ntcp_reach_name(ntcp_reach_t r);
-const char *ntcp_dep_name(ntcp_nat_dep_t d);
-const char *ntcp_ports_name(ntcp_port_alloc_t p);
-const char *ntcp_syn_name(ntcp_syn_answer_t s);
-const char *ntcp_tristate_name(ntcp_tristate_t t);
+NTCP_EXPORT const char *ntcp_reach_name(ntcp_reach_t r);
+NTCP_EXPORT const char *ntcp_dep_name(ntcp_nat_dep_t d);
+NTCP_EXPORT const char *ntcp_ports_name(ntcp_port_alloc_t p);
+NTCP_EXPORT const char *ntcp_syn_name(ntcp_syn_answer_t s);
+NTCP_EXPORT const char *ntcp_tristate_name(ntcp_tristate_t t);
 /* The classic name (full cone, restricted cone, port-restricted cone,
  * symmetric, open, firewall, blocked, unknown) of a behaviour. */
-const char *ntcp_classic_name(const ntcp_nat_behaviour_t *b);
-ntcp_legacy_type_t ntcp_legacy_type(const ntcp_nat_behaviour_t *b);
-const char *ntcp_legacy_name(ntcp_legacy_type_t t);
+NTCP_EXPORT const char *ntcp_classic_name(const ntcp_nat_behaviour_t *b);
+NTCP_EXPORT ntcp_legacy_type_t ntcp_legacy_type(const ntcp_nat_behaviour_t *b);
+NTCP_EXPORT const char *ntcp_legacy_name(ntcp_legacy_type_t t);
 
 /* ---- The context ---- */
 
@@ -168,11 +177,11 @@ typedef enum ntcp_relay_policy {
     NTCP_RELAY_ALWAYS = 2, /* only the relay, no direct method (tests, or by choice) */
 } ntcp_relay_policy_t;
 
-void ntcp_config_init(ntcp_config_t *cfg);
+NTCP_EXPORT void ntcp_config_init(ntcp_config_t *cfg);
 
 /* Makes a context. The strings in cfg are copied: cfg may go after the call.
  * *out is the caller's, to be released with ntcp_free(). */
-int ntcp_new(const ntcp_config_t *cfg, ntcp_t **out);
+NTCP_EXPORT int ntcp_new(const ntcp_config_t *cfg, ntcp_t **out);
 
 /* Makes a context from an INI file (docs/configuration.md), keys written
  * with `=` or `:`:
@@ -185,29 +194,29 @@ int ntcp_new(const ntcp_config_t *cfg, ntcp_t **out);
  *     to the broker; yes/no for the flags);
  *   relay: auto, never or always (ntcp_relay_policy_t), likewise.
  * Returns NTCP_ECONFIG when the file cannot be read or a value is invalid. */
-int ntcp_new_from_file(const char *path, ntcp_t **out);
+NTCP_EXPORT int ntcp_new_from_file(const char *path, ntcp_t **out);
 
 /* Adds a STUN server at the end of the list (copied). */
-int ntcp_add_stun_server(ntcp_t *ctx, const char *server);
+NTCP_EXPORT int ntcp_add_stun_server(ntcp_t *ctx, const char *server);
 
 /* The context's settings, or NULL when unset. Owned by the context. */
-const char *ntcp_get_broker(const ntcp_t *ctx);
-const char *ntcp_get_name(const ntcp_t *ctx);
-const char *ntcp_get_key_file(const ntcp_t *ctx);
+NTCP_EXPORT const char *ntcp_get_broker(const ntcp_t *ctx);
+NTCP_EXPORT const char *ntcp_get_name(const ntcp_t *ctx);
+NTCP_EXPORT const char *ntcp_get_key_file(const ntcp_t *ctx);
 /* TLS to the broker: 1 when on, else 0; the CA file and the pins, or NULL;
  * 1 when certificates are not checked. */
-int ntcp_get_broker_tls(const ntcp_t *ctx);
-const char *ntcp_get_broker_ca(const ntcp_t *ctx);
-const char *ntcp_get_broker_pin(const ntcp_t *ctx);
-int ntcp_get_broker_tls_insecure(const ntcp_t *ctx);
+NTCP_EXPORT int ntcp_get_broker_tls(const ntcp_t *ctx);
+NTCP_EXPORT const char *ntcp_get_broker_ca(const ntcp_t *ctx);
+NTCP_EXPORT const char *ntcp_get_broker_pin(const ntcp_t *ctx);
+NTCP_EXPORT int ntcp_get_broker_tls_insecure(const ntcp_t *ctx);
 /* The i-th STUN server (from 0), or NULL past the end. */
-const char *ntcp_get_stun_server(const ntcp_t *ctx, size_t i);
+NTCP_EXPORT const char *ntcp_get_stun_server(const ntcp_t *ctx, size_t i);
 
 /* Frees the context: stops its runtime (the broker session is closed, every
  * attempt in flight ends, blocked calls return NTCP_ECLOSED, connections
  * queued for ntcp_accept() are closed). Descriptors already handed over stay
  * open. Must not be called from a callback. */
-void ntcp_free(ntcp_t *ctx);
+NTCP_EXPORT void ntcp_free(ntcp_t *ctx);
 
 /* ---- NAT discovery ---- */
 
@@ -236,8 +245,8 @@ typedef struct ntcp_nat_profile {
  * answers. Returns 0 when every probed part was classified, NTCP_EPROTO when
  * some of it is unknown (see each behaviour's why), NTCP_EUNREACHABLE when no
  * server answered, or another error. The profile is filled in every case. */
-int ntcp_discover(ntcp_t *ctx, ntcp_nat_profile_t *profile, int timeout_ms);
-int ntcp_discover_ex(ntcp_t *ctx, unsigned flags, ntcp_nat_profile_t *profile, int timeout_ms);
+NTCP_EXPORT int ntcp_discover(ntcp_t *ctx, ntcp_nat_profile_t *profile, int timeout_ms);
+NTCP_EXPORT int ntcp_discover_ex(ntcp_t *ctx, unsigned flags, ntcp_nat_profile_t *profile, int timeout_ms);
 
 /* The asynchronous form, on the caller's libuv loop (a uv_loop_t *). cb is
  * called once, on the loop, with the same status and profile (valid during
@@ -245,7 +254,7 @@ int ntcp_discover_ex(ntcp_t *ctx, unsigned flags, ntcp_nat_profile_t *profile, i
 struct uv_loop_s;
 typedef void (*ntcp_discover_cb)(ntcp_t *ctx, int status, const ntcp_nat_profile_t *profile,
                                  void *user_ptr);
-int ntcp_discover_start(ntcp_t *ctx, struct uv_loop_s *loop, unsigned flags, int timeout_ms,
+NTCP_EXPORT int ntcp_discover_start(ntcp_t *ctx, struct uv_loop_s *loop, unsigned flags, int timeout_ms,
                         ntcp_discover_cb cb, void *user_ptr);
 
 /* ---- Connections: ntcp_listen, ntcp_accept, ntcp_connect ----
@@ -281,7 +290,8 @@ typedef struct ntcp_conn_info {
     char peer[65];          /* the peer's name, as the broker vouched for it */
     int initiator;          /* 1: this end called ntcp_connect() */
     char method[16];        /* "same-lan", "direct", "reversal", "stunt2",
-                               "p2pnat", "predict", ..., "relay" ("" on failure) */
+                               "p2pnat", "predict", "birthday", "stunt1",
+                               "natblaster", "relay" ("" on failure) */
     struct sockaddr_storage local, remote; /* of the connection */
     struct sockaddr_storage public_addr;   /* this end as the broker sees it */
     struct sockaddr_storage peer_public;   /* the peer as the broker sees it */
@@ -307,14 +317,14 @@ typedef struct ntcp_conn_info {
  * another key, or not authorized), NTCP_ECERT or NTCP_ETLS (TLS to the broker:
  * its certificate refused, or its port does not speak TLS, or does), or
  * another error. Calling it again with the same name returns 0 at once. */
-int ntcp_listen(ntcp_t *ctx, const char *name, int timeout_ms);
+NTCP_EXPORT int ntcp_listen(ntcp_t *ctx, const char *name, int timeout_ms);
 
 /* Waits for the next verified incoming connection (TCP, or a UDP path made
  * by ntcp_udp_punch() on the other end: info->transport says which).
  * Returns the descriptor, or NTCP_ETIMEDOUT after timeout_ms (< 0: forever,
  * 0: poll), NTCP_ENOTREADY before ntcp_listen(), NTCP_ECLOSED when the context
  * is being freed. info may be NULL. */
-int ntcp_accept(ntcp_t *ctx, ntcp_conn_info_t *info, int timeout_ms);
+NTCP_EXPORT int ntcp_accept(ntcp_t *ctx, ntcp_conn_info_t *info, int timeout_ms);
 
 /* Opens a TCP connection to the peer registered as `peer`. Registers the
  * context's name first when ntcp_listen() was not called. Blocks for at most
@@ -327,7 +337,7 @@ int ntcp_accept(ntcp_t *ctx, ntcp_conn_info_t *info, int timeout_ms);
  *   NTCP_EINTEGRITY    something answered but could not prove the peer's key;
  *   NTCP_ECONFIG       no broker or no name configured.
  * info (may be NULL) is filled in every case. */
-int ntcp_connect(ntcp_t *ctx, const char *peer, ntcp_conn_info_t *info, int timeout_ms);
+NTCP_EXPORT int ntcp_connect(ntcp_t *ctx, const char *peer, ntcp_conn_info_t *info, int timeout_ms);
 
 /* The asynchronous forms. cb runs once, on the runtime thread, with the
  * descriptor (>= 0, the callee's to close) or an error, and info (valid during
@@ -336,13 +346,13 @@ int ntcp_connect(ntcp_t *ctx, const char *peer, ntcp_conn_info_t *info, int time
 typedef void (*ntcp_conn_cb)(ntcp_t *ctx, int fd_or_err, const ntcp_conn_info_t *info,
                              void *user_ptr);
 typedef void (*ntcp_listen_cb)(ntcp_t *ctx, int status, void *user_ptr);
-int ntcp_listen_async(ntcp_t *ctx, const char *name, ntcp_listen_cb cb, void *user_ptr);
-int ntcp_connect_async(ntcp_t *ctx, const char *peer, int timeout_ms, ntcp_conn_cb cb,
+NTCP_EXPORT int ntcp_listen_async(ntcp_t *ctx, const char *name, ntcp_listen_cb cb, void *user_ptr);
+NTCP_EXPORT int ntcp_connect_async(ntcp_t *ctx, const char *peer, int timeout_ms, ntcp_conn_cb cb,
                        void *user_ptr);
 /* The next incoming connection goes to cb instead of the ntcp_accept()
  * queue (one callback per call; a connection already queued is given at
  * once). */
-int ntcp_accept_async(ntcp_t *ctx, ntcp_conn_cb cb, void *user_ptr);
+NTCP_EXPORT int ntcp_accept_async(ntcp_t *ctx, ntcp_conn_cb cb, void *user_ptr);
 
 /* ---- UDP: ntcp_udp_punch (docs/udp.md) ----
  *
@@ -363,14 +373,14 @@ int ntcp_accept_async(ntcp_t *ctx, ntcp_conn_cb cb, void *user_ptr);
  * keepalives as datagrams of length 0, and, rarely (when the last handshake
  * datagrams were lost), a repeated handshake datagram: ntcp_udp_is_control()
  * tells both apart from its own data, which it should then ignore. */
-int ntcp_udp_punch(ntcp_t *ctx, const char *peer, ntcp_conn_info_t *info, int timeout_ms);
-int ntcp_udp_punch_async(ntcp_t *ctx, const char *peer, int timeout_ms, ntcp_conn_cb cb,
+NTCP_EXPORT int ntcp_udp_punch(ntcp_t *ctx, const char *peer, ntcp_conn_info_t *info, int timeout_ms);
+NTCP_EXPORT int ntcp_udp_punch_async(ntcp_t *ctx, const char *peer, int timeout_ms, ntcp_conn_cb cb,
                          void *user_ptr);
 /* Stops the path's keepalive at once and closes fd. Returns 0, or NTCP_EINVAL. */
-int ntcp_udp_close(ntcp_t *ctx, int fd);
+NTCP_EXPORT int ntcp_udp_close(ntcp_t *ctx, int fd);
 /* 1 when a received datagram is ntcp's own (a keepalive or a handshake
  * repeat), 0 when it is the peer application's. */
-int ntcp_udp_is_control(const void *buf, size_t len);
+NTCP_EXPORT int ntcp_udp_is_control(const void *buf, size_t len);
 
 /* Who may connect: called on the runtime thread for each offer, before any
  * packet is sent to the peer; return 1 to accept, 0 to refuse (the requester
@@ -378,27 +388,27 @@ int ntcp_udp_is_control(const void *buf, size_t len);
  * ntcp_listen(). */
 typedef int (*ntcp_policy_fn)(ntcp_t *ctx, const char *peer, ntcp_transport_t transport,
                               void *user_ptr);
-int ntcp_set_policy(ntcp_t *ctx, ntcp_policy_fn fn, void *user_ptr);
+NTCP_EXPORT int ntcp_set_policy(ntcp_t *ctx, ntcp_policy_fn fn, void *user_ptr);
 
 /* The relay policy (ntcp_config_t.relay, the file's `relay` key); set it
  * before the first connection. Returns 0 or NTCP_EINVAL. */
-int ntcp_set_relay(ntcp_t *ctx, ntcp_relay_policy_t policy);
+NTCP_EXPORT int ntcp_set_relay(ntcp_t *ctx, ntcp_relay_policy_t policy);
 /* The context's relay policy (NTCP_RELAY_AUTO for NULL). */
-ntcp_relay_policy_t ntcp_get_relay(const ntcp_t *ctx);
+NTCP_EXPORT ntcp_relay_policy_t ntcp_get_relay(const ntcp_t *ctx);
 
 /* The profile the runtime discovered and registered (zeroed, with status
  * NTCP_ENOTREADY, before the runtime has one). Returns the discovery status. */
-int ntcp_get_profile(ntcp_t *ctx, ntcp_nat_profile_t *profile);
+NTCP_EXPORT int ntcp_get_profile(ntcp_t *ctx, ntcp_nat_profile_t *profile);
 
 /* One JSON object describing info (method, times, addresses), snprintf
  * rules: returns the length it needed. */
-size_t ntcp_conn_info_json(const ntcp_conn_info_t *info, int status, char *buf, size_t len);
+NTCP_EXPORT size_t ntcp_conn_info_json(const ntcp_conn_info_t *info, int status, char *buf, size_t len);
 
 /* A static, never-NULL English description of an NTCP_E* code. */
-const char *ntcp_strerror(int err);
+NTCP_EXPORT const char *ntcp_strerror(int err);
 
 /* The library's version string, e.g. "0.1.0". */
-const char *ntcp_version(void);
+NTCP_EXPORT const char *ntcp_version(void);
 
 #ifdef __cplusplus
 }

@@ -9,6 +9,8 @@ PACKAGES=(
   libnetfilter-queue-dev libmnl-dev
   iproute2 nftables python3 procps util-linux
   coturn stun-client
+  python3-pytest python3-twisted python3-venv
+  abigail-tools debhelper dh-python lintian systemd
 )
 
 missing=()

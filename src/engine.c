@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "addr.h"
+#include "birthday.h"
 #include "raw_attempt.h"
 
 /* Connections under proof at once: more would only be a peer (or a
@@ -36,6 +37,12 @@
 #define ENGINE_MAX_REPUNCH 24
 /* The punch TTL is never raised past this while learning (punch_ttl_seen). */
 #define ENGINE_MAX_TTL 16
+/* SPRAY (birthday) opens this many sockets every ENGINE_SPRAY_TICK_MS: 256
+ * in 64 ms, then re-punches each every ENGINE_REPUNCH_MS (320 low-TTL SYNs
+ * a second, which die at the first router past the NAT). */
+#define ENGINE_SPRAY_BATCH 8
+#define ENGINE_SPRAY_TICK_MS 2
+#define ENGINE_BIRTHDAY_TICK_MS 10
 
 enum { SK_CONNECT = 1, SK_LISTEN, SK_SELECT };
 
@@ -50,6 +57,7 @@ typedef struct esock {
     int kind;
     unsigned idx; /* SK_CONNECT: which target of the window */
     uint8_t ttl;  /* SK_CONNECT of a PUNCH: the TTL its SYN was sent with */
+    uint64_t expire; /* SK_CONNECT of a GUESS: closed then unless its handshake is under way */
     /* SK_SELECT: the verified connection waiting for the requester's choice */
     struct sockaddr_storage local, remote;
     int64_t connected_ms;
@@ -68,6 +76,18 @@ struct eattempt {
     uint32_t retry_mask;
     unsigned repunches; /* punches sent again after an ICMP error or RST */
     uint8_t ttl;        /* PUNCH: the TTL of its next low-TTL SYN */
+    /* PUNCH with a hold time (plan_attempt.hold_ms): whether it has come,
+     * and the targets whose 4-tuple a normal-TTL socket now holds. */
+    bool hold_due;
+    uint32_t held;
+    /* SPRAY: each socket's local port (0 until opened) and last punch time,
+     * and how many are open. GUESS: the ports to guess, in order, and how
+     * many were sent. (Allocated at the start, freed at the stop.) */
+    uint16_t *bport;
+    uint64_t *bat;
+    unsigned bn;
+    uint16_t *gports;
+    unsigned gsent;
     raw_attempt *raw;   /* RAW_SYN: the attempt's own machinery (raw_attempt.c) */
     struct ntcp_engine *raw_engine;
 };
@@ -282,36 +302,82 @@ static void listen_start(ntcp_engine *e, eattempt *at)
         attempt_fail(e, at, NTCP_ENOMEM, 0, "cannot watch the listener");
 }
 
-/* One connect() to target i. The connecting socket of the previous issue to
- * the same target goes first: two sockets cannot hold one 4-tuple, and a
- * fresh SYN is what a re-issue is for. */
-static void connect_one(ntcp_engine *e, eattempt *at, unsigned i, const struct sockaddr_storage *dst)
+/* Makes room on the 4-tuple of target i for a new SYN: the connecting
+ * socket of the previous issue goes first (two sockets cannot hold one
+ * 4-tuple, and a fresh SYN is what a re-issue is for). Returns false, and
+ * keeps it, when the peer's SYN or SYN-ACK has already met it (SYN-RECV, or
+ * connected and not yet seen by the loop): a new socket, with a new
+ * sequence number, would answer the rest of that handshake with an RST. */
+static bool make_room(ntcp_engine *e, eattempt *at, unsigned i)
 {
     for (esock *s = e->socks; s; s = s->next)
         if (s->at == at && s->kind == SK_CONNECT && s->idx == i) {
+            struct tcp_info ti;
+            socklen_t tl = sizeof ti;
+            if (getsockopt(s->fd, IPPROTO_TCP, TCP_INFO, &ti, &tl) == 0 &&
+                ti.tcpi_state != TCP_SYN_SENT && ti.tcpi_state != TCP_CLOSE)
+                return false;
             sock_close(s, false);
-            break;
+            return true;
         }
+    return true;
+}
+
+/* One connect() to target i (make_room). */
+static esock *connect_one(ntcp_engine *e, eattempt *at, unsigned i, const struct sockaddr_storage *dst)
+{
+    if (!make_room(e, at, i))
+        return NULL;
     int fd = bound_socket(e, dst->ss_family, at->port, at->port != 0);
     if (fd < 0) {
         at->rep->sys_errno = -fd;
-        return;
+        return NULL;
     }
     at->rep->syns++;
     if (connect(fd, (const struct sockaddr *)dst, ntcp_sa_len(dst)) == 0) {
         on_connection(e, at, fd);
-        return;
+        return NULL;
     }
     if (errno != EINPROGRESS) {
         at->rep->sys_errno = errno;
         if (errno == ECONNREFUSED)
             at->rep->refusals++;
         close(fd);
-        return;
+        return NULL;
     }
     esock *s = sock_watch(e, at, fd, SK_CONNECT, UV_WRITABLE);
     if (s)
         s->idx = i;
+    return s;
+}
+
+/* Queues a socket's ICMP errors (IP_RECVERR), so that one can be told from
+ * an RST: both end a connect with ECONNREFUSED when the port is
+ * unreachable. (Cleared again on the connection handed to the caller.) */
+static void set_recverr(int fd, int fam, int on)
+{
+    if (fam == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_RECVERR, &on, sizeof on);
+    else
+        setsockopt(fd, IPPROTO_IP, IP_RECVERR, &on, sizeof on);
+}
+
+/* From the hold time on (plan.h, hold_ms), the punched 4-tuple of target i
+ * is held by a socket connecting with the normal TTL: its SYN reaches the
+ * peer's NAT after the peer's own SYN has opened it, and the peer's SYN
+ * finds it in SYN-SENT (a simultaneous open). The low-TTL punch it replaces
+ * may still draw its "time exceeded"; that error quotes the punch's
+ * sequence number, not this socket's, and the kernel ignores it, where it
+ * would have ended the punch socket even after the peer's SYN met it. */
+static void hold_one(ntcp_engine *e, eattempt *at, unsigned i)
+{
+    struct sockaddr_storage dst;
+    if (i >= 32 || !target_at(at, i, &dst))
+        return;
+    at->held |= 1u << i;
+    esock *s = connect_one(e, at, i, &dst);
+    if (s)
+        set_recverr(s->fd, dst.ss_family, 1);
 }
 
 /* A SYN with a low TTL from the attempt's port: it opens our NAT's mapping
@@ -325,17 +391,21 @@ static void connect_one(ntcp_engine *e, eattempt *at, unsigned i, const struct s
  * (after an ICMP error ended this socket). Re-punched every
  * ENGINE_REPUNCH_MS, before the kernel would retransmit the SYN at the
  * normal TTL (initial RTO 1 s, RFC 6298). */
-static void punch_one(ntcp_engine *e, eattempt *at, unsigned i, const struct sockaddr_storage *dst)
+static uint16_t local_port(int fd)
 {
-    for (esock *s = e->socks; s; s = s->next)
-        if (s->at == at && s->kind == SK_CONNECT && s->idx == i) {
-            sock_close(s, false);
-            break;
-        }
-    int fd = bound_socket(e, dst->ss_family, at->port, true);
+    struct sockaddr_storage la;
+    socklen_t sl = sizeof la;
+    return getsockname(fd, (struct sockaddr *)&la, &sl) == 0 ? ntcp_sa_port(&la) : 0;
+}
+
+/* The low-TTL SYN of punch_one() from a given local port (0: any). */
+static esock *punch_from(ntcp_engine *e, eattempt *at, unsigned i, const struct sockaddr_storage *dst,
+                         uint16_t port)
+{
+    int fd = bound_socket(e, dst->ss_family, port, true);
     if (fd < 0) {
         at->rep->sys_errno = -fd;
-        return;
+        return NULL;
     }
     int ttl = at->ttl, deflt = -1;
     bool v6 = dst->ss_family == AF_INET6;
@@ -343,31 +413,32 @@ static void punch_one(ntcp_engine *e, eattempt *at, unsigned i, const struct soc
     if (setsockopt(fd, lvl, opt, &ttl, sizeof ttl) < 0) {
         at->rep->sys_errno = errno;
         close(fd);
-        return;
+        return NULL;
     }
     at->rep->syns++;
     if (connect(fd, (const struct sockaddr *)dst, ntcp_sa_len(dst)) < 0 && errno != EINPROGRESS) {
         at->rep->sys_errno = errno;
         close(fd);
-        return;
+        return NULL;
     }
     setsockopt(fd, lvl, opt, &deflt, sizeof deflt); /* -1: the system's default */
     e->res.punch_ttl = (uint8_t)ttl;
-    if (at->port == 0) { /* FRESH without a listener: the port connect() chose */
-        struct sockaddr_storage la;
-        socklen_t sl = sizeof la;
-        if (getsockname(fd, (struct sockaddr *)&la, &sl) == 0)
-            at->port = ntcp_sa_port(&la);
-    }
-    /* Queue ICMP errors, so that one can be told from an RST (both end the
-     * socket with ECONNREFUSED when the port is unreachable). */
-    int one = 1;
-    setsockopt(fd, lvl, v6 ? IPV6_RECVERR : IP_RECVERR, &one, sizeof one);
+    set_recverr(fd, dst->ss_family, 1);
     esock *s = sock_watch(e, at, fd, SK_CONNECT, UV_WRITABLE);
     if (s) {
         s->idx = i;
         s->ttl = (uint8_t)ttl;
     }
+    return s;
+}
+
+static void punch_one(ntcp_engine *e, eattempt *at, unsigned i, const struct sockaddr_storage *dst)
+{
+    if (!make_room(e, at, i))
+        return;
+    esock *s = punch_from(e, at, i, dst, at->port);
+    if (s && at->port == 0) /* FRESH without a listener: the port connect() chose */
+        at->port = local_port(s->fd);
 }
 
 /* What ended a punch socket, from its error queue (IP_RECVERR). */
@@ -468,17 +539,154 @@ static bool hop_inside(const struct sockaddr_storage *from)
     return in;
 }
 
+/* ---- birthday (plan.c, birthday()) ---- */
+
+static bool punch_ttl_seen(ntcp_engine *e, eattempt *at, uint8_t sent_ttl, const icmp_seen *ic);
+
+/* SPRAY socket j: a low-TTL SYN from its own port to the guessing end's one
+ * port; the first one opens a new random mapping, later ones (same port,
+ * same 4-tuple, same conntrack entry) keep it. */
+static void spray_one(ntcp_engine *e, eattempt *at, unsigned j)
+{
+    if (!make_room(e, at, j))
+        return;
+    esock *s = punch_from(e, at, j, &at->p.target.addr, at->bport[j]);
+    if (s) {
+        if (!at->bport[j])
+            at->bport[j] = local_port(s->fd);
+        at->bat[j] = uv_now(e->loop);
+    }
+}
+
+/* Opens the sockets a batch at a time, then re-punches each before the
+ * kernel would retransmit its SYN with the normal TTL (1 s): that SYN would
+ * reach the other NAT, whose RST would end the mapping. */
+static void spray_tick(ntcp_engine *e, eattempt *at)
+{
+    uint64_t now = uv_now(e->loop);
+    if (at->bn < at->p.sockets) {
+        for (unsigned k = 0; k < ENGINE_SPRAY_BATCH && at->bn < at->p.sockets && !at->stopped; k++)
+            spray_one(e, at, at->bn++);
+        at->next_at = now + ENGINE_SPRAY_TICK_MS;
+        return;
+    }
+    for (unsigned j = 0; j < at->bn && !at->stopped; j++)
+        if (now >= at->bat[j] + ENGINE_REPUNCH_MS)
+            spray_one(e, at, j);
+    at->next_at = now + ENGINE_BIRTHDAY_TICK_MS;
+}
+
+/* An error ended SPRAY socket j. "Time exceeded" (the normal case, until
+ * the router's rate limit stops answering) raises the TTL when it came from
+ * inside our site, and the punch goes again at once from the same port: the
+ * mapping lives on. Anything else waits for the regular re-punch. */
+static void spray_ended(ntcp_engine *e, eattempt *at, esock *s)
+{
+    unsigned j = s->idx;
+    uint8_t sent_ttl = s->ttl;
+    icmp_seen ic = icmp_error(s->fd);
+    sock_close(s, false);
+    punch_ttl_seen(e, at, sent_ttl, &ic);
+    if (!at->stopped && ic.time_exceeded && j < at->bn &&
+        at->repunches < ENGINE_MAX_REPUNCH + (unsigned)at->p.sockets) {
+        at->repunches++;
+        spray_one(e, at, j);
+    }
+}
+
+/* Sends the guesses that are due (pps from the attempt's start), and closes
+ * those whose wait is over. */
+static void guess_tick(ntcp_engine *e, eattempt *at)
+{
+    uint64_t now = uv_now(e->loop);
+    uint64_t t0 = e->start_at + at->p.start_ms;
+    uint64_t due = now > t0 ? (now - t0) * at->p.pps / 1000 + 1 : 1;
+    if (due > at->p.guesses)
+        due = at->p.guesses;
+    while (at->gsent < due && !at->stopped) {
+        struct sockaddr_storage dst = at->p.target.addr;
+        ntcp_sa_set_port(&dst, at->gports[at->gsent]);
+        esock *s = connect_one(e, at, at->gsent++, &dst);
+        if (s)
+            s->expire = now + at->p.guess_ms;
+    }
+    bool open = false;
+    esock *s = e->socks;
+    while (s) {
+        esock *n = s->next;
+        if (s->at == at && s->kind == SK_CONNECT) {
+            struct tcp_info ti;
+            socklen_t tl = sizeof ti;
+            if (now >= s->expire && getsockopt(s->fd, IPPROTO_TCP, TCP_INFO, &ti, &tl) == 0 &&
+                ti.tcpi_state == TCP_SYN_SENT)
+                sock_close(s, false);
+            else
+                open = true;
+        }
+        s = n;
+    }
+    if (at->gsent < at->p.guesses || open)
+        at->next_at = now + ENGINE_BIRTHDAY_TICK_MS;
+    else
+        at->next_at = 0;
+}
+
+static int birthday_start(ntcp_engine *e, eattempt *at)
+{
+    if (at->p.role == PLAN_SPRAY) {
+        if (at->p.sockets == 0)
+            return NTCP_EINVAL;
+        at->bport = calloc(at->p.sockets, sizeof *at->bport);
+        at->bat = calloc(at->p.sockets, sizeof *at->bat);
+        if (!at->bport || !at->bat)
+            return NTCP_ENOMEM;
+    } else {
+        if (at->p.guesses == 0 || at->p.pps == 0 || at->p.guesses > 65536 - NTCP_BIRTHDAY_PORT_LO)
+            return NTCP_EINVAL;
+        at->gports = malloc(at->p.guesses * sizeof *at->gports);
+        if (!at->gports)
+            return NTCP_ENOMEM;
+        int rc = ntcp_birthday_ports(at->gports, at->p.guesses);
+        if (rc < 0)
+            return rc;
+    }
+    at->next_at = uv_now(e->loop);
+    return 0;
+}
+
+static void birthday_free(eattempt *at)
+{
+    free(at->bport);
+    free(at->bat);
+    free(at->gports);
+    at->bport = NULL;
+    at->bat = NULL;
+    at->gports = NULL;
+}
+
 static void attempt_issue(ntcp_engine *e, eattempt *at)
 {
+    if (at->p.role == PLAN_SPRAY) {
+        spray_tick(e, at);
+        return;
+    }
+    if (at->p.role == PLAN_GUESS) {
+        guess_tick(e, at);
+        return;
+    }
     at->issued++;
     for (unsigned i = 0; i < at->p.target.count && !at->stopped; i++) {
         struct sockaddr_storage dst;
         if (!target_at(at, i, &dst))
             continue;
-        if (at->p.role == PLAN_PUNCH)
-            punch_one(e, at, i, &dst);
-        else
+        if (at->p.role != PLAN_PUNCH)
             connect_one(e, at, i, &dst);
+        else if (i < 32 && (at->held & (1u << i)))
+            continue; /* its normal-TTL socket stays: its SYN is retransmitted */
+        else if (at->hold_due)
+            hold_one(e, at, i); /* no "time exceeded" came: the router is silent */
+        else
+            punch_one(e, at, i, &dst);
     }
     if (!at->stopped && at->p.role == PLAN_PUNCH)
         at->next_at = uv_now(e->loop) + ENGINE_REPUNCH_MS;
@@ -499,6 +707,7 @@ static void attempt_stop(ntcp_engine *e, eattempt *at, ntcp_attempt_outcome_t ou
     at->retry_at = 0;
     raw_attempt_stop(at->raw);
     at->raw = NULL;
+    birthday_free(at);
     if (at->rep->outcome == NTCP_ATTEMPT_RUNNING) {
         if (outcome == NTCP_ATTEMPT_TIMED_OUT && at->rep->connections > 0)
             outcome = NTCP_ATTEMPT_VERIFY_FAILED;
@@ -613,7 +822,7 @@ static void attempt_start(ntcp_engine *e, eattempt *at)
         attempt_fail(e, at, NTCP_EINVAL, 0, "no target address");
         return;
     }
-    if (at->p.role == PLAN_PUNCH) {
+    if (at->p.role == PLAN_PUNCH || at->p.role == PLAN_SPRAY) {
         /* The plan's TTL (computed from the hops discovery measured) or
          * the one learned so far, whichever is higher (punch_ttl_seen). */
         at->ttl = at->p.ttl != PLAN_TTL_LEARN ? at->p.ttl : e->learn_ttl;
@@ -636,6 +845,13 @@ static void attempt_start(ntcp_engine *e, eattempt *at)
      * connection would then hold the 4-tuple for a minute, every later
      * punch failing with EADDRNOTAVAIL. Without a listener such a SYN is
      * reset, the peer tries again, and the punch is already back. */
+    if (at->p.role == PLAN_SPRAY || at->p.role == PLAN_GUESS) {
+        /* No listener: a hit meets a socket in SYN-SENT on its 4-tuple. */
+        int rc = birthday_start(e, at);
+        if (rc < 0)
+            attempt_fail(e, at, rc, 0, "cannot start the birthday search");
+        return;
+    }
     bool fixed = at->p.local != PLAN_LOCAL_ANY;
     if (at->p.role == PLAN_PUNCH ? at->p.peer_any_port : (at->p.role == PLAN_ACCEPT || fixed))
         listen_start(e, at);
@@ -660,6 +876,11 @@ static void win(ntcp_engine *e, eattempt *at, int fd, const struct sockaddr_stor
                 const uint8_t binding[VERIFY_BINDING_SIZE])
 {
     ntcp_engine_result *r = &e->res;
+    /* The caller's connection: ICMP errors soft again (a punch socket asked
+     * for them), and a close that sends its data (see on_connection). */
+    struct linger lg = {0, 0};
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    set_recverr(fd, local->ss_family, 0);
     r->fd = fd;
     r->method = at->p.method;
     r->attempt_id = at->p.id;
@@ -781,6 +1002,12 @@ static void on_connection(ntcp_engine *e, eattempt *at, int fd)
     getpeername(fd, (struct sockaddr *)&ev->remote, &sl);
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    /* Until it wins, closing it resets it: a connection closed with a FIN
+     * lingers in FIN-WAIT or TIME-WAIT and keeps its 4-tuple, and a later
+     * attempt on the same one (the session port to the same peer port)
+     * would fail with EADDRNOTAVAIL for a minute. win() undoes this. */
+    struct linger lg = {1, 0};
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
     if (ntcp_verify_start(e->loop, fd, &e->vp, on_verified, ev, &ev->v) < 0) {
         close(fd);
         free(ev);
@@ -802,10 +1029,10 @@ static void on_connection(ntcp_engine *e, eattempt *at, int fd)
  * the TTL stays what the plan computed or learn_ttl. The SYN of a TTL too
  * high reaches the peer's NAT instead: answered, refused or dropped, never
  * "time exceeded", so it is not raised further. */
-static void punch_ttl_seen(ntcp_engine *e, eattempt *at, uint8_t sent_ttl, const icmp_seen *ic)
+static bool punch_ttl_seen(ntcp_engine *e, eattempt *at, uint8_t sent_ttl, const icmp_seen *ic)
 {
     if (!ic->time_exceeded || ic->from.ss_family == 0)
-        return;
+        return false;
     if (hop_inside(&ic->from)) {
         /* One more than the SYN that died (a window of punches draws one
          * error each, all for the same hop). */
@@ -813,8 +1040,76 @@ static void punch_ttl_seen(ntcp_engine *e, eattempt *at, uint8_t sent_ttl, const
             at->ttl = (uint8_t)(sent_ttl + 1);
         if (at->ttl > e->ttl)
             e->ttl = at->ttl;
-    } else {
-        e->res.ttl_left_site = true;
+        return false;
+    }
+    e->res.ttl_left_site = true;
+    return true;
+}
+
+static void retry_soon(ntcp_engine *e, eattempt *at, unsigned i)
+{
+    at->retry_mask |= 1u << i;
+    if (!at->retry_at) {
+        at->retry_at = uv_now(e->loop) + ENGINE_REPUNCH_RETRY_MS;
+        arm(e);
+    }
+}
+
+/* A socket of a PUNCH attempt ended with err before connecting: its
+ * low-TTL punch, or from the hold time on its normal-TTL SYN (hold_one).
+ * Our NAT's mapping may well live on.
+ * - "Time exceeded" for a punch, the normal case once the SYN dies at a
+ *   router between the NATs: if it came from inside our site the TTL is
+ *   raised (punch_ttl_seen). Before the hold time the punch is sent again
+ *   at once: while no socket of ours is in SYN-SENT on the punched 4-tuple,
+ *   a peer's SYN would be answered by our kernel with an RST, which ends
+ *   both NATs' state. Routers rate-limit these errors (Linux: a burst of 6,
+ *   then one a second), so on a short path the socket of a later punch
+ *   lives on. Once the SYN has left the site and the hold time has come,
+ *   the 4-tuple is held by a normal-TTL socket instead (hold_one).
+ * - Another ICMP error (port unreachable and the like) leaves the NATs'
+ *   state: the same SYN again shortly.
+ * - An RST to a punch: it ended our NAT's state for that SYN, and punching
+ *   again at once would only draw more (from a fresh port, each a new
+ *   mapping); the regular re-punch comes later.
+ * - An RST to the hold's normal SYN: the peer's NAT had no hole yet (the
+ *   peer's SYN is late) and its RST ended ours: punch again at once, and
+ *   hold again when that punch has left the site. */
+static void punch_ended(ntcp_engine *e, eattempt *at, esock *s, int err)
+{
+    unsigned i = s->idx;
+    uint8_t sent_ttl = s->ttl;
+    bool was_held = i < 32 && (at->held & (1u << i));
+    icmp_seen ic = icmp_error(s->fd);
+    sock_close(s, false);
+    bool left = !was_held && punch_ttl_seen(e, at, sent_ttl, &ic);
+    /* Bounded: a window's wrong ports draw an RST to every hold. */
+    if (at->stopped || i >= 32 || at->repunches >= ENGINE_MAX_REPUNCH + 4u * at->p.target.count)
+        return;
+    bool rst = err == ECONNREFUSED && !ic.icmp;
+    struct sockaddr_storage dst;
+    if (was_held) {
+        at->repunches++;
+        if (rst) {
+            at->held &= ~(1u << i);
+            if (target_at(at, i, &dst))
+                punch_one(e, at, i, &dst);
+        } else {
+            retry_soon(e, at, i);
+        }
+        return;
+    }
+    if (ic.time_exceeded) {
+        at->repunches++;
+        if (left && at->hold_due)
+            hold_one(e, at, i);
+        else if (target_at(at, i, &dst))
+            punch_one(e, at, i, &dst);
+        return;
+    }
+    if (!rst) {
+        at->repunches++;
+        retry_soon(e, at, i);
     }
 }
 
@@ -840,47 +1135,17 @@ static void on_poll(uv_poll_t *h, int status, int events)
         } else {
             at->rep->sys_errno = err;
             if (at->p.role == PLAN_PUNCH) {
-                /* An ICMP error (time exceeded from a router past our NAT,
-                 * port unreachable) or an RST ended the punch socket; our
-                 * NAT's mapping may well live on. The punch socket is what
-                 * must answer the peer's SYN (see punch_one), so punch
-                 * again shortly: routers rate-limit their ICMP errors (Linux:
-                 * a burst of 6, then one a second), so a later punch
-                 * survives. Not after an RST: it has ended our NAT's state
-                 * for that SYN (the known limit of docs/traversal.md), and
-                 * punching again at once would only draw more RSTs (from a
-                 * fresh port, each a new mapping); the regular re-punch
-                 * comes later. The listener stays meanwhile.
-                 * After "time exceeded", the normal case once the SYN dies
-                 * at a router between the NATs, the punch is sent again at
-                 * once: while no socket of ours is in SYN-SENT on the punched
-                 * 4-tuple, a peer's SYN would meet the listener, whose
-                 * SYN-ACK carries a sequence number our NAT never saw (and
-                 * whose pending connection then holds the 4-tuple, so that
-                 * later punches fail with EADDRNOTAVAIL). Each re-punch
-                 * draws one more error until the router's rate limit stops
-                 * them, and the socket of the last one lives on. */
-                unsigned i = s->idx;
-                uint8_t sent_ttl = s->ttl;
-                icmp_seen ic = icmp_error(s->fd);
+                punch_ended(e, at, s, err);
+                return;
+            }
+            if (at->p.role == PLAN_SPRAY) {
+                spray_ended(e, at, s);
+                return;
+            }
+            if (at->p.role == PLAN_GUESS) { /* a miss: the port was not one of the peer's */
+                if (err == ECONNREFUSED || err == EHOSTUNREACH || err == ENETUNREACH)
+                    at->rep->refusals++;
                 sock_close(s, false);
-                punch_ttl_seen(e, at, sent_ttl, &ic);
-                if (!at->stopped && i < 32 && at->repunches < ENGINE_MAX_REPUNCH && ic.time_exceeded) {
-                    struct sockaddr_storage dst;
-                    at->repunches++;
-                    if (target_at(at, i, &dst))
-                        punch_one(e, at, i, &dst);
-                    return;
-                }
-                if (!at->stopped && i < 32 && at->repunches < ENGINE_MAX_REPUNCH &&
-                    (err != ECONNREFUSED || ic.icmp)) {
-                    at->repunches++;
-                    at->retry_mask |= 1u << i;
-                    if (!at->retry_at) {
-                        at->retry_at = uv_now(e->loop) + ENGINE_REPUNCH_RETRY_MS;
-                        arm(e);
-                    }
-                }
                 return;
             }
             if (err == ECONNREFUSED || err == EHOSTUNREACH || err == ENETUNREACH)
@@ -978,6 +1243,8 @@ static void arm(ntcp_engine *e)
             next = at->next_at;
         if (at->retry_at && at->retry_at < next)
             next = at->retry_at;
+        if (at->started && at->p.hold_ms && !at->hold_due && e->start_at + at->p.hold_ms < next)
+            next = e->start_at + at->p.hold_ms;
     }
     if (!all_stopped && e->plan_end < next)
         next = e->plan_end;
@@ -1020,6 +1287,13 @@ static void on_tick(uv_timer_t *t)
     }
     for (size_t i = 0; i < e->nat && !e->done; i++) {
         eattempt *at = &e->at[i];
+        if (at->started && !at->stopped && at->p.hold_ms && !at->hold_due &&
+            now >= e->start_at + at->p.hold_ms) {
+            at->hold_due = true;
+            for (unsigned k = 0; k < at->p.target.count && k < 32 && !at->stopped; k++)
+                if (!(at->held & (1u << k)))
+                    hold_one(e, at, k);
+        }
         if (at->started && !at->stopped && at->next_at && now >= at->next_at)
             attempt_issue(e, at);
         if (at->started && !at->stopped && at->retry_at && now >= at->retry_at) {
@@ -1030,7 +1304,9 @@ static void on_tick(uv_timer_t *t)
                 struct sockaddr_storage dst;
                 if (!(mask & (1u << k)) || !target_at(at, k, &dst))
                     continue;
-                if (at->p.role == PLAN_PUNCH)
+                if (at->p.role == PLAN_PUNCH && (at->held & (1u << k)))
+                    hold_one(e, at, k);
+                else if (at->p.role == PLAN_PUNCH)
                     punch_one(e, at, k, &dst);
                 else
                     connect_one(e, at, k, &dst);
@@ -1071,6 +1347,7 @@ static void finish(ntcp_engine *e, int err, const char *reason)
         }
         raw_attempt_stop(e->at[i].raw);
         e->at[i].raw = NULL;
+        birthday_free(&e->at[i]);
         if (rep->outcome == NTCP_ATTEMPT_RUNNING) {
             if (rep->connections > 0)
                 rep->outcome = err == 0 ? NTCP_ATTEMPT_CONNECTED : NTCP_ATTEMPT_VERIFY_FAILED;
@@ -1169,6 +1446,8 @@ static const char *role_name(plan_role_t r)
     case PLAN_SIMOPEN: return "simopen";
     case PLAN_PUNCH: return "punch";
     case PLAN_RAW_SYN: return "raw-syn";
+    case PLAN_SPRAY: return "spray";
+    case PLAN_GUESS: return "guess";
     }
     return "?";
 }

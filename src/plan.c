@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "addr.h"
+#include "birthday.h"
 
 const char *ntcp_method_name(ntcp_method_t m)
 {
@@ -24,6 +25,7 @@ const char *ntcp_method_name(ntcp_method_t m)
     case NTCP_METHOD_PREDICT: return "predict";
     case NTCP_METHOD_STUNT1: return "stunt1";
     case NTCP_METHOD_NATBLASTER: return "natblaster";
+    case NTCP_METHOD_BIRTHDAY: return "birthday";
     case NTCP_METHOD_NONE:
     case NTCP_METHOD_COUNT: break;
     }
@@ -103,9 +105,12 @@ typedef struct half {
     plan_ports ext;
     uint8_t ttl;
     bool peer_any_port;
+    uint32_t hold;  /* PUNCH: offset inside the attempt of the normal-TTL SYN, 0 = none */
     uint32_t start; /* offset of this half inside the attempt */
     uint32_t repeat_ms;
     uint16_t repeats;
+    uint16_t sockets, guesses, pps; /* birthday */
+    uint32_t guess_ms;
 } half;
 
 typedef struct shared {
@@ -294,6 +299,16 @@ static void stunt2(builder *b, int x)
     hy->repeats = yl == PLAN_LOCAL_FRESH ? 1 : 3;
     hy->repeat_ms = hy->repeats > 1 ? clampu(b->rtt, 100, 1000) : 0;
     hy->start = b->margin;
+    /* x holds the punched 4-tuple with a normal SYN a little after y's SYN
+     * has left y's NAT (a quarter of a round trip, for the ends' clocks to
+     * disagree) and before it reaches x (half of one): each SYN then arrives
+     * at a NAT whose hole exists, as in a simultaneous open, and x's hole was
+     * opened before y's SYN can arrive. On a short path y's SYN arrives
+     * before the hold and meets the punch socket, whose "time exceeded"
+     * came back at once. (y connecting from any port is taken by x's
+     * listener: no hold.) */
+    if (!y_any)
+        hx->hold = hy->start + (b->rtt / 4 > 3 ? b->rtt / 4 : 3);
     hy->ext = take_ext(Y, yl, y_conn_count);
     if (yl == PLAN_LOCAL_FRESH) {
         /* The window x aimed at starts where y's ext starts. */
@@ -349,6 +364,45 @@ static void raw_method(builder *b, ntcp_method_t m)
         a->h[i].target = a->h[!i].ext;
     /* The ISNs go through the broker before the SYN-ACKs: a round trip more. */
     a->len = b->slot + b->rtt;
+}
+
+/* The birthday search (birthday.h): r's NAT maps each connection to a random
+ * port, k's mapping is known but its filter admits only the exact address
+ * and port it sent to. r opens many mappings towards k's one port, each a
+ * socket whose low-TTL SYN opened it and which waits in SYN-SENT; k guesses
+ * random ports of r's address from that one port, paced. A guess that hits
+ * a mapping passes r's NAT (it comes from exactly where that mapping points)
+ * and meets r's socket: a simultaneous open, whose SYN-ACK passes k's filter
+ * (k sent to that port). */
+static void birthday(builder *b, int r)
+{
+    side *R = &b->s[r], *K = &b->s[!r];
+    shared *a = add(b, NTCP_METHOD_BIRTHDAY,
+                    "birthday: the %s opens %u random mappings, the %s guesses %u ports",
+                    R->who, NTCP_BIRTHDAY_SOCKETS, K->who, NTCP_BIRTHDAY_GUESSES);
+    if (!a)
+        return;
+    half *hr = &a->h[r], *hk = &a->h[!r];
+    hr->role = PLAN_SPRAY;
+    hr->local = PLAN_LOCAL_ANY; /* each socket a fresh port, one new mapping each */
+    hr->target = ports_one(&K->e->public_addr, ntcp_sa_port(&K->e->public_addr));
+    hr->ttl = low_ttl(R);
+    hr->ext = ports_one(&R->e->public_addr, 0); /* its address; the ports are random */
+    hr->sockets = NTCP_BIRTHDAY_SOCKETS;
+    hr->repeats = 1;
+    hk->role = PLAN_GUESS;
+    hk->local = PLAN_LOCAL_SESSION;
+    hk->target = hr->ext;
+    hk->ext = take_ext(K, PLAN_LOCAL_SESSION, 1);
+    hk->guesses = NTCP_BIRTHDAY_GUESSES;
+    hk->pps = NTCP_BIRTHDAY_PPS;
+    /* A guess that hits is answered within a round trip. */
+    hk->guess_ms = clampu(2 * b->rtt + 100, 200, 2000);
+    hk->repeats = 1;
+    /* The guesses start once r's first mappings exist (r opens them over
+     * ENGINE's spray time, 64 ms) and the ends' clocks may disagree. */
+    hk->start = b->margin + 64;
+    a->len = hk->start + (uint32_t)hk->guesses * 1000 / hk->pps + hk->guess_ms + b->rtt;
 }
 
 static int impossible(plan *out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -445,6 +499,11 @@ static int build(builder *b, const plan_input *in, plan *out)
     bool sim = s[0].map != MAP_RANDOM && s[1].map != MAP_RANDOM &&
                !(s[0].map == MAP_PREDICT && s[1].map == MAP_PREDICT);
     if (!can[0] && !can[1]) {
+        int r = s[0].map == MAP_RANDOM ? 0 : 1;
+        if (s[r].map == MAP_RANDOM && s[!r].map == MAP_KNOWN && !s[!r].map_assumed) {
+            birthday(b, r);
+            return 0;
+        }
         if (b->n) /* same NAT: the private addresses and hairpin remain */
             return 0;
         return why_impossible(out, s);
@@ -581,10 +640,15 @@ int plan_make(const plan_input *in, plan *out)
         pa->ext = h->ext;
         pa->ttl = h->ttl;
         pa->peer_any_port = h->peer_any_port;
+        pa->hold_ms = h->hold ? sa->start + h->hold : 0;
         pa->start_ms = sa->start + h->start;
         pa->stop_ms = sa->stop;
         pa->repeat_ms = h->repeat_ms;
         pa->repeats = h->repeats ? h->repeats : 1;
+        pa->sockets = h->sockets;
+        pa->guesses = h->guesses;
+        pa->pps = h->pps;
+        pa->guess_ms = h->guess_ms;
         snprintf(pa->why, sizeof pa->why, "%s", sa->why);
     }
     /* Stable order by start time (insertion sort: at most 16). */
@@ -613,6 +677,8 @@ static const char *role_name(plan_role_t r)
     case PLAN_SIMOPEN: return "simopen";
     case PLAN_PUNCH: return "punch";
     case PLAN_RAW_SYN: return "raw-syn";
+    case PLAN_SPRAY: return "spray";
+    case PLAN_GUESS: return "guess";
     }
     return "?";
 }
@@ -711,9 +777,12 @@ size_t plan_format(const plan *p, bool json, char *buf, size_t len)
                 (int)a->target.step);
             put_addr(&o, &a->ext.addr);
             put(&o, "\",\"ext_count\":%u,\"ext_step\":%d,\"ttl\":%u,\"start_ms\":%u,\"stop_ms\":%u,"
-                    "\"repeat_ms\":%u,\"repeats\":%u,\"why\":",
+                    "\"hold_ms\":%u,\"repeat_ms\":%u,\"repeats\":%u,\"sockets\":%u,\"guesses\":%u,"
+                    "\"pps\":%u,\"guess_ms\":%u,\"why\":",
                 (unsigned)a->ext.count, (int)a->ext.step, (unsigned)a->ttl, (unsigned)a->start_ms,
-                (unsigned)a->stop_ms, (unsigned)a->repeat_ms, (unsigned)a->repeats);
+                (unsigned)a->stop_ms, (unsigned)a->hold_ms, (unsigned)a->repeat_ms,
+                (unsigned)a->repeats, (unsigned)a->sockets, (unsigned)a->guesses, (unsigned)a->pps,
+                (unsigned)a->guess_ms);
             put_json_str(&o, a->why);
             put(&o, "}");
         }
@@ -739,9 +808,16 @@ size_t plan_format(const plan *p, bool json, char *buf, size_t len)
                 put(&o, " ttl learned");
             else
                 put(&o, " ttl %u", (unsigned)a->ttl);
+            if (a->hold_ms)
+                put(&o, ", normal TTL from %u ms", (unsigned)a->hold_ms);
         }
         if (a->repeats > 1)
             put(&o, " x%u every %u ms", (unsigned)a->repeats, (unsigned)a->repeat_ms);
+        if (a->role == PLAN_SPRAY)
+            put(&o, " from %u sockets", (unsigned)a->sockets);
+        if (a->role == PLAN_GUESS)
+            put(&o, " %u random ports, %u/s, %u ms each", (unsigned)a->guesses, (unsigned)a->pps,
+                (unsigned)a->guess_ms);
         put(&o, " (%s)\n", a->why);
     }
     return o.need;

@@ -33,11 +33,12 @@ typedef enum ntcp_method {
     NTCP_METHOD_PREDICT,    /* STUNT#2 / simultaneous open towards a window of predicted ports */
     NTCP_METHOD_STUNT1,     /* low-TTL SYNs, ISNs captured, SYN-ACKs spoofed by the broker */
     NTCP_METHOD_NATBLASTER, /* low-TTL SYNs, ISNs captured, each end sends the SYN-ACK */
+    NTCP_METHOD_BIRTHDAY,   /* many mappings on a random-port NAT x many random guesses */
     NTCP_METHOD_COUNT
 } ntcp_method_t;
 
 /* "same-lan", "direct", "reversal", "stunt2", "p2pnat", "predict", "stunt1",
- * "natblaster", "none". Static, never NULL. */
+ * "natblaster", "birthday", "none". Static, never NULL. */
 const char *ntcp_method_name(ntcp_method_t m);
 
 /* ---- Input ---- */
@@ -101,6 +102,12 @@ typedef enum plan_role {
                        * peer), drop that socket, listen on the same local port */
     PLAN_RAW_SYN,     /* STUNT#1 / NATBlaster: low-TTL SYN, capture its ISN, give it to
                        * the peer (NATBlaster: then send the SYN-ACK with a raw socket) */
+    PLAN_SPRAY,       /* birthday, the random end: `sockets` sockets from fresh ports,
+                       * each a low-TTL SYN to the target (one mapping each), kept in
+                       * SYN-SENT for the peer's guess to meet */
+    PLAN_GUESS,       /* birthday, the known end: from the session port, SYNs to
+                       * `guesses` distinct random ports of the target's address,
+                       * `pps` a second, each kept `guess_ms` */
 } plan_role_t;
 
 /* Which local port the attempt uses. */
@@ -138,10 +145,22 @@ typedef struct plan_attempt {
      * only), so a listener must take its SYN; otherwise the peer's SYN
      * comes on the punched 4-tuple and the punch socket itself answers it. */
     bool peer_any_port;
+    /* PUNCH on the punched 4-tuple (not peer_any_port): from this offset the
+     * low-TTL punch socket is replaced by one connecting with the normal TTL,
+     * sent when the peer's own SYN has opened its NAT (the peer half's start).
+     * A socket whose low-TTL SYN still awaits its ICMP "time exceeded" is
+     * killed by it, even after the peer's SYN has met it (Linux ends a
+     * connection in SYN-SENT or SYN-RECV on any ICMP error): the peer's SYN
+     * must find a socket whose own SYN draws no error. 0: never. */
+    uint32_t hold_ms;
     uint32_t start_ms;    /* offset from the common start time */
     uint32_t stop_ms;     /* give up (close its sockets) at this offset */
     uint32_t repeat_ms;   /* SIMOPEN / CONNECT: re-issue interval, 0 = once */
     uint16_t repeats;     /* how many times in all (1 = once) */
+    /* Birthday (docs/traversal.md): SPRAY's sockets (mappings); GUESS's
+     * ports tried, their rate, and how long each guess waits for an answer. */
+    uint16_t sockets, guesses, pps;
+    uint32_t guess_ms;
     char why[128];        /* why it is there, for logs */
 } plan_attempt;
 

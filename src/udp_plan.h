@@ -25,6 +25,7 @@
 #include <sys/socket.h>
 
 #include "ntcp.h"
+#include "birthday.h"
 #include "plan.h"
 
 /* Methods; stable values (logs, metrics). */
@@ -42,14 +43,11 @@ const char *udp_method_name(udp_method_t m);
 
 #define UDP_PLAN_DEFAULT_WINDOW 8
 #define UDP_PLAN_MAX_WINDOW 32
-/* Birthday search defaults (docs/udp.md): 256 mappings on the random side,
- * 2048 random ports probed by the other at 500 per second. With the NAT
- * choosing among 64512 ports, a miss has probability
- * (1 - 256/64512)^2048 ~ 3e-4; the first hit comes after ~250 probes
- * (0.5 s) on average. */
-#define UDP_PLAN_BIRTHDAY_SOCKETS 256
-#define UDP_PLAN_BIRTHDAY_PROBES 2048
-#define UDP_PLAN_BIRTHDAY_PPS 500
+/* Birthday search defaults (docs/udp.md): those of the TCP search
+ * (birthday.h, with the chance of a miss). */
+#define UDP_PLAN_BIRTHDAY_SOCKETS NTCP_BIRTHDAY_SOCKETS
+#define UDP_PLAN_BIRTHDAY_PROBES NTCP_BIRTHDAY_GUESSES
+#define UDP_PLAN_BIRTHDAY_PPS NTCP_BIRTHDAY_PPS
 #define UDP_PLAN_MAX_BIRTHDAY_SOCKETS 512
 #define UDP_PLAN_MAX_BIRTHDAY_PROBES 8192
 #define UDP_PLAN_MAX_BIRTHDAY_PPS 2000

@@ -19,6 +19,7 @@
 #include <openssl/rand.h>
 
 #include "addr.h"
+#include "birthday.h"
 
 #define TICK_MS 10
 #define RTO_MIN_MS 150
@@ -695,26 +696,15 @@ int ntcp_udp_punch_start(uv_loop_t *loop, const ntcp_udp_punch_config *cfg, ntcp
         return NTCP_ENOMEM;
     }
     if (p->plan.status == 0 && p->plan.random_probes) {
-        /* A random order of every port the NAT may hand out, the first
-         * random_probes of it used (Fisher-Yates, partial). */
-        const unsigned lo = 1024, span = 65536 - 1024;
+        /* A random order of the ports the NAT may hand out (birthday.h). */
+        const unsigned span = 65536 - NTCP_BIRTHDAY_PORT_LO;
         unsigned np = p->plan.random_probes < span ? p->plan.random_probes : span;
-        p->rports = malloc(span * sizeof *p->rports);
-        if (!p->rports) {
+        p->rports = malloc(np * sizeof *p->rports);
+        if (!p->rports || ntcp_birthday_ports(p->rports, np) < 0) {
+            free(p->rports);
             free(p->socks);
             free(p);
             return NTCP_ENOMEM;
-        }
-        for (unsigned i = 0; i < span; i++)
-            p->rports[i] = (uint16_t)(lo + i);
-        for (unsigned i = 0; i < np; i++) {
-            uint32_t r;
-            if (RAND_bytes((unsigned char *)&r, sizeof r) != 1)
-                r = (uint32_t)i * 2654435761u;
-            unsigned j = i + r % (span - i);
-            uint16_t tmp = p->rports[i];
-            p->rports[i] = p->rports[j];
-            p->rports[j] = tmp;
         }
         p->nrports = np;
     }

@@ -12,20 +12,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "logline.h"
 #include "stuntd_int.h"
 
 void stuntd_log(const ntcp_stuntd *s, int level, const char *fmt, ...)
 {
-    static const char *const names[] = {"error", "warn", "info", "debug"};
     char line[1024];
-    struct timespec ts;
-    struct tm tm;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    gmtime_r(&ts.tv_sec, &tm);
-    int n = snprintf(line, sizeof(line), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %s%s%s: ",
-                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-                     tm.tm_sec, ts.tv_nsec / 1000000, s->prefix, s->prefix[0] ? " " : "",
-                     names[level < 0 ? 0 : level > 3 ? 3 : level]);
+    int n = ntcp_log_prefix(line, sizeof(line), level, s->prefix, true);
     va_list ap;
     va_start(ap, fmt);
     if (n > 0 && (size_t)n < sizeof(line))

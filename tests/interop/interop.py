@@ -276,6 +276,35 @@ def start_stuntd(binary, workdir, port, extra=()):
     return srv
 
 
+def wait_output(server, pattern, timeout=15.0):
+    """Polls a server's output until the regular expression matches (True),
+    the server dies or the deadline passes (False)."""
+    import re
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if re.search(pattern, server.output(), re.M):
+            return True
+        if not server.alive():
+            break
+        time.sleep(0.05)  # between looks at the log, not a wait for an event
+    return re.search(pattern, server.output(), re.M) is not None
+
+
+def start_brokerd(binary, workdir, extra=()):
+    """ntcp-brokerd on 127.0.0.1 (TCP and UDP on one free port, its state in
+    workdir), once it logs that it listens: (server, "127.0.0.1:PORT")."""
+    for _ in range(5):
+        port = free_port()
+        srv = Server("ntcp-brokerd", [binary, "--listen", "%s:%d" % (IP1, port),
+                                      "--udp", "%s:%d" % (IP1, port),
+                                      "--state-dir", os.path.join(workdir, "state"),
+                                      "--stats", "0"] + list(extra), workdir)
+        if wait_output(srv, r"listening on %s:%d \(TCP\)" % (IP1, port), 20):
+            return srv, "%s:%d" % (IP1, port)
+        srv.stop()
+    raise RuntimeError("ntcp-brokerd did not start")
+
+
 def run(argv, timeout=60):
     """Runs a client, logs its command line and output, returns (rc, stdout,
     stderr); rc is None when it had to be killed after timeout seconds."""

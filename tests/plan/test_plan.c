@@ -177,10 +177,12 @@ static bool traversable(const prof *a, const prof *b, bool same_nat)
         return true;
     if (ra && rb)
         return false;
-    /* One unpredictable end: only a peer that filters by address alone (and
-     * whose own port is known) lets its SYN in. */
+    /* One unpredictable end: a peer that filters by address alone (and
+     * whose own port is known) lets its SYN in; a peer whose mapping is
+     * known (not assumed) can be met by a birthday search. */
     const prof *other = ra ? b : a;
-    return other->filtering == AD && !unpredictable(other);
+    bool known = other->reach != NTCP_REACH_NAT || other->mapping == EI;
+    return (other->filtering == AD && !unpredictable(other)) || known;
 }
 
 /* ---- Complementarity and rules ---- */
@@ -189,7 +191,8 @@ static bool complement(plan_role_t a, plan_role_t b)
 {
     return (a == PLAN_CONNECT && (b == PLAN_ACCEPT || b == PLAN_PUNCH)) ||
            (b == PLAN_CONNECT && (a == PLAN_ACCEPT || a == PLAN_PUNCH)) ||
-           (a == PLAN_SIMOPEN && b == PLAN_SIMOPEN) || (a == PLAN_RAW_SYN && b == PLAN_RAW_SYN);
+           (a == PLAN_SIMOPEN && b == PLAN_SIMOPEN) || (a == PLAN_RAW_SYN && b == PLAN_RAW_SYN) ||
+           (a == PLAN_SPRAY && b == PLAN_GUESS) || (a == PLAN_GUESS && b == PLAN_SPRAY);
 }
 
 static struct sockaddr_storage nth(const plan_ports *p, unsigned k)
@@ -239,7 +242,9 @@ static void check_ext(const plan_attempt *a, const plan_end *e, const char *pair
 {
     switch (a->local) {
     case PLAN_LOCAL_ANY:
-        CHECK(a->ext.addr.ss_family == 0 || a->role == PLAN_ACCEPT, "ANY port must have no known ext");
+        CHECK(a->ext.addr.ss_family == 0 || a->role == PLAN_ACCEPT ||
+                  (a->role == PLAN_SPRAY && port_of(&a->ext.addr) == 0),
+              "ANY port must have no known ext");
         break;
     case PLAN_LOCAL_SESSION:
         CHECK(a->ext.count == 1, "session port: one ext");
@@ -356,6 +361,22 @@ static void check_pair(const prof *A, const prof *B, bool same_nat, bool raw, ui
                     CHECK(x->target.count == 1 && same_ip(&x->target.addr, &ye->public_addr) &&
                               E[side]->tcp.filtering == AD,
                           "punch to an unknown port needs an address-dependent filter");
+                break;
+            case PLAN_SPRAY:
+                CHECK(x->method == NTCP_METHOD_BIRTHDAY && y->role == PLAN_GUESS, "spray without guesses");
+                CHECK(ports_equal(&x->target, &y->ext) && x->target.count == 1,
+                      "spray aims at the guessing end's one port");
+                CHECK(x->sockets >= 64 && x->ttl == (hops ? hops + 1 : PLAN_TTL_LEARN), "spray size, TTL");
+                CHECK(unpredictable(E[side] == &in.me ? A : B), "spray from a predictable end");
+                break;
+            case PLAN_GUESS:
+                CHECK(x->local == PLAN_LOCAL_SESSION, "guesses from the session port");
+                CHECK(same_ip(&x->target.addr, &ye->public_addr), "guesses at the spraying end's address");
+                CHECK(x->guesses >= 256 && x->pps > 0 && x->pps <= 2000 && x->guess_ms >= 100,
+                      "guess count, rate, wait");
+                CHECK(x->start_ms > y->start_ms, "guesses before the spray");
+                CHECK(x->start_ms + (uint32_t)x->guesses * 1000 / x->pps <= x->stop_ms,
+                      "the guesses do not fit before the stop");
                 break;
             case PLAN_SIMOPEN:
             case PLAN_RAW_SYN:
@@ -549,6 +570,28 @@ static bool sim_through(const simnat *S, const simhalf *s, const simnat *R, cons
     return false;
 }
 
+/* Birthday: the spraying end's NAT maps each of its sockets to a random
+ * port (holes towards the guessing end's one address); a guess connects
+ * when it names one of them, coming from exactly that address. */
+static bool sim_birthday(simnat *NS, const plan_attempt *sp, simnat *NG, const plan_attempt *gu)
+{
+    uint16_t ext[1024];
+    unsigned n = sp->sockets < 1024 ? sp->sockets : 1024;
+    for (unsigned j = 0; j < n; j++)
+        ext[j] = sim_map(NS, PLAN_LOCAL_ANY, &sp->target.addr);
+    struct sockaddr_storage src = NG->e->public_addr; /* the guesses' source: the session port */
+    for (unsigned g = 0; g < gu->guesses; g++) {
+        uint16_t port = sim_rand(NG);
+        for (unsigned j = 0; j < n; j++)
+            if (ext[j] == port && same_ip(&gu->target.addr, &NS->e->public_addr)) {
+                uint16_t listen[1] = {port};
+                if (sim_admits(NS, port, &src, listen, 1))
+                    return true;
+            }
+    }
+    return false;
+}
+
 /* Plays both plans; returns the id of the first attempt that connects, 0
  * if none does. */
 static unsigned simulate(const plan *pi, const plan *pt, const plan_end *ei, const plan_end *et,
@@ -564,6 +607,12 @@ static unsigned simulate(const plan *pi, const plan *pt, const plan_end *ei, con
                 b = &pt->a[j];
         if (!b || a->method == NTCP_METHOD_SAME_LAN)
             continue;
+        if (a->method == NTCP_METHOD_BIRTHDAY) {
+            bool sa = a->role == PLAN_SPRAY;
+            if (sim_birthday(&N[sa ? 0 : 1], sa ? a : b, &N[sa ? 1 : 0], sa ? b : a))
+                return a->id;
+            continue;
+        }
         simhalf h[2] = {{.a = a}, {.a = b}};
         /* The puncher's SYNs leave first; otherwise the initiator's. */
         int first = b->role == PLAN_PUNCH ? 1 : 0;
@@ -679,8 +728,10 @@ static const row rows[] = {
     {"symmetric-random", "restricted-cone", R, R, "stunt2", "connect"},
     {"symmetric-seq", "port-restricted", D, D, "predict predict predict", "simopen punch connect"},
     {"symmetric-seq", "symmetric-seq", D, D, "predict predict", "punch connect"},
-    {"symmetric-random", "port-restricted", D, D, NULL, NULL},
-    {"symmetric-random", "fw", D, D, NULL, NULL},
+    /* the random end against a known port that filters by port: birthday */
+    {"symmetric-random", "port-restricted", D, D, "birthday", "spray"},
+    {"symmetric-random", "fw", R, R, "birthday", "spray"},
+    {"port-restricted", "symmetric-random", I, R, "birthday", "guess"},
     {"symmetric-seq", "symmetric-random", D, D, NULL, NULL},
     {"symmetric-random", "symmetric-random", D, D, NULL, NULL},
     {"blocked", "none", D, D, NULL, NULL},
@@ -694,6 +745,8 @@ static const char *role_word(plan_role_t r)
     case PLAN_SIMOPEN: return "simopen";
     case PLAN_PUNCH: return "punch";
     case PLAN_RAW_SYN: return "raw";
+    case PLAN_SPRAY: return "spray";
+    case PLAN_GUESS: return "guess";
     }
     return "?";
 }
