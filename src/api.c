@@ -706,19 +706,29 @@ static void on_relay_addr(ntcp_session *s, const uint8_t nonce[BROKER_NONCE_SIZE
     }
 }
 
-/* Starts the relay beside the engine when the broker offers one and the
- * policy allows it. The target allocates, the requester connects. */
-static void relay_start(conn *c, const broker_go *g, const ntcp_verify_params *vp)
+/* Whether this connect may use the relay (TCP or UDP): the broker offers one
+ * and the policy allows it. A target that may not tells the requester, so
+ * that it does not wait for an address that will not come. */
+static bool relay_allowed(conn *c, const broker_go *g)
 {
     ntcp_rt *rt = c->rt;
     if (g->turn_server.ss_family == 0)
-        return;
+        return false;
     if (rt->ctx->relay == NTCP_RELAY_NEVER) {
-        /* The requester must not wait for an address that will not come. */
         if (g->role == BROKER_ROLE_TARGET)
             ntcp_session_send_relay_addr(rt->s, g->nonce, NULL, "the peer's policy forbids the relay");
-        return;
+        return false;
     }
+    return true;
+}
+
+/* Starts the relay beside the engine when relay_allowed(). The target
+ * allocates, the requester connects. */
+static void relay_start(conn *c, const broker_go *g, const ntcp_verify_params *vp)
+{
+    ntcp_rt *rt = c->rt;
+    if (!relay_allowed(c, g))
+        return;
     ntcp_relay_config rc;
     memset(&rc, 0, sizeof rc);
     rc.allocator = g->role == BROKER_ROLE_TARGET;
@@ -932,13 +942,8 @@ static void udp_relay_send_addr(void *user, const struct sockaddr_storage *relay
 static void udp_relay_start(conn *c, const broker_go *g, const ntcp_verify_params *vp)
 {
     ntcp_rt *rt = c->rt;
-    if (g->turn_server.ss_family == 0)
+    if (!relay_allowed(c, g))
         return;
-    if (rt->ctx->relay == NTCP_RELAY_NEVER) {
-        if (g->role == BROKER_ROLE_TARGET)
-            ntcp_session_send_relay_addr(rt->s, g->nonce, NULL, "the peer's policy forbids the relay");
-        return;
-    }
     memcpy(c->nonce, g->nonce, sizeof c->nonce); /* RELAY-ADDR names the connect by it */
     c->uvp = *vp;
     snprintf(c->upeer, sizeof c->upeer, "%s", vp->peer_name ? vp->peer_name : "");

@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 
-from relay_common import feed, last_json, size
+from relay_common import last_json, run_pair
 
 # Pairs no direct method can traverse: a random-port NAT against a
 # sequential one or another random one (against fw or port-restricted, TCP
@@ -106,43 +106,26 @@ class Run:
         return [self.a.ntcp, verb, "--id", name, "--stun", "203.0.113.10", "--broker",
                 "203.0.113.10:3490", "--json", "-t", "30000", *extra]
 
+    def exchange(self, tag, hosts, listen_argv, connect_argv, to_a, to_b, data=True):
+        f = {k: os.path.join(self.home, "%s.%s" % (tag, k)) for k in ("aout", "aerr", "bout", "berr")}
+
+        def start(host, argv):
+            return lambda out, err: self.bg(host, argv, stdin=subprocess.PIPE, stdout=out, stderr=err)
+        rc, _ = run_pair(start(hosts[1], listen_argv), start(hosts[0], connect_argv), to_a, to_b, f,
+                         wait=90, data=data)
+        return (rc, last_json(f["aerr"]), last_json(f["berr"]), open(f["aout"], "rb").read(),
+                open(f["bout"], "rb").read())
+
     def pair(self, tag, extra_connect=(), data=True, hosts=("a", "b")):
-        """b listens, a connects; each sends 1 MiB and keeps its stdin open
-        until it has the other's 1 MiB (TURN relays no half-close). Returns
-        (connect rc, a's json, b's json, a got, b got, sent to a, sent to b)."""
+        """b listens, a connects; 1 MiB each way (relay_common.run_pair).
+        Returns (connect rc, a's json, b's json, a got, b got, sent to a,
+        sent to b)."""
         to_a = os.urandom(MIB) if data else b""
         to_b = os.urandom(MIB) if data else b""
-        f = {k: os.path.join(self.home, "%s.%s" % (tag, k)) for k in ("aout", "aerr", "bout", "berr")}
-        lst = self.bg(hosts[1], self.peer("listen", "bob"), stdin=subprocess.PIPE,
-                      stdout=open(f["bout"], "wb"), stderr=open(f["berr"], "wb"))
-        feed(lst, to_a)
-        con, rc = None, None
-        end = time.monotonic() + 90
-        while time.monotonic() < end:
-            con = self.bg(hosts[0], self.peer("connect", "alice", *extra_connect) + ["bob"], stdin=subprocess.PIPE,
-                          stdout=open(f["aout"], "wb"), stderr=open(f["aerr"], "wb"))
-            feed(con, to_b)
-            while con.poll() is None and time.monotonic() < end:
-                if data and size(f["aout"]) >= len(to_a) and size(f["bout"]) >= len(to_b):
-                    break
-                time.sleep(0.05)  # polling the outputs with a deadline
-            if con.poll() != 3:  # 3: bob not registered yet, ask again
-                break
-        for p in (con, lst):
-            try:
-                p.stdin.close()
-            except (OSError, ValueError, AttributeError):
-                pass
-        try:
-            rc = con.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            rc = None
-        try:
-            lst.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            pass
-        return (rc, last_json(f["aerr"]), last_json(f["berr"]), open(f["aout"], "rb").read(),
-                open(f["bout"], "rb").read(), to_a, to_b)
+        rc, ja, jb, got_a, got_b = self.exchange(
+            tag, hosts, self.peer("listen", "bob"),
+            self.peer("connect", "alice", *extra_connect) + ["bob"], to_a, to_b, data)
+        return rc, ja, jb, got_a, got_b, to_a, to_b
 
     def udp(self):
         """ntcp_udp_punch() between two random-port NATs: no punch can work
@@ -150,37 +133,10 @@ class Run:
         n = 1000
         to_a = "".join("from-bob-%d\n" % k for k in range(n)).encode()
         to_b = "".join("from-alice-%d\n" % k for k in range(n)).encode()
-        f = {k: os.path.join(self.home, "udp.%s" % k) for k in ("aout", "aerr", "bout", "berr")}
-        lst = self.bg("b", self.peer("listen", "bobu", "--udp", "--interval", "2"), stdin=subprocess.PIPE,
-                      stdout=open(f["bout"], "wb"), stderr=open(f["berr"], "wb"))
-        feed(lst, to_a)
-        con, rc = None, None
-        end = time.monotonic() + 90
-        while time.monotonic() < end:
-            con = self.bg("a", self.peer("connect", "aliceu", "--udp", "--interval", "2") + ["bobu"],
-                          stdin=subprocess.PIPE, stdout=open(f["aout"], "wb"), stderr=open(f["aerr"], "wb"))
-            feed(con, to_b)
-            while con.poll() is None and time.monotonic() < end:
-                if size(f["aout"]) >= len(to_a) and size(f["bout"]) >= len(to_b):
-                    break
-                time.sleep(0.05)  # polling the outputs with a deadline
-            if con.poll() != 3:
-                break
-        for p in (con, lst):
-            try:
-                p.stdin.close()
-            except (OSError, ValueError, AttributeError):
-                pass
-        try:
-            rc = con.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            rc = None
-        try:
-            lst.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            pass
-        ja, jb = last_json(f["aerr"]), last_json(f["berr"])
-        got_a, got_b = open(f["aout"], "rb").read(), open(f["bout"], "rb").read()
+        udp = ("--udp", "--interval", "2")
+        rc, ja, jb, got_a, got_b = self.exchange(
+            "udp", ("a", "b"), self.peer("listen", "bobu", *udp),
+            self.peer("connect", "aliceu", *udp) + ["bobu"], to_a, to_b)
         self.check(rc == 0 and ja.get("transport") == "udp",
                    "udp: connect --udp exits 0 (got %s: %s)" % (rc, ja.get("detail")))
         self.check(ja.get("method") == "relay" and jb.get("method") == "relay",

@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from interop import IP1, Server, Workdir, check, finish, free_port, log, skip, wait_ready  # noqa: E402
 import shutil  # noqa: E402
 
-from relay_common import feed, last_json, relay_port_range, size  # noqa: E402
+from relay_common import last_json, relay_port_range, run_pair  # noqa: E402
 
 if len(sys.argv) != 3 or not all(os.access(p, os.X_OK) for p in sys.argv[1:]):
     skip("ntcp or ntcp-brokerd is not built")
@@ -61,111 +61,45 @@ def start_broker(wd, name, turn_port, secret_file):
 
 
 
-def pair(wd, tag, broker, connect_opts, listen_opts=(), data=True):
-    """bob listens, alice connects (started again while bob is not registered
-    yet: exit 3); each sends its data and keeps its stdin open until it has
-    received all of the other's: TURN relays no half-close (docs/relay.md),
-    so neither end shuts its sending side down early. Returns (connect rc,
-    listen rc, alice json, bob json, data ok)."""
-    env = dict(os.environ, HOME=os.path.join(wd, "home"), XDG_CONFIG_HOME=os.path.join(wd, "xdg"),
-               NTCP_CONFIG=os.path.join(wd, "empty.conf"))
-    to_bob = os.urandom(150000) if data else b""
-    to_alice = os.urandom(200000) if data else b""
-    out = {k: os.path.join(wd, tag + "." + k) for k in ("aout", "aerr", "bout", "berr")}
-    lst = subprocess.Popen([ntcp, "listen", "--id", "bob", "-b", broker, "-t", "30000", "--json"]
-                           + list(listen_opts), stdin=subprocess.PIPE, stdout=open(out["bout"], "wb"),
-                           stderr=open(out["berr"], "wb"), env=env)
-    feed(lst, to_alice)
-    con = None
-    try:
-        end = time.monotonic() + 30
-        while time.monotonic() < end:
-            con = subprocess.Popen([ntcp, "connect", "--id", "alice", "-b", broker, "-t", "20000", "--json"]
-                                   + list(connect_opts) + ["bob"], stdin=subprocess.PIPE,
-                                   stdout=open(out["aout"], "wb"), stderr=open(out["aerr"], "wb"), env=env)
-            feed(con, to_bob)
-            # Exit 3 comes at once when bob is not registered yet: start again.
-            while con.poll() is None and time.monotonic() < end:
-                if size(out["aout"]) >= len(to_alice) and size(out["bout"]) >= len(to_bob) and data:
-                    break
-                time.sleep(0.02)  # polling the outputs with a deadline
-            if con.poll() != 3:
-                break
-        # Both have everything (or something ended): now both stdins close.
-        for p in (con, lst):
-            try:
-                p.stdin.close()
-            except (OSError, ValueError):
-                pass
-        try:
-            rc = con.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            rc = None
-        try:
-            lrc = lst.wait(timeout=30) if rc == 0 else None
-        except subprocess.TimeoutExpired:
-            lrc = None
-    finally:
-        for p in (con, lst):
-            if p and p.poll() is None:
-                p.kill()
-                p.wait()
-    same = (to_bob == open(out["bout"], "rb").read() and to_alice == open(out["aout"], "rb").read())
+def peer_env(wd):
+    return dict(os.environ, HOME=os.path.join(wd, "home"), XDG_CONFIG_HOME=os.path.join(wd, "xdg"),
+                NTCP_CONFIG=os.path.join(wd, "empty.conf"))
+
+
+def exchange(wd, tag, broker, listen_opts, connect_opts, to_a, to_b, data):
+    env = peer_env(wd)
+    f = {k: os.path.join(wd, tag + "." + k) for k in ("aout", "aerr", "bout", "berr")}
+
+    def start(argv):
+        return lambda out, err: subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=out, stderr=err,
+                                                 env=env)
+    rc, lrc = run_pair(start([ntcp, "listen", "--id", "bob", "-b", broker, "-t", "30000", "--json"]
+                             + list(listen_opts)),
+                       start([ntcp, "connect", "--id", "alice", "-b", broker, "-t", "20000", "--json"]
+                             + list(connect_opts) + ["bob"]),
+                       to_a, to_b, f, data=data)
     for k in ("aerr", "berr"):
-        log("---- %s %s ----\n%s" % (tag, k, open(out[k], errors="replace").read()[-1500:]))
-    return rc, lrc, last_json(out["aerr"]), last_json(out["berr"]), same
+        log("---- %s %s ----\n%s" % (tag, k, open(f[k], errors="replace").read()[-1500:]))
+    got_a, got_b = open(f["aout"], "rb").read(), open(f["bout"], "rb").read()
+    return rc, lrc, last_json(f["aerr"]), last_json(f["berr"]), got_a, got_b
+
+
+def pair(wd, tag, broker, connect_opts, listen_opts=(), data=True):
+    """TCP: bob listens, alice connects; 200,000 and 150,000 random bytes.
+    Returns (connect rc, listen rc, alice json, bob json, data ok)."""
+    to_a = os.urandom(200000) if data else b""
+    to_b = os.urandom(150000) if data else b""
+    rc, lrc, a, b, got_a, got_b = exchange(wd, tag, broker, listen_opts, connect_opts, to_a, to_b, data)
+    return rc, lrc, a, b, got_a == to_a and got_b == to_b
 
 
 def pair_udp(wd, tag, broker, connect_opts, n=300):
     """UDP (ntcp listen/connect --udp): n datagrams (lines) each way."""
-    env = dict(os.environ, HOME=os.path.join(wd, "home"), XDG_CONFIG_HOME=os.path.join(wd, "xdg"),
-               NTCP_CONFIG=os.path.join(wd, "empty.conf"))
-    to_bob = "".join("from-alice-%d\n" % k for k in range(n)).encode()
-    to_alice = "".join("from-bob-%d\n" % k for k in range(n)).encode()
-    out = {k: os.path.join(wd, tag + "." + k) for k in ("aout", "aerr", "bout", "berr")}
-    lst = subprocess.Popen([ntcp, "listen", "--id", "bob", "-b", broker, "-t", "30000", "--json", "--udp",
-                            "--interval", "2"], stdin=subprocess.PIPE, stdout=open(out["bout"], "wb"),
-                           stderr=open(out["berr"], "wb"), env=env)
-    feed(lst, to_alice)
-    rc = None
-    try:
-        end = time.monotonic() + 30
-        while time.monotonic() < end:
-            con = subprocess.Popen([ntcp, "connect", "--id", "alice", "-b", broker, "-t", "20000", "--json",
-                                    "--udp", "--interval", "2"] + list(connect_opts) + ["bob"],
-                                   stdin=subprocess.PIPE, stdout=open(out["aout"], "wb"),
-                                   stderr=open(out["aerr"], "wb"), env=env)
-            feed(con, to_bob)
-            while con.poll() is None and time.monotonic() < end:
-                if size(out["aout"]) >= len(to_alice) and size(out["bout"]) >= len(to_bob):
-                    break
-                time.sleep(0.02)  # polling the outputs with a deadline
-            if con.poll() != 3:
-                break
-        for p in (con, lst):
-            try:
-                p.stdin.close()
-            except (OSError, ValueError):
-                pass
-        try:
-            rc = con.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            rc = None
-        try:
-            lst.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            pass
-    finally:
-        for p in (con, lst):
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    got_a = open(out["aout"], "rb").read()
-    got_b = open(out["bout"], "rb").read()
-    for k in ("aerr", "berr"):
-        log("---- %s %s ----\n%s" % (tag, k, open(out[k], errors="replace").read()[-1500:]))
-    return rc, last_json(out["aerr"]), last_json(out["berr"]), got_a == to_alice and got_b == to_bob, \
-        (len(got_a.splitlines()), len(got_b.splitlines()))
+    to_a = "".join("from-bob-%d\n" % k for k in range(n)).encode()
+    to_b = "".join("from-alice-%d\n" % k for k in range(n)).encode()
+    udp = ["--udp", "--interval", "2"]
+    rc, _, a, b, got_a, got_b = exchange(wd, tag, broker, udp, udp + list(connect_opts), to_a, to_b, True)
+    return rc, a, b, got_a == to_a and got_b == to_b, (len(got_a.splitlines()), len(got_b.splitlines()))
 
 
 with Workdir() as wd:
