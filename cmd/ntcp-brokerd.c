@@ -28,7 +28,8 @@ static const char usage[] =
     "                    [--state-dir DIR] [--expiry S] [--id STRING] [--stats S]\n"
     "                    [--tls-cert FILE --tls-key FILE [--tls-listen IP:PORT]]\n"
     "                    [--spoof] [--cluster redis://HOST:PORT[/DB]] [--source-rate R]\n"
-    "                    [--ticket-key-file FILE] [--verbose] [--quiet]\n"
+    "                    [--ticket-key-file FILE] [--turn-server IP:PORT\n"
+    "                    --turn-secret-file FILE [--turn-ttl S]] [--verbose] [--quiet]\n"
     "       ntcp-brokerd --help | --version\n"
     "\n"
     "The ntcp connection broker: peers register a name bound to an Ed25519 key,\n"
@@ -59,6 +60,12 @@ static const char usage[] =
     "  --cluster URL            one node of a cluster sharing registrations, name\n"
     "                           bindings, lookups and connects through this Redis\n"
     "                           (redis://HOST:PORT[/DB]); all nodes need the same --id\n"
+    "  --turn-server IP:PORT    the relay of last resort: a TURN server (coturn with\n"
+    "                           use-auth-secret); each CONNECT-GO carries it and\n"
+    "                           time-limited TURN REST credentials for that end\n"
+    "  --turn-secret-file FILE  the shared secret (coturn's static-auth-secret),\n"
+    "                           first line of FILE\n"
+    "  --turn-ttl S             the credentials' validity in seconds (86400)\n"
     "  --verbose, --quiet       more or fewer log lines\n";
 
 typedef struct app {
@@ -198,6 +205,9 @@ int main(int argc, char **argv)
         {"cluster", required_argument, NULL, 'R'},
         {"source-rate", required_argument, NULL, 'r'},
         {"ticket-key-file", required_argument, NULL, 't'},
+        {"turn-server", required_argument, NULL, 'U'},
+        {"turn-secret-file", required_argument, NULL, 'F'},
+        {"turn-ttl", required_argument, NULL, 'L'},
         {"verbose", no_argument, NULL, 'v'},
         {"quiet", no_argument, NULL, 'q'},
         {"help", no_argument, NULL, 'h'},
@@ -211,7 +221,7 @@ int main(int argc, char **argv)
     const char *ticket_file = NULL;
     uint8_t ticket_key[32];
     int c;
-    while ((c = getopt_long(argc, argv, "l:u:k:s:e:i:S:C:K:T:PR:r:t:vqhV", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "l:u:k:s:e:i:S:C:K:T:PR:r:t:U:F:L:vqhV", opts, NULL)) != -1) {
         char *end;
         switch (c) {
         case 'l': cfg.listen = optarg; break;
@@ -234,6 +244,17 @@ int main(int argc, char **argv)
             /* Many peers behind one address (a NAT, a test) need more. */
             cfg.source_rate = v > 0 ? v : -1;
             cfg.source_burst = v > 0 ? (uint32_t)(v * 10 < 1 ? 1 : v * 10) : 0;
+            break;
+        }
+        case 'U': cfg.turn_server = optarg; break;
+        case 'F': cfg.turn_secret_file = optarg; break;
+        case 'L': {
+            long v = strtol(optarg, &end, 10);
+            if (*end || v < 60 || v > 7 * 86400) {
+                fprintf(stderr, "ntcp-brokerd: --turn-ttl wants 60..604800 seconds\n");
+                return 2;
+            }
+            cfg.turn_ttl_s = (uint32_t)v;
             break;
         }
         case 'e': {
@@ -278,6 +299,10 @@ int main(int argc, char **argv)
         if (load_ticket_key(ticket_file, ticket_key) < 0)
             return 1;
         cfg.ticket_key = ticket_key;
+    }
+    if (!cfg.turn_server != !cfg.turn_secret_file) {
+        fprintf(stderr, "ntcp-brokerd: --turn-server and --turn-secret-file go together\n");
+        return 2;
     }
     signal(SIGPIPE, SIG_IGN);
 

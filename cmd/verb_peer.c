@@ -51,6 +51,9 @@ static const char *const OPTIONS_HELP =
     "                           (default: key_file in the configuration, else\n"
     "                           ~/.config/ntcp/NAME.key)\n"
     "  -t, --timeout MS         give up after MS milliseconds (default 30000)\n"
+    "  -R, --relay MODE         the TURN relay the broker offers (docs/relay.md):\n"
+    "                           auto (when no direct method works), never, always\n"
+    "                           (or `relay` in the configuration; default auto)\n"
     "  -j, --json               print one JSON status line on stderr (method, times,\n"
     "                           addresses; docs/traversal.md)\n"
     "  -q, --quiet              no progress lines on stderr\n"
@@ -110,6 +113,7 @@ typedef struct popts {
     int timeout_ms;
     bool json, quiet, keep_open, udp;
     int wait_ms, interval_ms;
+    int relay; /* -1: not given */
 } popts;
 
 static int usage_error(const popts *o, const char *fmt, const char *arg)
@@ -143,12 +147,13 @@ static int parse(int argc, char **argv, popts *o)
         {"help", no_argument, NULL, 'h'},          {"broker-ca", required_argument, NULL, 'C'},
         {"broker-pin", required_argument, NULL, 'P'}, {"udp", no_argument, NULL, 'u'},
         {"wait", required_argument, NULL, 'w'},    {"interval", required_argument, NULL, 'I'},
+        {"relay", required_argument, NULL, 'R'},
         {NULL, 0, NULL, 0}};
     o->timeout_ms = 30000;
     o->wait_ms = 2000;
     optind = 1;
     int c;
-    while ((c = getopt_long(argc, argv, o->listen ? "i:b:s:c:k:t:jqKa:huw:I:" : "i:b:s:c:k:t:jqhuw:I:", lo,
+    while ((c = getopt_long(argc, argv, o->listen ? "i:b:s:c:k:t:jqKa:huw:I:R:" : "i:b:s:c:k:t:jqhuw:I:R:", lo,
                             NULL)) != -1) {
         switch (c) {
         case 'i': o->id = optarg; break;
@@ -187,6 +192,16 @@ static int parse(int argc, char **argv, popts *o)
             break;
         }
         case 'q': o->quiet = true; break;
+        case 'R':
+            if (!strcmp(optarg, "auto"))
+                o->relay = NTCP_RELAY_AUTO;
+            else if (!strcmp(optarg, "never"))
+                o->relay = NTCP_RELAY_NEVER;
+            else if (!strcmp(optarg, "always"))
+                o->relay = NTCP_RELAY_ALWAYS;
+            else
+                return usage_error(o, "--relay wants auto, never or always: %s", optarg);
+            break;
         case 'K':
             if (!o->listen)
                 return usage_error(o, "%s is for ntcp listen", "--keep-open");
@@ -254,6 +269,7 @@ static int make_context(popts *o, ntcp_t **out, char *keybuf, size_t keylen)
     cfg.broker_tls_insecure = file_ctx ? ntcp_get_broker_tls_insecure(file_ctx) : 0;
     if (o->broker_ca || o->broker_pin)
         cfg.broker_tls = 1;
+    cfg.relay = o->relay >= 0 ? o->relay : file_ctx ? (int)ntcp_get_relay(file_ctx) : (int)NTCP_RELAY_AUTO;
     int code = P_OK;
     if (!cfg.name)
         code = usage_error(o, "no name: give --id NAME%s", " (or `name` in the configuration)");
@@ -453,8 +469,14 @@ static void report(const popts *o, int status, const ntcp_conn_info_t *info)
     char loc[64] = "", rem[64] = "";
     ntcp_addr_str((const struct sockaddr *)&info->local, loc, sizeof loc);
     ntcp_addr_str((const struct sockaddr *)&info->remote, rem, sizeof rem);
-    fprintf(stderr, "ntcp: connected %s %s by %s in %lld ms (%s -> %s), key verified\n",
-            info->initiator ? "to" : "from", info->peer, info->method,
+    char via[80] = "";
+    if (info->relay.ss_family) {
+        char rb[64];
+        snprintf(via, sizeof via, " through %s",
+                 ntcp_addr_str((const struct sockaddr *)&info->relay, rb, sizeof rb));
+    }
+    fprintf(stderr, "ntcp: connected %s %s by %s%s in %lld ms (%s -> %s), key verified\n",
+            info->initiator ? "to" : "from", info->peer, info->method, via,
             (long long)info->verified_ms, loc, rem);
 }
 
@@ -477,6 +499,7 @@ static int run(int argc, char **argv, bool listen)
     popts o;
     memset(&o, 0, sizeof o);
     o.listen = listen;
+    o.relay = -1;
     int rc = parse(argc, argv, &o);
     if (rc != 0)
         return rc < 0 ? P_OK : rc;

@@ -164,7 +164,19 @@ typedef struct ntcp_config {
     const char *broker_ca;   /* PEM file of the CAs that may sign the broker's certificate */
     const char *broker_pin;  /* "sha256/BASE64" of its SubjectPublicKeyInfo; several: commas */
     int broker_tls_insecure; /* 1: check no certificate at all (tests); not with ca or pin */
+    /* The relay of last resort (docs/relay.md): enum ntcp_relay_policy,
+     * NTCP_RELAY_AUTO (0) by default. Read when size covers it. */
+    int relay;
 } ntcp_config_t;
+
+/* When a TCP connection may go through the TURN relay the broker offers
+ * (docs/relay.md). The relay is used only when both ends allow it. */
+typedef enum ntcp_relay_policy {
+    NTCP_RELAY_AUTO = 0,   /* when no direct method can work, at once; otherwise after
+                              the direct methods' budget has run out */
+    NTCP_RELAY_NEVER = 1,  /* never (no allocation is made) */
+    NTCP_RELAY_ALWAYS = 2, /* only the relay, no direct method (tests, or by choice) */
+} ntcp_relay_policy_t;
 
 NTCP_EXPORT void ntcp_config_init(ntcp_config_t *cfg);
 
@@ -180,7 +192,8 @@ NTCP_EXPORT int ntcp_new(const ntcp_config_t *cfg, ntcp_t **out);
  *   ConnectionBroker (NTCP 0.2's, in its [holePunch]), in any section;
  *   broker, name, key_file: in [ntcp] or before any section;
  *   broker_tls, broker_ca, broker_pin, broker_tls_insecure: likewise (TLS
- *     to the broker; yes/no for the flags).
+ *     to the broker; yes/no for the flags);
+ *   relay: auto, never or always (ntcp_relay_policy_t), likewise.
  * Returns NTCP_ECONFIG when the file cannot be read or a value is invalid. */
 NTCP_EXPORT int ntcp_new_from_file(const char *path, ntcp_t **out);
 
@@ -279,7 +292,7 @@ typedef struct ntcp_conn_info {
     int initiator;          /* 1: this end called ntcp_connect() */
     char method[16];        /* "same-lan", "direct", "reversal", "stunt2",
                                "p2pnat", "predict", "birthday", "stunt1",
-                               "natblaster" ("" on failure) */
+                               "natblaster", "relay" ("" on failure) */
     struct sockaddr_storage local, remote; /* of the connection */
     struct sockaddr_storage public_addr;   /* this end as the broker sees it */
     struct sockaddr_storage peer_public;   /* the peer as the broker sees it */
@@ -292,6 +305,9 @@ typedef struct ntcp_conn_info {
     uint32_t rtt_ms;        /* this end's round trip to the broker */
     unsigned attempts;      /* attempts the plan had */
     char detail[256];       /* one line: the plan and what happened; on failure, why */
+    /* method "relay": the TURN server the connection goes through (family 0
+     * otherwise). Filled when size covers it. */
+    struct sockaddr_storage relay;
 } ntcp_conn_info_t;
 
 /* Asks the broker for this peer's offers: register `name` (NULL: the
@@ -374,6 +390,12 @@ NTCP_EXPORT int ntcp_udp_is_control(const void *buf, size_t len);
 typedef int (*ntcp_policy_fn)(ntcp_t *ctx, const char *peer, ntcp_transport_t transport,
                               void *user_ptr);
 NTCP_EXPORT int ntcp_set_policy(ntcp_t *ctx, ntcp_policy_fn fn, void *user_ptr);
+
+/* The relay policy (ntcp_config_t.relay, the file's `relay` key); set it
+ * before the first connection. Returns 0 or NTCP_EINVAL. */
+NTCP_EXPORT int ntcp_set_relay(ntcp_t *ctx, ntcp_relay_policy_t policy);
+/* The context's relay policy (NTCP_RELAY_AUTO for NULL). */
+NTCP_EXPORT ntcp_relay_policy_t ntcp_get_relay(const ntcp_t *ctx);
 
 /* The profile the runtime discovered and registered (zeroed, with status
  * NTCP_ENOTREADY, before the runtime has one). Returns the discovery status. */

@@ -9,7 +9,10 @@
 #     lab's server host and `ntcp discover` in both clients;
 #  3. as root, lets two peers behind those NATs find each other through
 #     ntcp-brokerd and talk over TCP: `ntcp listen` in one site, `ntcp
-#     connect` in the other; it prints the messages and which method won.
+#     connect` in the other; it prints the messages and which method won;
+#  4. as root, a pair no direct method can traverse (a and b both behind
+#     symmetric NATs with random ports): the broker offers coturn, run by
+#     the lab on its relay host, and the two connect through it, saying so.
 # Every process it starts is stopped by PID; the lab is taken down.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,6 +56,14 @@ wait_answer() {
 }
 
 show() { printf '\n$ %s\n' "$*"; "$@"; }
+
+# Stops the lab's broker and STUN server (by PID) and removes a step's files.
+stop_lab_servers() {
+  kill "$broker_pid" "$lab_server_pid" 2>/dev/null || true
+  wait "$broker_pid" "$lab_server_pid" 2>/dev/null || true
+  broker_pid=""; lab_server_pid=""
+  rm -rf "$demo_home" "$out"
+}
 
 echo
 echo "== 1. ntcp-stuntd on loopback: 127.0.0.1:$port (primary), 127.0.0.2:$alt (alternate)"
@@ -127,10 +138,62 @@ if s["ok"]:
 else:
     print(f"  -> no connection: {s['error']}: {s['detail']}")
 PY
-kill "$broker_pid" "$lab_server_pid" 2>/dev/null || true
-wait "$broker_pid" "$lab_server_pid" 2>/dev/null || true
-broker_pid=""; lab_server_pid=""
-rm -rf "$demo_home" "$out"
+stop_lab_servers
 [ "$rc" -eq 0 ] || { echo "demo: ntcp connect failed (exit $rc)" >&2; exit 1; }
+"$LAB" down --prefix "$lab_prefix" >/dev/null; lab_prefix=""
+
+echo
+echo "== 4. the relay of last resort (docs/relay.md): a and b both behind symmetric"
+echo "      NATs with random ports. No direct method can work;"
+echo "      the lab runs coturn on its relay host, the broker hands each end"
+echo "      time-limited TURN credentials, and the connection goes through coturn,"
+echo "      with the key proof end to end."
+if ! command -v turnserver >/dev/null; then
+  echo "   coturn's turnserver is not installed: skipped"
+  echo; echo "demo: done"; exit 0
+fi
+lab_prefix=$("$LAB" up --a symmetric-random --b symmetric-random --syn drop --turn)
+export NTCP_LAB_PREFIX=$lab_prefix
+"$LAB" status | grep -E "site|TURN|turnserver"
+secret_file=$("$LAB" status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["turn"]["secret_file"])')
+"$LAB" exec server -- "$STUNTD" --primary 203.0.113.10:3478 --alternate 203.0.113.11:3479 \
+  --log-level warn &
+lab_server_pid=$!
+wait_answer 203.0.113.10:3478 "$LAB" exec relay --
+"$LAB" exec server -- "$PWD/build/src/broker/ntcp-brokerd" --listen 203.0.113.10:3490 \
+  --udp 203.0.113.10:3490 --turn-server 203.0.113.20:3478 --turn-secret-file "$secret_file" --quiet &
+broker_pid=$!
+demo_home=$(mktemp -d)
+out=$(mktemp -d)
+# Each end keeps its side open until the other's line has come: a TURN
+# relay carries no half-close (docs/relay.md).
+( echo "hello alice, this is bob (symmetric NAT, random ports)"
+  for _ in $(seq 1 300); do grep -q . "$out/bob.txt" 2>/dev/null && break; sleep 0.1; done ) |
+  HOME=$demo_home "$LAB" exec b -- "$NTCP" listen --id bob --stun server --broker server:3490 \
+    --timeout 60000 >"$out/bob.txt" 2>"$out/bob.log" &
+listen_pid=$!
+for _ in $(seq 1 100); do grep -q listening "$out/bob.log" 2>/dev/null && break; sleep 0.1; done
+printf '\n$ echo "hello bob, ..." | ntcp connect --id alice --stun server --broker server:3490 --json bob\n'
+rc=0
+( echo "hello bob, this is alice (symmetric NAT, random ports)"
+  for _ in $(seq 1 300); do grep -q . "$out/alice.txt" 2>/dev/null && break; sleep 0.1; done ) |
+  HOME=$demo_home "$LAB" exec a -- "$NTCP" connect --id alice --stun server --broker server:3490 \
+    --json bob >"$out/alice.txt" 2>"$out/alice.json" || rc=$?
+wait "$listen_pid" || true; listen_pid=""
+echo "bob's log:";      sed 's/^/  /' "$out/bob.log"
+echo "alice received:"; sed 's/^/  /' "$out/alice.txt"
+echo "bob received:";   sed 's/^/  /' "$out/bob.txt"
+python3 - "$out/alice.json" <<'PY'
+import json, sys
+s = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
+if s["ok"]:
+    print(f"  -> connected by {s['method']} through {s.get('relay', '?')}: {s['local']} -> "
+          f"{s['remote']}, key proof done at {s['verified_ms']} ms after the call")
+    print(f"     ({s['detail']})")
+else:
+    print(f"  -> no connection: {s['error']}: {s['detail']}")
+PY
+stop_lab_servers
+[ "$rc" -eq 0 ] || { echo "demo: ntcp connect through the relay failed (exit $rc)" >&2; exit 1; }
 echo
 echo "demo: done"

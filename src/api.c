@@ -41,6 +41,7 @@
 #include "ntcp.h"
 #include "plan.h"
 #include "raw.h"
+#include "relay.h"
 #include "session.h"
 #include "stun.h"
 #include "udp_plan.h"
@@ -125,6 +126,8 @@ typedef struct ntcp_rt {
     struct sampler *sampling;          /* a port sample in flight, or NULL */
     bool sample_again;                 /* a connection ended during it */
     struct ka_entry *kas;              /* keepalives of the UDP paths handed over */
+    ntcp_relay *relays;                /* relay.c: allocations kept for handed-over sockets */
+    ntcp_relay_bridge *bridges;        /* relay_udp.c: bridges kept for handed-over UDP paths */
 } ntcp_rt;
 
 struct conn {
@@ -142,7 +145,45 @@ struct conn {
     ntcp_conn_info_t info;
     int cancel_err; /* why the engine was cancelled (NTCP_ETIMEDOUT, NTCP_ECLOSED) */
     uint8_t nonce[BROKER_NONCE_SIZE]; /* the CONNECT-GO's: RAW-ISN messages name it */
+    /* The relay of last resort (relay.h, docs/relay.md), beside the engine. */
+    ntcp_relay *relay;
+    bool relay_allocator;
+    bool relay_ready;              /* relay_res holds a verified socket while the engine ends */
+    ntcp_relay_result relay_res;
+    char relay_why[160];           /* why the relay failed, for the detail */
+    /* UDP through the relay (relay_udp.c): the target's bridge; the
+     * requester's relayed address from RELAY-ADDR; the proof's parameters
+     * kept from the CONNECT-GO for the relay's punch. */
+    ntcp_relay_bridge *bridge;
+    bool urelay_on;                /* the broker offers a relay and the policy allows it */
+    bool urelay;                   /* the punch under way (or awaited) is the relay's */
+    bool urelay_wait;              /* waiting for the address (requester) or the bridge (target) */
+    bool urelay_now;               /* the target's punch was stopped: the peer is on the relay */
+    uint64_t urelay_deadline;      /* the target's wait */
+    struct sockaddr_storage urelayed, uturn;
+    int urelay_state;              /* requester: 0 unknown, 1 address known, -1 none */
+    char urelay_why[208];
+    ntcp_verify_params uvp;
+    char upeer[BROKER_NAME_MAX + 1];
 };
+
+/* dst = a b c, cut to cap bytes (a detail line may lose its end). a may be
+ * dst itself. */
+static void join3(char *dst, size_t cap, const char *a, const char *b, const char *c)
+{
+    char tmp[512];
+    size_t n = 0;
+    const char *parts[3] = {a, b, c};
+    for (int k = 0; k < 3; k++)
+        for (const char *q = parts[k]; q && *q && n + 1 < sizeof tmp; q++)
+            tmp[n++] = *q;
+    if (n >= cap)
+        n = cap ? cap - 1 : 0;
+    if (cap) {
+        memcpy(dst, tmp, n);
+        dst[n] = 0;
+    }
+}
 
 static uint64_t mono_ms(void)
 {
@@ -435,6 +476,8 @@ static void ntcp_udp_close_fd(ntcp_rt *rt, int fd);
 static void conn_free(conn *c)
 {
     ntcp_rt *rt = c->rt;
+    if (c->bridge)
+        ntcp_relay_bridge_close(c->bridge); /* not handed over: the allocation ends */
     for (conn **p = &rt->conns; *p; p = &(*p)->next)
         if (*p == c) {
             *p = c->next;
@@ -460,8 +503,8 @@ static void conn_finish(conn *c, int status)
     } else if (status >= 0) {
         deliver_incoming(rt, status, &c->info);
     }
-    if (!c->e && !c->p)
-        conn_free(c); /* else freed by the engine's (or punch's) callback */
+    if (!c->e && !c->p && !c->relay)
+        conn_free(c); /* else freed by the engine's (punch's, relay's) callback */
     run_held(rt);
 }
 
@@ -512,6 +555,9 @@ static void close_tcp(ntcp_rt *rt, int fd)
     close(fd);
 }
 
+static bool relay_after_engine(conn *c, const ntcp_engine_result *res);
+static void udp_relay_resume(conn *c);
+
 static void on_engine(ntcp_engine *e, const ntcp_engine_result *res, void *user)
 {
     (void)e;
@@ -527,10 +573,175 @@ static void on_engine(ntcp_engine *e, const ntcp_engine_result *res, void *user)
     }
     i->attempts = (unsigned)res->n;
     snprintf(i->detail, sizeof i->detail, "%s", res->reason);
+    if (relay_after_engine(c, res))
+        return; /* the relay has won, or goes on from here (relay.h) */
     if (res->err == 0)
         conn_won(c, res->fd, ntcp_method_name(res->method), &res->local, &res->remote,
                  res->connected_ms, res->verified_ms);
     conn_ended(c, res->err == 0 ? res->fd : res->err, close_tcp);
+}
+
+/* ---- the relay of last resort (relay.h) ---- */
+
+static void relay_won(conn *c, const ntcp_relay_result *res)
+{
+    ntcp_conn_info_t *i = &c->info;
+    int64_t t0 = (int64_t)c->t0 + (i->start_ms >= 0 ? i->start_ms : 0);
+    conn_won(c, res->fd, "relay", &res->local, &res->remote,
+             (int64_t)res->connected_at - t0, (int64_t)res->verified_at - t0);
+    i->relay = res->server;
+    char sb[64], rb[64] = "?", head[192];
+    ntcp_addr_str((const struct sockaddr *)&res->server, sb, sizeof sb);
+    if (res->relayed.ss_family)
+        ntcp_addr_str((const struct sockaddr *)&res->relayed, rb, sizeof rb);
+    snprintf(head, sizeof head, "relay %.63s (relayed address %.63s); direct: ", sb, rb);
+    join3(i->detail, sizeof i->detail, head, i->detail[0] ? i->detail : "not tried", "");
+}
+
+/* The relay's turn once the direct methods are over (also when they never
+ * ran: relay = always). */
+static void relay_go(conn *c)
+{
+    /* The requester until its call's deadline. The target as long as the
+     * requester could still come: its engine ends with ours (same plan
+     * deadline, same common start), then it connects at once: 5 s and a few
+     * round trips cover that. Not longer: a connection under way holds
+     * this context's next connects (conns_busy()). */
+    uint64_t deadline = c->r ? c->r->deadline : mono_ms() + 5000 + 8u * c->info.rtt_ms;
+    if (c->rt->debug)
+        fprintf(stderr, "ntcp: direct methods over (%s): relay\n", c->info.detail);
+    ntcp_relay_go(c->relay, deadline);
+}
+
+/* The engine of c has ended with res. Returns true when the relay takes it
+ * from here: its socket was verified meanwhile (handed over now), or no
+ * direct method got through and the relay goes on. Otherwise (the engine
+ * won, or was cancelled) the relay is stopped and the caller goes on. */
+static bool relay_after_engine(conn *c, const ntcp_engine_result *res)
+{
+    if (c->relay_ready) {
+        int fd = c->relay_res.fd;
+        c->relay_ready = false;
+        relay_won(c, &c->relay_res);
+        conn_ended(c, fd, close_tcp);
+        return true;
+    }
+    if (res->err != 0 && res->err != NTCP_ECLOSED && c->relay && !c->finished) {
+        relay_go(c);
+        return true;
+    }
+    if (c->relay)
+        ntcp_relay_cancel(c->relay); /* its callback ends it */
+    if (res->err != 0 && c->relay_why[0])
+        join3(c->info.detail, sizeof c->info.detail, c->info.detail, "; relay: ", c->relay_why);
+    return false;
+}
+
+static void on_relay(ntcp_relay *rl, const ntcp_relay_result *res, void *user)
+{
+    conn *c = user;
+    c->relay = NULL;
+    if (res->err == 0 && c->relay_allocator)
+        ntcp_relay_keep(rl, res->fd, &c->rt->relays); /* the allocation lives with the socket */
+    if (c->finished) {
+        if (res->err == 0)
+            close(res->fd);
+        if (!c->e && !c->p)
+            conn_free(c);
+        return;
+    }
+    if (c->e) {
+        /* The engine still runs. A verified relay connection means the peer
+         * gave up on the direct methods: it wins, the engine stops. */
+        if (res->err == 0) {
+            c->relay_ready = true;
+            c->relay_res = *res;
+            ntcp_engine_cancel(c->e); /* on_engine hands the relay's socket over */
+        } else {
+            join3(c->relay_why, sizeof c->relay_why, res->why, "", "");
+        }
+        return;
+    }
+    if (res->err == 0) {
+        relay_won(c, res);
+        conn_ended(c, res->fd, close_tcp);
+        return;
+    }
+    ntcp_conn_info_t *i = &c->info;
+    join3(i->detail, sizeof i->detail, i->detail[0] ? i->detail : "no direct method", "; relay: ",
+          res->why);
+    /* The relay's own failure says most: refused (credentials, quota),
+     * unreachable, timed out, or the proof's error. */
+    conn_ended(c, res->err, close_tcp);
+}
+
+static void relay_send_addr(void *user, const struct sockaddr_storage *relayed, const char *why)
+{
+    conn *c = user;
+    ntcp_session_send_relay_addr(c->rt->s, c->nonce, relayed, why);
+}
+
+static void on_relay_addr(ntcp_session *s, const uint8_t nonce[BROKER_NONCE_SIZE],
+                          const struct sockaddr_storage *relayed, const char *why, void *user)
+{
+    (void)s;
+    ntcp_rt *rt = user;
+    for (conn *c = rt->conns; c; c = c->next) {
+        if (memcmp(c->nonce, nonce, sizeof c->nonce) != 0)
+            continue;
+        if (c->relay && !c->relay_allocator)
+            ntcp_relay_peer_addr(c->relay, relayed, why);
+        if (c->urelay_on && !c->bridge && c->urelay_state == 0) {
+            /* UDP: the requester's relay step may be waiting for it. */
+            if (relayed && relayed->ss_family) {
+                c->urelayed = *relayed;
+                c->urelay_state = 1;
+            } else {
+                c->urelay_state = -1;
+                snprintf(c->urelay_why, sizeof c->urelay_why, "the peer has no relay: %s",
+                         why && *why ? why : "(no reason given)");
+            }
+            udp_relay_resume(c);
+        }
+    }
+}
+
+/* Whether this connect may use the relay (TCP or UDP): the broker offers one
+ * and the policy allows it. A target that may not tells the requester, so
+ * that it does not wait for an address that will not come. */
+static bool relay_allowed(conn *c, const broker_go *g)
+{
+    ntcp_rt *rt = c->rt;
+    if (g->turn_server.ss_family == 0)
+        return false;
+    if (rt->ctx->relay == NTCP_RELAY_NEVER) {
+        if (g->role == BROKER_ROLE_TARGET)
+            ntcp_session_send_relay_addr(rt->s, g->nonce, NULL, "the peer's policy forbids the relay");
+        return false;
+    }
+    return true;
+}
+
+/* Starts the relay beside the engine when relay_allowed(). The target
+ * allocates, the requester connects. */
+static void relay_start(conn *c, const broker_go *g, const ntcp_verify_params *vp)
+{
+    ntcp_rt *rt = c->rt;
+    if (!relay_allowed(c, g))
+        return;
+    ntcp_relay_config rc;
+    memset(&rc, 0, sizeof rc);
+    rc.allocator = g->role == BROKER_ROLE_TARGET;
+    rc.server = g->turn_server;
+    rc.user = g->turn_user;
+    rc.pass = g->turn_pass;
+    rc.peer_public = g->peer.public_addr;
+    rc.verify = *vp;
+    rc.send_addr = relay_send_addr;
+    rc.send_user = c;
+    c->relay_allocator = rc.allocator;
+    if (ntcp_relay_start(&rt->loop, &rc, on_relay, c, &c->relay) < 0)
+        c->relay = NULL;
 }
 
 /* RAW_SYN attempts: our ISN to the peer, and the peer's to the engine. */
@@ -553,6 +764,8 @@ static void on_raw_isn(ntcp_session *s, const uint8_t nonce[BROKER_NONCE_SIZE],
 
 /* ---- UDP (ntcp_udp_punch(), docs/udp.md) ---- */
 
+static void udp_relay_go(conn *c);
+
 static void on_punch(udp_puncher *p, const ntcp_udp_punch_result *r, void *user)
 {
     (void)p;
@@ -566,9 +779,25 @@ static void on_punch(udp_puncher *p, const ntcp_udp_punch_result *r, void *user)
         ntcp_udp_punch_result_json(r, rj, sizeof rj);
         fprintf(stderr, "ntcp: udp plan %s\nntcp: udp result %s\n", pj, rj);
     }
-    snprintf(i->detail, sizeof i->detail, "%s", r->reason);
-    i->attempts = r->paths;
-    if (r->err == 0) {
+    if (c->urelay) {
+        /* The relay's punch (relay_udp.c): its reason after the direct one's. */
+        join3(i->detail, sizeof i->detail, i->detail, "; relay: ", r->reason);
+    } else {
+        snprintf(i->detail, sizeof i->detail, "%s", r->reason);
+        i->attempts = r->paths;
+        if (r->err != 0 && (r->err != NTCP_ECLOSED || c->urelay_now) && c->urelay_on && !c->finished) {
+            udp_relay_go(c); /* no direct path: the relay */
+            if (c->p || c->urelay_wait)
+                return;
+        }
+    }
+    if (r->err == 0 && c->urelay) {
+        i->relay = c->uturn;
+        conn_won(c, r->fd, "relay", &r->local, &r->remote, r->reached_ms, r->verified_ms);
+        if (c->bridge) /* the target: the bridge lives with the application's socket */
+            ntcp_relay_bridge_keep(c->bridge, r->fd, &rt->bridges);
+        c->bridge = NULL;
+    } else if (r->err == 0) {
         conn_won(c, r->fd, udp_method_name(r->method), &r->local, &r->remote, r->reached_ms,
                  r->verified_ms);
         /* The path's keepalive, until ntcp_udp_close() (or ntcp_free()). */
@@ -584,7 +813,160 @@ static void on_punch(udp_puncher *p, const ntcp_udp_punch_result *r, void *user)
             free(ka);
         }
     }
+    if (c->bridge) {
+        ntcp_relay_bridge_close(c->bridge); /* a direct path won, or nothing did */
+        c->bridge = NULL;
+    }
     conn_ended(c, r->err == 0 ? r->fd : r->err, ntcp_udp_close_fd);
+}
+
+/* ---- UDP through the relay (relay_udp.c, docs/relay.md) ---- */
+
+/* The relay's punch: one target (the relayed address, or at the target the
+ * bridge's stand-in for the peer), probed at once, the same proof and PICK
+ * as a direct path. fd is the punch's from here. */
+static void udp_relay_punch(conn *c, int fd, const struct sockaddr_storage *target)
+{
+    ntcp_rt *rt = c->rt;
+    udp_plan *pl = &c->upl;
+    memset(pl, 0, sizeof *pl);
+    pl->method = UDP_METHOD_DIRECT;
+    pl->nsockets = 1;
+    pl->ntargets = 1;
+    pl->t[0].addr = *target;
+    pl->t[0].count = 1;
+    pl->kind[0] = UDP_T_PUBLIC;
+    pl->rtt_ms = c->info.rtt_ms > 0 ? c->info.rtt_ms : 50;
+    pl->interval_ms = 200;
+    pl->deadline_ms = 8000 + 8 * pl->rtt_ms;
+    snprintf(pl->reason, sizeof pl->reason, "relay");
+    ntcp_udp_punch_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.plan = pl;
+    cfg.fd = fd;
+    cfg.start_at = uv_now(&rt->loop);
+    cfg.verify = c->uvp;
+    cfg.verify.peer_name = c->upeer;
+    cfg.verify.key = rt->key;
+    cfg.verify.name = rt->name;
+    c->urelay_wait = false;
+    int rc = ntcp_udp_punch_start(&rt->loop, &cfg, on_punch, c, &c->p);
+    if (rc < 0) {
+        c->p = NULL;
+        close(fd);
+        snprintf(c->urelay_why, sizeof c->urelay_why, "cannot start the relay's punch: %s",
+                 ntcp_strerror(rc));
+    }
+}
+
+/* The direct paths are over (or were skipped): the relay's turn. Starts its
+ * punch, or waits (urelay_wait) for the address or the bridge; otherwise
+ * leaves the reason in urelay_why and neither c->p nor urelay_wait. */
+static void udp_relay_go(conn *c)
+{
+    c->urelay = true;
+    if (c->bridge) {
+        const char *why = "";
+        int st = ntcp_relay_bridge_state(c->bridge, &why);
+        if (st == 0) {
+            c->urelay_wait = true;
+            c->urelay_deadline = mono_ms() + 8000 + 8u * c->info.rtt_ms;
+            return;
+        }
+        struct sockaddr_storage standin;
+        int fd = st == 1 ? ntcp_relay_bridge_take(c->bridge, &standin) : -1;
+        if (fd < 0) {
+            snprintf(c->urelay_why, sizeof c->urelay_why, "%s", why);
+            return;
+        }
+        udp_relay_punch(c, fd, &standin);
+        return;
+    }
+    if (c->urelay_state == 0) {
+        c->urelay_wait = true;
+        c->urelay_deadline = mono_ms() + 8000 + 8u * c->info.rtt_ms;
+        return;
+    }
+    if (c->urelay_state < 0)
+        return; /* urelay_why says why */
+    int fd = socket(c->urelayed.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(c->urelay_why, sizeof c->urelay_why, "socket: %s", strerror(errno));
+        return;
+    }
+    udp_relay_punch(c, fd, &c->urelayed);
+}
+
+/* A relay step that could not start: the connection ends with why. */
+static void udp_relay_failed(conn *c, int err)
+{
+    ntcp_conn_info_t *i = &c->info;
+    join3(i->detail, sizeof i->detail, i->detail[0] ? i->detail : "no direct path", "; relay: ",
+          c->urelay_why[0] ? c->urelay_why : "no relay");
+    c->urelay_wait = false;
+    conn_finish(c, err);
+}
+
+/* What the relay step waited for has come (an address, the bridge). */
+static void udp_relay_resume(conn *c)
+{
+    if (!c->urelay_wait || c->finished)
+        return;
+    c->urelay_wait = false;
+    udp_relay_go(c);
+    if (!c->p && !c->urelay_wait)
+        udp_relay_failed(c, NTCP_EUNREACHABLE);
+}
+
+/* The target's bridge saw the requester's first datagram: the requester has
+ * given up on the direct paths, so the target's own punch stops and the
+ * relay's starts. */
+static void udp_relay_peer_seen(void *user)
+{
+    conn *c = user;
+    if (c->p && !c->urelay && !c->finished) {
+        c->urelay_now = true;
+        ntcp_udp_punch_cancel(c->p); /* on_punch goes to the relay */
+    }
+}
+
+static void udp_relay_send_addr(void *user, const struct sockaddr_storage *relayed, const char *why)
+{
+    conn *c = user;
+    ntcp_session_send_relay_addr(c->rt->s, c->nonce, relayed, why);
+    udp_relay_resume(c); /* the target waiting for its bridge */
+}
+
+/* At the UDP CONNECT-GO: the bridge (target) or the wait for its address
+ * (requester), when the broker offers a relay and the policy allows it. */
+static void udp_relay_start(conn *c, const broker_go *g, const ntcp_verify_params *vp)
+{
+    ntcp_rt *rt = c->rt;
+    if (!relay_allowed(c, g))
+        return;
+    memcpy(c->nonce, g->nonce, sizeof c->nonce); /* RELAY-ADDR names the connect by it */
+    c->uvp = *vp;
+    snprintf(c->upeer, sizeof c->upeer, "%s", vp->peer_name ? vp->peer_name : "");
+    c->uvp.peer_name = c->upeer;
+    c->uturn = g->turn_server;
+    c->urelay_on = true;
+    if (g->role != BROKER_ROLE_TARGET)
+        return;
+    ntcp_relay_config rc;
+    memset(&rc, 0, sizeof rc);
+    rc.allocator = true;
+    rc.server = g->turn_server;
+    rc.user = g->turn_user;
+    rc.pass = g->turn_pass;
+    rc.peer_public = g->peer.public_udp.ss_family ? g->peer.public_udp : g->peer.public_addr;
+    rc.verify = *vp;
+    rc.send_addr = udp_relay_send_addr;
+    rc.send_user = c;
+    rc.peer_seen = udp_relay_peer_seen;
+    if (ntcp_relay_bridge_start(&rt->loop, &rc, &c->bridge) < 0) {
+        c->bridge = NULL;
+        c->urelay_on = false;
+    }
 }
 
 /* Both ends of a UDP connect: the UDP plan, the session's UDP socket (whose
@@ -644,6 +1026,15 @@ static void udp_go(conn *c, const broker_go *g, const plan_profile *peer)
     }
     cfg.verify.key = rt->key;
     cfg.verify.name = rt->name;
+    udp_relay_start(c, g, &cfg.verify);
+    if (c->urelay_on && rt->ctx->relay == NTCP_RELAY_ALWAYS && c->r) {
+        close(cfg.fd); /* the session's socket is not needed: the relay only */
+        snprintf(i->detail, sizeof i->detail, "direct paths skipped (relay = always)");
+        udp_relay_go(c);
+        if (!c->p && !c->urelay_wait)
+            udp_relay_failed(c, NTCP_EUNREACHABLE);
+        return;
+    }
     rc = ntcp_udp_punch_start(&rt->loop, &cfg, on_punch, c, &c->p);
     if (rc < 0) {
         c->p = NULL;
@@ -733,6 +1124,12 @@ static void conn_go(conn *c, const broker_go *g)
     cfg.verify.name = rt->name;
     cfg.raw_send_isn = raw_send_isn;
     cfg.raw_user = c;
+    relay_start(c, g, &cfg.verify);
+    if (c->relay && rt->ctx->relay == NTCP_RELAY_ALWAYS) {
+        snprintf(i->detail, sizeof i->detail, "direct methods skipped (relay = always)");
+        relay_go(c);
+        return;
+    }
     int rc = ntcp_engine_start(&rt->loop, &cfg, on_engine, c, &c->e);
     if (rc < 0) {
         c->e = NULL;
@@ -1040,6 +1437,7 @@ static void start_session(ntcp_rt *rt)
     sc.on_go = on_go;
     sc.on_state = on_state;
     sc.on_raw_isn = on_raw_isn;
+    sc.on_relay_addr = on_relay_addr;
     sc.user = rt;
     /* TLS to the broker: its certificate must carry the host name the
      * configuration gives (or that address), unless pinned. */
@@ -1216,6 +1614,12 @@ static void on_wake(uv_async_t *a)
         } else if (c->p) {
             c->cancel_err = NTCP_ECLOSED;
             ntcp_udp_punch_cancel(c->p); /* its callback frees c */
+        } else if (c->relay) {
+            c->cancel_err = NTCP_ECLOSED;
+            ntcp_relay_cancel(c->relay); /* its callback frees c */
+        } else if (c->urelay_wait && !c->finished) {
+            snprintf(c->urelay_why, sizeof c->urelay_why, "the context is being freed");
+            udp_relay_failed(c, NTCP_ECLOSED); /* frees c */
         } else if (c->retry_at && !c->finished) {
             snprintf(c->info.detail, sizeof c->info.detail, "the context is being freed");
             conn_finish(c, NTCP_ECLOSED); /* no broker answer pending: frees c */
@@ -1223,6 +1627,8 @@ static void on_wake(uv_async_t *a)
         /* Otherwise c waits for the broker's answer: closing the session
          * below gives it (NTCP_ECLOSED), and on_connect_answer ends it. */
     }
+    ntcp_relay_close_all(&rt->relays); /* allocations of handed-over relayed sockets */
+    ntcp_relay_bridge_close_all(&rt->bridges); /* and the UDP paths' bridges */
     /* The handed-over UDP paths' keepalives (the application's descriptors
      * stay open). */
     while (rt->kas) {
@@ -1262,6 +1668,13 @@ static void on_tick(uv_timer_t *t)
     }
     for (conn *c = rt->conns, *n; c; c = n) {
         n = c->next;
+        if (c->urelay_wait && !c->finished && now >= c->urelay_deadline) {
+            snprintf(c->urelay_why, sizeof c->urelay_why, "%s",
+                     c->bridge ? "the relay's allocation did not finish in time"
+                               : "no relayed address from the peer in time");
+            udp_relay_failed(c, NTCP_ETIMEDOUT); /* frees c */
+            continue;
+        }
         if (c->retry_at && !c->finished && c->r && now >= c->retry_at && now < c->r->deadline) {
             /* UDP: ask the broker again (the peer's mapping was unknown). */
             c->retry_at = 0;
@@ -1282,6 +1695,12 @@ static void on_tick(uv_timer_t *t)
         } else if (c->p) {
             c->cancel_err = NTCP_ETIMEDOUT;
             ntcp_udp_punch_cancel(c->p);
+        } else if (c->relay) {
+            c->cancel_err = NTCP_ETIMEDOUT;
+            ntcp_relay_cancel(c->relay); /* on_relay ends c */
+        } else if (c->urelay_wait) {
+            snprintf(c->urelay_why, sizeof c->urelay_why, "timed out waiting for the relay");
+            udp_relay_failed(c, NTCP_ETIMEDOUT); /* frees c */
         } else if (c->retry_at) {
             snprintf(c->info.detail, sizeof c->info.detail,
                      "timed out: the broker never had the peer's UDP mapping");
@@ -1742,7 +2161,7 @@ static size_t json_str(char *buf, size_t len, size_t off, const char *s)
 
 size_t ntcp_conn_info_json(const ntcp_conn_info_t *i, int status, char *buf, size_t len)
 {
-    char loc[64] = "", rem[64] = "", pub[64] = "", ppub[64] = "";
+    char loc[64] = "", rem[64] = "", pub[64] = "", ppub[64] = "", rly[64] = "";
     if (i->local.ss_family)
         ntcp_addr_str((const struct sockaddr *)&i->local, loc, sizeof loc);
     if (i->remote.ss_family)
@@ -1751,6 +2170,9 @@ size_t ntcp_conn_info_json(const ntcp_conn_info_t *i, int status, char *buf, siz
         ntcp_addr_str((const struct sockaddr *)&i->public_addr, pub, sizeof pub);
     if (i->peer_public.ss_family)
         ntcp_addr_str((const struct sockaddr *)&i->peer_public, ppub, sizeof ppub);
+    /* The relay's address, only when the struct has it (older callers). */
+    if (i->size >= offsetof(ntcp_conn_info_t, relay) + sizeof i->relay && i->relay.ss_family)
+        ntcp_addr_str((const struct sockaddr *)&i->relay, rly, sizeof rly);
     size_t off = 0;
 #define PUT(...)                                                                                   \
     do {                                                                                           \
@@ -1767,6 +2189,8 @@ size_t ntcp_conn_info_json(const ntcp_conn_info_t *i, int status, char *buf, siz
         (long long)i->broker_ms, (long long)i->start_ms, (long long)i->connected_ms,
         (long long)i->verified_ms, i->rtt_ms, i->attempts);
     off = json_str(buf, len, off, i->detail);
+    if (rly[0])
+        PUT("\",\"relay\":\"%s", rly);
     PUT("\"}");
 #undef PUT
     if (len)

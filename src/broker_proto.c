@@ -35,7 +35,7 @@ bool broker_name_valid(const char *s, size_t len)
 
 static bool is_broker_attr(uint16_t t)
 {
-    return t >= BROKER_ATTR_NAME && t <= BROKER_ATTR_PROOF;
+    return t >= BROKER_ATTR_NAME && t <= BROKER_ATTR_TURN_PASSWORD;
 }
 
 /* The codec already bounds-checks every attribute; here the values. */
@@ -52,9 +52,20 @@ static int check_attr(uint16_t type, const uint8_t *v, uint16_t len)
         return len == BROKER_SIG_SIZE ? 0 : NTCP_EBADATTR;
     case BROKER_ATTR_BROKER_ID:
         return len >= 1 && len <= BROKER_ID_MAX ? 0 : NTCP_EBADATTR;
+    case BROKER_ATTR_TURN_USERNAME:
+    case BROKER_ATTR_TURN_PASSWORD: {
+        size_t max = type == BROKER_ATTR_TURN_USERNAME ? BROKER_TURN_USER_MAX : BROKER_TURN_PASS_MAX;
+        if (len < 1 || len > max)
+            return NTCP_EBADATTR;
+        for (size_t i = 0; i < len; i++)
+            if (v[i] <= 0x20 || v[i] >= 0x7f) /* printable, so it copies as a string */
+                return NTCP_EBADATTR;
+        return 0;
+    }
     case BROKER_ATTR_PUBLIC_ADDR:
     case BROKER_ATTR_PUBLIC_UDP:
     case BROKER_ATTR_PRIVATE_ADDR:
+    case BROKER_ATTR_TURN_SERVER:
         if (len < 4)
             return NTCP_EBADATTR;
         if (v[1] == 0x01)
@@ -320,6 +331,18 @@ int broker_parse_go(const stun_msg *m, broker_go *g)
     const stun_attr *a = stun_find(m, BROKER_ATTR_RTT);
     if (a && a->len == 4)
         g->rtt_us = rd32(stun_attr_value(m, a));
+    /* The relay: all three or none (half a set is useless: ignored). */
+    const stun_attr *u = stun_find(m, BROKER_ATTR_TURN_USERNAME);
+    const stun_attr *pw = stun_find(m, BROKER_ATTR_TURN_PASSWORD);
+    if (u && pw && u->len <= BROKER_TURN_USER_MAX && pw->len <= BROKER_TURN_PASS_MAX &&
+        broker_get_addr(m, BROKER_ATTR_TURN_SERVER, &g->turn_server) == 0) {
+        memcpy(g->turn_user, stun_attr_value(m, u), u->len);
+        g->turn_user[u->len] = 0;
+        memcpy(g->turn_pass, stun_attr_value(m, pw), pw->len);
+        g->turn_pass[pw->len] = 0;
+    } else {
+        memset(&g->turn_server, 0, sizeof g->turn_server);
+    }
     return 0;
 }
 

@@ -31,6 +31,8 @@
 #define BROKER_KEEPALIVE 0x0E17  /* request over UDP: peer -> broker */
 #define BROKER_RAW_ISN 0x0E18    /* indication: peer -> broker -> the other end of
                                   * a connect (STUNT#1, NATBlaster; section 5.1) */
+#define BROKER_RELAY_ADDR 0x0E19 /* indication: peer -> broker -> the other end of a
+                                  * TCP connect: the relayed address (section 5.2) */
 
 /* Attributes, comprehension-required range 0x4E10-0x4E3F. */
 #define BROKER_ATTR_NAME 0x4E10          /* UTF-8 subset, 1..64 bytes, see broker_name_valid */
@@ -59,6 +61,13 @@
 #define BROKER_ATTR_TICKET 0x4E25        /* opaque resumption ticket, 1..BROKER_TICKET_MAX bytes */
 #define BROKER_ATTR_RESUME_KEY 0x4E26    /* 32 bytes: the ticket's secret, REGISTER success only */
 #define BROKER_ATTR_PROOF 0x4E27         /* 32 bytes: HMAC-SHA256 under the resume key */
+/* The relay of last resort (docs/relay.md): in both CONNECT-GOs when the
+ * broker has a TURN server. The credentials are this end's own, minted for
+ * this connect (TURN REST: "expiry:name", base64(HMAC-SHA1(secret, user))). */
+#define BROKER_ATTR_TURN_SERVER 0x4E28   /* address (MAPPED-ADDRESS format, no XOR); in
+                                          * RELAY-ADDR: the relayed address */
+#define BROKER_ATTR_TURN_USERNAME 0x4E29 /* 1..BROKER_TURN_USER_MAX bytes */
+#define BROKER_ATTR_TURN_PASSWORD 0x4E2A /* 1..BROKER_TURN_PASS_MAX bytes */
 
 #define BROKER_NAME_MAX 64
 #define BROKER_ID_MAX 128
@@ -72,6 +81,8 @@
 #define BROKER_RESUME_KEY_SIZE 32
 #define BROKER_PROOF_SIZE 32
 #define BROKER_PROFILE_MAX 256
+#define BROKER_TURN_USER_MAX 128
+#define BROKER_TURN_PASS_MAX 64
 /* No broker message may be larger: a longer one is refused and the session
  * closed, so a peer cannot make the broker buffer much. */
 #define BROKER_MAX_MESSAGE 2048
@@ -133,6 +144,11 @@ typedef struct broker_go {
     uint32_t role;           /* enum broker_role */
     uint32_t rtt_us;         /* the broker's measure of this end's round trip */
     uint32_t transport;      /* enum broker_transport: what to punch (TCP when absent) */
+    /* The relay (docs/relay.md): turn_server.ss_family 0 when the broker
+     * offers none; then the strings are empty. NUL-terminated copies. */
+    struct sockaddr_storage turn_server;
+    char turn_user[BROKER_TURN_USER_MAX + 1];
+    char turn_pass[BROKER_TURN_PASS_MAX + 1];
 } broker_go;
 
 /* Names: 1..64 bytes of [A-Za-z0-9._@+-], not starting with '.' or '-'. */

@@ -180,7 +180,41 @@ int ntcp_new(const ntcp_config_t *cfg, ntcp_t **out)
             return rc;
         }
     }
+    if (cfg && cfg->size >= offsetof(ntcp_config_t, relay) + sizeof cfg->relay) {
+        if (cfg->relay < NTCP_RELAY_AUTO || cfg->relay > NTCP_RELAY_ALWAYS) {
+            ntcp_free(ctx);
+            return NTCP_ECONFIG;
+        }
+        ctx->relay = cfg->relay;
+    }
     *out = ctx;
+    return 0;
+}
+
+int ntcp_set_relay(ntcp_t *ctx, ntcp_relay_policy_t policy)
+{
+    if (!ctx || policy < NTCP_RELAY_AUTO || policy > NTCP_RELAY_ALWAYS)
+        return NTCP_EINVAL;
+    ctx->relay = policy;
+    return 0;
+}
+
+ntcp_relay_policy_t ntcp_get_relay(const ntcp_t *ctx)
+{
+    return ctx ? (ntcp_relay_policy_t)ctx->relay : NTCP_RELAY_AUTO;
+}
+
+/* "auto", "never", "always" (the file's relay key, the CLI's --relay). */
+static int set_relay_word(int *out, const char *v)
+{
+    if (!strcasecmp(v, "auto"))
+        *out = NTCP_RELAY_AUTO;
+    else if (!strcasecmp(v, "never") || !strcasecmp(v, "no") || !strcasecmp(v, "off"))
+        *out = NTCP_RELAY_NEVER;
+    else if (!strcasecmp(v, "always"))
+        *out = NTCP_RELAY_ALWAYS;
+    else
+        return NTCP_ECONFIG;
     return 0;
 }
 
@@ -210,6 +244,8 @@ static int on_ini_line(void *user, const char *section, const char *name, const 
         rc = set_string(&st->ctx->broker_ca, value);
     else if (own && !strcasecmp(name, "broker_pin"))
         rc = set_pin(st->ctx, value);
+    else if (own && !strcasecmp(name, "relay"))
+        rc = set_relay_word(&st->ctx->relay, value);
     if (rc < 0) {
         st->err = rc;
         return 0;

@@ -22,6 +22,7 @@ struct ntcp {
     struct ntcp_rt *rt;             /* NULL until the first call that needs it */
     ntcp_policy_fn policy;
     void *policy_user;
+    int relay; /* ntcp_relay_policy_t (docs/relay.md) */
 };
 
 /* Stops and frees the runtime (api.c); ntcp_free() calls it first. */

@@ -99,6 +99,7 @@ struct ntcp_session {
     ntcp_session_go_fn on_go;
     ntcp_session_state_fn on_state;
     ntcp_session_raw_isn_fn on_raw_isn;
+    ntcp_session_relay_addr_fn on_relay_addr;
     bool broker_spoofs;           /* SPOOF in the last REGISTER answer */
     void *user;
 
@@ -923,6 +924,24 @@ static void on_message(ntcp_session *s, const uint8_t *data, size_t len)
             broker_get_addr(&m, BROKER_ATTR_PUBLIC_ADDR, &ext) == 0 &&
             stun_get_u32(&m, BROKER_ATTR_ISN, &isn) == 0)
             s->on_raw_isn(s, nonce, &ext, isn, s->user);
+    } else if (m.method == BROKER_RELAY_ADDR && m.cls == STUN_INDICATION && s->on_relay_addr) {
+        uint8_t nonce[BROKER_NONCE_SIZE];
+        struct sockaddr_storage relayed;
+        char why[208] = "";
+        int code;
+        const char *r;
+        size_t rl;
+        if (broker_get_addr(&m, BROKER_ATTR_TURN_SERVER, &relayed) < 0)
+            memset(&relayed, 0, sizeof relayed);
+        if (stun_get_error(&m, &code, &r, &rl) == 0) {
+            size_t k = 0; /* printable only: it ends up in a log line */
+            for (size_t i = 0; i < rl && k + 1 < sizeof why; i++)
+                if (r[i] >= 0x20 && r[i] < 0x7f)
+                    why[k++] = r[i];
+            why[k] = 0;
+        }
+        if (broker_get_fixed(&m, BROKER_ATTR_SESSION_NONCE, nonce, sizeof nonce) == 0)
+            s->on_relay_addr(s, nonce, &relayed, why, s->user);
     }
 }
 
@@ -1257,6 +1276,7 @@ int ntcp_session_start(uv_loop_t *loop, const ntcp_session_config *cfg, ntcp_ses
     s->on_offer = cfg->on_offer;
     s->on_go = cfg->on_go;
     s->on_raw_isn = cfg->on_raw_isn;
+    s->on_relay_addr = cfg->on_relay_addr;
     s->on_state = cfg->on_state;
     s->user = cfg->user;
     s->conn = C_NONE;
@@ -1452,6 +1472,31 @@ int ntcp_session_send_raw_isn(ntcp_session *s, const uint8_t nonce[BROKER_NONCE_
     stun_build_u32(&sb, BROKER_ATTR_ISN, isn);
     if (spoof)
         stun_build_u32(&sb, BROKER_ATTR_SPOOF, 1);
+    build_send(s, &sb);
+    return 0;
+}
+
+int ntcp_session_send_relay_addr(ntcp_session *s, const uint8_t nonce[BROKER_NONCE_SIZE],
+                                 const struct sockaddr_storage *relayed, const char *why)
+{
+    if (!s || !nonce)
+        return NTCP_EINVAL;
+    if (s->conn != C_REGISTERED)
+        return NTCP_EUNREACHABLE;
+    uint8_t buf[384], tid[STUN_TID_SIZE];
+    stun_builder sb;
+    stun_new_tid(tid);
+    stun_build_init(&sb, buf, sizeof buf, BROKER_RELAY_ADDR, STUN_INDICATION, tid, false);
+    stun_build_attr(&sb, BROKER_ATTR_SESSION_NONCE, nonce, BROKER_NONCE_SIZE);
+    if (relayed && (relayed->ss_family == AF_INET || relayed->ss_family == AF_INET6)) {
+        broker_addr ba;
+        broker_addr_from_sa(&ba, (const struct sockaddr *)relayed);
+        broker_build_baddr(&sb, BROKER_ATTR_TURN_SERVER, &ba);
+    } else {
+        char r[201];
+        snprintf(r, sizeof r, "%s", why ? why : "");
+        stun_build_error(&sb, 503, r); /* no relay here, and why */
+    }
     build_send(s, &sb);
     return 0;
 }

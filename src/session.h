@@ -46,6 +46,13 @@ typedef void (*ntcp_session_state_fn)(ntcp_session *s, int state, int err, int c
 typedef void (*ntcp_session_raw_isn_fn)(ntcp_session *s, const uint8_t nonce[BROKER_NONCE_SIZE],
                                         const struct sockaddr_storage *ext, uint32_t isn, void *user);
 
+/* A RELAY-ADDR relayed by the broker (docs/relay.md): the other end of the
+ * connect with this nonce has a TURN allocation at relayed (ss_family 0:
+ * it offers no relay, and why says why, or ""). Valid during the call only. */
+typedef void (*ntcp_session_relay_addr_fn)(ntcp_session *s, const uint8_t nonce[BROKER_NONCE_SIZE],
+                                           const struct sockaddr_storage *relayed, const char *why,
+                                           void *user);
+
 typedef struct ntcp_session_config {
     /* The broker (required): "host:port", or a list of them separated by
      * commas or spaces ("a:3490, b:3490"); a host is an address or a DNS
@@ -76,6 +83,7 @@ typedef struct ntcp_session_config {
     ntcp_session_go_fn on_go;
     ntcp_session_state_fn on_state;
     ntcp_session_raw_isn_fn on_raw_isn; /* NULL: RAW-ISN indications are ignored */
+    ntcp_session_relay_addr_fn on_relay_addr; /* NULL: RELAY-ADDR indications are ignored */
     void *user;
     /* TLS 1.3 to the broker (docs/broker-protocol.md 1), when tls is set. The
      * broker's certificate is checked against tls_ca_file (PEM trust
@@ -124,6 +132,12 @@ int ntcp_session_set_profile(ntcp_session *s, const uint8_t *profile, size_t len
  * (not registered) or NTCP_EINVAL. */
 int ntcp_session_send_raw_isn(ntcp_session *s, const uint8_t nonce[BROKER_NONCE_SIZE],
                               const struct sockaddr_storage *ext, uint32_t isn, bool spoof);
+/* Sends a RELAY-ADDR indication for the connect with this nonce: our
+ * relayed address, or (relayed NULL) that we offer none and why (may be
+ * NULL; cut to 200 bytes). Returns 0, NTCP_EUNREACHABLE (not registered)
+ * or NTCP_EINVAL. */
+int ntcp_session_send_relay_addr(ntcp_session *s, const uint8_t nonce[BROKER_NONCE_SIZE],
+                                 const struct sockaddr_storage *relayed, const char *why);
 /* Whether the broker said, when this session registered, that it spoofs
  * STUNT#1's SYN-ACKs (SPOOF in the REGISTER answer). */
 bool ntcp_session_broker_spoofs(const ntcp_session *s);

@@ -67,6 +67,8 @@ static bool is_addr_attr(uint16_t type)
     case STUN_ATTR_ALTERNATE_SERVER:
     case STUN_ATTR_RESPONSE_ORIGIN:
     case STUN_ATTR_OTHER_ADDRESS:
+    case TURN_ATTR_XOR_PEER_ADDRESS:
+    case TURN_ATTR_XOR_RELAYED_ADDRESS:
         return true;
     }
     return false;
@@ -74,7 +76,8 @@ static bool is_addr_attr(uint16_t type)
 
 static bool is_xor_attr(uint16_t type)
 {
-    return type == STUN_ATTR_XOR_MAPPED_ADDRESS;
+    return type == STUN_ATTR_XOR_MAPPED_ADDRESS || type == TURN_ATTR_XOR_PEER_ADDRESS ||
+           type == TURN_ATTR_XOR_RELAYED_ADDRESS;
 }
 
 /* Attributes whose value this codec checks; a comprehension-required type not
@@ -107,6 +110,15 @@ static bool is_known(uint16_t type)
     case STUN_ATTR_ICE_CONTROLLING:
     case STUNT_ATTR_TIMEOUT:
     case STUNT_ATTR_CONNECT_RESULT:
+    case TURN_ATTR_CHANNEL_NUMBER:
+    case TURN_ATTR_LIFETIME:
+    case TURN_ATTR_DATA:
+    case TURN_ATTR_REQUESTED_ADDRESS_FAMILY:
+    case TURN_ATTR_EVEN_PORT:
+    case TURN_ATTR_REQUESTED_TRANSPORT:
+    case TURN_ATTR_DONT_FRAGMENT:
+    case TURN_ATTR_RESERVATION_TOKEN:
+    case TURN_ATTR_CONNECTION_ID:
         return true;
     }
     return false;
@@ -130,8 +142,18 @@ static int check_value(uint16_t type, const uint8_t *v, uint16_t len)
     case STUN_ATTR_FINGERPRINT:
     case STUN_ATTR_PRIORITY:
     case STUNT_ATTR_TIMEOUT:
+    case TURN_ATTR_CHANNEL_NUMBER:
+    case TURN_ATTR_LIFETIME:
+    case TURN_ATTR_REQUESTED_TRANSPORT:
+    case TURN_ATTR_REQUESTED_ADDRESS_FAMILY:
+    case TURN_ATTR_CONNECTION_ID:
         return len == 4 ? 0 : NTCP_EBADATTR;
+    case TURN_ATTR_RESERVATION_TOKEN:
+        return len == 8 ? 0 : NTCP_EBADATTR;
+    case TURN_ATTR_EVEN_PORT:
+        return len == 1 ? 0 : NTCP_EBADATTR;
     case STUN_ATTR_USE_CANDIDATE:
+    case TURN_ATTR_DONT_FRAGMENT:
         return len == 0 ? 0 : NTCP_EBADATTR;
     case STUN_ATTR_ICE_CONTROLLED:
     case STUN_ATTR_ICE_CONTROLLING:
@@ -758,15 +780,15 @@ const char *stun_method_name(uint16_t method)
 {
     switch (method) {
     case STUN_BINDING: return "Binding";
-    case 0x003: return "Allocate";
-    case 0x004: return "Refresh";
-    case 0x006: return "Send";
-    case 0x007: return "Data";
-    case 0x008: return "CreatePermission";
-    case 0x009: return "ChannelBind";
-    case 0x00A: return "Connect";
-    case 0x00B: return "ConnectionBind";
-    case 0x00C: return "ConnectionAttempt";
+    case TURN_ALLOCATE: return "Allocate";
+    case TURN_REFRESH: return "Refresh";
+    case TURN_SEND: return "Send";
+    case TURN_DATA: return "Data";
+    case TURN_CREATE_PERMISSION: return "CreatePermission";
+    case TURN_CHANNEL_BIND: return "ChannelBind";
+    case TURN_CONNECT: return "Connect";
+    case TURN_CONNECTION_BIND: return "ConnectionBind";
+    case TURN_CONNECTION_ATTEMPT: return "ConnectionAttempt";
     case STUNT_CONNECT_BACK: return "ConnectBack";
     }
     return "unknown method";

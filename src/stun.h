@@ -45,6 +45,17 @@ enum stun_class {
 
 /* Methods. */
 #define STUN_BINDING 0x001
+/* TURN (RFC 8656) and TURN over TCP relays (RFC 6062). src/turn.h builds
+ * and reads these messages. */
+#define TURN_ALLOCATE 0x003
+#define TURN_REFRESH 0x004
+#define TURN_SEND 0x006
+#define TURN_DATA 0x007
+#define TURN_CREATE_PERMISSION 0x008
+#define TURN_CHANNEL_BIND 0x009
+#define TURN_CONNECT 0x00A
+#define TURN_CONNECTION_BIND 0x00B
+#define TURN_CONNECTION_ATTEMPT 0x00C
 /* ntcp STUNT extension (docs/protocol.md): over TCP, ask the server to open a
  * new TCP connection back to the request's source address. */
 #define STUNT_CONNECT_BACK 0x0E01
@@ -77,6 +88,21 @@ enum stun_class {
 #define STUN_ATTR_USE_CANDIDATE 0x0025
 #define STUN_ATTR_ICE_CONTROLLED 0x8029
 #define STUN_ATTR_ICE_CONTROLLING 0x802A
+/* TURN (RFC 8656, RFC 6062). */
+#define TURN_ATTR_CHANNEL_NUMBER 0x000C
+#define TURN_ATTR_LIFETIME 0x000D
+#define TURN_ATTR_XOR_PEER_ADDRESS 0x0012
+#define TURN_ATTR_DATA 0x0013
+#define TURN_ATTR_XOR_RELAYED_ADDRESS 0x0016
+#define TURN_ATTR_REQUESTED_ADDRESS_FAMILY 0x0017
+#define TURN_ATTR_EVEN_PORT 0x0018
+#define TURN_ATTR_REQUESTED_TRANSPORT 0x0019
+#define TURN_ATTR_DONT_FRAGMENT 0x001A
+#define TURN_ATTR_RESERVATION_TOKEN 0x0022
+#define TURN_ATTR_CONNECTION_ID 0x002A
+#define TURN_ATTR_ADDITIONAL_ADDRESS_FAMILY 0x8000
+#define TURN_ATTR_ADDRESS_ERROR_CODE 0x8001
+#define TURN_ATTR_ICMP 0x8004
 /* RFC 3489 only. */
 #define STUN_ATTR_RESPONSE_ADDRESS 0x0002
 #define STUN_ATTR_SOURCE_ADDRESS 0x0004
@@ -166,7 +192,7 @@ static inline const uint8_t *stun_attr_value(const stun_msg *m, const stun_attr 
     return m->buf + a->off + 4;
 }
 
-/* Address attributes (MAPPED-, XOR-MAPPED-, XOR-PEER-, RESPONSE-ORIGIN,
+/* Address attributes (MAPPED-, XOR-MAPPED-, XOR-PEER-, XOR-RELAYED-, RESPONSE-ORIGIN,
  * OTHER-, ALTERNATE-SERVER, SOURCE-, CHANGED-ADDRESS): decodes into out
  * (sockaddr_in or sockaddr_in6), undoing the XOR for XOR-* types.
  * Returns 0, NTCP_ENOTFOUND, NTCP_EFAMILY or NTCP_EBADATTR. */

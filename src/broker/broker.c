@@ -1015,6 +1015,8 @@ void send_go(bsession *s, const uint8_t *req_tid, const broker_peer_info *other,
     stun_build_u32(&sb, BROKER_ATTR_RTT, rtt_us);
     if (transport != BROKER_TRANSPORT_TCP)
         stun_build_u32(&sb, BROKER_ATTR_TRANSPORT, transport);
+    if (s->bind)
+        broker_turn_build(s->b, &sb, s->bind->name); /* turn_creds.c */
     finish_send(s, &sb);
 }
 
@@ -1103,8 +1105,8 @@ static void do_offer_answer(bsession *t, const stun_msg *m)
     session_info(r, &info);
     send_go(t, NULL, &info, nonce, dt, rt, transport);
     b->st.connects_ok++;
-    if (transport == BROKER_TRANSPORT_TCP && t->state == S_REGISTERED)
-        rdv_add(b, r, t, nonce); /* for RAW-ISN (spoof.c) */
+    if (t->state == S_REGISTERED)
+        rdv_add(b, r, t, nonce); /* for RAW-ISN (spoof.c; TCP) and RELAY-ADDR (TCP, UDP) */
 }
 
 static void do_unregister(bsession *s, const stun_msg *m)
@@ -1169,6 +1171,13 @@ static void handle_message(bsession *s, const uint8_t *data, size_t len)
         touch(s);
         if (nunknown == 0 && rate_ok(s))
             do_raw_isn(s, &m);
+        return;
+    }
+    /* The relay: one end's relayed address for the other (turn_creds.c). */
+    if (m.method == BROKER_RELAY_ADDR && m.cls == STUN_INDICATION && s->state == S_REGISTERED) {
+        touch(s);
+        if (nunknown == 0 && rate_ok(s))
+            do_relay_addr(s, &m);
         return;
     }
     if (m.cls != STUN_REQUEST) {
@@ -1515,6 +1524,7 @@ static void free_broker(ntcp_broker *b)
     free(b->tls_key);
     SSL_CTX_free(b->tls_ctx);
     spoof_free(b);
+    broker_turn_free(b);
     if (b->journal_fd >= 0)
         close(b->journal_fd);
     free(b);
@@ -1610,6 +1620,8 @@ int ntcp_broker_start(uv_loop_t *loop, const ntcp_broker_config *cfg, ntcp_broke
     if (b->source_rate > 0 && !(b->src = calloc(SRC_SETS * SRC_WAYS, sizeof *b->src)))
         goto fail;
     if ((rc = spoof_init(b, cfg->spoof)) < 0)
+        goto fail;
+    if ((rc = broker_turn_init(b, cfg->turn_server, cfg->turn_secret_file, cfg->turn_ttl_s)) < 0)
         goto fail;
     rc = NTCP_ENOMEM;
     if (RAND_bytes(b->hash_key, sizeof b->hash_key) != 1) {

@@ -68,6 +68,13 @@ typedef struct ntcp_broker_config {
      * cluster the one the nodes share in Redis. Lifetime 0: 86400 s. */
     const uint8_t *ticket_key;
     uint32_t ticket_lifetime_s;
+    /* The relay of last resort (docs/relay.md): a TURN server ("IP:PORT",
+     * coturn with use-auth-secret) and the file holding its shared secret
+     * (first line). Both or neither. Each CONNECT-GO then carries the server
+     * and TURN REST credentials for that end, valid turn_ttl_s (86400). */
+    const char *turn_server;
+    const char *turn_secret_file;
+    uint32_t turn_ttl_s;
 } ntcp_broker_config;
 
 typedef struct ntcp_broker_stats {

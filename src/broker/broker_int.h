@@ -166,6 +166,14 @@ struct ntcp_broker {
     int spoof_fd;
     double spoof_tokens;
     uint64_t spoof_ms;
+    /* turn_creds.c: the relay offered in CONNECT-GO (docs/relay.md). */
+    struct {
+        bool enabled;
+        struct sockaddr_storage server;
+        char secret[256];
+        size_t secret_len;
+        uint32_t ttl_s;
+    } turn;
     uint8_t rbuf[65536];           /* every TCP read lands here first */
     uint8_t pbuf[16384];           /* plaintext of a TLS session's records */
     uint8_t ubuf[BROKER_MAX_MESSAGE];
@@ -268,6 +276,8 @@ void spoof_free(ntcp_broker *b);
 bool spoof_enabled(const ntcp_broker *b);
 void rdv_add(ntcp_broker *b, bsession *req, bsession *tgt, const uint8_t nonce[BROKER_NONCE_SIZE]);
 void rdv_forget(ntcp_broker *b, bsession *s);
+/* The other end of the TCP connect `nonce` that s is part of, or NULL. */
+bsession *rdv_other(ntcp_broker *b, const bsession *s, const uint8_t nonce[BROKER_NONCE_SIZE]);
 void do_raw_isn(bsession *s, const stun_msg *m);
 void rdv_add_remote(ntcp_broker *b, bsession *s, int me, const char *node,
                     const uint8_t nonce[BROKER_NONCE_SIZE]);
@@ -276,5 +286,14 @@ void rdv_remote_isn(ntcp_broker *b, const char *node, const uint8_t nonce[BROKER
 /* cluster.c: a RAW-ISN for the end of a connect registered at node. */
 void cluster_raw_isn(ntcp_broker *b, const char *node, const uint8_t nonce[BROKER_NONCE_SIZE],
                      const struct sockaddr_storage *ext, uint32_t isn, bool spoof);
+
+/* turn_creds.c */
+int broker_turn_init(ntcp_broker *b, const char *server, const char *secret_file, uint32_t ttl_s);
+void broker_turn_free(ntcp_broker *b);
+/* Adds TURN-SERVER, TURN-USERNAME and TURN-PASSWORD for name (nothing when
+ * the broker has no TURN server). */
+void broker_turn_build(ntcp_broker *b, stun_builder *sb, const char *name);
+/* RELAY-ADDR: forwarded to the other end of the connect it names. */
+void do_relay_addr(bsession *s, const stun_msg *m);
 
 #endif

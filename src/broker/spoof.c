@@ -114,6 +114,20 @@ void rdv_add_remote(ntcp_broker *b, bsession *s, int me, const char *node,
         }
 }
 
+bsession *rdv_other(ntcp_broker *b, const bsession *s, const uint8_t nonce[BROKER_NONCE_SIZE])
+{
+    uint64_t now = uv_now(b->loop);
+    for (size_t i = 0; b->rdv && i < RDV_SLOTS; i++) {
+        struct rdv *x = &b->rdv[i];
+        if (x->expires_ms <= now || memcmp(x->nonce, nonce, BROKER_NONCE_SIZE) != 0)
+            continue;
+        for (int k = 0; k < 2; k++)
+            if (x->e[k].s == s)
+                return x->e[!k].s;
+    }
+    return NULL;
+}
+
 void rdv_forget(ntcp_broker *b, bsession *s)
 {
     if (!b->rdv)

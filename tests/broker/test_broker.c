@@ -18,6 +18,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <signal.h>
+#include <time.h>
+
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -1338,6 +1342,68 @@ static void test_source_rate_limit(void **state)
         raw_close(&r[i]);
 }
 
+/* --turn-server / --turn-secret-file: both CONNECT-GOs carry the TURN
+ * server and TURN REST credentials minted for that end's own name, whose
+ * password is base64(HMAC-SHA1(secret, username)) (checked here with
+ * OpenSSL directly) and whose expiry is the TTL ahead. Half a setting or an
+ * unreadable secret file refuses to start. */
+static void test_turn_credentials(void **state)
+{
+    fx *f = *state;
+    char secret_path[128];
+    snprintf(secret_path, sizeof secret_path, "%s/turn-secret", f->dir);
+    FILE *sf = fopen(secret_path, "w");
+    assert_non_null(sf);
+    fputs("s3cr3t-for-coturn\n", sf);
+    fclose(sf);
+
+    ntcp_broker *bad = NULL;
+    f->cfg.turn_server = "127.0.0.1:3478";
+    assert_int_equal(ntcp_broker_start(&f->loop, &f->cfg, &bad), NTCP_ECONFIG);
+    f->cfg.turn_secret_file = "/nonexistent/turn-secret";
+    assert_int_equal(ntcp_broker_start(&f->loop, &f->cfg, &bad), NTCP_ECONFIG);
+    f->cfg.turn_secret_file = secret_path;
+    f->cfg.turn_ttl_s = 600;
+    start_broker(f);
+
+    peer a, b;
+    peer_start(f, &a, "alice", NULL);
+    peer_start(f, &b, "bob", NULL);
+    assert_true(wait_for(f, is_registered, &a, 3000));
+    assert_true(wait_for(f, is_registered, &b, 3000));
+    result r;
+    memset(&r, 0, sizeof r);
+    assert_int_equal(ntcp_session_connect(a.s, "bob", 3000, on_connect_done, &r), 0);
+    assert_true(wait_for(f, result_done, &r, 4000));
+    assert_int_equal(r.err, 0);
+    assert_true(wait_for(f, flag_set, &b.got_go, 2000));
+
+    const broker_go *gos[2] = {&r.go, &b.go};
+    const char *names[2] = {"alice", "bob"};
+    for (int i = 0; i < 2; i++) {
+        const broker_go *g = gos[i];
+        struct sockaddr_storage want;
+        sa4(&want, "127.0.0.1", 3478);
+        assert_true(same_addr(&g->turn_server, &want));
+        char *colon = strchr(g->turn_user, ':');
+        assert_non_null(colon);
+        assert_string_equal(colon + 1, names[i]);
+        long long expiry = strtoll(g->turn_user, NULL, 10);
+        long long now = (long long)time(NULL);
+        assert_true(expiry >= now + 600 - 5 && expiry <= now + 600 + 5);
+        uint8_t mac[EVP_MAX_MD_SIZE];
+        unsigned maclen = 0;
+        assert_non_null(HMAC(EVP_sha1(), "s3cr3t-for-coturn", 17, (const uint8_t *)g->turn_user,
+                             strlen(g->turn_user), mac, &maclen));
+        char b64[64];
+        EVP_EncodeBlock((unsigned char *)b64, mac, (int)maclen);
+        assert_string_equal(g->turn_pass, b64);
+    }
+    peer_stop(&a);
+    peer_stop(&b);
+    stop_broker(f);
+}
+
 static void test_ipv6(void **state)
 {
     fx *f = *state;
@@ -1789,6 +1855,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_reaping_and_rate_limit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_source_rate_limit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ipv6, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_turn_credentials, setup, teardown),
         cmocka_unit_test_setup_teardown(test_raw_isn, setup, teardown),
         cmocka_unit_test_setup_teardown(test_brokerd_killed_and_restarted, setup, teardown),
         cmocka_unit_test_setup_teardown(test_no_udp_refused, setup, teardown),

@@ -165,6 +165,66 @@ static void test_go_roundtrip(void **state)
     assert_int_equal(broker_validate(&m, unknown, 16, &nunknown), NTCP_EBADATTR);
 }
 
+/* The relay's credentials in a CONNECT-GO (docs/broker-protocol.md 5.2):
+ * all three parse into broker_go; a set missing one is ignored; a username
+ * with a space or an over-long password does not validate. */
+static void test_go_turn(void **state)
+{
+    (void)state;
+    broker_peer_info p;
+    memset(&p, 0, sizeof p);
+    strcpy(p.name, "bob");
+    p.has_public_key = true;
+    sa4(&p.public_addr, "192.0.2.33", 4000);
+    uint8_t buf[BROKER_MAX_MESSAGE], tid[STUN_TID_SIZE], nonce[32] = {0};
+    assert_int_equal(stun_new_tid(tid), 0);
+    struct sockaddr_storage turn;
+    sa4(&turn, "203.0.113.20", 3478);
+    broker_addr ta;
+    broker_addr_from_sa(&ta, (struct sockaddr *)&turn);
+    for (int variant = 0; variant < 4; variant++) {
+        stun_builder sb;
+        stun_build_init(&sb, buf, sizeof buf, BROKER_GO, STUN_INDICATION, tid, false);
+        broker_build_peer_info(&sb, &p);
+        stun_build_attr(&sb, BROKER_ATTR_SESSION_NONCE, nonce, sizeof nonce);
+        stun_build_u32(&sb, BROKER_ATTR_START_DELAY, 5);
+        stun_build_u32(&sb, BROKER_ATTR_ROLE, BROKER_ROLE_REQUESTER);
+        broker_build_baddr(&sb, BROKER_ATTR_TURN_SERVER, &ta);
+        const char *user = variant == 2 ? "1700000000 bob" : "1700000000:bob";
+        stun_build_attr(&sb, BROKER_ATTR_TURN_USERNAME, user, strlen(user));
+        if (variant != 1) {
+            char pass[80];
+            memset(pass, 'A', sizeof pass);
+            size_t pl = variant == 3 ? BROKER_TURN_PASS_MAX + 1 : 28;
+            stun_build_attr(&sb, BROKER_ATTR_TURN_PASSWORD, pass, pl);
+        }
+        int n = stun_build_finish(&sb, NULL);
+        assert_true(n > 0);
+        stun_msg m;
+        assert_int_equal(stun_parse(&m, buf, (size_t)n), 0);
+        uint16_t unknown[16];
+        size_t nunknown;
+        int rc = broker_validate(&m, unknown, 16, &nunknown);
+        if (variant >= 2) {
+            assert_int_equal(rc, NTCP_EBADATTR);
+            continue;
+        }
+        assert_int_equal(rc, 0);
+        assert_int_equal(nunknown, 0);
+        broker_go g;
+        assert_int_equal(broker_parse_go(&m, &g), 0);
+        if (variant == 0) {
+            assert_int_equal(g.turn_server.ss_family, AF_INET);
+            assert_memory_equal(&g.turn_server, &turn, sizeof(struct sockaddr_in));
+            assert_string_equal(g.turn_user, "1700000000:bob");
+            assert_int_equal(strlen(g.turn_pass), 28);
+        } else {
+            assert_int_equal(g.turn_server.ss_family, 0); /* half a set: no relay */
+            assert_string_equal(g.turn_user, "");
+        }
+    }
+}
+
 static void test_validate_rejects(void **state)
 {
     (void)state;
@@ -279,6 +339,7 @@ int main(void)
         cmocka_unit_test(test_names),
         cmocka_unit_test(test_transcript),
         cmocka_unit_test(test_go_roundtrip),
+        cmocka_unit_test(test_go_turn),
         cmocka_unit_test(test_validate_rejects),
         cmocka_unit_test(test_error_700),
         cmocka_unit_test(test_identity),

@@ -82,6 +82,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FUZZ_CHECK(g.role <= BROKER_ROLE_TARGET);
         FUZZ_CHECK(g.peer.has_public_key);
         FUZZ_CHECK(g.transport <= BROKER_TRANSPORT_UDP && g.peer.transport == 0);
+        /* The relay's credentials: all or none, terminated, within bounds. */
+        if (g.turn_server.ss_family) {
+            FUZZ_CHECK(g.turn_server.ss_family == AF_INET || g.turn_server.ss_family == AF_INET6);
+            size_t ul = strnlen(g.turn_user, sizeof g.turn_user);
+            size_t pl = strnlen(g.turn_pass, sizeof g.turn_pass);
+            FUZZ_CHECK(ul >= 1 && ul <= BROKER_TURN_USER_MAX && pl >= 1 && pl <= BROKER_TURN_PASS_MAX);
+        } else {
+            FUZZ_CHECK(g.turn_user[0] == 0 && g.turn_pass[0] == 0);
+        }
     }
     return 0;
 }
