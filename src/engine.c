@@ -43,6 +43,9 @@
 #define ENGINE_SPRAY_BATCH 8
 #define ENGINE_SPRAY_TICK_MS 2
 #define ENGINE_BIRTHDAY_TICK_MS 10
+/* GUESS: at most this many guesses sent in one tick, and waiting at once. */
+#define ENGINE_GUESS_BURST 32
+#define ENGINE_GUESS_OPEN 256
 
 enum { SK_CONNECT = 1, SK_LISTEN, SK_SELECT };
 
@@ -376,8 +379,17 @@ static void hold_one(ntcp_engine *e, eattempt *at, unsigned i)
         return;
     at->held |= 1u << i;
     esock *s = connect_one(e, at, i, &dst);
-    if (s)
+    if (s) {
         set_recverr(s->fd, dst.ss_family, 1);
+        return;
+    }
+    /* Kept (a handshake under way) or connected at once: held. Failed (no
+     * descriptor, say): not held, so that the regular issue tries again. */
+    for (esock *k = e->socks; k; k = k->next)
+        if (k->at == at && k->kind == SK_CONNECT && k->idx == i)
+            return;
+    if (at->rep->connections == 0)
+        at->held &= ~(1u << i);
 }
 
 /* A SYN with a low TTL from the attempt's port: it opens our NAT's mapping
@@ -548,13 +560,17 @@ static bool punch_ttl_seen(ntcp_engine *e, eattempt *at, uint8_t sent_ttl, const
  * same 4-tuple, same conntrack entry) keep it. */
 static void spray_one(ntcp_engine *e, eattempt *at, unsigned j)
 {
+    at->bat[j] = uv_now(e->loop);
     if (!make_room(e, at, j))
         return;
     esock *s = punch_from(e, at, j, &at->p.target.addr, at->bport[j]);
     if (s) {
         if (!at->bport[j])
             at->bport[j] = local_port(s->fd);
-        at->bat[j] = uv_now(e->loop);
+    } else if (at->rep->sys_errno == EADDRNOTAVAIL) {
+        /* Its 4-tuple is taken: by its own connection, under proof or
+         * lost. Not punched again. */
+        at->bat[j] = UINT64_MAX - ENGINE_REPUNCH_MS;
     }
 }
 
@@ -599,18 +615,7 @@ static void spray_ended(ntcp_engine *e, eattempt *at, esock *s)
 static void guess_tick(ntcp_engine *e, eattempt *at)
 {
     uint64_t now = uv_now(e->loop);
-    uint64_t t0 = e->start_at + at->p.start_ms;
-    uint64_t due = now > t0 ? (now - t0) * at->p.pps / 1000 + 1 : 1;
-    if (due > at->p.guesses)
-        due = at->p.guesses;
-    while (at->gsent < due && !at->stopped) {
-        struct sockaddr_storage dst = at->p.target.addr;
-        ntcp_sa_set_port(&dst, at->gports[at->gsent]);
-        esock *s = connect_one(e, at, at->gsent++, &dst);
-        if (s)
-            s->expire = now + at->p.guess_ms;
-    }
-    bool open = false;
+    unsigned open = 0;
     esock *s = e->socks;
     while (s) {
         esock *n = s->next;
@@ -621,9 +626,27 @@ static void guess_tick(ntcp_engine *e, eattempt *at)
                 ti.tcpi_state == TCP_SYN_SENT)
                 sock_close(s, false);
             else
-                open = true;
+                open++;
         }
         s = n;
+    }
+    /* Paced from the attempt's start; a stalled loop does not make up for
+     * lost time in one burst, and the guesses waiting for an answer stay
+     * bounded (descriptors), whatever the round trip. */
+    uint64_t t0 = e->start_at + at->p.start_ms;
+    uint64_t due = now > t0 ? (now - t0) * at->p.pps / 1000 + 1 : 1;
+    if (due > at->p.guesses)
+        due = at->p.guesses;
+    for (unsigned k = 0; at->gsent < due && k < ENGINE_GUESS_BURST && open < ENGINE_GUESS_OPEN &&
+                         !at->stopped;
+         k++) {
+        struct sockaddr_storage dst = at->p.target.addr;
+        ntcp_sa_set_port(&dst, at->gports[at->gsent]);
+        esock *g = connect_one(e, at, at->gsent++, &dst);
+        if (g) {
+            g->expire = now + at->p.guess_ms;
+            open++;
+        }
     }
     if (at->gsent < at->p.guesses || open)
         at->next_at = now + ENGINE_BIRTHDAY_TICK_MS;

@@ -998,7 +998,7 @@ void pending_link(ntcp_broker *b, pending *p)
 
 void send_go(bsession *s, const uint8_t *req_tid, const broker_peer_info *other,
              const uint8_t nonce[BROKER_NONCE_SIZE], uint32_t delay_ms, uint32_t rtt_us,
-             uint32_t transport)
+             uint32_t transport, bool relay)
 {
     uint8_t buf[BROKER_MAX_MESSAGE], tid[STUN_TID_SIZE];
     stun_builder sb;
@@ -1015,7 +1015,9 @@ void send_go(bsession *s, const uint8_t *req_tid, const broker_peer_info *other,
     stun_build_u32(&sb, BROKER_ATTR_RTT, rtt_us);
     if (transport != BROKER_TRANSPORT_TCP)
         stun_build_u32(&sb, BROKER_ATTR_TRANSPORT, transport);
-    if (s->bind)
+    /* Not across nodes: RELAY-ADDR, which the relay needs, is forwarded
+     * only between two ends on this node (turn_creds.c, docs/relay.md). */
+    if (relay && s->bind)
         broker_turn_build(s->b, &sb, s->bind->name); /* turn_creds.c */
     finish_send(s, &sb);
 }
@@ -1097,13 +1099,13 @@ static void do_offer_answer(bsession *t, const stun_msg *m)
 
     broker_peer_info info;
     session_info(t, &info);
-    send_go(r, req_tid, &info, nonce, dr, rr, transport);
+    send_go(r, req_tid, &info, nonce, dr, rr, transport, true);
     if (r->state == S_CLOSING) {
         b->st.connects_failed++; /* the requester is gone: no GO for the target */
         return;
     }
     session_info(r, &info);
-    send_go(t, NULL, &info, nonce, dt, rt, transport);
+    send_go(t, NULL, &info, nonce, dt, rt, transport, true);
     b->st.connects_ok++;
     if (t->state == S_REGISTERED)
         rdv_add(b, r, t, nonce); /* for RAW-ISN (spoof.c; TCP) and RELAY-ADDR (TCP, UDP) */

@@ -235,10 +235,12 @@ uint32_t session_rtt(bsession *s);
 uint32_t start_margin(const ntcp_broker *b, uint32_t slow_us);
 void send_offer(bsession *t, const broker_peer_info *from, pending *p, uint32_t timeout);
 /* A CONNECT-GO carrying the other end's data: the requester's (the CONNECT
- * success answering req_tid) or, req_tid NULL, the target's GO. */
+ * success answering req_tid) or, req_tid NULL, the target's GO. relay: with
+ * the TURN server and credentials, when the broker has them (both ends on
+ * this node). */
 void send_go(bsession *s, const uint8_t *req_tid, const broker_peer_info *other,
              const uint8_t nonce[BROKER_NONCE_SIZE], uint32_t delay_ms, uint32_t rtt_us,
-             uint32_t transport);
+             uint32_t transport, bool relay);
 
 /* cluster.c: the broker as one node of a cluster (docs/cluster.md). Every
  * function is a no-op, or answers as a lone broker would, when b->cl is

@@ -577,7 +577,7 @@ void cluster_answer(ntcp_broker *b, pending *p, int code, bsession *t)
         return;
     broker_peer_info ri = p->remote->info;
     ri.profile = ri.profile_len ? p->remote->profile : NULL;
-    send_go(t, NULL, &ri, nonce, dt, rt, p->transport);
+    send_go(t, NULL, &ri, nonce, dt, rt, p->transport, false);
     if (p->transport == BROKER_TRANSPORT_TCP)
         rdv_add_remote(b, t, 1, p->node, nonce); /* RAW-ISN across the nodes */
 }
@@ -727,7 +727,7 @@ static void on_remote_answer(ntcp_broker *b, const stun_msg *m)
     char node[17];
     memcpy(node, p->node, sizeof node);
     pending_free(b, p);
-    send_go(r, tid, &info, nonce, delay, session_rtt(r), transport);
+    send_go(r, tid, &info, nonce, delay, session_rtt(r), transport, false);
     b->st.connects_ok++;
     if (transport == BROKER_TRANSPORT_TCP && r->state == S_REGISTERED)
         rdv_add_remote(b, r, 0, node, nonce); /* RAW-ISN across the nodes */
