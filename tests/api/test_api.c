@@ -1036,14 +1036,28 @@ static void test_free_while_registering(void **state)
 static void test_free_while_discovering(void **state)
 {
     fx *f = *state;
-    int u = socket(AF_INET, SOCK_DGRAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t al = sizeof a;
-    assert_int_equal(bind(u, (struct sockaddr *)&a, sizeof a), 0);
-    assert_int_equal(getsockname(u, (struct sockaddr *)&a, &al), 0);
-    /* ...and a TCP listener on the same port that accepts nothing. */
-    int t = socket(AF_INET, SOCK_STREAM, 0);
-    assert_int_equal(bind(t, (struct sockaddr *)&a, sizeof a), 0);
+    /* ...and a TCP listener on the same port that accepts nothing. The UDP
+     * port the kernel picks may be taken for TCP (other tests run at the
+     * same time): pick again. */
+    int u = -1, t = -1;
+    struct sockaddr_in a;
+    for (int tries = 0; tries < 50 && t < 0; tries++) {
+        if (u >= 0)
+            close(u);
+        u = socket(AF_INET, SOCK_DGRAM, 0);
+        memset(&a, 0, sizeof a);
+        a.sin_family = AF_INET;
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        socklen_t al = sizeof a;
+        assert_int_equal(bind(u, (struct sockaddr *)&a, sizeof a), 0);
+        assert_int_equal(getsockname(u, (struct sockaddr *)&a, &al), 0);
+        t = socket(AF_INET, SOCK_STREAM, 0);
+        if (bind(t, (struct sockaddr *)&a, sizeof a) < 0) {
+            close(t);
+            t = -1;
+        }
+    }
+    assert_true(t >= 0);
     assert_int_equal(listen(t, 16), 0);
     char stun[64];
     snprintf(stun, sizeof stun, "127.0.0.1:%d", ntohs(a.sin_port));
