@@ -326,6 +326,8 @@ static bool make_room(ntcp_engine *e, eattempt *at, unsigned i)
     return true;
 }
 
+static void set_recverr(int fd, int fam, int on);
+
 /* One connect() to target i (make_room). */
 static esock *connect_one(ntcp_engine *e, eattempt *at, unsigned i, const struct sockaddr_storage *dst)
 {
@@ -336,6 +338,8 @@ static esock *connect_one(ntcp_engine *e, eattempt *at, unsigned i, const struct
         at->rep->sys_errno = -fd;
         return NULL;
     }
+    if (at->p.local == PLAN_LOCAL_FRESH)
+        set_recverr(fd, dst->ss_family, 1); /* an ICMP error is retried (on_poll) */
     at->rep->syns++;
     if (connect(fd, (const struct sockaddr *)dst, ntcp_sa_len(dst)) == 0) {
         on_connection(e, at, fd);
@@ -1180,7 +1184,19 @@ static void on_poll(uv_poll_t *h, int status, int events)
              * after a reset is a new mapping and moves the peer's
              * prediction. */
             unsigned i = s->idx;
+            icmp_seen ic = icmp_error(s->fd);
             sock_close(s, false);
+            /* From a fresh port after an ICMP error (not an RST), at once
+             * too: the error left our NAT's entry, so the same 4-tuple keeps
+             * its mapping and the prediction holds; without a socket in
+             * SYN-SENT, the peer's SYN would meet our listener (below). */
+            if (!at->stopped && at->p.local == PLAN_LOCAL_FRESH && ic.icmp && i < 32 &&
+                at->rep->refusals < 32) {
+                struct sockaddr_storage dst;
+                if (target_at(at, i, &dst))
+                    connect_one(e, at, i, &dst);
+                return;
+            }
             /* From the session port, at once: while no socket of ours is in
              * SYN-SENT on this 4-tuple, the peer's SYN finds our listener,
              * whose SYN-ACK carries another sequence number than the SYN
