@@ -40,6 +40,7 @@
 #include "identity.h"
 #include "ntcp.h"
 #include "plan.h"
+#include "portmux.h"
 #include "raw.h"
 #include "relay.h"
 #include "session.h"
@@ -128,6 +129,7 @@ typedef struct ntcp_rt {
     struct ka_entry *kas;              /* keepalives of the UDP paths handed over */
     ntcp_relay *relays;                /* relay.c: allocations kept for handed-over sockets */
     ntcp_relay_bridge *bridges;        /* relay_udp.c: bridges kept for handed-over UDP paths */
+    ntcp_portmux *mux;                 /* the session port's shared listener (portmux.h) */
 } ntcp_rt;
 
 struct conn {
@@ -606,7 +608,7 @@ static void relay_go(conn *c)
      * requester could still come: its engine ends with ours (same plan
      * deadline, same common start), then it connects at once: 5 s and a few
      * round trips cover that. Not longer: a connection under way holds
-     * this context's next connects (conns_busy()). */
+     * this context's next connect to the same peer (conns_busy()). */
     uint64_t deadline = c->r ? c->r->deadline : mono_ms() + 5000 + 8u * c->info.rtt_ms;
     if (c->rt->debug)
         fprintf(stderr, "ntcp: direct methods over (%s): relay\n", c->info.detail);
@@ -1124,6 +1126,7 @@ static void conn_go(conn *c, const broker_go *g)
     cfg.verify.name = rt->name;
     cfg.raw_send_isn = raw_send_isn;
     cfg.raw_user = c;
+    cfg.mux = rt->mux;
     relay_start(c, g, &cfg.verify);
     if (c->relay && rt->ctx->relay == NTCP_RELAY_ALWAYS) {
         snprintf(i->detail, sizeof i->detail, "direct methods skipped (relay = always)");
@@ -1211,24 +1214,39 @@ static void connect_now(ntcp_rt *rt, req *r)
     }
 }
 
-/* One connection at a time per context. Every engine of a context listens
- * on the session port (SO_REUSEPORT), and the kernel gives each incoming
- * connection to one of those listeners, not to the engine it belongs to: two
- * engines at once take each other's connections and fail the key proof
- * ("not our session"). So a connect waits in rt->waiting (with its deadline)
- * while another connection of this context is under way, and starts when that
- * one ends. Offers from peers cannot wait: their start time is shared. */
-static bool conns_busy(const ntcp_rt *rt)
+/* Connections of a context run at once: the session port's listener is
+ * shared through the mux (portmux.h), which gives each engine the
+ * connections whose HELLO names its session. Two exceptions wait in
+ * rt->waiting (with their deadline) for the one under way to end:
+ *   - a second TCP connect to the same peer: both would connect from the
+ *     session port to the same peer address and port, one 4-tuple that two
+ *     sockets cannot hold (EADDRNOTAVAIL);
+ *   - a UDP punch while another one is under way: each takes the session's
+ *     UDP socket, whose mapping the broker saw (ntcp_session_take_udp()),
+ *     and the next one's mapping is unknown until the new socket's
+ *     keepalive reached the broker (docs/udp.md).
+ * Offers from peers cannot wait (their start time is shared) and are never
+ * held. */
+static bool conn_blocks(const conn *c, const req *r)
+{
+    if (c->finished)
+        return false;
+    if (r->transport == NTCP_UDP)
+        return c->info.transport == NTCP_UDP;
+    return c->info.transport != NTCP_UDP && strcmp(c->info.peer, r->name) == 0;
+}
+
+static bool conns_busy(const ntcp_rt *rt, const req *r)
 {
     for (const conn *c = rt->conns; c; c = c->next)
-        if (!c->finished)
+        if (conn_blocks(c, r))
             return true;
     return false;
 }
 
 static void connect_or_hold(ntcp_rt *rt, req *r)
 {
-    if (!conns_busy(rt)) {
+    if (!conns_busy(rt, r)) {
         connect_now(rt, r);
         return;
     }
@@ -1239,18 +1257,19 @@ static void connect_or_hold(ntcp_rt *rt, req *r)
     *p = r;
 }
 
+/* Starts every held connect that nothing blocks any more, in order. */
 static void run_held(ntcp_rt *rt)
 {
-    if (rt->phase != P_REGISTERED || conns_busy(rt))
+    if (rt->phase != P_REGISTERED)
         return;
-    req *w = rt->waiting;
-    while (w && w->kind != R_CONNECT)
-        w = w->next;
-    if (!w)
-        return;
-    unlink_waiting(rt, w);
-    w->next = NULL;
-    connect_now(rt, w);
+    for (req *w = rt->waiting, *n; w; w = n) {
+        n = w->next;
+        if (w->kind != R_CONNECT || conns_busy(rt, w))
+            continue;
+        unlink_waiting(rt, w);
+        w->next = NULL;
+        connect_now(rt, w);
+    }
 }
 
 /* ---- the session ---- */
@@ -1644,6 +1663,9 @@ static void on_wake(uv_async_t *a)
     rt->phase = P_IDLE;
     if (rt->sampling)
         sampler_end(rt->sampling, 0);
+    /* Every engine was cancelled above and removed its registrations. */
+    ntcp_portmux_free(rt->mux);
+    rt->mux = NULL;
     uv_close((uv_handle_t *)&rt->tick, NULL);
     uv_close((uv_handle_t *)&rt->wake, NULL);
 }
@@ -1765,9 +1787,12 @@ static ntcp_rt *get_rt(ntcp_t *ctx, int *err)
     uv_timer_init(&rt->loop, &rt->tick);
     rt->tick.data = rt;
     uv_timer_start(&rt->tick, on_tick, TICK_MS, TICK_MS);
+    if (ntcp_portmux_new(&rt->loop, &rt->mux) < 0)
+        rt->mux = NULL; /* engines then listen alone, one at a time (portmux.h) */
     if (pthread_create(&rt->th, NULL, rt_main, rt) != 0) {
         uv_close((uv_handle_t *)&rt->wake, NULL);
         uv_close((uv_handle_t *)&rt->tick, NULL);
+        ntcp_portmux_free(rt->mux);
         uv_run(&rt->loop, UV_RUN_DEFAULT);
         uv_loop_close(&rt->loop);
         goto fail;

@@ -93,6 +93,10 @@ struct eattempt {
     unsigned gsent;
     raw_attempt *raw;   /* RAW_SYN: the attempt's own machinery (raw_attempt.c) */
     struct ntcp_engine *raw_engine;
+    /* Its listener on the session port, as a registration at the
+     * context's mux (portmux.h), and the engine, for the mux's callback. */
+    ntcp_portmux_reg *mreg;
+    struct ntcp_engine *mux_engine;
 };
 
 typedef struct everif {
@@ -132,6 +136,8 @@ struct ntcp_engine {
     void *raw_user;
     bool have_peer_isn;
     uint32_t peer_isn;
+    ntcp_portmux *mux;
+    uint8_t sid[VERIFY_SESSION_ID_SIZE]; /* our session's id, as HELLOs carry it */
 };
 
 const char *ntcp_attempt_outcome_name(ntcp_attempt_outcome_t o)
@@ -281,9 +287,37 @@ static int attempt_family(const eattempt *at)
     return fam;
 }
 
+static bool accepted(ntcp_engine *e, eattempt *at, int fd, const struct sockaddr_storage *from);
+
+/* The mux hands over a connection to the session port whose HELLO names
+ * our session (or any, when ours is the port's only session). */
+static bool mux_take(void *user, int fd, const struct sockaddr_storage *from)
+{
+    eattempt *at = user;
+    return accepted(at->mux_engine, at, fd, from);
+}
+
 static void listen_start(ntcp_engine *e, eattempt *at)
 {
     int fam = attempt_family(at);
+    if (e->mux && at->port != 0 && at->port == e->session_port) {
+        struct sockaddr_storage la;
+        if (e->local_addr.ss_family == fam) {
+            la = e->local_addr;
+        } else {
+            memset(&la, 0, sizeof la);
+            la.ss_family = (sa_family_t)fam;
+        }
+        ntcp_sa_set_port(&la, at->port);
+        at->mux_engine = e;
+        int sys = 0;
+        int rc = ntcp_portmux_add(e->mux, &la, e->sid, mux_take, at, &at->mreg, &sys);
+        if (rc < 0) {
+            at->mreg = NULL;
+            attempt_fail(e, at, rc, sys, "cannot listen on the session port");
+        }
+        return;
+    }
     int fd = bound_socket(e, fam, at->port, true);
     if (fd < 0) {
         attempt_fail(e, at, NTCP_ESYS, -fd, "cannot bind the local port to listen");
@@ -735,6 +769,8 @@ static void attempt_stop(ntcp_engine *e, eattempt *at, ntcp_attempt_outcome_t ou
     raw_attempt_stop(at->raw);
     at->raw = NULL;
     birthday_free(at);
+    ntcp_portmux_remove(at->mreg);
+    at->mreg = NULL;
     if (at->rep->outcome == NTCP_ATTEMPT_RUNNING) {
         if (outcome == NTCP_ATTEMPT_TIMED_OUT && at->rep->connections > 0)
             outcome = NTCP_ATTEMPT_VERIFY_FAILED;
@@ -1047,6 +1083,21 @@ static void on_connection(ntcp_engine *e, eattempt *at, int fd)
     e->refs++;
 }
 
+/* A connection accepted by one of the attempt's listeners (its own, or
+ * the mux's). Only the peer: a listener on a public port takes anyone's
+ * SYN. Returns false, and leaves fd to the caller, when it is not taken. */
+static bool accepted(ntcp_engine *e, eattempt *at, int fd, const struct sockaddr_storage *from)
+{
+    if (e->done || at->stopped)
+        return false;
+    if (at->p.target.addr.ss_family != 0 &&
+        !ntcp_sockaddr_same_ip((const struct sockaddr *)from,
+                               (const struct sockaddr *)&at->p.target.addr))
+        return false;
+    on_connection(e, at, fd);
+    return true;
+}
+
 /* Learning the punch TTL. The low-TTL SYN must leave this end's NAT(s) (or
  * its firewall), so that they record it, and die before the peer's NAT. A
  * router's "time exceeded" says where it died: from inside our site
@@ -1228,14 +1279,8 @@ static void on_poll(uv_poll_t *h, int status, int events)
             int fd = accept4(s->fd, (struct sockaddr *)&from, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
             if (fd < 0)
                 break;
-            /* Only the peer: a listener on a public port takes anyone's SYN. */
-            if (at->p.target.addr.ss_family != 0 &&
-                !ntcp_sockaddr_same_ip((const struct sockaddr *)&from,
-                                       (const struct sockaddr *)&at->p.target.addr)) {
+            if (!accepted(e, at, fd, &from))
                 close(fd);
-                continue;
-            }
-            on_connection(e, at, fd);
             if (e->done)
                 break;
         }
@@ -1387,6 +1432,8 @@ static void finish(ntcp_engine *e, int err, const char *reason)
         raw_attempt_stop(e->at[i].raw);
         e->at[i].raw = NULL;
         birthday_free(&e->at[i]);
+        ntcp_portmux_remove(e->at[i].mreg);
+        e->at[i].mreg = NULL;
         if (rep->outcome == NTCP_ATTEMPT_RUNNING) {
             if (rep->connections > 0)
                 rep->outcome = err == 0 ? NTCP_ATTEMPT_CONNECTED : NTCP_ATTEMPT_VERIFY_FAILED;
@@ -1415,6 +1462,9 @@ int ntcp_engine_start(uv_loop_t *loop, const ntcp_engine_config *cfg, ntcp_engin
         return NTCP_EINVAL;
     if (strlen(cfg->verify.name) > BROKER_NAME_MAX || strlen(cfg->verify.peer_name) > BROKER_NAME_MAX)
         return NTCP_EINVAL;
+    uint8_t sid[VERIFY_SESSION_ID_SIZE];
+    if (ntcp_verify_session_id(cfg->verify.nonce, sid) < 0)
+        return NTCP_ENOMEM;
     ntcp_engine *e = calloc(1, sizeof *e);
     if (!e)
         return NTCP_ENOMEM;
@@ -1434,6 +1484,8 @@ int ntcp_engine_start(uv_loop_t *loop, const ntcp_engine_config *cfg, ntcp_engin
     e->learn_ttl = cfg->learn_ttl ? cfg->learn_ttl : 2;
     e->raw_send_isn = cfg->raw_send_isn;
     e->raw_user = cfg->raw_user;
+    e->mux = cfg->mux;
+    memcpy(e->sid, sid, sizeof sid);
     if (e->learn_ttl > ENGINE_MAX_TTL)
         e->learn_ttl = ENGINE_MAX_TTL;
     e->vp = cfg->verify;

@@ -63,6 +63,7 @@
 #include <uv.h>
 
 #include "plan.h"
+#include "portmux.h"
 #include "verify.h"
 
 /* What happened to one attempt (stable values: logs, metrics). */
@@ -162,6 +163,12 @@ typedef struct ntcp_engine_config {
      * NULL: such attempts fail. Called from the loop. */
     void (*raw_send_isn)(void *user, const struct sockaddr_storage *ext, uint32_t isn, bool spoof);
     void *raw_user;
+    /* The context's shared listeners (portmux.h): with one, a listener on
+     * the session port is a registration there, so that several engines
+     * of a context run at once; each gets the connections whose HELLO
+     * names its session. NULL: the engine opens its own listeners (one
+     * engine per port at a time). Borrowed; must outlive the engine. */
+    ntcp_portmux *mux;
 } ntcp_engine_config;
 
 /* Starts the engine. The callback runs exactly once, from the loop, never
