@@ -219,6 +219,16 @@ NTCP_EXPORT const char *ntcp_get_stun_server(const ntcp_t *ctx, size_t i);
  * open. Must not be called from a callback. */
 NTCP_EXPORT void ntcp_free(ntcp_t *ctx);
 
+/* Stops the context's runtime without freeing the context: the broker
+ * session closes, every call in flight on any thread returns NTCP_ECLOSED
+ * (blocked ntcp_accept(), ntcp_connect(), ... included; asynchronous calls
+ * get their callback with it), and every later call returns NTCP_ECLOSED at
+ * once. Returns when no other thread is inside a call on the context any
+ * more. The way to end a context that several threads use: ntcp_stop(),
+ * join those threads (whatever they call now fails at once), then
+ * ntcp_free(). Idempotent; must not be called from a callback. */
+NTCP_EXPORT void ntcp_stop(ntcp_t *ctx);
+
 /* ---- NAT discovery ---- */
 
 /* What to probe. NTCP_DISCOVER_ALL = UDP and TCP over IPv4 and IPv6. */

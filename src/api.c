@@ -13,8 +13,9 @@
  * Threads. Callers queue requests under rt->mu and wake the loop with a
  * uv_async; blocking callers then wait on rt->cv for their request's `done`.
  * Everything else in struct ntcp_rt is the loop thread's alone, except the
- * fields marked (mu). A blocking caller counts itself in rt->users, so that
- * ntcp_free() from another thread waits for it to leave before freeing.
+ * fields marked (mu). Every public call counts itself in rt->users while it
+ * uses the runtime (rt_enter/rt_leave), so that ntcp_stop() or ntcp_free()
+ * from another thread waits for it to leave before freeing.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -1757,11 +1758,52 @@ static void *rt_main(void *arg)
     return NULL;
 }
 
+/* A public call's use of the runtime: rt_enter() counts the caller in
+ * rt->users (and starts the runtime when create says so and there is none);
+ * rt_leave() counts it out. ntcp_stop() waits until no caller is in, so a
+ * call never touches a runtime being freed; after it every call returns
+ * NTCP_ECLOSED. */
+static ntcp_rt *get_rt(ntcp_t *ctx, int *err);
+
+static ntcp_rt *rt_enter(ntcp_t *ctx, bool create, int *err)
+{
+    pthread_mutex_lock(&ctx->rt_mu);
+    if (ctx->stopped) {
+        pthread_mutex_unlock(&ctx->rt_mu);
+        *err = NTCP_ECLOSED;
+        return NULL;
+    }
+    bool have = ctx->rt != NULL;
+    pthread_mutex_unlock(&ctx->rt_mu);
+    if (!have && !create) {
+        *err = NTCP_ENOTREADY;
+        return NULL;
+    }
+    return get_rt(ctx, err); /* NTCP_ENOTREADY races are harmless: it then starts one */
+}
+
+static void rt_leave(ntcp_rt *rt)
+{
+    pthread_mutex_lock(&rt->mu);
+    rt->users--;
+    pthread_cond_broadcast(&rt->cv);
+    pthread_mutex_unlock(&rt->mu);
+}
+
+/* The context's runtime, counting the caller in (rt_enter()). */
 static ntcp_rt *get_rt(ntcp_t *ctx, int *err)
 {
     pthread_mutex_lock(&ctx->rt_mu);
+    if (ctx->stopped) {
+        pthread_mutex_unlock(&ctx->rt_mu);
+        *err = NTCP_ECLOSED;
+        return NULL;
+    }
     ntcp_rt *rt = ctx->rt;
     if (rt) {
+        pthread_mutex_lock(&rt->mu);
+        rt->users++;
+        pthread_mutex_unlock(&rt->mu);
         pthread_mutex_unlock(&ctx->rt_mu);
         return rt;
     }
@@ -1797,6 +1839,7 @@ static ntcp_rt *get_rt(ntcp_t *ctx, int *err)
         uv_loop_close(&rt->loop);
         goto fail;
     }
+    rt->users = 1;
     ctx->rt = rt;
     pthread_mutex_unlock(&ctx->rt_mu);
     return rt;
@@ -1812,7 +1855,10 @@ out:
 
 void ntcp_rt_shutdown(ntcp_t *ctx)
 {
+    pthread_mutex_lock(&ctx->rt_mu);
+    ctx->stopped = true;
     ntcp_rt *rt = ctx->rt;
+    pthread_mutex_unlock(&ctx->rt_mu);
     if (!rt)
         return;
     pthread_mutex_lock(&rt->mu);
@@ -1822,9 +1868,12 @@ void ntcp_rt_shutdown(ntcp_t *ctx)
     uv_async_send(&rt->wake);
     pthread_join(rt->th, NULL);
     pthread_mutex_lock(&rt->mu);
-    while (rt->users > 0) /* blocked callers leave (their requests ended) */
+    while (rt->users > 0) /* callers leave (their requests ended with NTCP_ECLOSED) */
         pthread_cond_wait(&rt->cv, &rt->mu);
     pthread_mutex_unlock(&rt->mu);
+    pthread_mutex_lock(&ctx->rt_mu);
+    ctx->rt = NULL;
+    pthread_mutex_unlock(&ctx->rt_mu);
     for (queued *q = rt->aq_head, *n; q; q = n) {
         n = q->next;
         close(q->fd);
@@ -1835,7 +1884,12 @@ void ntcp_rt_shutdown(ntcp_t *ctx)
     pthread_cond_destroy(&rt->cv);
     pthread_mutex_destroy(&rt->mu);
     free(rt);
-    ctx->rt = NULL;
+}
+
+void ntcp_stop(ntcp_t *ctx)
+{
+    if (ctx)
+        ntcp_rt_shutdown(ctx);
 }
 
 /* ---- the public functions ---- */
@@ -1878,8 +1932,6 @@ static int submit(ntcp_rt *rt, req *r)
     else
         rt->rq_head = r;
     rt->rq_tail = r;
-    if (r->blocking)
-        rt->users++;
     pthread_mutex_unlock(&rt->mu);
     uv_async_send(&rt->wake);
     return 0;
@@ -1891,8 +1943,6 @@ static int wait_done(ntcp_rt *rt, req *r)
     pthread_mutex_lock(&rt->mu);
     while (!r->done)
         pthread_cond_wait(&rt->cv, &rt->mu);
-    rt->users--;
-    pthread_cond_broadcast(&rt->cv);
     pthread_mutex_unlock(&rt->mu);
     return r->status;
 }
@@ -1909,7 +1959,7 @@ int ntcp_listen(ntcp_t *ctx, const char *name, int timeout_ms)
     if (!ctx->broker || (!name && !ctx->name))
         return NTCP_ECONFIG;
     int err = 0;
-    ntcp_rt *rt = get_rt(ctx, &err);
+    ntcp_rt *rt = rt_enter(ctx, true, &err);
     if (!rt)
         return err;
     req r;
@@ -1920,7 +1970,10 @@ int ntcp_listen(ntcp_t *ctx, const char *name, int timeout_ms)
     r.deadline = deadline_of(timeout_ms);
     r.blocking = true;
     int rc = submit(rt, &r);
-    return rc < 0 ? rc : wait_done(rt, &r);
+    if (rc == 0)
+        rc = wait_done(rt, &r);
+    rt_leave(rt);
+    return rc;
 }
 
 int ntcp_listen_async(ntcp_t *ctx, const char *name, ntcp_listen_cb cb, void *user_ptr)
@@ -1930,12 +1983,14 @@ int ntcp_listen_async(ntcp_t *ctx, const char *name, ntcp_listen_cb cb, void *us
     if (!ctx->broker || (!name && !ctx->name))
         return NTCP_ECONFIG;
     int err = 0;
-    ntcp_rt *rt = get_rt(ctx, &err);
+    ntcp_rt *rt = rt_enter(ctx, true, &err);
     if (!rt)
         return err;
     req *r = calloc(1, sizeof *r);
-    if (!r)
+    if (!r) {
+        rt_leave(rt);
         return NTCP_ENOMEM;
+    }
     r->kind = R_LISTEN;
     snprintf(r->name, sizeof r->name, "%s", name ? name : ctx->name);
     r->t0 = mono_ms();
@@ -1945,6 +2000,7 @@ int ntcp_listen_async(ntcp_t *ctx, const char *name, ntcp_listen_cb cb, void *us
     int rc = submit(rt, r);
     if (rc < 0)
         free(r);
+    rt_leave(rt);
     return rc;
 }
 
@@ -1971,15 +2027,17 @@ static int connect_blocking(ntcp_t *ctx, const char *peer, ntcp_transport_t tran
     memset(&r, 0, sizeof r);
     int rc = connect_common(ctx, peer, transport, timeout_ms, &r);
     if (rc == 0) {
-        ntcp_rt *rt = get_rt(ctx, &rc);
+        ntcp_rt *rt = rt_enter(ctx, true, &rc);
         if (rt) {
             r.blocking = true;
             rc = submit(rt, &r);
             if (rc == 0) {
                 rc = wait_done(rt, &r);
+                rt_leave(rt);
                 info_copy_out(info, &r.info);
                 return rc;
             }
+            rt_leave(rt);
         }
     }
     if (info) {
@@ -2012,11 +2070,12 @@ static int connect_async(ntcp_t *ctx, const char *peer, ntcp_transport_t transpo
     if (!r)
         return NTCP_ENOMEM;
     int rc = connect_common(ctx, peer, transport, timeout_ms, r);
-    ntcp_rt *rt = rc == 0 ? get_rt(ctx, &rc) : NULL;
+    ntcp_rt *rt = rc == 0 ? rt_enter(ctx, true, &rc) : NULL;
     if (rt) {
         r->conn_cb = cb;
         r->user = user_ptr;
         rc = submit(rt, r);
+        rt_leave(rt);
     }
     if (rc < 0)
         free(r);
@@ -2039,10 +2098,9 @@ int ntcp_udp_close(ntcp_t *ctx, int fd)
 {
     if (!ctx || fd < 0)
         return NTCP_EINVAL;
-    pthread_mutex_lock(&ctx->rt_mu);
-    ntcp_rt *rt = ctx->rt;
-    pthread_mutex_unlock(&ctx->rt_mu);
-    if (!rt)
+    int err = 0;
+    ntcp_rt *rt = rt_enter(ctx, false, &err);
+    if (!rt) /* no runtime, or stopped: no keepalive runs */
         return close(fd) == 0 ? 0 : NTCP_ESYS;
     req r;
     memset(&r, 0, sizeof r);
@@ -2050,9 +2108,11 @@ int ntcp_udp_close(ntcp_t *ctx, int fd)
     r.status = fd;
     r.blocking = true;
     int rc = submit(rt, &r);
+    if (rc == 0)
+        wait_done(rt, &r);
+    rt_leave(rt);
     if (rc < 0) /* stopping: the keepalives are gone with the runtime */
         return close(fd) == 0 ? 0 : NTCP_ESYS;
-    wait_done(rt, &r);
     return 0;
 }
 
@@ -2068,11 +2128,10 @@ int ntcp_accept(ntcp_t *ctx, ntcp_conn_info_t *info, int timeout_ms)
 {
     if (!ctx)
         return NTCP_EINVAL;
-    pthread_mutex_lock(&ctx->rt_mu);
-    ntcp_rt *rt = ctx->rt;
-    pthread_mutex_unlock(&ctx->rt_mu);
+    int err = 0;
+    ntcp_rt *rt = rt_enter(ctx, false, &err);
     if (!rt)
-        return NTCP_ENOTREADY;
+        return err;
     struct timespec until;
     clock_gettime(CLOCK_MONOTONIC, &until);
     if (timeout_ms > 0) {
@@ -2086,9 +2145,9 @@ int ntcp_accept(ntcp_t *ctx, ntcp_conn_info_t *info, int timeout_ms)
     pthread_mutex_lock(&rt->mu);
     if (!rt->listening) {
         pthread_mutex_unlock(&rt->mu);
+        rt_leave(rt);
         return NTCP_ENOTREADY;
     }
-    rt->users++;
     int rc = NTCP_ETIMEDOUT;
     for (;;) {
         if (rt->stopping) {
@@ -2112,9 +2171,8 @@ int ntcp_accept(ntcp_t *ctx, ntcp_conn_info_t *info, int timeout_ms)
         else if (pthread_cond_timedwait(&rt->cv, &rt->mu, &until) == ETIMEDOUT)
             timeout_ms = 0; /* one last look */
     }
-    rt->users--;
-    pthread_cond_broadcast(&rt->cv);
     pthread_mutex_unlock(&rt->mu);
+    rt_leave(rt);
     return rc;
 }
 
@@ -2122,20 +2180,21 @@ int ntcp_accept_async(ntcp_t *ctx, ntcp_conn_cb cb, void *user_ptr)
 {
     if (!ctx || !cb)
         return NTCP_EINVAL;
-    pthread_mutex_lock(&ctx->rt_mu);
-    ntcp_rt *rt = ctx->rt;
-    pthread_mutex_unlock(&ctx->rt_mu);
+    int err = 0;
+    ntcp_rt *rt = rt_enter(ctx, false, &err);
     if (!rt)
-        return NTCP_ENOTREADY;
+        return err;
     req *r = calloc(1, sizeof *r);
-    if (!r)
-        return NTCP_ENOMEM;
-    r->kind = R_ACCEPT_CB;
-    r->conn_cb = cb;
-    r->user = user_ptr;
-    int rc = submit(rt, r);
-    if (rc < 0)
-        free(r);
+    int rc = NTCP_ENOMEM;
+    if (r) {
+        r->kind = R_ACCEPT_CB;
+        r->conn_cb = cb;
+        r->user = user_ptr;
+        rc = submit(rt, r);
+        if (rc < 0)
+            free(r);
+    }
+    rt_leave(rt);
     return rc;
 }
 

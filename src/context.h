@@ -6,6 +6,7 @@
 #define NTCP_CONTEXT_H
 
 #include <pthread.h>
+#include <stdbool.h>
 
 #include "addr.h"
 #include "ntcp.h"
@@ -18,14 +19,15 @@ struct ntcp {
     char *broker, *name, *key_file; /* owned, or NULL */
     int broker_tls, broker_tls_insecure; /* 0 or 1 */
     char *broker_ca, *broker_pin;   /* owned, or NULL */
-    pthread_mutex_t rt_mu;          /* guards rt's creation */
+    pthread_mutex_t rt_mu;          /* guards rt and stopped */
     struct ntcp_rt *rt;             /* NULL until the first call that needs it */
+    bool stopped;                   /* ntcp_stop(): calls return NTCP_ECLOSED */
     ntcp_policy_fn policy;
     void *policy_user;
     int relay; /* ntcp_relay_policy_t (docs/relay.md) */
 };
 
-/* Stops and frees the runtime (api.c); ntcp_free() calls it first. */
+/* Stops and frees the runtime (api.c): ntcp_stop(), and ntcp_free() first. */
 void ntcp_rt_shutdown(ntcp_t *ctx);
 
 #endif /* NTCP_CONTEXT_H */

@@ -1304,6 +1304,94 @@ static void test_two_requesters(void **state)
     ntcp_free(bob);
 }
 
+/* ntcp_stop(): calls blocked in other threads and pending callbacks end
+ * with NTCP_ECLOSED, every later call fails at once with it, and
+ * ntcp_free() after it is quick. */
+static void test_stop(void **state)
+{
+    fx *f = *state;
+    pol p;
+    pol_init(&p, 0, true);
+    ntcp_t *carol = mk_ctx(f, "carol", NULL, NULL);
+    ntcp_set_policy(carol, policy_fn, &p);
+    assert_int_equal(ntcp_listen(carol, NULL, CONNECT_MS), 0);
+
+    ntcp_t *bob = mk_ctx(f, "bob", NULL, NULL);
+    assert_int_equal(ntcp_listen(bob, NULL, CONNECT_MS), 0);
+    call acc, con;
+    call_start(&acc, bob, NULL, -1);
+    assert_true(wait_futex(&acc, CONNECT_MS));
+    call_start(&con, bob, "carol", 120000);
+    assert_true(pol_wait_calls(&p, 1, CONNECT_MS));
+    async_st a;
+    as_init(&a);
+    assert_int_equal(ntcp_accept_async(bob, on_accept_cb, &a), 0);
+
+    uint64_t t0 = now_ms();
+    ntcp_stop(bob);
+    assert_true(now_ms() - t0 < QUICK_MS);
+    pthread_join(acc.th, NULL);
+    pthread_join(con.th, NULL);
+    assert_int_equal(acc.rc, NTCP_ECLOSED);
+    assert_int_equal(con.rc, NTCP_ECLOSED);
+    assert_int_equal(a.acc_calls, 1);
+    assert_int_equal(a.acc_fd, NTCP_ECLOSED);
+    /* Everything after it: NTCP_ECLOSED at once, no new runtime. */
+    ntcp_conn_info_t i;
+    info_clear(&i);
+    t0 = now_ms();
+    assert_int_equal(ntcp_accept(bob, &i, 5000), NTCP_ECLOSED);
+    assert_int_equal(ntcp_listen(bob, NULL, 5000), NTCP_ECLOSED);
+    assert_int_equal(ntcp_connect(bob, "carol", &i, 5000), NTCP_ECLOSED);
+    assert_int_equal(ntcp_connect_async(bob, "carol", 5000, on_connect_cb, &a), NTCP_ECLOSED);
+    assert_int_equal(ntcp_accept_async(bob, on_accept_cb, &a), NTCP_ECLOSED);
+    assert_true(now_ms() - t0 < QUICK_MS);
+    assert_int_equal(a.con_calls, 0);
+    ntcp_stop(bob); /* idempotent */
+    ntcp_free(bob);
+    as_destroy(&a);
+    pol_release(&p);
+    ntcp_free(carol);
+    pthread_cond_destroy(&p.cv);
+    pthread_mutex_destroy(&p.mu);
+}
+
+/* One context connects to three listeners at once (each its own engine
+ * on the one session port), and each of them gets its own connection. */
+static void test_one_to_three(void **state)
+{
+    fx *f = *state;
+    const char *names[3] = {"bob", "carol", "dave"};
+    ntcp_t *l[3];
+    for (int k = 0; k < 3; k++) {
+        l[k] = mk_ctx(f, names[k], NULL, NULL);
+        assert_int_equal(ntcp_listen(l[k], NULL, CONNECT_MS), 0);
+    }
+    ntcp_t *alice = mk_ctx(f, "alice", NULL, NULL);
+    assert_int_equal(ntcp_listen(alice, NULL, CONNECT_MS), 0);
+    call c[3];
+    for (int k = 0; k < 3; k++)
+        call_start(&c[k], alice, names[k], CONNECT_MS);
+    for (int k = 0; k < 3; k++) {
+        ntcp_conn_info_t bi;
+        info_clear(&bi);
+        int b = ntcp_accept(l[k], &bi, CONNECT_MS);
+        assert_true(b >= 0);
+        check_info(&bi, b, "alice", 0);
+        pthread_join(c[k].th, NULL);
+        assert_true(c[k].rc >= 0);
+        check_info(&c[k].info, c[k].rc, names[k], 1);
+        assert_true(same_sa(&bi.remote, &c[k].info.local));
+        stream(c[k].rc, b, 5000, (unsigned)(30 + k));
+        stream(b, c[k].rc, 5000, (unsigned)(40 + k));
+        close(b);
+        close(c[k].rc);
+    }
+    ntcp_free(alice);
+    for (int k = 0; k < 3; k++)
+        ntcp_free(l[k]);
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -1333,6 +1421,8 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_free_closes_queued, setup, teardown),
         cmocka_unit_test_setup_teardown(test_parallel, setup, teardown),
         cmocka_unit_test_setup_teardown(test_two_requesters, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stop, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_one_to_three, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
