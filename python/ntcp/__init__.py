@@ -257,9 +257,19 @@ class Context:
                 raise error(rc, "stun server %r" % s)
 
     # -- life --
+    def stop(self):
+        """Stops the context's runtime (ntcp_stop): calls blocked in other
+        threads raise the NTCP_ECLOSED error, later calls too; close() frees."""
+        h = getattr(self, "_h", None)
+        if h:
+            _lib.stop(h)
+
     def close(self):
-        """Stops the context's runtime (ntcp_free)."""
-        h, self._h = getattr(self, "_h", None), None
+        """Stops the context's runtime and frees it (ntcp_stop, ntcp_free)."""
+        h = getattr(self, "_h", None)
+        if h:
+            _lib.stop(h)  # other threads' calls return before the handle goes
+        self._h = None
         if h:
             _lib.free(h)
 
