@@ -451,7 +451,7 @@ static int pump_udp(int fd, bool stdin_open, int wait_ms, int interval_ms)
 static void report(const popts *o, int status, const ntcp_conn_info_t *info)
 {
     if (o->json) {
-        char line[2048];
+        char line[8192]; /* up to 16 attempts' reports */
         ntcp_conn_info_json(info, status, line, sizeof line);
         fprintf(stderr, "%s\n", line);
         return;

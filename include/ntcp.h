@@ -295,6 +295,22 @@ typedef enum ntcp_transport {
     NTCP_UDP = 1,
 } ntcp_transport_t;
 
+/* One attempt of a connection's plan, as it ran (docs/traversal.md). */
+#define NTCP_MAX_ATTEMPTS 16
+typedef struct ntcp_attempt_info {
+    char method[16];  /* as ntcp_conn_info_t.method */
+    char role[12];    /* "connect", "accept", "simopen", "punch", "raw-syn", "spray", "guess" */
+    char outcome[16]; /* "won", "connected", "refused", "timed-out", "verify-failed",
+                         "failed", "cancelled", "not-started" */
+    int sys_errno;    /* the last socket error it saw (ECONNREFUSED, ...), 0 when none */
+    /* Milliseconds from the common start; -1: it did not happen. */
+    int64_t started_ms, connected_ms, ended_ms;
+    unsigned syns;        /* connect() calls made */
+    unsigned refusals;    /* SYNs answered by an RST or ICMP error */
+    unsigned connections; /* TCP connections with the peer it got */
+    char why[64];         /* a failure's reason, "" when none */
+} ntcp_attempt_info_t;
+
 typedef struct ntcp_conn_info {
     size_t size;            /* sizeof(ntcp_conn_info_t): set it before the call */
     ntcp_transport_t transport;
@@ -318,6 +334,15 @@ typedef struct ntcp_conn_info {
     /* method "relay": the TURN server the connection goes through (family 0
      * otherwise). Filled when size covers it. */
     struct sockaddr_storage relay;
+    /* What this end's attempts did, in plan order (TCP; filled when size
+     * covers them): the plan as it ran. n_attempt <= NTCP_MAX_ATTEMPTS. */
+    unsigned n_attempt;
+    ntcp_attempt_info_t attempt[NTCP_MAX_ATTEMPTS];
+    /* The TTL of the last low-TTL SYN this end sent (0: none), and 1 when a
+     * router outside this end's site answered one with "time exceeded"
+     * (the punch left this end's NAT(s) and died before the peer's). */
+    unsigned punch_ttl;
+    int ttl_left_site;
 } ntcp_conn_info_t;
 
 /* Asks the broker for this peer's offers: register `name` (NULL: the

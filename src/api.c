@@ -561,6 +561,30 @@ static void close_tcp(ntcp_rt *rt, int fd)
 static bool relay_after_engine(conn *c, const ntcp_engine_result *res);
 static void udp_relay_resume(conn *c);
 
+/* The engine's per-attempt reports into the public info (ntcp.h). */
+static void info_attempts(ntcp_conn_info_t *i, const ntcp_engine_result *res)
+{
+    size_t n = res->n < NTCP_MAX_ATTEMPTS ? res->n : NTCP_MAX_ATTEMPTS;
+    i->n_attempt = (unsigned)n;
+    for (size_t k = 0; k < n; k++) {
+        const ntcp_attempt_report *a = &res->a[k];
+        ntcp_attempt_info_t *o = &i->attempt[k];
+        snprintf(o->method, sizeof o->method, "%s", ntcp_method_name(a->method));
+        snprintf(o->role, sizeof o->role, "%s", ntcp_engine_role_name(a->role));
+        snprintf(o->outcome, sizeof o->outcome, "%s", ntcp_attempt_outcome_name(a->outcome));
+        o->sys_errno = a->sys_errno;
+        o->started_ms = a->started_ms;
+        o->connected_ms = a->connected_ms;
+        o->ended_ms = a->ended_ms;
+        o->syns = a->syns;
+        o->refusals = a->refusals;
+        o->connections = a->connections;
+        snprintf(o->why, sizeof o->why, "%s", a->why ? a->why : "");
+    }
+    i->punch_ttl = res->punch_ttl;
+    i->ttl_left_site = res->ttl_left_site;
+}
+
 static void on_engine(ntcp_engine *e, const ntcp_engine_result *res, void *user)
 {
     (void)e;
@@ -576,6 +600,7 @@ static void on_engine(ntcp_engine *e, const ntcp_engine_result *res, void *user)
     }
     i->attempts = (unsigned)res->n;
     snprintf(i->detail, sizeof i->detail, "%s", res->reason);
+    info_attempts(i, res);
     if (relay_after_engine(c, res))
         return; /* the relay has won, or goes on from here (relay.h) */
     if (res->err == 0)
@@ -2275,7 +2300,30 @@ size_t ntcp_conn_info_json(const ntcp_conn_info_t *i, int status, char *buf, siz
     off = json_str(buf, len, off, i->detail);
     if (rly[0])
         PUT("\",\"relay\":\"%s", rly);
-    PUT("\"}");
+    PUT("\"");
+    /* The attempts and the punch TTL, only when the struct has them. */
+    if (i->size >= offsetof(ntcp_conn_info_t, ttl_left_site) + sizeof i->ttl_left_site) {
+        PUT(",\"punch_ttl\":%u,\"ttl_left_site\":%s,\"attempt_list\":[", i->punch_ttl,
+            i->ttl_left_site ? "true" : "false");
+        unsigned n = i->n_attempt < NTCP_MAX_ATTEMPTS ? i->n_attempt : NTCP_MAX_ATTEMPTS;
+        for (unsigned k = 0; k < n; k++) {
+            const ntcp_attempt_info_t *a = &i->attempt[k];
+            PUT("%s{\"method\":\"", k ? "," : "");
+            off = json_str(buf, len, off, a->method);
+            PUT("\",\"role\":\"");
+            off = json_str(buf, len, off, a->role);
+            PUT("\",\"outcome\":\"");
+            off = json_str(buf, len, off, a->outcome);
+            PUT("\",\"errno\":%d,\"started_ms\":%lld,\"connected_ms\":%lld,\"ended_ms\":%lld,"
+                "\"syns\":%u,\"refusals\":%u,\"connections\":%u,\"why\":\"",
+                a->sys_errno, (long long)a->started_ms, (long long)a->connected_ms,
+                (long long)a->ended_ms, a->syns, a->refusals, a->connections);
+            off = json_str(buf, len, off, a->why);
+            PUT("\"}");
+        }
+        PUT("]");
+    }
+    PUT("}");
 #undef PUT
     if (len)
         buf[off < len ? off : len - 1] = '\0';

@@ -927,7 +927,7 @@ static void attempt_start(ntcp_engine *e, eattempt *at)
 
 static void finish(ntcp_engine *e, int err, const char *reason);
 static void maybe_finish_early(ntcp_engine *e);
-static const char *role_name(plan_role_t r);
+#define role_name ntcp_engine_role_name
 
 static bool is_requester(const ntcp_engine *e)
 {
@@ -1529,7 +1529,7 @@ void ntcp_engine_cancel(ntcp_engine *e)
         finish(e, NTCP_ECLOSED, "cancelled");
 }
 
-static const char *role_name(plan_role_t r)
+const char *ntcp_engine_role_name(plan_role_t r)
 {
     switch (r) {
     case PLAN_CONNECT: return "connect";

@@ -83,6 +83,10 @@ typedef enum ntcp_attempt_outcome {
  * "verify-failed", "failed", "cancelled". Static, never NULL. */
 const char *ntcp_attempt_outcome_name(ntcp_attempt_outcome_t o);
 
+/* "connect", "accept", "simopen", "punch", "raw-syn", "spray", "guess".
+ * Static, never NULL. */
+const char *ntcp_engine_role_name(plan_role_t r);
+
 typedef struct ntcp_attempt_report {
     unsigned id;
     ntcp_method_t method;

@@ -262,7 +262,7 @@ static void check_info(const ntcp_conn_info_t *i, int fd, const char *peer, int 
     assert_int_equal(i->public_addr.ss_family, AF_INET);
     assert_int_equal(i->peer_public.ss_family, AF_INET);
     /* The JSON form parses as one object with the method in it. */
-    char js[2048];
+    char js[8192];
     size_t n = ntcp_conn_info_json(i, fd, js, sizeof js);
     assert_true(n > 0 && n < sizeof js);
     assert_int_equal(js[0], '{');
@@ -270,6 +270,21 @@ static void check_info(const ntcp_conn_info_t *i, int fd, const char *peer, int 
     char want[64];
     snprintf(want, sizeof want, "\"method\":\"%s\"", i->method);
     assert_non_null(strstr(js, want));
+    /* The plan as it ran: every attempt reported, the winner's "won". */
+    assert_int_equal(i->n_attempt, i->attempts);
+    assert_true(i->n_attempt >= 1 && i->n_attempt <= NTCP_MAX_ATTEMPTS);
+    unsigned won = 0;
+    for (unsigned k = 0; k < i->n_attempt; k++) {
+        assert_true(i->attempt[k].role[0] && i->attempt[k].outcome[0]);
+        if (!strcmp(i->attempt[k].outcome, "won")) {
+            won++;
+            assert_string_equal(i->attempt[k].method, i->method);
+            assert_true(i->attempt[k].connected_ms >= 0);
+        }
+    }
+    assert_int_equal(won, 1);
+    assert_non_null(strstr(js, "\"attempt_list\":[{\"method\":"));
+    assert_non_null(strstr(js, "\"outcome\":\"won\""));
 }
 
 typedef struct writer {

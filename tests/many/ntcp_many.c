@@ -113,7 +113,7 @@ static void *sender(void *arg)
 
 static void print_result(const job *j, const char *peer)
 {
-    char info[2048];
+    char info[8192];
     ntcp_conn_info_json(&j->info, j->status < 0 ? j->status : 0, info, sizeof info);
     pthread_mutex_lock(&out_mu);
     printf("{\"peer\": \"%s\", \"status\": %d, \"method\": \"%s\", \"ok\": %s, \"ms\": %llu, "
