@@ -55,7 +55,8 @@ static const char *const OPTIONS_HELP =
     "                           auto (when no direct method works), never, always\n"
     "                           (or `relay` in the configuration; default auto)\n"
     "  -j, --json               print one JSON status line on stderr (method, times,\n"
-    "                           addresses; docs/traversal.md)\n"
+    "                           addresses, each attempt; docs/traversal.md); listen\n"
+    "                           first prints {\"listening\":\"NAME\"} once registered\n"
     "  -q, --quiet              no progress lines on stderr\n"
     "  -u, --udp                UDP instead of TCP: each line of stdin is one datagram,\n"
     "                           each datagram from the peer one line of stdout\n"
@@ -523,7 +524,11 @@ static int run(int argc, char **argv, bool listen)
             ntcp_free(ctx);
             return exit_code_of(st);
         }
-        if (!o.quiet && !o.json) {
+        if (o.json) {
+            /* Scripts learn that peers may connect now; the status line of
+             * each connection follows. */
+            fprintf(stderr, "{\"listening\":\"%s\"}\n", ntcp_get_name(ctx));
+        } else if (!o.quiet) {
             ntcp_nat_profile_t prof;
             int ps = ntcp_get_profile(ctx, &prof);
             fprintf(stderr, "ntcp: listening as %s at %s (TCP NAT: %s)\n", ntcp_get_name(ctx),

@@ -106,15 +106,11 @@ head -c 150000 /dev/urandom >"$tmp/to_bob"
 "$ntcp" listen --id bob -b "$broker" -t $T --json <"$tmp/to_alice" >"$tmp/bob.out" 2>"$tmp/bob.err" &
 lpid=$!
 pids+=("$lpid")
-# With --json the listener prints nothing until a peer comes: until bob is
-# registered the broker answers "unknown peer" (3), so poll with a deadline.
-n=0
-while :; do
-    "$ntcp" connect --id alice -b "$broker" -t $T --json bob <"$tmp/to_bob" >"$tmp/alice.out" 2>"$tmp/alice.err"
-    crc=$?
-    [ $crc -ne 3 ] || [ $n -ge 100 ] && break # 3: bob not registered yet
-    n=$((n + 1)); sleep 0.1
-done
+# With --json the listener says {"listening":"bob"} once registered.
+wait_for_text "$tmp/bob.err" '{"listening":"bob"}' 30 && ok "listen --json says it listens" ||
+    bad "no listening line: $(cat "$tmp/bob.err")"
+"$ntcp" connect --id alice -b "$broker" -t $T --json bob <"$tmp/to_bob" >"$tmp/alice.out" 2>"$tmp/alice.err"
+crc=$?
 check "connect exits 0" 0 $crc
 wait "$lpid"; lrc=$?
 check "listen exits 0" 0 $lrc
@@ -125,8 +121,14 @@ for side in alice bob; do
     if python3 - "$tmp/$side.err" "$peer" "$role" <<'EOF'
 import json, sys
 lines = [l for l in open(sys.argv[1]) if l.startswith("{")]
+if sys.argv[3] == "target":
+    assert json.loads(lines[0]) == {"listening": "bob"}, lines
+    lines = lines[1:]
 assert len(lines) == 1, lines
 j = json.loads(lines[0])
+won = [a for a in j["attempt_list"] if a["outcome"] == "won"]
+assert len(won) == 1 and won[0]["method"] == j["method"], j
+assert len(j["attempt_list"]) == j["attempts"], j
 assert j["ok"] is True, j
 assert j["peer"] == sys.argv[2], j
 assert j["role"] == sys.argv[3], j
