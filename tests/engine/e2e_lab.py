@@ -2,12 +2,13 @@
 """e2e_lab.py: the end-to-end traversal test (issue 6). For each case (a
 pair of NAT personalities and a SYN answer, or a scenario: double NAT, two
 peers behind one NAT) it brings a lab up, starts ntcp-stuntd and
-ntcp-brokerd on `server`, runs `ntcp listen --json` in the target host and
-`ntcp connect --json` in the initiator host (the public API's path:
-ntcp_listen, ntcp_accept, ntcp_connect), and checks the result from their
-JSON status lines and outputs: a verified connection that carried 1 MiB each
-way (SHA-256 checked), with the method the case calls for and a won attempt
-of that method in the attempt list; or, for the cases that cannot
+ntcp-brokerd on `server`, runs ntcp_many (tests/many: the public API, the path applications use) as
+the listener in the target host and the connector in the initiator host,
+and checks the result from their ntcp_conn_info_json() lines: a verified
+connection that carried 1 MiB each way (echoed, SHA-256 checked), with the
+method the case calls for and a won attempt of that method in the attempt
+list, or "relay" and the TURN server where no direct method can work; or,
+without --relay's coturn, for the cases that cannot
 work, an honest failure (the planner's reason, or the plan's deadline)
 within the timeout. Cases run in parallel labs (--jobs), each with its own
 prefix. Prints one line per case and a summary; --markdown writes the
@@ -15,9 +16,9 @@ table of docs/traversal.md. Exits 77 (skipped) when not root."""
 
 import argparse
 import concurrent.futures
-import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -86,6 +87,7 @@ SCENARIOS = [
 
 BROKER = "203.0.113.10:3480"
 STUN = "203.0.113.10:3478"
+TURN = "203.0.113.20:3478"  # coturn on the lab's relay host (ntcp-lab up --turn)
 
 
 def impossible(a, b):
@@ -157,6 +159,14 @@ def case_of(a, b, syn):
                 hosts=("a", "b"), expect="fail" if impossible(a, b) else "ok")
 
 
+def with_relay(case):
+    """The case when the lab runs coturn and the broker offers it: what no
+    direct method can join goes through the relay (docs/relay.md)."""
+    if case["expect"] == "fail":
+        return dict(case, expect="ok", method="relay")
+    return case
+
+
 def public_ip(lab, host):
     """The public address of the NAT in front of host (for the hairpin
     check): the edge of its site, from the lab's state."""
@@ -166,8 +176,10 @@ def public_ip(lab, host):
     return site.get("cgn_wan4") if site.get("double") else site["wan4"]
 
 
-def last_json(path):
-    """The last JSON object a CLI wrote on its standard error, or None."""
+def many_result(path):
+    """The connection's line of an ntcp_many run (tests/many): its
+    ntcp_conn_info_json() object, with the echo's outcome added; None when
+    it printed none."""
     try:
         lines = [l for l in open(path, errors="replace") if l.startswith("{")]
     except OSError:
@@ -177,26 +189,22 @@ def last_json(path):
             j = json.loads(l)
         except ValueError:
             continue
-        if "listening" not in j:
-            return j
+        if "peer" in j and "info" in j:
+            info = j["info"]
+            info["echo_ok"], info["echo_why"] = j["ok"], j["why"]
+            return info
     return None
 
 
-def digest(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 16), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def one(i, case, args):
-    """One case through the path applications use: `ntcp listen --json` in
-    the target host and `ntcp connect --json` in the initiator host
-    (ntcp_listen, ntcp_accept, ntcp_connect), 1 MiB of random bytes on each
-    one's standard input, the other's standard output compared by SHA-256;
-    the method, the connection's addresses and the punch TTL come from the
-    JSON status lines (ntcp_conn_info_json)."""
+    """One case through the public API (tests/many/ntcp_many, which links
+    the shared library): `serve` in the target host (ntcp_listen,
+    ntcp_accept) echoes, `connect` in the initiator host (ntcp_connect)
+    sends 1 MiB of random bytes and checks the echo by SHA-256, so 1 MiB
+    crosses each way; the method, the connection's addresses, the attempts
+    and the punch TTL come from each end's ntcp_conn_info_json(). (Not the
+    CLI: it half-closes at the end of its input like nc, and a TURN relay
+    carries no half-close, docs/relay.md.)"""
     prefix = "%s%d%02d" % (args.prefix, os.getpid() % 10000, i)
     lab = Lab(args.lab, prefix)
     logs = "/tmp/%s" % prefix
@@ -208,6 +216,8 @@ def one(i, case, args):
     try:
         up = ["up", "--prefix", prefix, "--quiet", "--a", case["a"], "--b", case["b"], "--syn", case["syn"],
               "--hairpin", case["hairpin"], "--seed", "7"]
+        if args.relay:
+            up += ["--turn"]
         if args.delay:
             up += ["--delay", str(args.delay)]
         if case["scenario"]:
@@ -218,29 +228,30 @@ def one(i, case, args):
         procs.append(lab.spawn("server", [args.stuntd, "--primary", STUN,
                                           "--alternate", "203.0.113.11:3479",
                                           "--udp-rate", "0", "--cb-rate", "0"], slog, slog))
-        procs.append(lab.spawn("server", [args.brokerd, "--listen", BROKER], slog, slog))
+        relay = []
+        if args.relay:
+            with open("/run/ntcp-lab/%s.json" % prefix) as sf:
+                relay = ["--turn-server", TURN, "--turn-secret-file", json.load(sf)["turn"]["secret_file"]]
+        procs.append(lab.spawn("server", [args.brokerd, "--listen", BROKER] + relay, slog, slog))
         if not wait_stun(lab, args.ntcp):
             raise RuntimeError("ntcp-stuntd did not answer in the lab")
         t0 = time.monotonic()
         row["stun_s"] = round(t0 - tc - row["up_s"], 1)
-        for side in ("a", "b"):
-            with open("%s-%s.in" % (logs, side), "wb") as f:
-                f.write(os.urandom(args.bytes))
         # The call's timeout covers discovery and registration too.
         limit_ms = args.timeout_ms + 15000
-        common = ["--stun", STUN, "--broker", BROKER, "--timeout", str(limit_ms), "--json"]
-        f = {k: "%s-%s.%s" % (logs, side, k2) for side in ("a", "b") for k, k2 in
-             ((side + "in", "in"), (side + "out", "out"), (side + "err", "err"))}
-        pb = lab.spawn_io(tgt, [args.ntcp, "listen", "--id", "bob", "--key", logs + "-bob.key"] + common,
-                          f["bin"], f["bout"], f["berr"])
+        common = ["--stun", STUN, "--broker", BROKER, "--timeout", str(limit_ms)]
+        f = {side + k: "%s-%s.%s" % (logs, side, k) for side in ("a", "b") for k in ("out", "err")}
+        pb = lab.spawn_io(tgt, [args.many, "serve", "--id", "bob", "--key", logs + "-bob.key",
+                                "--expect", "1"] + common, "/dev/null", f["bout"], f["berr"])
         procs.append(pb)
         end = time.monotonic() + 40
         while time.monotonic() < end and pb.poll() is None and \
-                '"listening"' not in open(f["berr"], errors="replace").read():
-            time.sleep(0.05)  # polling the listener's status line with a deadline
+                "registered" not in open(f["bout"], errors="replace").read():
+            time.sleep(0.05)  # polling the listener's first line with a deadline
         t1 = time.monotonic()
-        pa = lab.spawn_io(ini, [args.ntcp, "connect", "--id", "alice", "--key", logs + "-alice.key"] +
-                          common + ["bob"], f["ain"], f["aout"], f["aerr"])
+        pa = lab.spawn_io(ini, [args.many, "connect", "--id", "alice", "--key", logs + "-alice.key",
+                                "--bytes", str(args.bytes)] + common + ["bob"],
+                          "/dev/null", f["aout"], f["aerr"])
         procs.append(pa)
         try:
             pa.wait(limit_ms / 1000 + 30)
@@ -249,18 +260,18 @@ def one(i, case, args):
         row["wall_s"] = round(time.monotonic() - t1, 1)
         if case["expect"] == "ok":
             try:
-                pb.wait(30)  # its copy ends once both directions have
+                pb.wait(30)  # it ends once its echo has
             except subprocess.TimeoutExpired:
                 stop(pb)
-        ra, rb = last_json(f["aerr"]), last_json(f["berr"])
+        ra, rb = many_result(f["aout"]), many_result(f["bout"])
         row["res_a"], row["res_b"] = ra, rb
         if case["expect"] == "ok" and (ra is None or rb is None):
             row["result"] = "FAIL (no JSON from %s)" % (ini if ra is None else tgt)
         elif case["expect"] == "ok":
-            transfer = digest(f["aout"]) == digest(f["bin"]) and digest(f["bout"]) == digest(f["ain"])
+            transfer = ra["echo_ok"] and rb["echo_ok"]
             good = ra["ok"] and rb["ok"] and ra["method"] == rb["method"] and transfer and \
                 pa.returncode == 0 and pb.returncode == 0
-            why = "" if transfer else " (the bytes differ)"
+            why = "" if transfer else " (echo: %s / %s)" % (ra["echo_why"], rb["echo_why"])
             if good and case.get("method") and ra["method"] != case["method"]:
                 good, why = False, " (want %s)" % case["method"]
             if good and case.get("via"):
@@ -275,7 +286,12 @@ def one(i, case, args):
                 good, why = False, " (punch TTL %s, left the site: %s; want %d)" % (
                     ra.get("punch_ttl"), ra.get("ttl_left_site"), case["ttl"])
             won = [a for a in ra.get("attempt_list", []) if a["outcome"] == "won"]
-            if good and (len(won) != 1 or won[0]["method"] != ra["method"]):
+            if ra["method"] == "relay":
+                # Not an attempt of the plan: the TURN server is named instead.
+                if good and (won or ra.get("relay") != TURN or rb.get("relay") != TURN):
+                    good, why = False, " (relay: %s and %s, want %s on both)" % (
+                        ra.get("relay"), rb.get("relay"), TURN)
+            elif good and (len(won) != 1 or won[0]["method"] != ra["method"]):
                 good, why = False, " (the attempt list has no winner of that method)"
             row["ttl"] = max(ra.get("punch_ttl") or 0, rb.get("punch_ttl") or 0)
             ra["ms"], rb["ms"] = ra["verified_ms"], rb["verified_ms"]
@@ -343,7 +359,7 @@ def markdown(rows):
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--lab", required=True)
-    ap.add_argument("--e2e", help="unused: kept for old command lines (the peers are `ntcp` now)")
+    ap.add_argument("--many", required=True, help="tests/many's ntcp_many, the peers")
     ap.add_argument("--stuntd", required=True)
     ap.add_argument("--brokerd", required=True)
     ap.add_argument("--ntcp", required=True)
@@ -361,6 +377,9 @@ def main():
                     help="start of the labs' prefixes (default nte, or $NTCP_LAB_PREFIX_BASE)")
     ap.add_argument("--delay", type=int, default=0,
                     help="one-way delay across the lab's internet, in ms (default 0)")
+    ap.add_argument("--no-relay", dest="relay", action="store_false",
+                    help="no coturn: the pairs no direct method can join must fail honestly "
+                    "(default: coturn runs on the lab's relay host and they must connect by relay)")
     ap.add_argument("--json", help="write the rows here")
     ap.add_argument("--no-rerun", action="store_true",
                     help="do not run the cases not as expected again, alone")
@@ -385,6 +404,12 @@ def main():
         cases += SCENARIOS if n == "all" else [by_name[n]]
     if not cases:
         cases = every + SCENARIOS  # the whole matrix of issue 6
+    if args.relay:
+        if not shutil.which("turnserver"):
+            print("skipped: coturn's turnserver is not installed (scripts/install-deps.sh "
+                  "installs it; --no-relay runs without)")
+            return 77
+        cases = [with_relay(c) for c in cases]
     t0 = time.monotonic()
     lock = threading.Lock()
 
