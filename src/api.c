@@ -41,6 +41,7 @@
 #include "identity.h"
 #include "ntcp.h"
 #include "plan.h"
+#include "plan_go.h"
 #include "portmux.h"
 #include "raw.h"
 #include "relay.h"
@@ -1097,38 +1098,13 @@ static void conn_go(conn *c, const broker_go *g)
         udp_go(c, g, &peer);
         return;
     }
-    plan_input in;
-    plan_input_init(&in);
-    if (rt->me.has[PLAN_TCP4])
-        in.me.tcp = rt->me.b[PLAN_TCP4];
-    in.me.public_addr = i->public_addr;
-    /* My private addresses as the peer got them from the broker: both plans
-     * must be made from the same facts. */
     struct sockaddr_storage sl;
     uint16_t sport = ntcp_session_local_addr(rt->s, &sl) == 0 ? ntcp_sa_port(&sl) : 0;
-    in.me.npriv = rt->npriv < PLAN_MAX_PRIVATE ? rt->npriv : PLAN_MAX_PRIVATE;
-    for (size_t k = 0; k < in.me.npriv; k++) {
-        in.me.priv[k] = rt->priv[k];
-        if (ntcp_sa_port(&in.me.priv[k]) == 0)
-            ntcp_sa_set_port(&in.me.priv[k], sport);
-    }
-    in.me.rtt_ms = rt->me.rtt_ms;
-    in.me.seq_port = rt->me.seq_port[PLAN_TCP4];
-    in.peer.seq_port = peer.seq_port[PLAN_TCP4];
-    in.me.nat_hops = rt->me.nat_hops;
-    if (peer.has[PLAN_TCP4])
-        in.peer.tcp = peer.b[PLAN_TCP4];
-    in.peer.public_addr = g->peer.public_addr;
-    in.peer.npriv = g->peer.nprivate < PLAN_MAX_PRIVATE ? g->peer.nprivate : PLAN_MAX_PRIVATE;
-    for (size_t k = 0; k < in.peer.npriv; k++)
-        in.peer.priv[k] = g->peer.private_addr[k];
-    in.peer.rtt_ms = peer.rtt_ms;
-    in.peer.nat_hops = peer.nat_hops;
-    in.initiator = g->role == BROKER_ROLE_REQUESTER;
+    plan_input in;
+    plan_input_init(&in);
+    plan_input_from_go(&in, &rt->me, &i->public_addr, rt->priv, rt->npriv, sport, g, &peer);
     /* STUNT#1 / NATBlaster: both blobs say "raw usable" (privileged and
      * built with NTCP_RAW); STUNT#1 also needs the broker's spoofing. */
-    in.me.raw = rt->me.raw;
-    in.peer.raw = peer.raw;
     in.raw_enabled = raw_built();
     in.broker_spoofs = ntcp_session_broker_spoofs(rt->s);
     memcpy(c->nonce, g->nonce, sizeof c->nonce);

@@ -36,6 +36,7 @@
 #include "identity.h"
 #include "ntcp.h"
 #include "plan.h"
+#include "plan_go.h"
 #include "raw.h"
 #include "session.h"
 #include "verify.h"
@@ -108,32 +109,16 @@ static void go(app *a, const broker_go *g)
         fail(a, "the peer's profile blob is missing or invalid");
         return;
     }
-    plan_input in;
-    plan_input_init(&in);
-    in.me.tcp = a->me_prof.b[PLAN_TCP4];
-    ntcp_session_public_addr(a->s, &in.me.public_addr);
-    in.me.rtt_ms = a->me_prof.rtt_ms;
-    in.me.nat_hops = a->me_prof.nat_hops;
-    struct sockaddr_storage sl;
+    struct sockaddr_storage sl, pub;
     if (ntcp_session_local_addr(a->s, &sl) == 0)
         a->session_port = ntcp_sa_port(&sl);
-    /* What the peer got from the broker for us: our private address with
-     * the session's local port. */
-    if (a->priv.ss_family != 0) {
-        in.me.priv[0] = a->priv;
-        ntcp_sa_set_port(&in.me.priv[0], a->session_port);
-        in.me.npriv = 1;
-    }
-    in.peer.tcp = peer.b[PLAN_TCP4];
-    in.peer.public_addr = g->peer.public_addr;
-    in.peer.npriv = g->peer.nprivate < PLAN_MAX_PRIVATE ? g->peer.nprivate : PLAN_MAX_PRIVATE;
-    for (size_t i = 0; i < in.peer.npriv; i++)
-        in.peer.priv[i] = g->peer.private_addr[i];
-    in.peer.rtt_ms = peer.rtt_ms;
-    in.peer.nat_hops = peer.nat_hops;
-    in.initiator = g->role == BROKER_ROLE_REQUESTER;
-    in.me.raw = a->me_prof.raw;
-    in.peer.raw = peer.raw;
+    ntcp_session_public_addr(a->s, &pub);
+    plan_input in;
+    plan_input_init(&in);
+    /* The library's own builder (plan_go.h): our private address went to
+     * the broker with port 0, the session's. */
+    plan_input_from_go(&in, &a->me_prof, &pub, &a->priv, a->priv.ss_family ? 1 : 0,
+                       a->session_port, g, &peer);
     in.raw_enabled = a->raw;
     in.broker_spoofs = a->raw_only ? a->raw_only == NTCP_METHOD_STUNT1 : ntcp_session_broker_spoofs(a->s);
     plan_make(&in, &a->pl); /* an impossible plan goes to the engine, which reports it */

@@ -13,6 +13,7 @@ import argparse
 import concurrent.futures
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ PERS = ["none", "fw", "full-cone", "restricted-cone", "port-restricted", "symmet
 
 BROKER = "203.0.113.10:3480"
 STUN = "203.0.113.10:3478"
+TURN = "203.0.113.20:3478"  # coturn on the lab's relay host (ntcp-lab up --turn)
 
 # The method each pair must use (docs/udp.md), None = physically impossible:
 # a random mapping can be met only by an end whose own mapping is known.
@@ -112,6 +114,8 @@ def one(i, a, b, args):
     logs = "/tmp/%s" % prefix
     procs = []
     want = expected(a, b)
+    if not want and args.relay:
+        want = "relay"  # coturn on the lab's relay host, offered by the broker (docs/relay.md)
     row = dict(a=a, b=b, expect=want or "fail")
     try:
         up = ["up", "--prefix", prefix, "--quiet", "--a", a, "--b", b, "--seed", str(7 + i)]
@@ -121,12 +125,18 @@ def one(i, a, b, args):
             up += ["--loss", str(args.loss)]
         if args.delay:
             up += ["--delay", str(args.delay)]
+        if args.relay:
+            up += ["--turn"]
         lab.cmd(*up)
         slog = open(logs + "-servers.log", "w")
         procs.append(lab.spawn("server", [args.stuntd, "--primary", STUN,
                                           "--alternate", "203.0.113.11:3479",
                                           "--udp-rate", "0", "--cb-rate", "0"], slog, slog))
-        procs.append(lab.spawn("server", [args.brokerd, "--listen", BROKER, "--udp", BROKER],
+        relay = []
+        if args.relay:
+            with open("/run/ntcp-lab/%s.json" % prefix) as sf:
+                relay = ["--turn-server", TURN, "--turn-secret-file", json.load(sf)["turn"]["secret_file"]]
+        procs.append(lab.spawn("server", [args.brokerd, "--listen", BROKER, "--udp", BROKER] + relay,
                                slog, slog))
         if not wait_stun(lab, args.ntcp):
             raise RuntimeError("ntcp-stuntd did not answer in the lab")
@@ -177,6 +187,8 @@ def one(i, a, b, args):
             good = ra["ok"] and rb["ok"] and ra.get("method") == rb.get("method") == want and \
                 ra["transport"] == rb["transport"] == "udp" and \
                 ra["received"] >= need and rb["received"] >= need and bad == 0
+            if want == "relay":
+                good = good and ra.get("relay") == rb.get("relay") == TURN
             ra["ms"], rb["ms"] = ra["verified_ms"], rb["verified_ms"]
             row["result"] = ("PASS %s %d/%d ms, %d+%d datagrams" % (
                 ra["method"], ra["ms"], rb["ms"], ra["received"], rb["received"])) if good else \
@@ -247,10 +259,17 @@ def main():
                     help="lab prefix base (each pair appends its number)")
     ap.add_argument("--pair", action="append", default=[],
                     help="A:B (repeatable); default every pair of personalities")
+    ap.add_argument("--no-relay", dest="relay", action="store_false",
+                    help="no coturn: the pairs no direct method can join must fail honestly "
+                    "(default: they must connect through the lab's coturn)")
     ap.add_argument("--json", help="write the rows here")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("skipped: the lab needs root (network namespaces)")
+        return 77
+    if args.relay and not shutil.which("turnserver"):
+        print("skipped: coturn's turnserver is not installed (scripts/install-deps.sh installs it; "
+              "--no-relay runs without)")
         return 77
     if args.pair:
         pairs = [tuple(p.split(":")) for p in args.pair]
