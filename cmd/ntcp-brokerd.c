@@ -28,6 +28,7 @@ static const char usage[] =
     "                    [--state-dir DIR] [--expiry S] [--id STRING] [--stats S]\n"
     "                    [--tls-cert FILE --tls-key FILE [--tls-listen IP:PORT]]\n"
     "                    [--spoof] [--cluster redis://HOST:PORT[/DB]] [--source-rate R]\n"
+    "                    [--peer-rate R]\n"
     "                    [--ticket-key-file FILE] [--turn-server IP:PORT\n"
     "                    --turn-secret-file FILE [--turn-ttl S]] [--verbose] [--quiet]\n"
     "       ntcp-brokerd --help | --version\n"
@@ -55,6 +56,9 @@ static const char usage[] =
     "                           with mode 0600 if missing), so that tickets outlive a\n"
     "                           restart; without it a random key per process (in a\n"
     "                           cluster the nodes share one in Redis)\n"
+    "  --peer-rate R            requests per second from one peer's session (50, burst\n"
+    "                           2x; 0: unlimited): a peer making many connections\n"
+    "                           in a row needs more\n"
     "  --source-rate R          new sessions and signed registrations per second from\n"
     "                           one address (100, burst 10x; 0: unlimited)\n"
     "  --cluster URL            one node of a cluster sharing registrations, name\n"
@@ -204,6 +208,7 @@ int main(int argc, char **argv)
         {"spoof", no_argument, NULL, 'P'},
         {"cluster", required_argument, NULL, 'R'},
         {"source-rate", required_argument, NULL, 'r'},
+        {"peer-rate", required_argument, NULL, 'p'},
         {"ticket-key-file", required_argument, NULL, 't'},
         {"turn-server", required_argument, NULL, 'U'},
         {"turn-secret-file", required_argument, NULL, 'F'},
@@ -221,7 +226,7 @@ int main(int argc, char **argv)
     const char *ticket_file = NULL;
     uint8_t ticket_key[32];
     int c;
-    while ((c = getopt_long(argc, argv, "l:u:k:s:e:i:S:C:K:T:PR:r:t:U:F:L:vqhV", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "l:u:k:s:e:i:S:C:K:T:PR:r:p:t:U:F:L:vqhV", opts, NULL)) != -1) {
         char *end;
         switch (c) {
         case 'l': cfg.listen = optarg; break;
@@ -244,6 +249,16 @@ int main(int argc, char **argv)
             /* Many peers behind one address (a NAT, a test) need more. */
             cfg.source_rate = v > 0 ? v : -1;
             cfg.source_burst = v > 0 ? (uint32_t)(v * 10 < 1 ? 1 : v * 10) : 0;
+            break;
+        }
+        case 'p': {
+            double v = strtod(optarg, &end);
+            if (*end || v < 0 || v > 1e7) {
+                fprintf(stderr, "ntcp-brokerd: --peer-rate wants a rate >= 0\n");
+                return 2;
+            }
+            cfg.peer_rate = v > 0 ? v : -1;
+            cfg.peer_burst = v > 0 ? (uint32_t)(v * 2 < 1 ? 1 : v * 2) : 0;
             break;
         }
         case 'U': cfg.turn_server = optarg; break;

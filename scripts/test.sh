@@ -31,9 +31,9 @@ status=0
 step "ctest: every test, normal build"
 ctest --test-dir build --output-on-failure --output-junit "$top/build/junit.xml" || status=1
 
-step "ctest: unit and server tests under ASan + UBSan"
+step "ctest: unit and server tests, and the soak, under ASan + UBSan"
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
-ctest --test-dir build-asan -L 'unit|server' --output-on-failure --output-junit "$top/build-asan/junit.xml" || status=1
+ctest --test-dir build-asan -L 'unit|server|soak' --output-on-failure --output-junit "$top/build-asan/junit.xml" || status=1
 
 step "fuzzing: each target for ${fuzz_seconds}s"
 fuzz_status=0

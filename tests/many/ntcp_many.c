@@ -14,6 +14,10 @@
  *       checks by SHA-256 that the echo is the same, then closes (no
  *       half-close: a TURN relay does not carry one, docs/relay.md); exits
  *       0 when every peer connected and echoed.
+ *   ntcp_many serve|connect ... --repeat N [--every K]
+ *       the soak: N connections in a row (connect: to one PEER), each
+ *       echoed and closed before the next, a progress line every K (100)
+ *       with the descriptors and resident memory.
  *   COMMON: --broker HOST:PORT --stun HOST:PORT --key FILE --timeout MS
  *
  * Every connection ends in one JSON line on stdout: {"peer", "status",
@@ -53,8 +57,9 @@ static uint64_t now_ms(void)
 
 static void usage(void)
 {
-    fputs("usage: ntcp_many serve --id NAME COMMON [--expect N]\n"
+    fputs("usage: ntcp_many serve --id NAME COMMON [--expect N | --repeat N [--every K]]\n"
           "       ntcp_many connect --id NAME COMMON [--bytes N] [--go FILE] PEER...\n"
+          "       ntcp_many connect --id NAME COMMON [--bytes N] --repeat N [--every K] PEER\n"
           "COMMON: --broker HOST:PORT [--stun HOST:PORT] --key FILE [--timeout MS]\n",
           stderr);
 }
@@ -94,6 +99,7 @@ typedef struct job {
     bool ok;
     char why[128];
     pthread_t th;
+    bool quiet; /* serve --repeat: no line for a good one */
 } job;
 
 static void *sender(void *arg)
@@ -195,7 +201,8 @@ static void *run_echo(void *arg)
     shutdown(j->fd, SHUT_WR);
     close(j->fd);
     j->bytes = total;
-    print_result(j, j->info.peer);
+    if (!j->quiet)
+        print_result(j, j->info.peer);
     return NULL;
 }
 
@@ -250,6 +257,53 @@ static void summary(const char *what, int total, int good, uint64_t t0)
     pthread_mutex_unlock(&out_mu);
 }
 
+/* A progress line: connections so far, descriptors and memory now. */
+static void progress(const char *what, int n)
+{
+    int fds;
+    long rss;
+    usage_now(&fds, &rss);
+    pthread_mutex_lock(&out_mu);
+    printf("{\"progress\": \"%s\", \"n\": %d, \"fds\": %d, \"rss_kb\": %ld}\n", what, n, fds, rss);
+    fflush(stdout);
+    pthread_mutex_unlock(&out_mu);
+}
+
+/* The soak: connect to one peer N times in a row, each connection echoed
+ * and closed before the next; a line for each failure, progress every
+ * `every` (descriptors and memory must not grow). */
+static int do_connect_serial(ntcp_t *ctx, const char *peer, size_t bytes, int timeout, int n,
+                             int every)
+{
+    uint64_t t0 = now_ms();
+    int good = 0;
+    job j;
+    uint8_t *data = malloc(bytes ? bytes : 1);
+    for (int k = 0; k < n; k++) {
+        memset(&j, 0, sizeof j);
+        j.info.size = sizeof j.info;
+        j.bytes = bytes;
+        j.data = data;
+        RAND_bytes(data, (int)bytes);
+        j.t0 = now_ms();
+        j.status = ntcp_connect(ctx, peer, &j.info, timeout);
+        if (j.status >= 0) {
+            j.fd = j.status;
+            run_client(&j); /* closes it */
+        } else {
+            snprintf(j.why, sizeof j.why, "%s", ntcp_strerror(j.status));
+        }
+        good += j.ok;
+        if (!j.ok)
+            print_result(&j, peer);
+        if ((k + 1) % every == 0)
+            progress("connect", k + 1);
+    }
+    free(data);
+    summary("connect", n, good, t0);
+    return good == n ? 0 : 2;
+}
+
 static int do_connect(ntcp_t *ctx, char **peers, int npeers, size_t bytes, const char *go,
                       int timeout)
 {
@@ -298,6 +352,37 @@ static int do_connect(ntcp_t *ctx, char **peers, int npeers, size_t bytes, const
 
 /* ---- serve ---- */
 
+/* Serve N connections one after the other, each echoed in this thread (the
+ * soak: nothing piles up but what the library keeps). Prints each one's
+ * line only when it failed, and progress every `every`. */
+static int do_serve_serial(ntcp_t *ctx, int expect, int timeout, int every)
+{
+    uint64_t t0 = now_ms();
+    int good = 0, n = 0;
+    for (; n < expect; n++) {
+        job j;
+        memset(&j, 0, sizeof j);
+        j.info.size = sizeof j.info;
+        j.fd = ntcp_accept(ctx, &j.info, timeout);
+        if (j.fd < 0) {
+            j.status = j.fd;
+            snprintf(j.why, sizeof j.why, "accept: %s", ntcp_strerror(j.fd));
+            print_result(&j, "?");
+            break;
+        }
+        j.t0 = now_ms();
+        j.quiet = true;
+        run_echo(&j);
+        good += j.ok;
+        if (!j.ok)
+            print_result(&j, j.info.peer);
+        if ((n + 1) % every == 0)
+            progress("serve", n + 1);
+    }
+    summary("serve", n, good, t0);
+    return good == expect ? 0 : 2;
+}
+
 static int do_serve(ntcp_t *ctx, int expect, int timeout)
 {
     uint64_t t0 = now_ms(), end = t0 + (uint64_t)timeout;
@@ -340,15 +425,16 @@ int main(int argc, char **argv)
     const char *id = NULL, *broker = NULL, *key = NULL, *go = NULL;
     const char *stun[4];
     size_t nstun = 0;
-    int timeout = 30000, expect = 0;
+    int timeout = 30000, expect = 0, repeat = 0, every = 100;
     size_t bytes = 65536;
     static const struct option opts[] = {
         {"id", 1, 0, 'i'},      {"broker", 1, 0, 'b'}, {"stun", 1, 0, 's'},
         {"key", 1, 0, 'k'},     {"timeout", 1, 0, 't'}, {"expect", 1, 0, 'n'},
         {"bytes", 1, 0, 'B'},   {"go", 1, 0, 'g'},      {"help", 0, 0, 'h'},
+        {"repeat", 1, 0, 'r'},  {"every", 1, 0, 'e'},
         {0, 0, 0, 0}};
     optind = 2;
-    for (int c; (c = getopt_long(argc, argv, "i:b:s:k:t:n:B:g:h", opts, NULL)) != -1;) {
+    for (int c; (c = getopt_long(argc, argv, "i:b:s:k:t:n:B:g:hr:e:", opts, NULL)) != -1;) {
         switch (c) {
         case 'i': id = optarg; break;
         case 'b': broker = optarg; break;
@@ -361,12 +447,15 @@ int main(int argc, char **argv)
         case 'n': expect = atoi(optarg); break;
         case 'B': bytes = strtoul(optarg, NULL, 10); break;
         case 'g': go = optarg; break;
+        case 'r': repeat = atoi(optarg); break;
+        case 'e': every = atoi(optarg); break;
         case 'h': usage(); return 0;
         default: usage(); return 1;
         }
     }
     int npeers = argc - optind;
-    if (!id || !broker || !key || timeout <= 0 || expect < 0 || (!serve && npeers < 1) ||
+    if (!id || !broker || !key || timeout <= 0 || expect < 0 || repeat < 0 || every < 1 ||
+        (!serve && npeers < 1) || (repeat && !serve && npeers != 1) ||
         npeers > MAX_PEERS || bytes > (64u << 20)) {
         usage();
         return 1;
@@ -392,7 +481,12 @@ int main(int argc, char **argv)
     }
     printf("registered\n");
     fflush(stdout);
-    rc = serve ? do_serve(ctx, expect, timeout) : do_connect(ctx, argv + optind, npeers, bytes, go, timeout);
+    if (repeat)
+        rc = serve ? do_serve_serial(ctx, repeat, timeout, every)
+                   : do_connect_serial(ctx, argv[optind], bytes, timeout, repeat, every);
+    else
+        rc = serve ? do_serve(ctx, expect, timeout)
+                   : do_connect(ctx, argv + optind, npeers, bytes, go, timeout);
     ntcp_free(ctx);
     return rc;
 }
