@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "ntcp.h"
+#include "sock_linux.h"
 #include "stun.h"
 #include "verbs.h"
 
@@ -444,33 +445,12 @@ static int parse_local(const options *o, int socktype, struct sockaddr_storage *
  * fills r when it was an error about our traffic. */
 static bool read_icmp_error(int fd, result *r)
 {
-    char cbuf[512];
-    uint8_t data[64];
-    struct sockaddr_storage off;
-    struct iovec iov = {data, sizeof data};
-    struct msghdr mh = {0};
-    mh.msg_name = &off;
-    mh.msg_namelen = sizeof off;
-    mh.msg_iov = &iov;
-    mh.msg_iovlen = 1;
-    mh.msg_control = cbuf;
-    mh.msg_controllen = sizeof cbuf;
-    if (recvmsg(fd, &mh, MSG_ERRQUEUE | MSG_DONTWAIT) < 0)
+    ntcp_sock_err se;
+    if (!ntcp_sock_err_read(fd, &se) || !se.icmp)
         return false;
-    for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
-        if (!((c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_RECVERR) ||
-              (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_RECVERR)))
-            continue;
-        struct sock_extended_err ee;
-        memcpy(&ee, CMSG_DATA(c), sizeof ee);
-        if (ee.ee_origin == SO_EE_ORIGIN_ICMP || ee.ee_origin == SO_EE_ORIGIN_ICMP6) {
-            fail(r, EXIT_NOANSWER, "unreachable", "%s (ICMP%s type %u code %u)",
-                 strerror((int)ee.ee_errno), ee.ee_origin == SO_EE_ORIGIN_ICMP6 ? "v6" : "",
-                 ee.ee_type, ee.ee_code);
-            return true;
-        }
-    }
-    return false;
+    fail(r, EXIT_NOANSWER, "unreachable", "%s (ICMP%s type %u code %u)", strerror(se.err),
+         se.origin == SO_EE_ORIGIN_ICMP6 ? "v6" : "", se.type, se.code);
+    return true;
 }
 
 static void run_udp(const options *o, const struct addrinfo *ai, result *r)
@@ -499,11 +479,7 @@ static void run_udp(const options *o, const struct addrinfo *ai, result *r)
     }
     /* ICMP errors (port unreachable) end the transaction at once instead of
      * retransmitting to a server that is not there. */
-    int one = 1;
-    if (ai->ai_family == AF_INET6)
-        setsockopt(fd, IPPROTO_IPV6, IPV6_RECVERR, &one, sizeof one);
-    else
-        setsockopt(fd, IPPROTO_IP, IP_RECVERR, &one, sizeof one);
+    ntcp_sock_recverr(fd, ai->ai_family, true);
 
     int64_t start = now_ms();
     unsigned rto = o->rto_ms;
@@ -598,16 +574,14 @@ out:
     }
 }
 
-/* A TCP socket with the options a shared local port needs. */
+/* A TCP socket with the options a shared local port needs; -1 and errno
+ * on failure. */
 static int tcp_socket(int family, bool reuseport)
 {
-    int fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (fd < 0)
-        return -1;
-    int one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0) {
-        close(fd);
+    unsigned reuse = NTCP_SOCK_REUSEADDR | (reuseport ? NTCP_SOCK_REUSEPORT : 0);
+    int fd = ntcp_sock_open(family, SOCK_STREAM, reuse, NULL);
+    if (fd < 0) {
+        errno = -fd;
         return -1;
     }
     return fd;

@@ -25,6 +25,7 @@
 
 #include "context.h"
 #include "natclass.h"
+#include "sock_linux.h"
 #include "stun.h"
 
 #define TICK_MS 10
@@ -720,9 +721,7 @@ static int tcp_socket(fam *f, uv_tcp_t *h, void *data, bool *open, uint16_t lpor
     *open = true;
     d->handles++;
     uv_os_fd_t fd;
-    int one = 1;
-    if (uv_fileno((uv_handle_t *)h, &fd) < 0 ||
-        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0)
+    if (uv_fileno((uv_handle_t *)h, &fd) < 0 || ntcp_sock_reuse(fd, NTCP_SOCK_REUSEPORT) < 0)
         return NTCP_ESYS;
     struct sockaddr_storage any;
     any_addr(f->af, lport, &any);
