@@ -7,6 +7,10 @@
 
 #include <stdio.h>
 
+/* `ntcp stun` (verb_stun.c). */
+int ntcp_verb_stun(int argc, char **argv);
+void ntcp_usage_stun(FILE *f);
+
 int ntcp_verb_discover(int argc, char **argv);
 void ntcp_usage_discover(FILE *f);
 

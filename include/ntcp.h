@@ -261,7 +261,8 @@ NTCP_EXPORT int ntcp_discover_ex(ntcp_t *ctx, unsigned flags, ntcp_nat_profile_t
 
 /* The asynchronous form, on the caller's libuv loop (a uv_loop_t *). cb is
  * called once, on the loop, with the same status and profile (valid during
- * the call only). */
+ * the call only). Server names are looked up on libuv's thread pool: the
+ * loop never waits for DNS. */
 struct uv_loop_s;
 typedef void (*ntcp_discover_cb)(ntcp_t *ctx, int status, const ntcp_nat_profile_t *profile,
                                  void *user_ptr);

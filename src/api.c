@@ -37,6 +37,7 @@
 #include "addr.h"
 #include "broker_proto.h"
 #include "context.h"
+#include "discover.h"
 #include "engine.h"
 #include "identity.h"
 #include "ntcp.h"
@@ -1487,21 +1488,6 @@ static void on_discovered(ntcp_t *ctx, int status, const ntcp_nat_profile_t *np,
     pthread_mutex_unlock(&rt->mu);
     if (rt->phase != P_DISCOVER)
         return; /* stopping */
-    /* The server that answered, for the port samples (resample()). */
-    char host[256];
-    uint16_t port;
-    struct addrinfo hints, *res = NULL;
-    memset(&hints, 0, sizeof hints);
-    hints.ai_family = AF_INET;
-    hints.ai_socktype = SOCK_STREAM;
-    if (np->server[0] && ntcp_split_host_port(np->server, host, sizeof host, &port, 3478) == 0 &&
-        getaddrinfo(host, NULL, &hints, &res) == 0 && res) {
-        memset(&rt->stun_addr, 0, sizeof rt->stun_addr);
-        memcpy(&rt->stun_addr, res->ai_addr, res->ai_addrlen);
-        ntcp_sa_set_port(&rt->stun_addr, port);
-    }
-    if (res)
-        freeaddrinfo(res);
     plan_profile pp;
     /* "raw usable": built with NTCP_RAW and allowed raw sockets now. */
     plan_profile_from_nat(&pp, np, raw_check(NULL, 0) == 0, 0);
@@ -1526,9 +1512,11 @@ static void bring_up(ntcp_rt *rt)
         return;
     }
     rt->phase = P_DISCOVER;
-    int rc = ntcp_discover_start(ctx, &rt->loop,
-                                 NTCP_DISCOVER_TCP | NTCP_DISCOVER_UDP | NTCP_DISCOVER_IPV4,
-                                 DISCOVER_TIMEOUT_MS, on_discovered, rt);
+    /* rt->stun_addr: the server that answered, as discovery reached it,
+     * for the port samples (resample()); no lookup of ours on this loop. */
+    int rc = ntcp_discover_start_addr(ctx, &rt->loop,
+                                      NTCP_DISCOVER_TCP | NTCP_DISCOVER_UDP | NTCP_DISCOVER_IPV4,
+                                      DISCOVER_TIMEOUT_MS, on_discovered, rt, &rt->stun_addr);
     if (rc < 0)
         start_session(rt);
 }

@@ -24,7 +24,9 @@
 #include <uv.h>
 
 #include "context.h"
+#include "discover.h"
 #include "natclass.h"
+#include "sock_linux.h"
 #include "stun.h"
 
 #define TICK_MS 10
@@ -103,6 +105,8 @@ struct fam {
     disc *d;
     int af;
     bool on_udp, on_tcp;
+    uv_getaddrinfo_t gai; /* the server's name, looked up on the thread pool */
+    bool resolving;       /* gai is under way */
     struct sockaddr_storage primary, other, local_ip;
     bool have_other;
     /* UDP */
@@ -127,7 +131,10 @@ struct disc {
     uint64_t t0, deadline, server_t0;
     uint32_t rtt_ms; /* smallest seen, 0 = none yet */
     bool any_answer, finished;
-    int handles;   /* open libuv handles; everything is freed at zero */
+    int handles;   /* open libuv handles and lookups; everything is freed at zero */
+    unsigned resolving;  /* the current server's lookups under way */
+    uint16_t port;       /* the current server's port */
+    struct sockaddr_storage *server4; /* ntcp_discover_start_addr()'s, or NULL */
     fam *fams[2];  /* IPv4, IPv6, of the current server */
     fam **retired; /* the probes of servers that did not answer, still closing */
     size_t nretired;
@@ -720,9 +727,7 @@ static int tcp_socket(fam *f, uv_tcp_t *h, void *data, bool *open, uint16_t lpor
     *open = true;
     d->handles++;
     uv_os_fd_t fd;
-    int one = 1;
-    if (uv_fileno((uv_handle_t *)h, &fd) < 0 ||
-        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0)
+    if (uv_fileno((uv_handle_t *)h, &fd) < 0 || ntcp_sock_reuse(fd, NTCP_SOCK_REUSEPORT) < 0)
         return NTCP_ESYS;
     struct sockaddr_storage any;
     any_addr(f->af, lport, &any);
@@ -922,6 +927,7 @@ static void fam_close(fam *f)
 }
 
 static void disc_prepare_server(disc *d);
+static void fam_unresolved(fam *f, const char *why);
 
 static void finish(disc *d)
 {
@@ -930,6 +936,19 @@ static void finish(disc *d)
     int status = 0;
     static const unsigned fam_flag[2] = {NTCP_DISCOVER_IPV4, NTCP_DISCOVER_IPV6};
     bool answered = false;
+    for (int i = 0; i < 2; i++) {
+        fam *f = d->fams[i];
+        if (f && f->resolving) {
+            /* The deadline came first: nothing was probed in this family.
+             * The lookup ends (cancelled, if it has not started) in
+             * on_resolved, which the disc waits for. */
+            uv_cancel((uv_req_t *)&f->gai);
+            char why[sizeof p->udp4.why];
+            snprintf(why, sizeof why, "the lookup of %s did not finish in time",
+                     d->ctx->stun_servers[d->server_idx]);
+            fam_unresolved(f, why);
+        }
+    }
     for (int i = 0; i < 2; i++) {
         fam *f = d->fams[i];
         ntcp_nat_obs o;
@@ -968,6 +987,11 @@ static void finish(disc *d)
     p->rtt_ms = d->rtt_ms;
     if (!answered)
         p->server[0] = '\0';
+    if (d->server4) {
+        memset(d->server4, 0, sizeof *d->server4);
+        if (answered && d->fams[0] && (p->flags & NTCP_DISCOVER_IPV4))
+            *d->server4 = d->fams[0]->primary;
+    }
     d->finished = true;
     uv_timer_stop(&d->tick);
     close_handle((uv_handle_t *)&d->tick, &tick_open, on_timer_closed);
@@ -980,6 +1004,12 @@ static void on_tick(uv_timer_t *t)
     if (d->finished)
         return;
     uint64_t now = now_ms(d);
+    if (d->resolving > 0) {
+        /* The server's name is still being looked up: nothing to probe yet. */
+        if (now >= d->deadline)
+            finish(d);
+        return;
+    }
     bool all = true;
     bool gave_up = !d->any_answer && now - d->server_t0 >= UNREACHABLE_MS;
     for (int i = 0; i < 2; i++) {
@@ -1005,22 +1035,105 @@ static void on_tick(uv_timer_t *t)
         finish(d);
 }
 
-static int resolve(const char *server, int af, struct sockaddr_storage *out)
+/* Family f of the current server will not be probed: says why. */
+static void fam_unresolved(fam *f, const char *why)
 {
-    char host[256];
-    uint16_t port;
-    if (ntcp_split_host_port(server, host, sizeof host, &port, 3478) < 0)
-        return NTCP_EINVAL;
-    struct addrinfo hints = {.ai_family = af, .ai_socktype = SOCK_DGRAM}, *res = NULL;
-    if (getaddrinfo(host, NULL, &hints, &res) != 0 || !res)
-        return NTCP_ENOTFOUND;
-    memcpy(out, res->ai_addr, res->ai_addrlen);
-    ntcp_sa_set_port(out, port);
-    freeaddrinfo(res);
-    return 0;
+    disc *d = f->d;
+    ntcp_nat_profile_t *p = &d->profile;
+    bool v6 = f->af == AF_INET6;
+    ntcp_nat_behaviour_t *ub = v6 ? &p->udp6 : &p->udp4;
+    ntcp_nat_behaviour_t *tb = v6 ? &p->tcp6 : &p->tcp4;
+    snprintf(ub->why, sizeof ub->why, "%s", why);
+    snprintf(tb->why, sizeof tb->why, "%s", why);
+    p->flags &= ~(v6 ? NTCP_DISCOVER_IPV6 : NTCP_DISCOVER_IPV4);
 }
 
-/* Sets up and starts the probes against server number d->server_idx. */
+/* The current server's address in f's family is sa (NULL: it has none):
+ * the family is probed when there is a route to it. */
+static void fam_set_server(fam *f, const struct sockaddr *sa, size_t salen)
+{
+    disc *d = f->d;
+    const char *server = d->ctx->stun_servers[d->server_idx];
+    const char *fname = f->af == AF_INET6 ? "IPv6" : "IPv4";
+    char why[sizeof d->profile.udp4.why];
+    if (!sa || sa->sa_family != f->af || salen > sizeof f->primary) {
+        snprintf(why, sizeof why, "%s has no %s address", server, fname);
+        fam_unresolved(f, why);
+        return;
+    }
+    memset(&f->primary, 0, sizeof f->primary);
+    memcpy(&f->primary, sa, salen);
+    ntcp_sa_set_port(&f->primary, d->port);
+    if (route_source(&f->primary, &f->local_ip) < 0) {
+        snprintf(why, sizeof why, "no %s route to %s", fname, server);
+        fam_unresolved(f, why);
+        return;
+    }
+    f->on_udp = d->profile.flags & NTCP_DISCOVER_UDP;
+    f->on_tcp = d->profile.flags & NTCP_DISCOVER_TCP;
+}
+
+/* Every address of the current server is known: the probes start, IPv4's
+ * then IPv6's, each UDP first (its burst of new mappings must not
+ * interleave with SYNs). The give-up time counts from here: a slow name
+ * lookup is not a server that does not answer. */
+static void start_probes(disc *d)
+{
+    d->server_t0 = now_ms(d);
+    for (int i = 0; i < 2; i++) {
+        fam *f = d->fams[i];
+        if (f && f->on_udp)
+            udp_start(f);
+        if (f && f->on_tcp)
+            tcp_start(f);
+    }
+}
+
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    fam *f = req->data;
+    disc *d = f->d;
+    f->resolving = false;
+    /* Not when discovery has finished (the deadline came first) or moved on
+     * to another server: then nothing waits for this answer. */
+    if (!d->finished && d->fams[f->af == AF_INET6] == f) {
+        bool ok = status == 0 && res;
+        fam_set_server(f, ok ? res->ai_addr : NULL, ok ? res->ai_addrlen : 0);
+        if (--d->resolving == 0)
+            start_probes(d);
+    }
+    uv_freeaddrinfo(res);
+    handle_closed(d);
+}
+
+/* Looks up the current server's address in f's family. A name goes to
+ * libuv's thread pool (uv_getaddrinfo), so that a slow DNS never stalls the
+ * loop, which may be the caller's (ntcp_discover_start()); a numeric address
+ * needs no lookup. */
+static void fam_resolve(fam *f, const char *host, const struct sockaddr_storage *numeric)
+{
+    disc *d = f->d;
+    if (numeric) {
+        fam_set_server(f, numeric->ss_family == f->af ? (const struct sockaddr *)numeric : NULL,
+                       ntcp_sa_len(numeric));
+        return;
+    }
+    struct addrinfo hints;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = f->af;
+    hints.ai_socktype = SOCK_DGRAM;
+    f->gai.data = f;
+    if (uv_getaddrinfo(d->loop, &f->gai, on_resolved, host, NULL, &hints) < 0) {
+        fam_set_server(f, NULL, 0);
+        return;
+    }
+    f->resolving = true;
+    d->resolving++;
+    d->handles++;
+}
+
+/* Sets up the probes against server number d->server_idx; they start once
+ * its addresses are known (start_probes). */
 static void disc_prepare_server(disc *d)
 {
     static const int afs[2] = {AF_INET, AF_INET6};
@@ -1033,7 +1146,11 @@ static void disc_prepare_server(disc *d)
     snprintf(p->server, sizeof p->server, "%s", server);
     d->any_answer = false;
     d->rtt_ms = 0;
-    d->server_t0 = now_ms(d);
+    d->resolving = 0;
+    char host[256];
+    bool host_ok = ntcp_split_host_port(server, host, sizeof host, &d->port, 3478) == 0;
+    struct sockaddr_storage numeric;
+    bool is_numeric = host_ok && ntcp_parse_addr(server, 3478, &numeric) == 0;
     for (int i = 0; i < 2; i++) {
         if (d->fams[i]) {
             /* Its handles may still be closing: keep it until the end. */
@@ -1054,33 +1171,23 @@ static void disc_prepare_server(disc *d)
         f->d = d;
         f->af = afs[i];
         f->cb_outcome = -1;
-        ntcp_nat_behaviour_t *ub = i == 0 ? &p->udp4 : &p->udp6;
-        ntcp_nat_behaviour_t *tb = i == 0 ? &p->tcp4 : &p->tcp6;
-        const char *fname = i == 0 ? "IPv4" : "IPv6";
-        if (resolve(server, afs[i], &f->primary) < 0) {
-            snprintf(ub->why, sizeof ub->why, "%s has no %s address", server, fname);
-            snprintf(tb->why, sizeof tb->why, "%s has no %s address", server, fname);
-            p->flags &= ~fam_flag[i];
-            continue;
-        }
-        if (route_source(&f->primary, &f->local_ip) < 0) {
-            snprintf(ub->why, sizeof ub->why, "no %s route to %s", fname, server);
-            snprintf(tb->why, sizeof tb->why, "no %s route to %s", fname, server);
-            p->flags &= ~fam_flag[i];
-            continue;
-        }
-        f->on_udp = p->flags & NTCP_DISCOVER_UDP;
-        f->on_tcp = p->flags & NTCP_DISCOVER_TCP;
-        /* UDP first: its burst of new mappings must not interleave with SYNs. */
-        if (f->on_udp)
-            udp_start(f);
-        if (f->on_tcp)
-            tcp_start(f);
+        if (host_ok)
+            fam_resolve(f, host, is_numeric ? &numeric : NULL);
+        else
+            fam_set_server(f, NULL, 0);
     }
+    if (d->resolving == 0)
+        start_probes(d);
 }
 
 int ntcp_discover_start(ntcp_t *ctx, struct uv_loop_s *loop, unsigned flags, int timeout_ms,
                         ntcp_discover_cb cb, void *user_ptr)
+{
+    return ntcp_discover_start_addr(ctx, loop, flags, timeout_ms, cb, user_ptr, NULL);
+}
+
+int ntcp_discover_start_addr(ntcp_t *ctx, struct uv_loop_s *loop, unsigned flags, int timeout_ms,
+                             ntcp_discover_cb cb, void *user_ptr, struct sockaddr_storage *server4)
 {
     if (!ctx || !loop || !cb || timeout_ms <= 0)
         return NTCP_EINVAL;
@@ -1097,6 +1204,7 @@ int ntcp_discover_start(ntcp_t *ctx, struct uv_loop_s *loop, unsigned flags, int
     d->loop = loop;
     d->cb = cb;
     d->user = user_ptr;
+    d->server4 = server4;
     d->flags = flags;
     d->t0 = now_ms(d);
     d->deadline = d->t0 + (uint64_t)timeout_ms;

@@ -20,6 +20,7 @@
 #include "addr.h"
 #include "birthday.h"
 #include "raw_attempt.h"
+#include "sock_linux.h"
 
 /* Connections under proof at once: more would only be a peer (or a
  * stranger) flooding us. */
@@ -232,16 +233,6 @@ static esock *sock_watch(ntcp_engine *e, eattempt *at, int fd, int kind, int eve
  * Returns the fd or -errno. */
 static int bound_socket(ntcp_engine *e, int fam, uint16_t port, bool reuse)
 {
-    int fd = socket(fam, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return -errno;
-    int one = 1;
-    if (reuse && (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
-                  setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0)) {
-        int err = errno;
-        close(fd);
-        return -err;
-    }
     struct sockaddr_storage la;
     if (e->local_addr.ss_family == fam) {
         la = e->local_addr;
@@ -250,13 +241,8 @@ static int bound_socket(ntcp_engine *e, int fam, uint16_t port, bool reuse)
         la.ss_family = (sa_family_t)fam;
     }
     ntcp_sa_set_port(&la, port);
-    if ((port != 0 || e->local_addr.ss_family == fam) &&
-        bind(fd, (struct sockaddr *)&la, ntcp_sa_len(&la)) < 0) {
-        int err = errno;
-        close(fd);
-        return -err;
-    }
-    return fd;
+    bool bind_it = port != 0 || e->local_addr.ss_family == fam;
+    return ntcp_sock_open(fam, SOCK_STREAM, reuse ? NTCP_SOCK_REUSE : 0, bind_it ? &la : NULL);
 }
 
 static void attempt_fail(ntcp_engine *e, eattempt *at, int err, int sys, const char *why);
@@ -360,8 +346,6 @@ static bool make_room(ntcp_engine *e, eattempt *at, unsigned i)
     return true;
 }
 
-static void set_recverr(int fd, int fam, int on);
-
 /* One connect() to target i (make_room). */
 static esock *connect_one(ntcp_engine *e, eattempt *at, unsigned i, const struct sockaddr_storage *dst)
 {
@@ -373,7 +357,7 @@ static esock *connect_one(ntcp_engine *e, eattempt *at, unsigned i, const struct
         return NULL;
     }
     if (at->p.local == PLAN_LOCAL_FRESH)
-        set_recverr(fd, dst->ss_family, 1); /* an ICMP error is retried (on_poll) */
+        ntcp_sock_recverr(fd, dst->ss_family, true); /* an ICMP error is retried (on_poll) */
     at->rep->syns++;
     if (connect(fd, (const struct sockaddr *)dst, ntcp_sa_len(dst)) == 0) {
         on_connection(e, at, fd);
@@ -392,17 +376,6 @@ static esock *connect_one(ntcp_engine *e, eattempt *at, unsigned i, const struct
     return s;
 }
 
-/* Queues a socket's ICMP errors (IP_RECVERR), so that one can be told from
- * an RST: both end a connect with ECONNREFUSED when the port is
- * unreachable. (Cleared again on the connection handed to the caller.) */
-static void set_recverr(int fd, int fam, int on)
-{
-    if (fam == AF_INET6)
-        setsockopt(fd, IPPROTO_IPV6, IPV6_RECVERR, &on, sizeof on);
-    else
-        setsockopt(fd, IPPROTO_IP, IP_RECVERR, &on, sizeof on);
-}
-
 /* From the hold time on (plan.h, hold_ms), the punched 4-tuple of target i
  * is held by a socket connecting with the normal TTL: its SYN reaches the
  * peer's NAT after the peer's own SYN has opened it, and the peer's SYN
@@ -418,7 +391,7 @@ static void hold_one(ntcp_engine *e, eattempt *at, unsigned i)
     at->held |= 1u << i;
     esock *s = connect_one(e, at, i, &dst);
     if (s) {
-        set_recverr(s->fd, dst.ss_family, 1);
+        ntcp_sock_recverr(s->fd, dst.ss_family, true);
         return;
     }
     /* Kept (a handshake under way) or connected at once: held. Failed (no
@@ -473,7 +446,7 @@ static esock *punch_from(ntcp_engine *e, eattempt *at, unsigned i, const struct 
     }
     setsockopt(fd, lvl, opt, &deflt, sizeof deflt); /* -1: the system's default */
     e->res.punch_ttl = (uint8_t)ttl;
-    set_recverr(fd, dst->ss_family, 1);
+    ntcp_sock_recverr(fd, dst->ss_family, true);
     esock *s = sock_watch(e, at, fd, SK_CONNECT, UV_WRITABLE);
     if (s) {
         s->idx = i;
@@ -502,36 +475,13 @@ static icmp_seen icmp_error(int fd)
 {
     icmp_seen r;
     memset(&r, 0, sizeof r);
-    uint8_t data[64];
-    union {
-        char buf[512];
-        struct cmsghdr align;
-    } ctl;
-    struct iovec iov = {.iov_base = data, .iov_len = sizeof data};
-    struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf,
-                       .msg_controllen = sizeof ctl.buf};
-    if (recvmsg(fd, &m, MSG_ERRQUEUE | MSG_DONTWAIT) < 0)
+    ntcp_sock_err se;
+    if (!ntcp_sock_err_read(fd, &se))
         return r;
-    for (struct cmsghdr *c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c)) {
-        if ((c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_RECVERR) ||
-            (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_RECVERR)) {
-            struct sock_extended_err ee;
-            if (c->cmsg_len < CMSG_LEN(sizeof ee))
-                continue;
-            memcpy(&ee, CMSG_DATA(c), sizeof ee);
-            r.icmp = ee.ee_origin == SO_EE_ORIGIN_ICMP || ee.ee_origin == SO_EE_ORIGIN_ICMP6;
-            r.time_exceeded = (ee.ee_origin == SO_EE_ORIGIN_ICMP && ee.ee_type == 11) ||
-                              (ee.ee_origin == SO_EE_ORIGIN_ICMP6 && ee.ee_type == 3);
-            /* The offender's address follows the structure (SO_EE_OFFENDER). */
-            size_t have = c->cmsg_len - CMSG_LEN(sizeof ee);
-            size_t take = have < sizeof r.from ? have : sizeof r.from;
-            if (r.icmp && take >= sizeof(sa_family_t))
-                memcpy(&r.from, (const uint8_t *)CMSG_DATA(c) + sizeof ee, take);
-            if (r.from.ss_family != AF_INET && r.from.ss_family != AF_INET6)
-                r.from.ss_family = 0;
-            return r;
-        }
-    }
+    r.icmp = se.icmp;
+    r.time_exceeded = (se.origin == SO_EE_ORIGIN_ICMP && se.type == 11) ||
+                      (se.origin == SO_EE_ORIGIN_ICMP6 && se.type == 3);
+    r.from = se.offender;
     return r;
 }
 
@@ -943,7 +893,7 @@ static void win(ntcp_engine *e, eattempt *at, int fd, const struct sockaddr_stor
      * for them), and a close that sends its data (see on_connection). */
     struct linger lg = {0, 0};
     setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
-    set_recverr(fd, local->ss_family, 0);
+    ntcp_sock_recverr(fd, local->ss_family, false);
     r->fd = fd;
     r->method = at->p.method;
     r->attempt_id = at->p.id;

@@ -847,10 +847,14 @@ size_t plan_format(const plan *p, bool json, char *buf, size_t len)
 
 static int rec_encode(const ntcp_nat_behaviour_t *b, uint8_t *o)
 {
+    /* Exactly what decode() refuses as out of range, "none" mapping and a
+     * delta without sequential ports included: a blob the peer would refuse
+     * is never sent. */
     if ((unsigned)b->reach > NTCP_REACH_NAT || (unsigned)b->mapping > NTCP_DEP_ADDRESS_PORT ||
-        (unsigned)b->filtering > NTCP_DEP_ADDRESS_PORT || (unsigned)b->ports > NTCP_PORTS_RANDOM ||
-        (unsigned)b->hairpin > NTCP_YES || (unsigned)b->syn > NTCP_SYN_ICMP ||
-        b->delta < INT16_MIN || b->delta > INT16_MAX || b->lifetime_s < 0)
+        b->mapping == NTCP_DEP_NONE || (unsigned)b->filtering > NTCP_DEP_ADDRESS_PORT ||
+        (unsigned)b->ports > NTCP_PORTS_RANDOM || (unsigned)b->hairpin > NTCP_YES ||
+        (unsigned)b->syn > NTCP_SYN_ICMP || b->delta < INT16_MIN || b->delta > INT16_MAX ||
+        (b->delta != 0 && b->ports != NTCP_PORTS_SEQUENTIAL) || b->lifetime_s < 0)
         return NTCP_ERANGE;
     o[0] = (uint8_t)b->reach;
     o[1] = (uint8_t)b->mapping;

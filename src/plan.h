@@ -213,7 +213,8 @@ void plan_profile_from_nat(plan_profile *p, const ntcp_nat_profile_t *np, bool r
                            uint8_t nat_hops);
 
 /* Encodes p into buf. Returns the length (<= PLAN_BLOB_MAX), NTCP_ENOSPC
- * when len is too small, NTCP_ERANGE when a field is out of range. */
+ * when len is too small, NTCP_ERANGE when a field is out of range (what
+ * plan_profile_decode() would refuse as NTCP_ERANGE). */
 int plan_profile_encode(const plan_profile *p, uint8_t *buf, size_t len);
 
 /* Decodes a blob from the network into out (zeroed first). Returns 0, or

@@ -16,6 +16,7 @@
 #include "addr.h"
 #include "ntcp.h"
 #include "raw.h"
+#include "sock_linux.h"
 
 /* A socket that lived this long after its SYN was not ended by an ICMP
  * error: its ISN is the one to send. */
@@ -103,8 +104,6 @@ static void issue(raw_attempt *a)
         end(a, NTCP_ESYS, -cap, "cannot open the SYN capture (AF_PACKET)");
         return;
     }
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    int one = 1, ttl = a->c.ttl;
     struct sockaddr_storage la;
     if (a->c.local_addr.ss_family == AF_INET) {
         la = a->c.local_addr;
@@ -113,13 +112,12 @@ static void issue(raw_attempt *a)
         la.ss_family = AF_INET;
     }
     ntcp_sa_set_port(&la, a->c.port);
-    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
-        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0 ||
-        setsockopt(fd, IPPROTO_IP, IP_TTL, &ttl, sizeof ttl) < 0 ||
-        bind(fd, (struct sockaddr *)&la, sizeof(struct sockaddr_in)) < 0 ||
-        (connect(fd, (struct sockaddr *)&a->c.target, sizeof(struct sockaddr_in)) < 0 &&
-         errno != EINPROGRESS)) {
-        int err = errno;
+    int fd = ntcp_sock_open(AF_INET, SOCK_STREAM, NTCP_SOCK_REUSE, &la);
+    int err = fd < 0 ? -fd : -ntcp_sock_set_ttl(fd, AF_INET, a->c.ttl);
+    if (err == 0 && connect(fd, (struct sockaddr *)&a->c.target, sizeof(struct sockaddr_in)) < 0 &&
+        errno != EINPROGRESS)
+        err = errno;
+    if (err != 0) {
         if (fd >= 0)
             close(fd);
         close(cap);
@@ -158,8 +156,7 @@ static void issue(raw_attempt *a)
         end(a, NTCP_ENOMEM, 0, "cannot watch the socket");
         return;
     }
-    int on = 1;
-    setsockopt(fd, IPPROTO_IP, IP_RECVERR, &on, sizeof on);
+    ntcp_sock_recverr(fd, AF_INET, true);
     s->poll.data = s;
     s->a = a;
     s->fd = fd;
@@ -250,8 +247,8 @@ static void on_poll(uv_poll_t *h, int status, int events)
     if (err == 0 && status < 0)
         err = EIO;
     if (err == 0) {
-        int fd = s->fd, deflt = -1;
-        setsockopt(fd, IPPROTO_IP, IP_TTL, &deflt, sizeof deflt);
+        int fd = s->fd;
+        ntcp_sock_set_ttl(fd, AF_INET, -1); /* the system's default */
         rsock_close(a, true);
         /* The peer's SYN-ACK may have come before its ISN did (they travel
          * different paths): the peer's socket still waits for ours. So a

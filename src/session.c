@@ -18,6 +18,7 @@
 #include "addr.h"
 #include "identity.h"
 #include "ntcp.h"
+#include "sock_linux.h"
 #include "tls.h"
 
 #define TICK_MS 20
@@ -572,11 +573,8 @@ static void start_connect(ntcp_session *s)
     if (uv_tcp_init_ex(s->loop, &s->tcp, s->broker.ss_family) < 0)
         return;
     uv_os_fd_t fd;
-    if (uv_fileno((uv_handle_t *)&s->tcp, &fd) == 0) {
-        int one = 1;
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
-    }
+    if (uv_fileno((uv_handle_t *)&s->tcp, &fd) == 0)
+        ntcp_sock_reuse(fd, NTCP_SOCK_REUSE);
     s->tcp.data = s;
     s->tcp_open = true;
     s->open_handles++;

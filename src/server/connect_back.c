@@ -5,13 +5,12 @@
  * server reports whether a SYN-ACK, an RST, an ICMP error or nothing came back.
  */
 #include <errno.h>
-#include <time.h> /* before linux/errqueue.h, which uses struct timespec */
-#include <linux/errqueue.h>
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "sock_linux.h"
 #include "stuntd_int.h"
 
 enum { CB_CONNECTING = 0, CB_LINGER = 1 };
@@ -75,30 +74,13 @@ void stuntd_cb_detach(stuntd_conn *c)
  * code, or 0 when the failure did not come from ICMP. */
 static int read_icmp(int fd, uint8_t *type, uint8_t *code)
 {
-    for (int i = 0; i < 8; i++) {
-        char cbuf[512];
-        uint8_t data[64];
-        struct iovec iov = {.iov_base = data, .iov_len = sizeof(data)};
-        struct msghdr mh = {.msg_iov = &iov,
-                            .msg_iovlen = 1,
-                            .msg_control = cbuf,
-                            .msg_controllen = sizeof(cbuf)};
-        if (recvmsg(fd, &mh, MSG_ERRQUEUE | MSG_DONTWAIT) < 0)
-            return 0;
-        for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
-            bool v4 = cm->cmsg_level == SOL_IP && cm->cmsg_type == IP_RECVERR;
-            bool v6 = cm->cmsg_level == SOL_IPV6 && cm->cmsg_type == IPV6_RECVERR;
-            if (!v4 && !v6)
-                continue;
-            struct sock_extended_err ee;
-            memcpy(&ee, CMSG_DATA(cm), sizeof(ee));
-            if (ee.ee_origin == SO_EE_ORIGIN_ICMP || ee.ee_origin == SO_EE_ORIGIN_ICMP6) {
-                *type = ee.ee_type;
-                *code = ee.ee_code;
-                return 1;
-            }
+    ntcp_sock_err se;
+    for (int i = 0; i < 8 && ntcp_sock_err_read(fd, &se); i++)
+        if (se.icmp) {
+            *type = se.type;
+            *code = se.code;
+            return 1;
         }
-    }
     return 0;
 }
 
@@ -315,24 +297,20 @@ void stuntd_cb_start(stuntd_conn *c, const stun_msg *m)
 
     const struct sockaddr *local = (struct sockaddr *)&cb->local;
     const struct sockaddr *target = (struct sockaddr *)&cb->target;
-    int fd = socket(local->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    /* Bound below, after IPV6_V6ONLY, which only counts before the bind. */
+    int fd = ntcp_sock_open(local->sa_family, SOCK_STREAM, NTCP_SOCK_REUSE, NULL);
     if (fd < 0) {
-        SLOG(s, NTCP_LOG_WARN, "connect-back socket: %s", strerror(errno));
+        SLOG(s, NTCP_LOG_WARN, "connect-back socket: %s", strerror(-fd));
         cb_finish(cb, STUNT_LOCAL, 0, 0);
         return;
     }
     cb->fd = fd;
     int one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+    if (local->sa_family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
     /* With RECVERR the ICMP error that aborts the connect is queued with its
      * type and code, which tells it apart from an RST. */
-    if (local->sa_family == AF_INET6) {
-        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
-        setsockopt(fd, IPPROTO_IPV6, IPV6_RECVERR, &one, sizeof(one));
-    } else {
-        setsockopt(fd, IPPROTO_IP, IP_RECVERR, &one, sizeof(one));
-    }
+    ntcp_sock_recverr(fd, local->sa_family, true);
     if (bind(fd, local, stuntd_salen(local)) < 0) {
         SLOG(s, NTCP_LOG_WARN, "connect-back: cannot bind %s: %s",
              ntcp_addr_str(local, a1, sizeof(a1)), strerror(errno));

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "logline.h"
+#include "sock_linux.h"
 #include "stuntd_int.h"
 
 void stuntd_log(const ntcp_stuntd *s, int level, const char *fmt, ...)
@@ -300,8 +301,7 @@ static int open_sock(stuntd_sock *sk, const struct sockaddr_storage *ss)
     if (sk->tcp) {
         /* Connect-back sockets bind to a listener's address: both need
          * SO_REUSEPORT (and the same owner, see privdrop.c). */
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+        ntcp_sock_reuse(fd, NTCP_SOCK_REUSE);
     } else {
         /* Bursts from many clients: a bigger queue drops less. */
         int sz = 4 << 20;

@@ -17,6 +17,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include "discover.h"
 #include "ntcp.h"
 #include "server/stuntd.h"
 
@@ -154,6 +155,66 @@ static void test_unreachable(void **state)
     ntcp_free(ctx);
 }
 
+/* A server given by name (localhost, from /etc/hosts): looked up on the
+ * thread pool, not on the loop, and probed where it points; the address
+ * the probes used comes back for the runtime (ntcp_discover_start_addr). */
+static void test_server_by_name(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    run r = {0};
+    char addr[64], name[64];
+    r.server = start_server(&loop, addr, sizeof addr);
+    const char *port = strchr(addr, ':') + 1;
+    snprintf(name, sizeof name, "localhost:%s", port);
+    ntcp_t *ctx;
+    assert_int_equal(ntcp_new(NULL, &ctx), 0);
+    assert_int_equal(ntcp_add_stun_server(ctx, name), 0);
+    struct sockaddr_storage server4;
+    memset(&server4, 0x5a, sizeof server4);
+    assert_int_equal(ntcp_discover_start_addr(ctx, &loop,
+                                              NTCP_DISCOVER_UDP | NTCP_DISCOVER_TCP |
+                                                  NTCP_DISCOVER_IPV4,
+                                              10000, on_done, &r, &server4),
+                     0);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_true(r.done);
+    assert_int_equal(r.status, 0);
+    assert_string_equal(r.profile.server, name);
+    check_open(&r.profile.udp4, false);
+    check_open(&r.profile.tcp4, true);
+    struct sockaddr_in *s4 = (struct sockaddr_in *)&server4;
+    assert_int_equal(s4->sin_family, AF_INET);
+    assert_int_equal(ntohl(s4->sin_addr.s_addr), 0x7f000001);
+    assert_int_equal(ntohs(s4->sin_port), atoi(port));
+    assert_int_equal(uv_loop_close(&loop), 0); /* the lookups, too, are over */
+    ntcp_free(ctx);
+}
+
+/* A name that does not resolve (".invalid" never does, RFC 6761): IPv4 is
+ * not probed and says why, and no server answered. A resolver slow to say
+ * so lets the deadline come first, which says that instead. */
+static void test_unresolvable(void **state)
+{
+    (void)state;
+    ntcp_t *ctx;
+    assert_int_equal(ntcp_new(NULL, &ctx), 0);
+    assert_int_equal(ntcp_add_stun_server(ctx, "no-such-host.invalid:3478"), 0);
+    ntcp_nat_profile_t p;
+    int rc = ntcp_discover_ex(ctx, NTCP_DISCOVER_UDP | NTCP_DISCOVER_TCP | NTCP_DISCOVER_IPV4, &p,
+                              3000);
+    assert_int_equal(rc, NTCP_EUNREACHABLE);
+    assert_false(p.flags & NTCP_DISCOVER_IPV4);
+    print_message("why: %s\n", p.udp4.why);
+    assert_true(strcmp(p.udp4.why, "no-such-host.invalid:3478 has no IPv4 address") == 0 ||
+                strcmp(p.udp4.why, "the lookup of no-such-host.invalid:3478 did not finish in "
+                                   "time") == 0);
+    assert_string_equal(p.tcp4.why, p.udp4.why);
+    assert_string_equal(p.server, "");
+    ntcp_free(ctx);
+}
+
 static void test_config_file(void **state)
 {
     (void)state;
@@ -216,6 +277,8 @@ int main(void)
         cmocka_unit_test(test_open_loopback),
         cmocka_unit_test(test_server_list),
         cmocka_unit_test(test_unreachable),
+        cmocka_unit_test(test_server_by_name),
+        cmocka_unit_test(test_unresolvable),
         cmocka_unit_test(test_config_file),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

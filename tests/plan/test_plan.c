@@ -1108,6 +1108,14 @@ static void test_blob_roundtrip(void **state)
     p = sample_profile();
     p.b[PLAN_TCP4].delta = 40000;
     assert_int_equal(plan_profile_encode(&p, buf, sizeof buf), NTCP_ERANGE);
+    /* And so is what the decoder would refuse: a "none" mapping, a delta
+     * without sequential ports. */
+    p = sample_profile();
+    p.b[PLAN_UDP4].mapping = NTCP_DEP_NONE;
+    assert_int_equal(plan_profile_encode(&p, buf, sizeof buf), NTCP_ERANGE);
+    p = sample_profile();
+    p.b[PLAN_UDP4].delta = 1; /* ports preserved */
+    assert_int_equal(plan_profile_encode(&p, buf, sizeof buf), NTCP_ERANGE);
     /* Every lab personality's behaviour survives the trip. */
     make_profiles();
     for (size_t i = 0; i < nprofs; i++) {
