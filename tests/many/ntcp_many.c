@@ -35,6 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -130,10 +131,21 @@ static void print_result(const job *j, const char *peer)
     pthread_mutex_unlock(&out_mu);
 }
 
+/* A transfer that stalls this long ends with a reason instead of hanging. */
+#define IO_TIMEOUT_S 30
+
+static void io_timeout(int fd)
+{
+    struct timeval tv = {.tv_sec = IO_TIMEOUT_S};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+}
+
 /* Connect side: send j->bytes, read the echo, compare digests. */
 static void *run_client(void *arg)
 {
     job *j = arg;
+    io_timeout(j->fd);
     pthread_t s;
     pthread_create(&s, NULL, sender, j);
     EVP_MD_CTX *got = EVP_MD_CTX_new();
@@ -171,6 +183,7 @@ static void *run_client(void *arg)
 static void *run_echo(void *arg)
 {
     job *j = arg;
+    io_timeout(j->fd);
     uint8_t buf[16384];
     size_t total = 0;
     for (;;) {
