@@ -13,6 +13,7 @@
 
 #include "addr.h"
 #include "birthday.h"
+#include "natside.h"
 
 const char *ntcp_method_name(ntcp_method_t m)
 {
@@ -39,10 +40,15 @@ void plan_input_init(plan_input *in)
 
 /* ---- How the planner sees one end ---- */
 
-/* Can the peer know where a new connection of this end comes from? */
-typedef enum { MAP_KNOWN, MAP_PREDICT, MAP_RANDOM } mapcls;
-/* What gets in once this end has sent towards the peer. */
-typedef enum { FILT_OPEN, FILT_ADDR, FILT_PORT } filtcls;
+/* The classes of natside.h, by their short names here. */
+typedef nat_map_class mapcls;
+typedef nat_filt_class filtcls;
+#define MAP_KNOWN NAT_MAP_KNOWN
+#define MAP_PREDICT NAT_MAP_PREDICT
+#define MAP_RANDOM NAT_MAP_RANDOM
+#define FILT_OPEN NAT_FILT_OPEN
+#define FILT_ADDR NAT_FILT_ADDR
+#define FILT_PORT NAT_FILT_PORT
 
 typedef struct side {
     const plan_end *e;
@@ -64,33 +70,13 @@ static void classify_side(side *s, const plan_end *e, const char *who, unsigned 
     s->e = e;
     s->who = who;
     s->window = window;
-    s->blocked = b->reach == NTCP_REACH_BLOCKED;
-    /* No translation (open, firewall): every port keeps its number. */
-    bool natted = b->reach != NTCP_REACH_OPEN && b->reach != NTCP_REACH_FIREWALL;
-    if (!natted || b->mapping == NTCP_DEP_ENDPOINT_INDEPENDENT) {
-        s->map = MAP_KNOWN;
-    } else if (b->mapping == NTCP_DEP_UNKNOWN) {
-        /* Discovery did not settle it; trying the session's mapping costs one
-         * SYN, declaring the pair impossible would cost the connection. */
-        s->map = MAP_KNOWN;
-        s->map_assumed = true;
-    } else if (b->ports == NTCP_PORTS_SEQUENTIAL && b->delta != 0) {
-        /* Address-dependent mappings change with the peer's address, which
-         * differs from the broker's: as unknown as address-and-port ones. */
-        s->map = MAP_PREDICT;
-        s->delta = b->delta;
-    } else {
-        /* Random, unknown, or preserved: a preserved port collides with the
-         * session's own external port, so the NAT picks one we cannot know. */
-        s->map = MAP_RANDOM;
-    }
-    if (b->reach == NTCP_REACH_OPEN || b->filtering == NTCP_DEP_NONE ||
-        b->filtering == NTCP_DEP_ENDPOINT_INDEPENDENT || b->syn == NTCP_SYN_ACCEPTED)
-        s->filt = FILT_OPEN;
-    else if (b->filtering == NTCP_DEP_ADDRESS)
-        s->filt = FILT_ADDR;
-    else
-        s->filt = FILT_PORT; /* including unknown: assume the strictest */
+    nat_side ns;
+    nat_side_classify(b, true, &ns);
+    s->blocked = ns.blocked;
+    s->map = ns.map;
+    s->map_assumed = ns.map_assumed;
+    s->delta = ns.delta;
+    s->filt = ns.filt;
     /* Unknown answers are taken as the worst: an RST ends the sender's
      * conntrack state, so its hole, at once. */
     s->rst = b->syn == NTCP_SYN_RST || b->syn == NTCP_SYN_UNKNOWN;

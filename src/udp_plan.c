@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "addr.h"
+#include "natside.h"
 
 const char *udp_method_name(udp_method_t m)
 {
@@ -29,8 +30,15 @@ void udp_plan_input_init(udp_plan_input *in)
     memset(in, 0, sizeof *in);
 }
 
-typedef enum { MAP_KNOWN, MAP_PREDICT, MAP_RANDOM } mapcls;
-typedef enum { FILT_OPEN, FILT_ADDR, FILT_PORT } filtcls;
+/* The classes of natside.h (shared with plan.c), by their short names. */
+typedef nat_map_class mapcls;
+typedef nat_filt_class filtcls;
+#define MAP_KNOWN NAT_MAP_KNOWN
+#define MAP_PREDICT NAT_MAP_PREDICT
+#define MAP_RANDOM NAT_MAP_RANDOM
+#define FILT_OPEN NAT_FILT_OPEN
+#define FILT_ADDR NAT_FILT_ADDR
+#define FILT_PORT NAT_FILT_PORT
 
 typedef struct side {
     const udp_plan_end *e;
@@ -41,35 +49,19 @@ typedef struct side {
     int delta;
 } side;
 
-/* The same reading of a behaviour as plan.c's for TCP, on the UDP one. */
+/* The same reading of a behaviour as plan.c's for TCP (natside.c), on
+ * the UDP one. */
 static void classify(side *s, const udp_plan_end *e, const char *who)
 {
-    const ntcp_nat_behaviour_t *b = &e->udp;
     memset(s, 0, sizeof *s);
     s->e = e;
     s->who = who;
-    s->blocked = b->reach == NTCP_REACH_BLOCKED;
-    bool natted = b->reach != NTCP_REACH_OPEN && b->reach != NTCP_REACH_FIREWALL;
-    if (!natted || b->mapping == NTCP_DEP_ENDPOINT_INDEPENDENT || b->mapping == NTCP_DEP_UNKNOWN) {
-        /* Unknown is tried as endpoint-independent: probing the mapping the
-         * broker saw costs a datagram, giving up costs the connection. */
-        s->map = MAP_KNOWN;
-    } else if (b->ports == NTCP_PORTS_SEQUENTIAL && b->delta != 0) {
-        s->map = MAP_PREDICT;
-        s->delta = b->delta;
-    } else {
-        /* Random, or preserved: the keepalive socket's port is already
-         * taken by its mapping towards the broker, so a port-preserving
-         * dependent NAT picks another one nobody can know. */
-        s->map = MAP_RANDOM;
-    }
-    if (b->reach == NTCP_REACH_OPEN || b->filtering == NTCP_DEP_NONE ||
-        b->filtering == NTCP_DEP_ENDPOINT_INDEPENDENT)
-        s->filt = FILT_OPEN;
-    else if (b->filtering == NTCP_DEP_ADDRESS)
-        s->filt = FILT_ADDR;
-    else
-        s->filt = FILT_PORT;
+    nat_side ns;
+    nat_side_classify(&e->udp, false, &ns);
+    s->blocked = ns.blocked;
+    s->map = ns.map;
+    s->filt = ns.filt;
+    s->delta = ns.delta;
 }
 
 static int impossible(udp_plan *out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
