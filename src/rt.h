@@ -1,0 +1,158 @@
+/*
+ * rt.h: the context's runtime, shared by its files. Internal.
+ *
+ * The runtime is one thread with a libuv loop, started by the first call that
+ * needs it. Bring-up: discovery (TCP and UDP over IPv4, when STUN servers are
+ * configured), then the broker session (src/session.c) with the profile blob
+ * and the private addresses. Each connection, at either end, is a `conn`:
+ * the initiator asks the broker (CONNECT), both ends get a CONNECT-GO, make
+ * the plan (src/plan.c) from both profiles and run it (src/engine.c); the
+ * engine's verified socket is handed to the caller.
+ *
+ * Threads. Callers queue requests under rt->mu and wake the loop with a
+ * uv_async; blocking callers then wait on rt->cv for their request's `done`.
+ * Everything else in struct ntcp_rt is the loop thread's alone, except the
+ * fields marked (mu). Every public call counts itself in rt->users while it
+ * uses the runtime (rt_enter/rt_leave), so that ntcp_stop() or ntcp_free()
+ * from another thread waits for it to leave before freeing.
+ */
+#ifndef NTCP_RT_H
+#define NTCP_RT_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include <openssl/evp.h>
+#include <uv.h>
+
+#include "broker_proto.h"
+#include "context.h"
+#include "engine.h"
+#include "ntcp.h"
+#include "plan.h"
+#include "portmux.h"
+#include "relay.h"
+#include "session.h"
+#include "udp_plan.h"
+#include "udp_punch.h"
+#include "verify.h"
+
+enum req_kind { R_LISTEN, R_CONNECT, R_ACCEPT_CB, R_UDP_CLOSE };
+
+typedef struct req req;
+struct req {
+    req *next;
+    int kind;
+    char name[BROKER_NAME_MAX + 1]; /* R_LISTEN: the name; R_CONNECT: the peer */
+    ntcp_transport_t transport;
+    uint64_t t0;       /* uv_hrtime() / 1e6 at the call */
+    uint64_t deadline; /* on the same clock */
+    ntcp_conn_cb conn_cb;
+    ntcp_listen_cb listen_cb;
+    void *user;
+    /* A blocking caller's request lives on its stack: done, status and info
+     * are written under rt->mu and the caller is woken. */
+    bool blocking;
+    bool done;
+    int status; /* fd or error */
+    ntcp_conn_info_t info;
+};
+
+/* The keepalive of a punched UDP path, until ntcp_udp_close() or ntcp_free(). */
+typedef struct ka_entry {
+    struct ka_entry *next;
+    int fd; /* the application's descriptor (the keepalive sends from its own dup) */
+    ntcp_udp_keepalive *k;
+} ka_entry;
+
+typedef struct queued {
+    struct queued *next;
+    int fd;
+    ntcp_conn_info_t info;
+} queued;
+
+enum phase { P_IDLE, P_DISCOVER, P_REGISTERING, P_REGISTERED };
+
+typedef struct conn conn;
+
+typedef struct ntcp_rt {
+    ntcp_t *ctx;
+    pthread_t th;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    /* (mu) */
+    req *rq_head, *rq_tail; /* new requests, for the loop */
+    queued *aq_head, *aq_tail;
+    bool stopping, stopped;
+    bool listening;
+    unsigned users;
+    int prof_status;
+    ntcp_nat_profile_t prof;
+
+    /* the loop thread's */
+    uv_loop_t loop;
+    uv_async_t wake;
+    uv_timer_t tick;
+    int phase;
+    char name[BROKER_NAME_MAX + 1];
+    EVP_PKEY *key;
+    ntcp_session *s;
+    uint8_t blob[PLAN_BLOB_MAX];
+    int blen;
+    plan_profile me;
+    req *waiting;                   /* listens and connects waiting for the registration */
+    req *acb_head, *acb_tail;       /* ntcp_accept_async() callbacks */
+    conn *conns;
+    int reg_err;                    /* the last registration refusal (NTCP_EREFUSED), or 0 */
+    bool debug;                     /* $NTCP_DEBUG: plans and results on stderr */
+    struct sockaddr_storage priv[BROKER_MAX_PRIVATE]; /* as registered (port 0: the session's) */
+    size_t npriv;
+    struct sockaddr_storage stun_addr; /* the STUN server that answered discovery */
+    struct sampler *sampling;          /* a port sample in flight, or NULL */
+    bool sample_again;                 /* a connection ended during it */
+    struct ka_entry *kas;              /* keepalives of the UDP paths handed over */
+    ntcp_relay *relays;                /* relay.c: allocations kept for handed-over sockets */
+    ntcp_relay_bridge *bridges;        /* relay_udp.c: bridges kept for handed-over UDP paths */
+    ntcp_portmux *mux;                 /* the session port's shared listener (portmux.h) */
+} ntcp_rt;
+
+struct conn {
+    conn *next;
+    ntcp_rt *rt;
+    req *r; /* the initiator's request; NULL at the target */
+    bool going, finished;
+    uint64_t t0;
+    ntcp_engine *e;
+    udp_puncher *p; /* UDP: the punch under way */
+    udp_plan upl;
+    uint64_t retry_at; /* UDP initiator: ask the broker again then (peer's mapping unknown) */
+    unsigned asks;
+    plan pl;
+    ntcp_conn_info_t info;
+    int cancel_err; /* why the engine was cancelled (NTCP_ETIMEDOUT, NTCP_ECLOSED) */
+    uint8_t nonce[BROKER_NONCE_SIZE]; /* the CONNECT-GO's: RAW-ISN messages name it */
+    /* The relay of last resort (relay.h, docs/relay.md), beside the engine. */
+    ntcp_relay *relay;
+    bool relay_allocator;
+    bool relay_ready;              /* relay_res holds a verified socket while the engine ends */
+    ntcp_relay_result relay_res;
+    char relay_why[160];           /* why the relay failed, for the detail */
+    /* UDP through the relay (relay_udp.c): the target's bridge; the
+     * requester's relayed address from RELAY-ADDR; the proof's parameters
+     * kept from the CONNECT-GO for the relay's punch. */
+    ntcp_relay_bridge *bridge;
+    bool urelay_on;                /* the broker offers a relay and the policy allows it */
+    bool urelay;                   /* the punch under way (or awaited) is the relay's */
+    bool urelay_wait;              /* waiting for the address (requester) or the bridge (target) */
+    bool urelay_now;               /* the target's punch was stopped: the peer is on the relay */
+    uint64_t urelay_deadline;      /* the target's wait */
+    struct sockaddr_storage urelayed, uturn;
+    int urelay_state;              /* requester: 0 unknown, 1 address known, -1 none */
+    char urelay_why[208];
+    ntcp_verify_params uvp;
+    char upeer[BROKER_NAME_MAX + 1];
+};
+
+#endif /* NTCP_RT_H */
