@@ -155,38 +155,6 @@ static void deliver_incoming(ntcp_rt *rt, int fd, const ntcp_conn_info_t *info)
     pthread_mutex_unlock(&rt->mu);
 }
 
-/* Frees the keepalives that saw the application close their descriptor. */
-static void prune_keepalives(ntcp_rt *rt)
-{
-    for (ka_entry **p = &rt->kas; *p;) {
-        ka_entry *ka = *p;
-        if (ntcp_udp_keepalive_ended(ka->k)) {
-            *p = ka->next;
-            ntcp_udp_keepalive_stop(ka->k);
-            free(ka);
-        } else {
-            p = &ka->next;
-        }
-    }
-}
-
-/* Stops the keepalive of a handed-over UDP path (if any) and closes fd. */
-static void ntcp_udp_close_fd(ntcp_rt *rt, int fd)
-{
-    /* Keepalives that saw their descriptor closed by the application go
-     * first: their number may be fd again, now another socket's. */
-    prune_keepalives(rt);
-    for (ka_entry **p = &rt->kas; *p; p = &(*p)->next)
-        if ((*p)->fd == fd) {
-            ka_entry *ka = *p;
-            *p = ka->next;
-            ntcp_udp_keepalive_stop(ka->k);
-            free(ka);
-            break;
-        }
-    close(fd);
-}
-
 /* ---- the newest external port, with sequential ports ----
  *
  * Behind a NAT that gives each new mapping the next port (+delta), every
@@ -347,7 +315,6 @@ static void resample(ntcp_rt *rt)
 /* ---- connections ---- */
 
 static void run_held(ntcp_rt *rt);
-static void ntcp_udp_close_fd(ntcp_rt *rt, int fd);
 
 static void conn_free(conn *c)
 {
@@ -702,23 +669,13 @@ static void on_punch(udp_puncher *p, const ntcp_udp_punch_result *r, void *user)
         conn_won(c, r->fd, udp_method_name(r->method), &r->local, &r->remote, r->reached_ms,
                  r->verified_ms);
         /* The path's keepalive, until ntcp_udp_close() (or ntcp_free()). */
-        prune_keepalives(rt); /* those whose descriptor the application closed */
-        ka_entry *ka = calloc(1, sizeof *ka);
-        int lifetime = rt->me.has[PLAN_UDP4] ? rt->me.b[PLAN_UDP4].lifetime_s : 0;
-        if (ka && ntcp_udp_keepalive_start(&rt->loop, r->fd, ntcp_udp_keepalive_interval_ms(lifetime),
-                                           &ka->k) == 0) {
-            ka->fd = r->fd;
-            ka->next = rt->kas;
-            rt->kas = ka;
-        } else {
-            free(ka);
-        }
+        rt_keepalive_start(rt, r->fd);
     }
     if (c->bridge) {
         ntcp_relay_bridge_close(c->bridge); /* a direct path won, or nothing did */
         c->bridge = NULL;
     }
-    conn_ended(c, r->err == 0 ? r->fd : r->err, ntcp_udp_close_fd);
+    conn_ended(c, r->err == 0 ? r->fd : r->err, rt_udp_close_fd);
 }
 
 /* ---- UDP through the relay (relay_udp.c, docs/relay.md) ---- */
@@ -1397,7 +1354,7 @@ static void bring_up(ntcp_rt *rt)
 static void handle(ntcp_rt *rt, req *r)
 {
     if (r->kind == R_UDP_CLOSE) {
-        ntcp_udp_close_fd(rt, r->status);
+        rt_udp_close_fd(rt, r->status);
         req_complete(rt, r, 0, NULL);
         return;
     }
@@ -1511,12 +1468,7 @@ static void on_wake(uv_async_t *a)
     ntcp_relay_bridge_close_all(&rt->bridges); /* and the UDP paths' bridges */
     /* The handed-over UDP paths' keepalives (the application's descriptors
      * stay open). */
-    while (rt->kas) {
-        ka_entry *ka = rt->kas;
-        rt->kas = ka->next;
-        ntcp_udp_keepalive_stop(ka->k);
-        free(ka);
-    }
+    rt_keepalives_stop_all(rt);
     if (rt->s) {
         ntcp_session_close(rt->s); /* pending connects complete with NTCP_ECLOSED */
         rt->s = NULL;

@@ -60,13 +60,6 @@ struct req {
     ntcp_conn_info_t info;
 };
 
-/* The keepalive of a punched UDP path, until ntcp_udp_close() or ntcp_free(). */
-typedef struct ka_entry {
-    struct ka_entry *next;
-    int fd; /* the application's descriptor (the keepalive sends from its own dup) */
-    ntcp_udp_keepalive *k;
-} ka_entry;
-
 typedef struct queued {
     struct queued *next;
     int fd;
@@ -154,5 +147,14 @@ struct conn {
     ntcp_verify_params uvp;
     char upeer[BROKER_NAME_MAX + 1];
 };
+
+/* ---- rt_udp_keepalive.c: the keepalives of handed-over UDP paths ---- */
+
+/* Starts the keepalive of the UDP path fd, handed over now. */
+void rt_keepalive_start(ntcp_rt *rt, int fd);
+/* Stops the keepalive of a handed-over UDP path (if any) and closes fd. */
+void rt_udp_close_fd(ntcp_rt *rt, int fd);
+/* Stops every keepalive (the runtime stops); the descriptors stay open. */
+void rt_keepalives_stop_all(ntcp_rt *rt);
 
 #endif /* NTCP_RT_H */
