@@ -160,49 +160,19 @@ static void deliver_incoming(ntcp_rt *rt, int fd, const ntcp_conn_info_t *info)
  * Behind a NAT that gives each new mapping the next port (+delta), every
  * connection moves the ports the peer must predict: the planner's base is
  * the newest external port known. After each connection this end opens one
- * TCP connection to the STUN server, reads the port it was seen from, and
+ * TCP connection to the STUN server, reads the port it was seen from
+ * (ntcp_port_sample_start(), discover.h), and
  * sends the profile with that port to the broker (a REFRESH on the session's
  * stream, so the broker has it before any later CONNECT or OFFER answer of
  * ours). Both plans then start from it: the peer from the CONNECT-GO's
  * blob, this end from the blob it sent last. */
 
-typedef struct sampler {
-    ntcp_rt *rt;
-    uv_tcp_t tcp;
-    uv_connect_t creq;
-    uv_write_t wreq;
-    uv_timer_t timer;
-    uint8_t tid[STUN_TID_SIZE];
-    uint8_t req[64];
-    uint8_t rbuf[512];
-    size_t rlen;
-    int handles;
-    bool ended;
-} sampler;
-
 static void resample(ntcp_rt *rt);
 
-static void sampler_closed(uv_handle_t *h)
+/* The sample's port (0: none): into the profile, to the broker. */
+static void sample_port(uint16_t port, void *user)
 {
-    sampler *sp = h->data;
-    if (--sp->handles > 0)
-        return;
-    ntcp_rt *rt = sp->rt;
-    free(sp);
-    if (rt->sampling == sp)
-        rt->sampling = NULL;
-    if (rt->sample_again && rt->phase != P_IDLE) {
-        rt->sample_again = false;
-        resample(rt);
-    }
-}
-
-static void sampler_end(sampler *sp, uint16_t port)
-{
-    if (sp->ended)
-        return;
-    sp->ended = true;
-    ntcp_rt *rt = sp->rt;
+    ntcp_rt *rt = user;
     if (rt->debug)
         fprintf(stderr, "ntcp: newest external port %u\n", port);
     if (port && rt->s && rt->blen > 0) {
@@ -213,74 +183,17 @@ static void sampler_end(sampler *sp, uint16_t port)
             ntcp_session_set_profile(rt->s, rt->blob, (size_t)n);
         }
     }
-    uv_close((uv_handle_t *)&sp->tcp, sampler_closed);
-    uv_close((uv_handle_t *)&sp->timer, sampler_closed);
 }
 
-static void sampler_timeout(uv_timer_t *t)
+/* The sampler is gone: the next sample, if a connection ended during it. */
+static void sample_freed(void *user)
 {
-    sampler_end(t->data, 0);
-}
-
-static void sampler_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b)
-{
-    (void)hint;
-    sampler *sp = h->data;
-    *b = uv_buf_init((char *)sp->rbuf + sp->rlen, (unsigned)(sizeof sp->rbuf - sp->rlen));
-}
-
-static void sampler_read(uv_stream_t *st, ssize_t n, const uv_buf_t *b)
-{
-    (void)b;
-    sampler *sp = st->data;
-    if (n < 0) {
-        sampler_end(sp, 0);
-        return;
+    ntcp_rt *rt = user;
+    rt->sampling = NULL;
+    if (rt->sample_again && rt->phase != P_IDLE) {
+        rt->sample_again = false;
+        resample(rt);
     }
-    sp->rlen += (size_t)n;
-    if (sp->rlen < 20)
-        return;
-    size_t want = 20 + ((size_t)sp->rbuf[2] << 8 | sp->rbuf[3]);
-    if (want > sizeof sp->rbuf) {
-        sampler_end(sp, 0);
-        return;
-    }
-    if (sp->rlen < want)
-        return;
-    stun_msg m;
-    struct sockaddr_storage mapped;
-    uint16_t port = 0;
-    if (stun_parse(&m, sp->rbuf, want) == 0 && m.cls == STUN_SUCCESS &&
-        memcmp(m.tid, sp->tid, sizeof sp->tid) == 0 &&
-        (stun_get_addr(&m, STUN_ATTR_XOR_MAPPED_ADDRESS, &mapped) == 0 ||
-         stun_get_addr(&m, STUN_ATTR_MAPPED_ADDRESS, &mapped) == 0))
-        port = ntcp_sa_port(&mapped);
-    sampler_end(sp, port);
-}
-
-static void sampler_written(uv_write_t *w, int status)
-{
-    sampler *sp = w->data;
-    if (status < 0)
-        sampler_end(sp, 0);
-}
-
-static void sampler_connected(uv_connect_t *c, int status)
-{
-    sampler *sp = c->data;
-    if (sp->ended)
-        return;
-    if (status < 0 || uv_read_start((uv_stream_t *)&sp->tcp, sampler_alloc, sampler_read) < 0) {
-        sampler_end(sp, 0);
-        return;
-    }
-    stun_builder sb;
-    stun_build_init(&sb, sp->req, sizeof sp->req, STUN_BINDING, STUN_REQUEST, sp->tid, false);
-    int n = stun_build_finish(&sb, NULL);
-    uv_buf_t b = uv_buf_init((char *)sp->req, (unsigned)(n > 0 ? n : 0));
-    sp->wreq.data = sp;
-    if (n <= 0 || uv_write(&sp->wreq, (uv_stream_t *)&sp->tcp, &b, 1, sampler_written) < 0)
-        sampler_end(sp, 0);
 }
 
 static void resample(ntcp_rt *rt)
@@ -296,20 +209,8 @@ static void resample(ntcp_rt *rt)
         rt->sample_again = true;
         return;
     }
-    sampler *sp = calloc(1, sizeof *sp);
-    if (!sp)
-        return;
-    sp->rt = rt;
-    stun_new_tid(sp->tid);
-    uv_tcp_init(&rt->loop, &sp->tcp);
-    uv_timer_init(&rt->loop, &sp->timer);
-    sp->tcp.data = sp->timer.data = sp->creq.data = sp;
-    sp->handles = 2;
-    rt->sampling = sp;
-    uv_timer_start(&sp->timer, sampler_timeout, 5000, 0);
-    if (uv_tcp_connect(&sp->creq, &sp->tcp, (struct sockaddr *)&rt->stun_addr,
-                       sampler_connected) < 0)
-        sampler_end(sp, 0);
+    ntcp_port_sample_start(&rt->loop, &rt->stun_addr, 5000, sample_port, sample_freed, rt,
+                           &rt->sampling);
 }
 
 /* ---- connections ---- */
@@ -1475,7 +1376,7 @@ static void on_wake(uv_async_t *a)
     }
     rt->phase = P_IDLE;
     if (rt->sampling)
-        sampler_end(rt->sampling, 0);
+        ntcp_port_sample_cancel(rt->sampling);
     /* Every engine was cancelled above and removed its registrations. */
     ntcp_portmux_free(rt->mux);
     rt->mux = NULL;

@@ -103,7 +103,7 @@ typedef struct ntcp_rt {
     struct sockaddr_storage priv[BROKER_MAX_PRIVATE]; /* as registered (port 0: the session's) */
     size_t npriv;
     struct sockaddr_storage stun_addr; /* the STUN server that answered discovery */
-    struct sampler *sampling;          /* a port sample in flight, or NULL */
+    struct ntcp_port_sampler *sampling; /* a port sample in flight (discover.h), or NULL */
     bool sample_again;                 /* a connection ended during it */
     struct ka_entry *kas;              /* keepalives of the UDP paths handed over */
     ntcp_relay *relays;                /* relay.c: allocations kept for handed-over sockets */
