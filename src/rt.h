@@ -148,6 +148,52 @@ struct conn {
     char upeer[BROKER_NAME_MAX + 1];
 };
 
+/* Milliseconds on the loop's monotonic clock (uv_hrtime()). */
+static inline uint64_t rt_mono_ms(void)
+{
+    return uv_hrtime() / 1000000u;
+}
+
+/* ---- api.c: requests ---- */
+
+/* A connection's info as "nothing known yet". */
+void rt_info_init(ntcp_conn_info_t *i, const char *peer, bool initiator);
+/* r ends with status (a descriptor or an error) and info (NULL: an empty
+ * one): a blocking caller is woken, an asynchronous one's callback runs. */
+void rt_req_complete(ntcp_rt *rt, req *r, int status, const ntcp_conn_info_t *info);
+/* Takes r out of rt->waiting. */
+void rt_unlink_waiting(ntcp_rt *rt, req *r);
+/* An incoming verified connection: to an accept callback, or the queue. */
+void rt_deliver_incoming(ntcp_rt *rt, int fd, const ntcp_conn_info_t *info);
+/* After a connection: the newest external port behind a sequential NAT,
+ * to the broker (discover.h's sampler). */
+void rt_resample(ntcp_rt *rt);
+
+/* ---- rt_conn.c: connections ---- */
+
+/* The CONNECT-GO of c (either end): the plan, then the engine or punch. */
+void conn_go(conn *c, const broker_go *g);
+/* c ends with status (a descriptor or an error); frees c unless an engine,
+ * punch or relay still runs, whose callback frees it. */
+void conn_finish(conn *c, int status);
+/* Unlinks and frees c. */
+void conn_free(conn *c);
+/* The broker's answer to c's CONNECT (ntcp_session_connect_ex()). */
+void conn_on_connect_answer(ntcp_session *s, int err, int code, const broker_go *g, void *arg);
+/* A UDP relay step that could not start or timed out: c ends with err. */
+void conn_udp_relay_failed(conn *c, int err);
+/* The session's RAW-ISN and RELAY-ADDR indications (user: the runtime),
+ * to the connection their nonce names. */
+void conn_on_raw_isn(ntcp_session *s, const uint8_t nonce[BROKER_NONCE_SIZE],
+                     const struct sockaddr_storage *ext, uint32_t isn, void *user);
+void conn_on_relay_addr(ntcp_session *s, const uint8_t nonce[BROKER_NONCE_SIZE],
+                        const struct sockaddr_storage *relayed, const char *why, void *user);
+/* A connect once registered: now, or held in rt->waiting while a
+ * connection under way blocks it. */
+void rt_connect_or_hold(ntcp_rt *rt, req *r);
+/* Starts every held connect that nothing blocks any more, in order. */
+void rt_run_held(ntcp_rt *rt);
+
 /* ---- rt_udp_keepalive.c: the keepalives of handed-over UDP paths ---- */
 
 /* Starts the keepalive of the UDP path fd, handed over now. */
