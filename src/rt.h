@@ -165,6 +165,14 @@ void rt_req_complete(ntcp_rt *rt, req *r, int status, const ntcp_conn_info_t *in
 void rt_unlink_waiting(ntcp_rt *rt, req *r);
 /* An incoming verified connection: to an accept callback, or the queue. */
 void rt_deliver_incoming(ntcp_rt *rt, int fd, const ntcp_conn_info_t *info);
+
+/* ---- rt_bringup.c: discovery, the profile, the broker session ---- */
+
+/* The first listen or connect: discovery (when STUN servers are
+ * configured), then the broker session under rt->name. */
+void rt_bring_up(ntcp_rt *rt);
+/* Every request waiting for the registration ends with err and why. */
+void rt_fail_waiting(ntcp_rt *rt, int err, const char *why);
 /* After a connection: the newest external port behind a sequential NAT,
  * to the broker (discover.h's sampler). */
 void rt_resample(ntcp_rt *rt);
