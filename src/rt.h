@@ -15,6 +15,36 @@
  * fields marked (mu). Every public call counts itself in rt->users while it
  * uses the runtime (rt_enter/rt_leave), so that ntcp_stop() or ntcp_free()
  * from another thread waits for it to leave before freeing.
+ *
+ * Files. api.c is the callers' side (the public functions, the request
+ * queue, rt_enter/rt_leave, the thread's start and stop) and, on the loop,
+ * the requests' dispatch, the stop and the tick; rt_bringup.c brings the
+ * context up (discovery, the profile blob, the broker session and its
+ * callbacks); rt_conn.c runs the connections; rt_udp_keepalive.c keeps the
+ * handed-over UDP paths alive. Who writes which field of struct ntcp_rt
+ * (others may read it, on the loop thread):
+ *   (mu) rq_head/rq_tail    callers append (submit), on_wake takes: api.c
+ *   (mu) aq_head/aq_tail    rt_deliver_incoming appends, ntcp_accept and
+ *                           handle take: api.c
+ *   (mu) stopping, stopped, users                                   api.c
+ *   (mu) listening          handle (api.c), registered (rt_bringup.c)
+ *   (mu) prof, prof_status  rt_bringup.c (get_rt starts it NTCP_ENOTREADY);
+ *                           ntcp_get_profile reads
+ *   loop, wake, tick, mux, debug, acb_head/acb_tail                 api.c
+ *   phase                   rt_bringup.c; api.c at the stop (P_IDLE)
+ *   name                    handle (api.c), before rt_bring_up()
+ *   key, s                  rt_bringup.c; api.c frees them at the stop
+ *   blob, blen, me, priv, npriv, reg_err                     rt_bringup.c
+ *   stun_addr, sampling, sample_again     rt_bringup.c (the sampler's
+ *                           callbacks); api.c cancels a sample at the stop
+ *   waiting                 api.c (handle, tick), rt_bringup.c (registered,
+ *                           rt_fail_waiting), rt_conn.c (held connects)
+ *   conns                   rt_conn.c, and on_go (rt_bringup.c) for a
+ *                           target; api.c's tick and stop end them
+ *   kas                     rt_udp_keepalive.c
+ *   relays, bridges         rt_conn.c at a hand-over; api.c at the stop
+ * A struct conn is rt_conn.c's; the tick and the stop (api.c) cancel its
+ * engine, punch or relay (cancel_err) and end the ones that wait.
  */
 #ifndef NTCP_RT_H
 #define NTCP_RT_H
