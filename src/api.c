@@ -165,14 +165,7 @@ static void handle(ntcp_rt *rt, req *r)
         return;
     }
     if (rt->phase == P_REGISTERED) {
-        if (r->kind == R_LISTEN) {
-            pthread_mutex_lock(&rt->mu);
-            rt->listening = true;
-            pthread_mutex_unlock(&rt->mu);
-            rt_req_complete(rt, r, 0, NULL);
-        } else {
-            rt_connect_or_hold(rt, r);
-        }
+        rt_req_registered(rt, r);
         return;
     }
     if (rt->phase == P_IDLE && !name) { /* a connect with no name registered */

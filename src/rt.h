@@ -203,6 +203,9 @@ void rt_deliver_incoming(ntcp_rt *rt, int fd, const ntcp_conn_info_t *info);
 void rt_bring_up(ntcp_rt *rt);
 /* Every request waiting for the registration ends with err and why. */
 void rt_fail_waiting(ntcp_rt *rt, int err, const char *why);
+/* A listen or connect once registered: the listen completes (the context
+ * listens from now on), the connect starts or waits for its turn. */
+void rt_req_registered(ntcp_rt *rt, req *r);
 /* After a connection: the newest external port behind a sequential NAT,
  * to the broker (discover.h's sampler). */
 void rt_resample(ntcp_rt *rt);

@@ -116,6 +116,20 @@ static void on_go(ntcp_session *s, const broker_go *g, void *user)
     conn_go(c, g);
 }
 
+/* A listen or connect once registered: the listen completes (the context
+ * listens from now on), the connect starts or waits for its turn. */
+void rt_req_registered(ntcp_rt *rt, req *r)
+{
+    if (r->kind == R_LISTEN) {
+        pthread_mutex_lock(&rt->mu);
+        rt->listening = true;
+        pthread_mutex_unlock(&rt->mu);
+        rt_req_complete(rt, r, 0, NULL);
+    } else {
+        rt_connect_or_hold(rt, r);
+    }
+}
+
 static void registered(ntcp_rt *rt)
 {
     rt->phase = P_REGISTERED;
@@ -125,14 +139,7 @@ static void registered(ntcp_rt *rt)
     while (w) {
         req *n = w->next;
         w->next = NULL;
-        if (w->kind == R_LISTEN) {
-            pthread_mutex_lock(&rt->mu);
-            rt->listening = true;
-            pthread_mutex_unlock(&rt->mu);
-            rt_req_complete(rt, w, 0, NULL);
-        } else {
-            rt_connect_or_hold(rt, w);
-        }
+        rt_req_registered(rt, w);
         w = n;
     }
 }
