@@ -68,6 +68,14 @@
                                           * RELAY-ADDR: the relayed address */
 #define BROKER_ATTR_TURN_USERNAME 0x4E29 /* 1..BROKER_TURN_USER_MAX bytes */
 #define BROKER_ATTR_TURN_PASSWORD 0x4E2A /* 1..BROKER_TURN_PASS_MAX bytes */
+/* REGISTER and REFRESH (with the private addresses and profile): u32, the
+ * transports whose connects this peer accepts from anyone, so that the
+ * broker sends both CONNECT-GOs at once instead of asking with an OFFER
+ * (a round trip less). Comprehension-optional: a broker that does not know
+ * it goes on offering (docs/broker-protocol.md 4.3). */
+#define BROKER_ATTR_ACCEPT_ALL 0xCE10
+#define BROKER_ACCEPT_TCP 1u
+#define BROKER_ACCEPT_UDP 2u
 
 #define BROKER_NAME_MAX 64
 #define BROKER_ID_MAX 128

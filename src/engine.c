@@ -20,6 +20,7 @@
 #include "addr.h"
 #include "birthday.h"
 #include "raw_attempt.h"
+#include "retry.h"
 #include "sock_linux.h"
 
 /* Connections under proof at once: more would only be a peer (or a
@@ -35,7 +36,6 @@
 /* After an ICMP error or RST ended a punch socket: punch again this soon,
  * at most this many times per attempt. */
 #define ENGINE_REPUNCH_RETRY_MS 10
-#define ENGINE_MAX_REPUNCH 24
 /* The punch TTL is never raised past this while learning (punch_ttl_seen). */
 #define ENGINE_MAX_TTL 16
 /* SPRAY (birthday) opens this many sockets every ENGINE_SPRAY_TICK_MS: 256
@@ -592,7 +592,7 @@ static void spray_ended(ntcp_engine *e, eattempt *at, esock *s)
     sock_close(s, false);
     punch_ttl_seen(e, at, sent_ttl, &ic);
     if (!at->stopped && ic.time_exceeded && j < at->bn &&
-        at->repunches < ENGINE_MAX_REPUNCH + (unsigned)at->p.sockets) {
+        at->repunches < RETRY_MAX_REPUNCH + (unsigned)at->p.sockets) {
         at->repunches++;
         spray_one(e, at, j);
     }
@@ -1083,26 +1083,20 @@ static void retry_soon(ntcp_engine *e, eattempt *at, unsigned i)
     }
 }
 
+/* How a connecting socket ended, for the rules (retry.h). */
+static retry_end_t end_of(int err, const icmp_seen *ic)
+{
+    if (ic->time_exceeded)
+        return RETRY_END_TIME_EXCEEDED;
+    if (ic->icmp)
+        return RETRY_END_ICMP;
+    return err == ECONNREFUSED ? RETRY_END_RST : RETRY_END_OTHER;
+}
+
 /* A socket of a PUNCH attempt ended with err before connecting: its
  * low-TTL punch, or from the hold time on its normal-TTL SYN (hold_one).
- * Our NAT's mapping may well live on.
- * - "Time exceeded" for a punch, the normal case once the SYN dies at a
- *   router between the NATs: if it came from inside our site the TTL is
- *   raised (punch_ttl_seen). Before the hold time the punch is sent again
- *   at once: while no socket of ours is in SYN-SENT on the punched 4-tuple,
- *   a peer's SYN would be answered by our kernel with an RST, which ends
- *   both NATs' state. Routers rate-limit these errors (Linux: a burst of 6,
- *   then one a second), so on a short path the socket of a later punch
- *   lives on. Once the SYN has left the site and the hold time has come,
- *   the 4-tuple is held by a normal-TTL socket instead (hold_one).
- * - Another ICMP error (port unreachable and the like) leaves the NATs'
- *   state: the same SYN again shortly.
- * - An RST to a punch: it ended our NAT's state for that SYN, and punching
- *   again at once would only draw more (from a fresh port, each a new
- *   mapping); the regular re-punch comes later.
- * - An RST to the hold's normal SYN: the peer's NAT had no hole yet (the
- *   peer's SYN is late) and its RST ended ours: punch again at once, and
- *   hold again when that punch has left the site. */
+ * The rules and their reasons are retry.c's; here they are carried out.
+ * A time exceeded from inside our site raises the TTL (punch_ttl_seen). */
 static void punch_ended(ntcp_engine *e, eattempt *at, esock *s, int err)
 {
     unsigned i = s->idx;
@@ -1110,34 +1104,33 @@ static void punch_ended(ntcp_engine *e, eattempt *at, esock *s, int err)
     bool was_held = i < 32 && (at->held & (1u << i));
     icmp_seen ic = icmp_error(s->fd);
     sock_close(s, false);
-    bool left = !was_held && punch_ttl_seen(e, at, sent_ttl, &ic);
-    /* Bounded: a window's wrong ports draw an RST to every hold. */
-    if (at->stopped || i >= 32 || at->repunches >= ENGINE_MAX_REPUNCH + 4u * at->p.target.count)
-        return;
-    bool rst = err == ECONNREFUSED && !ic.icmp;
+    retry_in in = {
+        .role = at->p.role,
+        .local = at->p.local,
+        .end = end_of(err, &ic),
+        .stopped = at->stopped,
+        .target = i,
+        .was_held = was_held,
+        .left_site = !was_held && punch_ttl_seen(e, at, sent_ttl, &ic),
+        .hold_due = at->hold_due,
+        .repunches = at->repunches,
+        .window = at->p.target.count,
+    };
+    retry_out o = retry_decide(&in);
+    if (o.count_repunch)
+        at->repunches++;
     struct sockaddr_storage dst;
-    if (was_held) {
-        at->repunches++;
-        if (rst) {
-            at->held &= ~(1u << i);
-            if (target_at(at, i, &dst))
-                punch_one(e, at, i, &dst);
-        } else {
-            retry_soon(e, at, i);
-        }
-        return;
-    }
-    if (ic.time_exceeded) {
-        at->repunches++;
-        if (left && at->hold_due)
-            hold_one(e, at, i);
-        else if (target_at(at, i, &dst))
+    switch (o.action) {
+    case RETRY_UNHOLD_PUNCH_NOW:
+        at->held &= ~(1u << i);
+        /* fall through */
+    case RETRY_PUNCH_NOW:
+        if (target_at(at, i, &dst))
             punch_one(e, at, i, &dst);
-        return;
-    }
-    if (!rst) {
-        at->repunches++;
-        retry_soon(e, at, i);
+        break;
+    case RETRY_HOLD_NOW: hold_one(e, at, i); break;
+    case RETRY_SOON: retry_soon(e, at, i); break;
+    default: break;
     }
 }
 
@@ -1178,42 +1171,25 @@ static void on_poll(uv_poll_t *h, int status, int events)
             }
             if (err == ECONNREFUSED || err == EHOSTUNREACH || err == ENETUNREACH)
                 at->rep->refusals++;
-            /* Refused: nobody listens there yet (the peer's start may lag
-             * ours by half a broker round trip) or its NAT answered before
-             * its hole existed. Try that target again shortly, until the
-             * attempt's stop; not from a fresh port, where each new SYN
-             * after a reset is a new mapping and moves the peer's
-             * prediction. */
+            /* Refused or failed: the rules (retry.c) say when to try that
+             * target again. */
             unsigned i = s->idx;
             icmp_seen ic = icmp_error(s->fd);
             sock_close(s, false);
-            /* From a fresh port after an ICMP error (not an RST), at once
-             * too: the error left our NAT's entry, so the same 4-tuple keeps
-             * its mapping and the prediction holds; without a socket in
-             * SYN-SENT, the peer's SYN would meet our listener (below). */
-            if (!at->stopped && at->p.local == PLAN_LOCAL_FRESH && ic.icmp && i < 32 &&
-                at->rep->refusals < 32) {
-                struct sockaddr_storage dst;
+            retry_in in = {
+                .role = at->p.role,
+                .local = at->p.local,
+                .end = end_of(err, &ic),
+                .stopped = at->stopped,
+                .target = i,
+                .refusals = at->rep->refusals,
+            };
+            retry_out o = retry_decide(&in);
+            struct sockaddr_storage dst;
+            if (o.action == RETRY_CONNECT_NOW) {
                 if (target_at(at, i, &dst))
                     connect_one(e, at, i, &dst);
-                return;
-            }
-            /* From the session port, at once: while no socket of ours is in
-             * SYN-SENT on this 4-tuple, the peer's SYN finds our listener,
-             * whose SYN-ACK carries another sequence number than the SYN
-             * our NAT recorded; Linux conntrack then marks the rest of the
-             * connection invalid (and a lab NAT lets it out untranslated).
-             * A socket connecting again answers with its own, recorded ISN.
-             * Bounded by the refusal count; each try waits one round trip. */
-            if (!at->stopped && at->p.local == PLAN_LOCAL_SESSION && i < 32 &&
-                at->rep->refusals < 32) {
-                struct sockaddr_storage dst;
-                if (target_at(at, i, &dst))
-                    connect_one(e, at, i, &dst);
-                return;
-            }
-            if (!at->stopped && at->p.local != PLAN_LOCAL_FRESH && i < 32 &&
-                at->rep->refusals < 64) {
+            } else if (o.action == RETRY_AFTER_RTT) {
                 at->retry_mask |= 1u << i;
                 if (!at->retry_at) {
                     uint32_t d = e->plan.rtt_ms > 50 ? e->plan.rtt_ms : 50;

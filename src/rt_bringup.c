@@ -87,6 +87,15 @@ void rt_resample(ntcp_rt *rt)
 
 /* ---- the session ---- */
 
+/* What the broker may connect without an offer (ACCEPT-ALL): everything
+ * when this context listens and has no policy to ask (a round trip less
+ * for every peer that connects here); nothing otherwise, so that a policy
+ * sees every offer. */
+static uint32_t accept_all_of(const ntcp_rt *rt, bool listening)
+{
+    return listening && !rt->ctx->policy ? BROKER_ACCEPT_TCP | BROKER_ACCEPT_UDP : 0;
+}
+
 static bool on_offer(ntcp_session *s, const broker_peer_info *from, void *user)
 {
     (void)s;
@@ -124,6 +133,7 @@ void rt_req_registered(ntcp_rt *rt, req *r)
         pthread_mutex_lock(&rt->mu);
         rt->listening = true;
         pthread_mutex_unlock(&rt->mu);
+        ntcp_session_set_accept_all(rt->s, accept_all_of(rt, true));
         rt_req_complete(rt, r, 0, NULL);
     } else {
         rt_connect_or_hold(rt, r);
@@ -275,6 +285,9 @@ static void start_session(ntcp_rt *rt)
     sc.on_offer = on_offer;
     sc.on_go = on_go;
     sc.on_state = on_state;
+    for (req *w = rt->waiting; w; w = w->next)
+        if (w->kind == R_LISTEN)
+            sc.accept_all = accept_all_of(rt, true);
     sc.on_raw_isn = conn_on_raw_isn;
     sc.on_relay_addr = conn_on_relay_addr;
     sc.user = rt;

@@ -94,6 +94,7 @@ struct ntcp_session {
     broker_addr priv[BROKER_MAX_PRIVATE];
     size_t nprivate;
     uint8_t profile[BROKER_PROFILE_MAX];
+    uint32_t accept_all;          /* BROKER_ACCEPT_*: sent as ACCEPT-ALL with our own info */
     size_t profile_len;
     uint32_t refresh_cfg, refresh_ms, backoff_min, backoff_max, backoff, req_timeout;
     ntcp_session_offer_fn on_offer;
@@ -271,6 +272,7 @@ static void add_own_info(ntcp_session *s, stun_builder *sb)
     }
     if (s->profile_len)
         stun_build_attr(sb, BROKER_ATTR_PROFILE, s->profile, s->profile_len);
+    stun_build_u32(sb, BROKER_ATTR_ACCEPT_ALL, s->accept_all);
 }
 
 static void send_hello(ntcp_session *s)
@@ -341,6 +343,17 @@ int ntcp_session_set_profile(ntcp_session *s, const uint8_t *profile, size_t len
      * broker has it before any later CONNECT or OFFER answer of ours. Else
      * the next REGISTER carries it. */
     if (s->conn == C_REGISTERED)
+        send_refresh_ex(s, true);
+    return 0;
+}
+
+int ntcp_session_set_accept_all(ntcp_session *s, uint32_t transports)
+{
+    if (!s || (transports & ~(BROKER_ACCEPT_TCP | BROKER_ACCEPT_UDP)))
+        return NTCP_EINVAL;
+    bool changed = s->accept_all != transports;
+    s->accept_all = transports;
+    if (changed && s->conn == C_REGISTERED)
         send_refresh_ex(s, true);
     return 0;
 }
@@ -1266,6 +1279,7 @@ int ntcp_session_start(uv_loop_t *loop, const ntcp_session_config *cfg, ntcp_ses
     if (cfg->profile_len)
         memcpy(s->profile, cfg->profile, cfg->profile_len);
     s->profile_len = cfg->profile_len;
+    s->accept_all = cfg->accept_all & (BROKER_ACCEPT_TCP | BROKER_ACCEPT_UDP);
     s->refresh_cfg = cfg->refresh_ms;
     s->backoff_min = cfg->backoff_min_ms ? cfg->backoff_min_ms : 100;
     s->backoff_max = cfg->backoff_max_ms ? cfg->backoff_max_ms : 5000;

@@ -75,6 +75,7 @@ typedef struct ntcp_session_config {
     size_t nprivate;
     const uint8_t *profile;  /* NAT profile blob, copied; up to BROKER_PROFILE_MAX */
     size_t profile_len;
+    uint32_t accept_all;     /* BROKER_ACCEPT_*: see ntcp_session_set_accept_all() */
     uint32_t refresh_ms;     /* 0: a third of the broker's expiry */
     uint32_t backoff_min_ms; /* first reconnect delay; 100 */
     uint32_t backoff_max_ms; /* 5000, and never more than the refresh period */
@@ -126,6 +127,12 @@ const char *ntcp_session_tls_error(const ntcp_session *s);
  * broker at once in a REFRESH; the broker forwards it in the next
  * CONNECT-GOs. Returns 0 or NTCP_EINVAL. */
 int ntcp_session_set_profile(ntcp_session *s, const uint8_t *profile, size_t len);
+/* The transports (BROKER_ACCEPT_TCP, BROKER_ACCEPT_UDP) whose connects this
+ * peer accepts from anyone without being asked (ACCEPT-ALL): the broker
+ * then sends the CONNECT-GOs at once, without an OFFER, and on_offer is not
+ * called for them. Sent with the REGISTER, and at once in a REFRESH when
+ * registered and changed. Returns 0 or NTCP_EINVAL. */
+int ntcp_session_set_accept_all(ntcp_session *s, uint32_t transports);
 /* Sends a RAW-ISN indication for the connect with this nonce: the ISN of
  * our low-TTL SYN, sent from ext (our external address for it); spoof asks
  * the broker for STUNT#1's spoofed SYN-ACKs. Returns 0, NTCP_EUNREACHABLE

@@ -431,6 +431,17 @@ static int store_extra(bsession *s, const stun_msg *m)
     return 0;
 }
 
+/* ACCEPT-ALL from a REGISTER (absent: none) or a REFRESH that carries the
+ * peer's own info (absent there: unchanged, an older peer). */
+static void store_accept(bsession *s, const stun_msg *m, bool registering)
+{
+    uint32_t v = 0;
+    if (stun_get_u32(m, BROKER_ATTR_ACCEPT_ALL, &v) == 0)
+        s->accept_all = (uint8_t)(v & (BROKER_ACCEPT_TCP | BROKER_ACCEPT_UDP));
+    else if (registering)
+        s->accept_all = 0;
+}
+
 static void rtt_sample(bsession *s, uint64_t us)
 {
     if (us > 60000000)
@@ -617,6 +628,7 @@ static void do_register(bsession *s, const stun_msg *m, const struct sockaddr *s
         answer_error(s, m->method, m->tid, BROKER_ERR_SERVER, "Out of memory");
         return;
     }
+    store_accept(s, m, true);
     if (resume) {
         resume_register(s, m, name, key, chal, proof, rtt);
         return;
@@ -855,6 +867,7 @@ static void complete_register(bsession *s, const char *name, const uint8_t key[B
 static void do_refresh(bsession *s, const stun_msg *m)
 {
     ntcp_broker *b = s->b;
+    store_accept(s, m, false);
     if (stun_find(m, BROKER_ATTR_PRIVATE_ADDR) || stun_find(m, BROKER_ATTR_PROFILE)) {
         if (store_extra(s, m) < 0) {
             answer_error(s, m->method, m->tid, BROKER_ERR_SERVER, "Out of memory");
@@ -907,6 +920,40 @@ static void do_lookup(bsession *s, const stun_msg *m)
     finish_send(s, &sb);
 }
 
+/* Both CONNECT-GOs of an accepted connect, requester r and target t, both
+ * on this node: the answer to r's CONNECT (req_tid) and the GO to t. */
+static void go_both(bsession *r, bsession *t, const uint8_t req_tid[STUN_TID_SIZE],
+                    uint32_t transport)
+{
+    ntcp_broker *b = r->b;
+    uint8_t nonce[BROKER_NONCE_SIZE];
+    if (RAND_bytes(nonce, sizeof nonce) != 1) {
+        answer_error(r, BROKER_CONNECT, req_tid, BROKER_ERR_SERVER, "No randomness");
+        return;
+    }
+    /* Both GOs leave now. Each arrives about half its round trip later; the
+     * common start S is when the slower one has arrived, plus a margin. Each
+     * end waits S minus its own arrival. */
+    uint32_t rr = session_rtt(r), rt = session_rtt(t);
+    uint32_t slow = rr > rt ? rr : rt;
+    uint32_t margin = start_margin(b, slow);
+    uint32_t dr = (uint32_t)((slow - rr) / 2 + 999) / 1000 + margin;
+    uint32_t dt = (uint32_t)((slow - rt) / 2 + 999) / 1000 + margin;
+
+    broker_peer_info info;
+    session_info(t, &info);
+    send_go(r, req_tid, &info, nonce, dr, rr, transport, true);
+    if (r->state == S_CLOSING) {
+        b->st.connects_failed++; /* the requester is gone: no GO for the target */
+        return;
+    }
+    session_info(r, &info);
+    send_go(t, NULL, &info, nonce, dt, rt, transport, true);
+    b->st.connects_ok++;
+    if (t->state == S_REGISTERED)
+        rdv_add(b, r, t, nonce); /* for RAW-ISN (spoof.c; TCP) and RELAY-ADDR (TCP, UDP) */
+}
+
 static void do_connect(bsession *s, const stun_msg *m)
 {
     ntcp_broker *b = s->b;
@@ -950,6 +997,12 @@ static void do_connect(bsession *s, const stun_msg *m)
     if (!t) {
         /* Not here: the node that holds it, if any, is asked via Redis. */
         cluster_connect(s, m, name, transport, timeout);
+        return;
+    }
+    if (t->accept_all & (transport == BROKER_TRANSPORT_UDP ? BROKER_ACCEPT_UDP : BROKER_ACCEPT_TCP)) {
+        /* The target accepts anyone's connects of this transport: no offer
+         * to ask, both GOs leave now (a round trip less). */
+        go_both(s, t, m->tid, transport);
         return;
     }
     pending *p = pending_new(b);
@@ -1083,32 +1136,7 @@ static void do_offer_answer(bsession *t, const stun_msg *m)
         answer_error(r, BROKER_CONNECT, req_tid, BROKER_ERR_DECLINED, "Declined");
         return;
     }
-    uint8_t nonce[BROKER_NONCE_SIZE];
-    if (RAND_bytes(nonce, sizeof nonce) != 1) {
-        answer_error(r, BROKER_CONNECT, req_tid, BROKER_ERR_SERVER, "No randomness");
-        return;
-    }
-    /* Both GOs leave now. Each arrives about half its round trip later; the
-     * common start S is when the slower one has arrived, plus a margin. Each
-     * end waits S minus its own arrival. */
-    uint32_t rr = session_rtt(r), rt = session_rtt(t);
-    uint32_t slow = rr > rt ? rr : rt;
-    uint32_t margin = start_margin(b, slow);
-    uint32_t dr = (uint32_t)((slow - rr) / 2 + 999) / 1000 + margin;
-    uint32_t dt = (uint32_t)((slow - rt) / 2 + 999) / 1000 + margin;
-
-    broker_peer_info info;
-    session_info(t, &info);
-    send_go(r, req_tid, &info, nonce, dr, rr, transport, true);
-    if (r->state == S_CLOSING) {
-        b->st.connects_failed++; /* the requester is gone: no GO for the target */
-        return;
-    }
-    session_info(r, &info);
-    send_go(t, NULL, &info, nonce, dt, rt, transport, true);
-    b->st.connects_ok++;
-    if (t->state == S_REGISTERED)
-        rdv_add(b, r, t, nonce); /* for RAW-ISN (spoof.c; TCP) and RELAY-ADDR (TCP, UDP) */
+    go_both(r, t, req_tid, transport);
 }
 
 static void do_unregister(bsession *s, const stun_msg *m)

@@ -55,6 +55,7 @@ typedef struct bsession {
     uint16_t refs;                 /* cluster requests in flight that name it */
     uint64_t serial;               /* this registration, unique on this node */
     uint8_t nprivate;
+    uint8_t accept_all;            /* BROKER_ACCEPT_*: connects sent GOs without an offer */
     uint16_t profile_len;
     uint16_t inlen;                /* bytes of a split message held in in */
     uint16_t npending;             /* connects this session takes part in */

@@ -869,6 +869,50 @@ static void test_unknown_and_declined(void **state)
     peer_stop(&b);
 }
 
+/* ACCEPT-ALL: a target that accepts anyone's connects of a transport gets
+ * its CONNECT-GO without an OFFER (a round trip less); the other transport,
+ * and the flag taken back by a REFRESH, go through the offer again. */
+static void test_accept_all(void **state)
+{
+    fx *f = *state;
+    start_broker(f);
+    peer a, b;
+    peer_start(f, &a, "alice", NULL);
+    peer_start(f, &b, "bob", NULL);
+    assert_int_equal(ntcp_session_set_accept_all(b.s, 99), NTCP_EINVAL);
+    assert_int_equal(ntcp_session_set_accept_all(b.s, BROKER_ACCEPT_TCP), 0);
+    assert_true(wait_for(f, is_registered, &a, 3000));
+    assert_true(wait_for(f, is_registered, &b, 3000));
+    pump(f, 100); /* the REFRESH with the flag, if it left after the REGISTER */
+
+    result r;
+    memset(&r, 0, sizeof r);
+    assert_int_equal(ntcp_session_connect(a.s, "bob", 3000, on_connect_done, &r), 0);
+    assert_true(wait_for(f, result_done, &r, 3000));
+    assert_int_equal(r.err, 0);
+    assert_true(wait_for(f, flag_set, &b.got_go, 2000));
+    assert_false(b.offered); /* no offer: bob accepts anyone over TCP */
+    assert_string_equal(b.go.peer.name, "alice");
+    assert_int_equal(b.go.role, BROKER_ROLE_TARGET);
+    assert_int_equal(r.go.role, BROKER_ROLE_REQUESTER);
+    assert_memory_equal(b.go.nonce, r.go.nonce, BROKER_NONCE_SIZE);
+    assert_memory_equal(r.go.peer.public_key, b.pub, 32);
+
+    /* Taken back: the next connect asks bob first, who declines. */
+    b.got_go = false;
+    b.accept = false;
+    assert_int_equal(ntcp_session_set_accept_all(b.s, 0), 0);
+    pump(f, 200);
+    memset(&r, 0, sizeof r);
+    assert_int_equal(ntcp_session_connect(a.s, "bob", 3000, on_connect_done, &r), 0);
+    assert_true(wait_for(f, result_done, &r, 3000));
+    assert_int_equal(r.code, BROKER_ERR_DECLINED);
+    assert_true(b.offered);
+    assert_false(b.got_go);
+    peer_stop(&a);
+    peer_stop(&b);
+}
+
 static void test_bad_signature_and_replay(void **state)
 {
     fx *f = *state;
@@ -1843,6 +1887,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_register_lookup_connect, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unknown_and_declined, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_accept_all, setup, teardown),
         cmocka_unit_test_setup_teardown(test_udp_connect_and_take, setup, teardown),
         cmocka_unit_test_setup_teardown(test_udp_keepalive_retried, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_signature_and_replay, setup, teardown),

@@ -235,8 +235,16 @@ class Tester:
         self.check(names == {f"p{i}" for i in range(n)},
                    "each peer came once, under its own name")
         if summ:
-            print(f"    listener at the end: {summ[-1]['fds']} descriptors, "
-                  f"{summ[-1]['rss_kb']} kB resident")
+            sm = summ[-1]
+            print(f"    listener at the end: {sm['fds']} descriptors, {sm['rss_kb']} kB resident; "
+                  f"peak {sm['peak_rss_kb']} kB, {sm['registered_rss_kb']} kB once registered")
+            if good and ms:
+                # bench/many: the figures of issue 12's speed section.
+                per = (sm["peak_rss_kb"] - sm["registered_rss_kb"]) / n
+                print(f"    BENCH connections/s (listener, {n} at once, {self.a.delay:g} ms): "
+                      f"{n / (ms[-1] / 1000):.1f}  (all {n} echoed {ms[-1]} ms after the start)")
+                print(f"    BENCH memory per connection in progress (listener): {per:.0f} kB "
+                      f"(peak minus registered, over {n}; echo threads' stacks included)")
 
     def one_to_many(self):
         print(f"== one context connects to {len(SITES)} listeners at once")

@@ -48,6 +48,7 @@
 #define MAX_PEERS 256
 
 static pthread_mutex_t out_mu = PTHREAD_MUTEX_INITIALIZER;
+static long registered_rss_kb = -1; /* resident memory once registered, before any connection */
 
 static uint64_t now_ms(void)
 {
@@ -63,6 +64,21 @@ static void usage(void)
           "       ntcp_many connect --id NAME COMMON [--bytes N] --repeat N [--every K] PEER\n"
           "COMMON: --broker HOST:PORT [--stun HOST:PORT] --key FILE [--timeout MS]\n",
           stderr);
+}
+
+/* The process's peak resident memory so far (kB), or -1. */
+static long peak_rss_kb(void)
+{
+    long kb = -1;
+    FILE *f = fopen("/proc/self/status", "r");
+    if (f) {
+        char line[256];
+        while (fgets(line, sizeof line, f))
+            if (sscanf(line, "VmHWM: %ld", &kb) == 1)
+                break;
+        fclose(f);
+    }
+    return kb;
 }
 
 /* The process's open descriptors and resident memory (kB). */
@@ -264,8 +280,9 @@ static void summary(const char *what, int total, int good, uint64_t t0)
     usage_now(&fds, &rss);
     pthread_mutex_lock(&out_mu);
     printf("{\"summary\": \"%s\", \"total\": %d, \"ok\": %d, \"ms\": %llu, \"fds\": %d, "
-           "\"rss_kb\": %ld}\n",
-           what, total, good, (unsigned long long)(now_ms() - t0), fds, rss);
+           "\"rss_kb\": %ld, \"peak_rss_kb\": %ld, \"registered_rss_kb\": %ld}\n",
+           what, total, good, (unsigned long long)(now_ms() - t0), fds, rss, peak_rss_kb(),
+           registered_rss_kb);
     fflush(stdout);
     pthread_mutex_unlock(&out_mu);
 }
@@ -492,6 +509,8 @@ int main(int argc, char **argv)
         ntcp_free(ctx);
         return 2;
     }
+    int fds0;
+    usage_now(&fds0, &registered_rss_kb);
     printf("registered\n");
     fflush(stdout);
     if (repeat)
