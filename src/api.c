@@ -279,7 +279,8 @@ static void on_tick(uv_timer_t *t)
             /* UDP: ask the broker again (the peer's mapping was unknown). */
             c->retry_at = 0;
             int rc = ntcp_session_connect_ex(rt->s, c->r->name, BROKER_TRANSPORT_UDP,
-                                             (uint32_t)(c->r->deadline - now), conn_on_connect_answer, c);
+                                             (uint32_t)(c->r->deadline - now),
+                                             conn_on_connect_answer, c);
             if (rc < 0) {
                 snprintf(c->info.detail, sizeof c->info.detail, "cannot ask the broker: %s",
                          ntcp_strerror(rc));
