@@ -11,7 +11,7 @@
 #include "addr.h"
 #include "ntcp.h"
 
-struct ntcp_rt; /* api.c: the runtime thread of ntcp_listen/ntcp_connect */
+struct ntcp_rt; /* rt.h: the runtime thread of ntcp_listen/ntcp_connect */
 
 struct ntcp {
     char **stun_servers; /* owned, each malloc'd */
