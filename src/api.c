@@ -221,13 +221,13 @@ static void on_wake(uv_async_t *a)
             ntcp_relay_cancel(c->relay); /* its callback frees c */
         } else if (c->urelay_wait && !c->finished) {
             snprintf(c->urelay_why, sizeof c->urelay_why, "the context is being freed");
-            conn_udp_relay_failed(c, NTCP_ECLOSED); /* frees c */
+            rt_conn_udp_relay_failed(c, NTCP_ECLOSED); /* frees c */
         } else if (c->retry_at && !c->finished) {
             snprintf(c->info.detail, sizeof c->info.detail, "the context is being freed");
-            conn_finish(c, NTCP_ECLOSED); /* no broker answer pending: frees c */
+            rt_conn_finish(c, NTCP_ECLOSED); /* no broker answer pending: frees c */
         }
         /* Otherwise c waits for the broker's answer: closing the session
-         * below gives it (NTCP_ECLOSED), and conn_on_connect_answer ends it. */
+         * below gives it (NTCP_ECLOSED), and rt_conn_on_connect_answer ends it. */
     }
     ntcp_relay_close_all(&rt->relays); /* allocations of handed-over relayed sockets */
     ntcp_relay_bridge_close_all(&rt->bridges); /* and the UDP paths' bridges */
@@ -272,7 +272,7 @@ static void on_tick(uv_timer_t *t)
             snprintf(c->urelay_why, sizeof c->urelay_why, "%s",
                      c->bridge ? "the relay's allocation did not finish in time"
                                : "no relayed address from the peer in time");
-            conn_udp_relay_failed(c, NTCP_ETIMEDOUT); /* frees c */
+            rt_conn_udp_relay_failed(c, NTCP_ETIMEDOUT); /* frees c */
             continue;
         }
         if (c->retry_at && !c->finished && c->r && now >= c->retry_at && now < c->r->deadline) {
@@ -280,11 +280,11 @@ static void on_tick(uv_timer_t *t)
             c->retry_at = 0;
             int rc = ntcp_session_connect_ex(rt->s, c->r->name, BROKER_TRANSPORT_UDP,
                                              (uint32_t)(c->r->deadline - now),
-                                             conn_on_connect_answer, c);
+                                             rt_conn_on_connect_answer, c);
             if (rc < 0) {
                 snprintf(c->info.detail, sizeof c->info.detail, "cannot ask the broker: %s",
                          ntcp_strerror(rc));
-                conn_finish(c, rc);
+                rt_conn_finish(c, rc);
             }
             continue;
         }
@@ -301,11 +301,11 @@ static void on_tick(uv_timer_t *t)
             ntcp_relay_cancel(c->relay); /* on_relay ends c */
         } else if (c->urelay_wait) {
             snprintf(c->urelay_why, sizeof c->urelay_why, "timed out waiting for the relay");
-            conn_udp_relay_failed(c, NTCP_ETIMEDOUT); /* frees c */
+            rt_conn_udp_relay_failed(c, NTCP_ETIMEDOUT); /* frees c */
         } else if (c->retry_at) {
             snprintf(c->info.detail, sizeof c->info.detail,
                      "timed out: the broker never had the peer's UDP mapping");
-            conn_finish(c, NTCP_ETIMEDOUT); /* no broker answer pending: frees c */
+            rt_conn_finish(c, NTCP_ETIMEDOUT); /* no broker answer pending: frees c */
         } else {
             snprintf(c->info.detail, sizeof c->info.detail, "%s",
                      c->going ? "timed out" : "timed out waiting for the broker's answer");
@@ -313,7 +313,7 @@ static void on_tick(uv_timer_t *t)
             req *r = c->r;
             c->r = NULL;
             rt_req_complete(rt, r, NTCP_ETIMEDOUT, &c->info);
-            /* the session's answer will still come: conn_on_connect_answer frees c */
+            /* the session's answer will still come: rt_conn_on_connect_answer frees c */
         }
     }
     rt_run_held(rt);
@@ -328,7 +328,7 @@ static void *rt_main(void *arg)
     /* Connections still in the list were waiting for a broker answer that
      * the closed session will never give. */
     while (rt->conns)
-        conn_free(rt->conns);
+        rt_conn_free(rt->conns);
     pthread_mutex_lock(&rt->mu);
     rt->stopped = true;
     pthread_cond_broadcast(&rt->cv);

@@ -213,21 +213,21 @@ void rt_resample(ntcp_rt *rt);
 /* ---- rt_conn.c: connections ---- */
 
 /* The CONNECT-GO of c (either end): the plan, then the engine or punch. */
-void conn_go(conn *c, const broker_go *g);
+void rt_conn_go(conn *c, const broker_go *g);
 /* c ends with status (a descriptor or an error); frees c unless an engine,
  * punch or relay still runs, whose callback frees it. */
-void conn_finish(conn *c, int status);
+void rt_conn_finish(conn *c, int status);
 /* Unlinks and frees c. */
-void conn_free(conn *c);
+void rt_conn_free(conn *c);
 /* The broker's answer to c's CONNECT (ntcp_session_connect_ex()). */
-void conn_on_connect_answer(ntcp_session *s, int err, int code, const broker_go *g, void *arg);
+void rt_conn_on_connect_answer(ntcp_session *s, int err, int code, const broker_go *g, void *arg);
 /* A UDP relay step that could not start or timed out: c ends with err. */
-void conn_udp_relay_failed(conn *c, int err);
+void rt_conn_udp_relay_failed(conn *c, int err);
 /* The session's RAW-ISN and RELAY-ADDR indications (user: the runtime),
  * to the connection their nonce names. */
-void conn_on_raw_isn(ntcp_session *s, const uint8_t nonce[BROKER_NONCE_SIZE],
+void rt_conn_on_raw_isn(ntcp_session *s, const uint8_t nonce[BROKER_NONCE_SIZE],
                      const struct sockaddr_storage *ext, uint32_t isn, void *user);
-void conn_on_relay_addr(ntcp_session *s, const uint8_t nonce[BROKER_NONCE_SIZE],
+void rt_conn_on_relay_addr(ntcp_session *s, const uint8_t nonce[BROKER_NONCE_SIZE],
                         const struct sockaddr_storage *relayed, const char *why, void *user);
 /* A connect once registered: now, or held in rt->waiting while a
  * connection under way blocks it. */

@@ -122,7 +122,7 @@ static void on_go(ntcp_session *s, const broker_go *g, void *user)
     rt_info_init(&c->info, g->peer.name, false);
     c->next = rt->conns;
     rt->conns = c;
-    conn_go(c, g);
+    rt_conn_go(c, g);
 }
 
 /* A listen or connect once registered: the listen completes (the context
@@ -288,8 +288,8 @@ static void start_session(ntcp_rt *rt)
     for (req *w = rt->waiting; w; w = w->next)
         if (w->kind == R_LISTEN)
             sc.accept_all = accept_all_of(rt, true);
-    sc.on_raw_isn = conn_on_raw_isn;
-    sc.on_relay_addr = conn_on_relay_addr;
+    sc.on_raw_isn = rt_conn_on_raw_isn;
+    sc.on_relay_addr = rt_conn_on_relay_addr;
     sc.user = rt;
     /* TLS to the broker: its certificate must carry the host name the
      * configuration gives (or that address), unless pinned. */

@@ -47,7 +47,7 @@ static void join3(char *dst, size_t cap, const char *a, const char *b, const cha
 }
 
 
-void conn_free(conn *c)
+void rt_conn_free(conn *c)
 {
     ntcp_rt *rt = c->rt;
     if (c->bridge)
@@ -60,7 +60,7 @@ void conn_free(conn *c)
     free(c);
 }
 
-void conn_finish(conn *c, int status)
+void rt_conn_finish(conn *c, int status)
 {
     if (c->finished)
         return;
@@ -78,7 +78,7 @@ void conn_finish(conn *c, int status)
         rt_deliver_incoming(rt, status, &c->info);
     }
     if (!c->e && !c->p && !c->relay)
-        conn_free(c); /* else freed by the engine's (punch's, relay's) callback */
+        rt_conn_free(c); /* else freed by the engine's (punch's, relay's) callback */
     rt_run_held(rt);
 }
 
@@ -117,10 +117,10 @@ static void conn_ended(conn *c, int status, void (*close_fd)(ntcp_rt *, int))
     if (c->finished) {
         if (status >= 0)
             close_fd(c->rt, status);
-        conn_free(c);
+        rt_conn_free(c);
         return;
     }
-    conn_finish(c, status); /* frees c: nothing of it runs any more */
+    rt_conn_finish(c, status); /* frees c: nothing of it runs any more */
 }
 
 static void close_tcp(ntcp_rt *rt, int fd)
@@ -246,7 +246,7 @@ static void on_relay(ntcp_relay *rl, const ntcp_relay_result *res, void *user)
         if (res->err == 0)
             close(res->fd);
         if (!c->e && !c->p)
-            conn_free(c);
+            rt_conn_free(c);
         return;
     }
     if (c->e) {
@@ -280,7 +280,7 @@ static void relay_send_addr(void *user, const struct sockaddr_storage *relayed, 
     ntcp_session_send_relay_addr(c->rt->s, c->nonce, relayed, why);
 }
 
-void conn_on_relay_addr(ntcp_session *s, const uint8_t nonce[BROKER_NONCE_SIZE],
+void rt_conn_on_relay_addr(ntcp_session *s, const uint8_t nonce[BROKER_NONCE_SIZE],
                           const struct sockaddr_storage *relayed, const char *why, void *user)
 {
     (void)s;
@@ -350,7 +350,7 @@ static void raw_send_isn(void *user, const struct sockaddr_storage *ext, uint32_
     ntcp_session_send_raw_isn(c->rt->s, c->nonce, ext, isn, spoof);
 }
 
-void conn_on_raw_isn(ntcp_session *s, const uint8_t nonce[BROKER_NONCE_SIZE],
+void rt_conn_on_raw_isn(ntcp_session *s, const uint8_t nonce[BROKER_NONCE_SIZE],
                        const struct sockaddr_storage *ext, uint32_t isn, void *user)
 {
     (void)s;
@@ -487,13 +487,13 @@ static void udp_relay_go(conn *c)
 }
 
 /* A relay step that could not start: the connection ends with why. */
-void conn_udp_relay_failed(conn *c, int err)
+void rt_conn_udp_relay_failed(conn *c, int err)
 {
     ntcp_conn_info_t *i = &c->info;
     join3(i->detail, sizeof i->detail, i->detail[0] ? i->detail : "no direct path", "; relay: ",
           c->urelay_why[0] ? c->urelay_why : "no relay");
     c->urelay_wait = false;
-    conn_finish(c, err);
+    rt_conn_finish(c, err);
 }
 
 /* What the relay step waited for has come (an address, the bridge). */
@@ -504,7 +504,7 @@ static void udp_relay_resume(conn *c)
     c->urelay_wait = false;
     udp_relay_go(c);
     if (!c->p && !c->urelay_wait)
-        conn_udp_relay_failed(c, NTCP_EUNREACHABLE);
+        rt_conn_udp_relay_failed(c, NTCP_EUNREACHABLE);
 }
 
 /* The target's bridge saw the requester's first datagram: the requester has
@@ -593,7 +593,7 @@ static void udp_go(conn *c, const broker_go *g, const plan_profile *peer)
             return;
         }
         snprintf(i->detail, sizeof i->detail, "the broker has no UDP mapping of %s", i->peer);
-        conn_finish(c, NTCP_EUNREACHABLE);
+        rt_conn_finish(c, NTCP_EUNREACHABLE);
         return;
     }
     ntcp_udp_punch_config cfg;
@@ -603,14 +603,14 @@ static void udp_go(conn *c, const broker_go *g, const plan_profile *peer)
      * mapping inside a sequential NAT's predicted window: after the punch. */
     if (ntcp_session_take_udp(rt->s, c->upl.deadline_ms + 2000, &cfg.fd, NULL, NULL) < 0) {
         snprintf(i->detail, sizeof i->detail, "no UDP socket at the broker session");
-        conn_finish(c, NTCP_ESYS);
+        rt_conn_finish(c, NTCP_ESYS);
         return;
     }
     cfg.start_at = uv_now(&rt->loop) + g->start_delay_ms;
     if (ntcp_verify_params_from_go(&cfg.verify, g) < 0) {
         close(cfg.fd);
         snprintf(i->detail, sizeof i->detail, "the broker's CONNECT-GO has no key for %s", i->peer);
-        conn_finish(c, NTCP_EPROTO);
+        rt_conn_finish(c, NTCP_EPROTO);
         return;
     }
     cfg.verify.key = rt->key;
@@ -621,7 +621,7 @@ static void udp_go(conn *c, const broker_go *g, const plan_profile *peer)
         snprintf(i->detail, sizeof i->detail, "direct paths skipped (relay = always)");
         udp_relay_go(c);
         if (!c->p && !c->urelay_wait)
-            conn_udp_relay_failed(c, NTCP_EUNREACHABLE);
+            rt_conn_udp_relay_failed(c, NTCP_EUNREACHABLE);
         return;
     }
     rc = ntcp_udp_punch_start(&rt->loop, &cfg, on_punch, c, &c->p);
@@ -629,13 +629,13 @@ static void udp_go(conn *c, const broker_go *g, const plan_profile *peer)
         c->p = NULL;
         close(cfg.fd);
         snprintf(i->detail, sizeof i->detail, "cannot start the punch: %s", ntcp_strerror(rc));
-        conn_finish(c, rc);
+        rt_conn_finish(c, rc);
     }
 }
 
 /* Both ends of a TCP or UDP connect: the plan from both profiles, then the
  * engine (TCP) or the punch (UDP). */
-void conn_go(conn *c, const broker_go *g)
+void rt_conn_go(conn *c, const broker_go *g)
 {
     ntcp_rt *rt = c->rt;
     if (c->going || c->finished)
@@ -679,9 +679,9 @@ void conn_go(conn *c, const broker_go *g)
     cfg.session_port = sport;
     cfg.start_at = uv_now(&rt->loop) + g->start_delay_ms;
     if (ntcp_verify_params_from_go(&cfg.verify, g) < 0) {
-        /* The detail first: conn_finish() hands it over and frees c. */
+        /* The detail first: rt_conn_finish() hands it over and frees c. */
         snprintf(i->detail, sizeof i->detail, "the broker's CONNECT-GO has no key for %s", i->peer);
-        conn_finish(c, NTCP_EPROTO);
+        rt_conn_finish(c, NTCP_EPROTO);
         return;
     }
     cfg.verify.key = rt->key;
@@ -699,21 +699,21 @@ void conn_go(conn *c, const broker_go *g)
     if (rc < 0) {
         c->e = NULL;
         snprintf(i->detail, sizeof i->detail, "cannot start the attempts: %s", ntcp_strerror(rc));
-        conn_finish(c, rc);
+        rt_conn_finish(c, rc);
     }
 }
 
-void conn_on_connect_answer(ntcp_session *s, int err, int code, const broker_go *g, void *arg)
+void rt_conn_on_connect_answer(ntcp_session *s, int err, int code, const broker_go *g, void *arg)
 {
     (void)s;
     conn *c = arg;
     if (c->finished) {
         if (!c->e && !c->p)
-            conn_free(c);
+            rt_conn_free(c);
         return;
     }
     if (err == 0) {
-        conn_go(c, g);
+        rt_conn_go(c, g);
         return;
     }
     int st = err;
@@ -746,7 +746,7 @@ void conn_on_connect_answer(ntcp_session *s, int err, int code, const broker_go 
     else
         snprintf(c->info.detail, sizeof c->info.detail, "broker: %s (code %d)",
                  ntcp_strerror(err), code);
-    conn_finish(c, st);
+    rt_conn_finish(c, st);
 }
 
 static void connect_now(ntcp_rt *rt, req *r)
@@ -768,11 +768,11 @@ static void connect_now(ntcp_rt *rt, req *r)
     int rc = ntcp_session_connect_ex(rt->s, r->name,
                                      r->transport == NTCP_UDP ? BROKER_TRANSPORT_UDP
                                                               : BROKER_TRANSPORT_TCP,
-                                     left, conn_on_connect_answer, c);
+                                     left, rt_conn_on_connect_answer, c);
     if (rc < 0) {
         snprintf(c->info.detail, sizeof c->info.detail, "cannot ask the broker: %s",
                  ntcp_strerror(rc));
-        conn_finish(c, rc);
+        rt_conn_finish(c, rc);
     }
 }
 
