@@ -40,21 +40,12 @@ void plan_input_init(plan_input *in)
 
 /* ---- How the planner sees one end ---- */
 
-/* The classes of natside.h, by their short names here. */
-typedef nat_map_class mapcls;
-typedef nat_filt_class filtcls;
-#define MAP_KNOWN NAT_MAP_KNOWN
-#define MAP_PREDICT NAT_MAP_PREDICT
-#define MAP_RANDOM NAT_MAP_RANDOM
-#define FILT_OPEN NAT_FILT_OPEN
-#define FILT_ADDR NAT_FILT_ADDR
-#define FILT_PORT NAT_FILT_PORT
 
 typedef struct side {
     const plan_end *e;
     const char *who; /* "initiator" / "target", for reasons */
-    mapcls map;
-    filtcls filt;
+    nat_map_class map;
+    nat_filt_class filt;
     bool blocked;
     bool map_assumed; /* mapping unknown, tried as endpoint-independent */
     bool rst;         /* its NAT may answer an unsolicited SYN with an RST */
@@ -158,7 +149,7 @@ static plan_ports take_ext(side *s, plan_local_t local, unsigned nmap)
 
 static plan_local_t local_for(const side *s)
 {
-    return s->map == MAP_PREDICT ? PLAN_LOCAL_FRESH : PLAN_LOCAL_SESSION;
+    return s->map == NAT_MAP_PREDICT ? PLAN_LOCAL_FRESH : PLAN_LOCAL_SESSION;
 }
 
 static uint8_t low_ttl(const side *s)
@@ -235,8 +226,8 @@ static void connect_accept(builder *b, ntcp_method_t m, int from, const struct s
 static void stunt2(builder *b, int x)
 {
     side *X = &b->s[x], *Y = &b->s[!x];
-    bool predict = X->map == MAP_PREDICT || (Y->map == MAP_PREDICT && X->filt != FILT_ADDR);
-    bool y_any = X->filt == FILT_ADDR;
+    bool predict = X->map == NAT_MAP_PREDICT || (Y->map == NAT_MAP_PREDICT && X->filt != NAT_FILT_ADDR);
+    bool y_any = X->filt == NAT_FILT_ADDR;
     plan_local_t xl = local_for(X);
     plan_local_t yl = y_any ? PLAN_LOCAL_ANY : local_for(Y);
     shared *a = add(b, predict ? NTCP_METHOD_PREDICT : NTCP_METHOD_STUNT2,
@@ -254,7 +245,7 @@ static void stunt2(builder *b, int x)
     uint16_t y_conn_count;
     if (y_any) {
         hx->target = ports_one(&Y->e->public_addr, ntcp_sa_port(&Y->e->public_addr));
-    } else if (Y->map == MAP_PREDICT) {
+    } else if (Y->map == NAT_MAP_PREDICT) {
         hx->target = ports_one(&Y->e->public_addr, predicted(Y, y_used_before + 1));
         hx->target.count = (uint16_t)Y->window;
         hx->target.step = Y->delta;
@@ -275,7 +266,7 @@ static void stunt2(builder *b, int x)
     hy->role = PLAN_CONNECT;
     hy->local = yl;
     hy->target = hx->ext;
-    if (X->map == MAP_PREDICT && yl == PLAN_LOCAL_FRESH) {
+    if (X->map == NAT_MAP_PREDICT && yl == PLAN_LOCAL_FRESH) {
         hy->target.step = 2 * X->delta;
         hy->target.count = (uint16_t)((X->window + 1) / 2);
     }
@@ -307,7 +298,7 @@ static void stunt2(builder *b, int x)
 static void simopen(builder *b)
 {
     side *I = &b->s[0], *T = &b->s[1];
-    bool predict = I->map == MAP_PREDICT || T->map == MAP_PREDICT;
+    bool predict = I->map == NAT_MAP_PREDICT || T->map == NAT_MAP_PREDICT;
     shared *a = add(b, predict ? NTCP_METHOD_PREDICT : NTCP_METHOD_P2PNAT,
                     "simultaneous open, both ends at once, repeated");
     if (!a)
@@ -408,11 +399,11 @@ static int impossible(plan *out, const char *fmt, ...)
  * for a pair that can be). */
 static int why_impossible(plan *out, const side *s)
 {
-    if (s[0].map == MAP_RANDOM && s[1].map == MAP_RANDOM)
+    if (s[0].map == NAT_MAP_RANDOM && s[1].map == NAT_MAP_RANDOM)
         return impossible(out, "both ends are behind NATs with unpredictable (random) TCP port "
                                "mappings and port-dependent filters: no SYN can be aimed at a port "
                                "the other NAT will let in; a relay is needed");
-    int r = s[0].map == MAP_RANDOM ? 0 : 1;
+    int r = s[0].map == NAT_MAP_RANDOM ? 0 : 1;
     return impossible(out, "the %s's NAT maps each connection to an unpredictable (random) port and "
                            "the %s's NAT only lets in SYNs from the exact port it sent to: a relay "
                            "is needed",
@@ -425,7 +416,7 @@ static int why_impossible(plan *out, const side *s)
  * to keep early SYNs away from. */
 static int score(const side *s, int x)
 {
-    return (s[!x].rst ? 0 : 4) + (s[x].filt == FILT_ADDR ? 2 : 0) + (s[x].rst ? 1 : 0);
+    return (s[!x].rst ? 0 : 4) + (s[x].filt == NAT_FILT_ADDR ? 2 : 0) + (s[x].rst ? 1 : 0);
 }
 
 static bool same_ip(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
@@ -466,7 +457,7 @@ static int build(builder *b, const plan_input *in, plan *out)
             b->next += b->stage;
     }
 
-    bool reach0 = s[0].filt == FILT_OPEN, reach1 = s[1].filt == FILT_OPEN;
+    bool reach0 = s[0].filt == NAT_FILT_OPEN, reach1 = s[1].filt == NAT_FILT_OPEN;
     if (reach1)
         connect_accept(b, NTCP_METHOD_DIRECT, 0, &s[1].e->public_addr, &s[0].e->public_addr,
                        "the target lets unsolicited SYNs in: the initiator connects");
@@ -481,12 +472,12 @@ static int build(builder *b, const plan_input *in, plan *out)
      * too, unless x filters by address only. */
     bool can[2];
     for (int x = 0; x < 2; x++)
-        can[x] = s[x].map != MAP_RANDOM && (s[x].filt == FILT_ADDR || s[!x].map != MAP_RANDOM);
-    bool sim = s[0].map != MAP_RANDOM && s[1].map != MAP_RANDOM &&
-               !(s[0].map == MAP_PREDICT && s[1].map == MAP_PREDICT);
+        can[x] = s[x].map != NAT_MAP_RANDOM && (s[x].filt == NAT_FILT_ADDR || s[!x].map != NAT_MAP_RANDOM);
+    bool sim = s[0].map != NAT_MAP_RANDOM && s[1].map != NAT_MAP_RANDOM &&
+               !(s[0].map == NAT_MAP_PREDICT && s[1].map == NAT_MAP_PREDICT);
     if (!can[0] && !can[1]) {
-        int r = s[0].map == MAP_RANDOM ? 0 : 1;
-        if (s[r].map == MAP_RANDOM && s[!r].map == MAP_KNOWN && !s[!r].map_assumed) {
+        int r = s[0].map == NAT_MAP_RANDOM ? 0 : 1;
+        if (s[r].map == NAT_MAP_RANDOM && s[!r].map == NAT_MAP_KNOWN && !s[!r].map_assumed) {
             birthday(b, r);
             return 0;
         }
@@ -497,8 +488,8 @@ static int build(builder *b, const plan_input *in, plan *out)
     int first = can[0] && (!can[1] || score(s, 0) >= score(s, 1)) ? 0 : 1;
     bool second = can[!first];
     bool any_rst = s[0].rst || s[1].rst;
-    bool raw = in->raw_enabled && s[0].e->raw && s[1].e->raw && s[0].map == MAP_KNOWN &&
-               s[1].map == MAP_KNOWN;
+    bool raw = in->raw_enabled && s[0].e->raw && s[1].e->raw && s[0].map == NAT_MAP_KNOWN &&
+               s[1].map == NAT_MAP_KNOWN;
 
     /* Simultaneous open is race-free when neither NAT answers an early SYN
      * with an RST (a dropped SYN is retransmitted; after an ICMP error the

@@ -34,7 +34,7 @@
  *   phase                   rt_bringup.c; api.c at the stop (P_IDLE)
  *   name                    handle (api.c), before rt_bring_up()
  *   key, s                  rt_bringup.c; api.c frees them at the stop
- *   blob, blen, me, priv, npriv, reg_err                     rt_bringup.c
+ *   blob, blen, me, priv, npriv, reg_err, silent_rounds      rt_bringup.c
  *   stun_addr, sampling, sample_again     rt_bringup.c (the sampler's
  *                           callbacks); api.c cancels a sample at the stop
  *   waiting                 api.c (handle, tick), rt_bringup.c (registered,
@@ -129,6 +129,7 @@ typedef struct ntcp_rt {
     req *acb_head, *acb_tail;       /* ntcp_accept_async() callbacks */
     conn *conns;
     int reg_err;                    /* the last registration refusal (NTCP_EREFUSED), or 0 */
+    unsigned silent_rounds;         /* broker rounds lost to timeouts since the last registration */
     bool debug;                     /* $NTCP_DEBUG: plans and results on stderr */
     struct sockaddr_storage priv[BROKER_MAX_PRIVATE]; /* as registered (port 0: the session's) */
     size_t npriv;

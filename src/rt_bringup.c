@@ -144,6 +144,7 @@ static void registered(ntcp_rt *rt)
 {
     rt->phase = P_REGISTERED;
     rt->reg_err = 0;
+    rt->silent_rounds = 0;
     req *w = rt->waiting;
     rt->waiting = NULL;
     while (w) {
@@ -201,7 +202,12 @@ static void on_state(ntcp_session *s, int state, int err, int code, void *user)
     if (err && ntcp_session_round_failed(s)) {
         /* No broker of the list could be reached (refused, unreachable,
          * silent, not resolved): waiting callers learn it now, with the
-         * causes, not at their timeout. The session keeps trying. */
+         * causes, not at their timeout. The session keeps trying. A round
+         * lost to silence alone (no answer in time: on a lossy path, a SYN
+         * and its retransmission, or an answer, lost) gets a second round
+         * first; a refusal or an unreachable network is said at once. */
+        if (err == NTCP_ETIMEDOUT && ++rt->silent_rounds < 2)
+            return;
         char why[600];
         snprintf(why, sizeof why, "the broker is unreachable: %s", ntcp_session_last_error(s));
         rt_fail_waiting(rt, NTCP_EUNREACHABLE, why);

@@ -30,21 +30,12 @@ void udp_plan_input_init(udp_plan_input *in)
     memset(in, 0, sizeof *in);
 }
 
-/* The classes of natside.h (shared with plan.c), by their short names. */
-typedef nat_map_class mapcls;
-typedef nat_filt_class filtcls;
-#define MAP_KNOWN NAT_MAP_KNOWN
-#define MAP_PREDICT NAT_MAP_PREDICT
-#define MAP_RANDOM NAT_MAP_RANDOM
-#define FILT_OPEN NAT_FILT_OPEN
-#define FILT_ADDR NAT_FILT_ADDR
-#define FILT_PORT NAT_FILT_PORT
 
 typedef struct side {
     const udp_plan_end *e;
     const char *who;
-    mapcls map;
-    filtcls filt;
+    nat_map_class map;
+    nat_filt_class filt;
     bool blocked;
     int delta;
 } side;
@@ -111,22 +102,22 @@ static int public_targets(const udp_plan_input *in, const side *me, const side *
                           udp_plan *out)
 {
     const struct sockaddr_storage *pu = &peer->e->public_udp;
-    if (me->map == MAP_RANDOM && peer->map == MAP_RANDOM)
+    if (me->map == NAT_MAP_RANDOM && peer->map == NAT_MAP_RANDOM)
         return impossible(out, "both ends are behind NATs with unpredictable (random) UDP port "
                                "mappings: neither can aim at a port the other NAT will let in; a "
                                "relay is needed");
-    if (me->map == MAP_RANDOM || peer->map == MAP_RANDOM) {
-        const side *r = me->map == MAP_RANDOM ? me : peer;
-        const side *o = me->map == MAP_RANDOM ? peer : me;
-        if (o->map == MAP_PREDICT)
+    if (me->map == NAT_MAP_RANDOM || peer->map == NAT_MAP_RANDOM) {
+        const side *r = me->map == NAT_MAP_RANDOM ? me : peer;
+        const side *o = me->map == NAT_MAP_RANDOM ? peer : me;
+        if (o->map == NAT_MAP_PREDICT)
             return impossible(out, "random UDP ports at the %s, sequential at the %s: each probe "
                                    "to a guessed port is a new sequential mapping the random end "
                                    "cannot aim at; a relay is needed",
                               r->who, o->who);
-        if (o->filt != FILT_PORT) {
+        if (o->filt != NAT_FILT_PORT) {
             /* The random end aims at the known mapping; the known end opens
              * its filter for the random end's whole address (or needs not). */
-            out->method = o->filt == FILT_OPEN ? UDP_METHOD_DIRECT : UDP_METHOD_PUNCH;
+            out->method = o->filt == NAT_FILT_OPEN ? UDP_METHOD_DIRECT : UDP_METHOD_PUNCH;
             add(out, pu, ntcp_sa_port(pu), 1, 0, UDP_T_PUBLIC);
             return 0;
         }
@@ -155,8 +146,8 @@ static int public_targets(const udp_plan_input *in, const side *me, const side *
         return 0;
     }
     /* Known or predictable on both sides. */
-    bool predict = me->map == MAP_PREDICT || peer->map == MAP_PREDICT;
-    if (me->map == MAP_PREDICT && peer->map == MAP_PREDICT) {
+    bool predict = me->map == NAT_MAP_PREDICT || peer->map == NAT_MAP_PREDICT;
+    if (me->map == NAT_MAP_PREDICT && peer->map == NAT_MAP_PREDICT) {
         /* Each probe of one socket to a new destination is a new mapping, so
          * the two windows are walked at different speeds: the initiator's
          * j-th probe goes to the target's predicted port j, the target's
@@ -171,19 +162,19 @@ static int public_targets(const udp_plan_input *in, const side *me, const side *
         out->method = UDP_METHOD_PREDICT;
         return 0;
     }
-    if (peer->map == MAP_PREDICT) {
+    if (peer->map == NAT_MAP_PREDICT) {
         /* A sequential peer sends one probe (one new mapping) to us: unless
          * our filter lets it in anyway, aim at its next ports. */
-        if (me->filt == FILT_PORT)
+        if (me->filt == NAT_FILT_PORT)
             add(out, pu, predicted(peer, 1), (uint16_t)w, peer->delta, UDP_T_PREDICTED);
         else
             add(out, pu, ntcp_sa_port(pu), 1, 0, UDP_T_PUBLIC); /* opens an address filter */
     } else {
         add(out, pu, ntcp_sa_port(pu), 1, 0, UDP_T_PUBLIC);
     }
-    if (predict && (me->map == MAP_PREDICT ? peer : me)->filt == FILT_PORT)
+    if (predict && (me->map == NAT_MAP_PREDICT ? peer : me)->filt == NAT_FILT_PORT)
         out->method = UDP_METHOD_PREDICT;
-    else if (me->filt == FILT_OPEN || peer->filt == FILT_OPEN)
+    else if (me->filt == NAT_FILT_OPEN || peer->filt == NAT_FILT_OPEN)
         out->method = UDP_METHOD_DIRECT;
     else
         out->method = UDP_METHOD_PUNCH;

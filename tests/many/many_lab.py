@@ -31,6 +31,9 @@ import tempfile
 import threading
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "common"))
+import labproc  # noqa: E402
+
 SITES = [("b", "fw"), ("c", "full-cone"), ("d", "none"), ("e", "symmetric-seq"),
          ("f", "restricted-cone")]
 
@@ -153,32 +156,17 @@ class Tester:
                                        capture_output=True, text=True, check=True).stdout)
         print(f"== lab {self.prefix}: a=port-restricted, " +
               ", ".join(f"{s}={p}" for s, p in SITES) + f", {self.a.delay:g} ms, syn {self.a.syn}")
-        for argv in ([self.a.stuntd, "--primary", "203.0.113.10:3478", "--alternate",
-                      "203.0.113.11:3479", "--udp-rate", "0", "--cb-rate", "0", "--log-level",
-                      "error"],
-                     [self.a.brokerd, "--listen", "203.0.113.10:3490", "--udp", "203.0.113.10:3490",
-                      "--source-rate", "0", "--turn-server", "203.0.113.20:3478",
-                      "--turn-secret-file", st["turn"]["secret_file"], "--quiet"]):
-            self.servers.append(subprocess.Popen(self.cmd("server", argv), env=self.env(),
-                                                 stdin=subprocess.DEVNULL))
-        time.sleep(0.5)
+        self.servers = labproc.start_servers(self.a.lab, self.prefix, self.a.stuntd, self.a.brokerd,
+                                             self.env(), turn_secret=st["turn"]["secret_file"])
 
     def cleanup(self):
-        for p in self.servers:
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(5)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+        labproc.stop_all(self.servers)
         if self.prefix:
             subprocess.run([self.a.lab, "down", "--prefix", self.prefix], capture_output=True)
         shutil.rmtree(self.home, ignore_errors=True)
 
     def many(self, host, verb, name, *extra, timeout=60):
-        argv = [self.a.many, verb, "--id", name, "--broker", "203.0.113.10:3490", "--stun",
-                "203.0.113.10:3478", "--key", os.path.join(self.home, name + ".key"),
+        argv = [self.a.many, verb, "--id", name, "--broker", labproc.BROKER, "--stun", labproc.STUN, "--key", os.path.join(self.home, name + ".key"),
                 "--timeout", str(timeout * 1000), *extra]
         return Proc(self.cmd(host, argv), self.env())
 

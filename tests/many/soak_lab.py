@@ -20,7 +20,10 @@ import sys
 import tempfile
 import time
 
-BROKER, STUN = "203.0.113.10:3490", "203.0.113.10:3478"
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "common"))
+import labproc  # noqa: E402
+
+BROKER, STUN = labproc.BROKER, labproc.STUN
 # Growth allowed in resident memory from the middle of the run to its end
 # (kB): by then ASan's quarantine (4 MB here) is full and the allocator's
 # arenas are made; 500 connections that each kept 4 KiB (one echo buffer)
@@ -62,11 +65,7 @@ def main():
             up += ["--delay", str(args.delay)]
         prefix = subprocess.run(up, check=True, capture_output=True,
                                 text=True).stdout.strip().splitlines()[-1]
-        for argv in ([args.stuntd, "--primary", STUN, "--alternate", "203.0.113.11:3479",
-                      "--udp-rate", "0", "--cb-rate", "0", "--log-level", "error"],
-                     [args.brokerd, "--listen", BROKER, "--source-rate", "0", "--peer-rate", "0", "--quiet"]):
-            servers.append(subprocess.Popen(ex("server", argv), env=env, stdin=subprocess.DEVNULL))
-        time.sleep(0.5)
+        servers = labproc.start_servers(args.lab, prefix, args.stuntd, args.brokerd, env)
         n = args.count
         every = max(1, n // 10)
         common = ["--broker", BROKER, "--stun", STUN, "--timeout", "30000", "--repeat", str(n),
@@ -91,8 +90,7 @@ def main():
             try:
                 p.wait(max(5, limit - (time.time() - t0)))
             except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+                labproc.stop(p)
         took = time.time() - t0
         print(f"    {n} connections in {took:.0f} s ({n / took:.1f} a second)")
         for host, p, role in (("a", pa, "connect"), ("b", pb, "serve")):
@@ -123,14 +121,7 @@ def main():
             else:
                 check(False, f"{role}: progress lines ({len(prog)})")
     finally:
-        for p in servers:
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(5)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+        labproc.stop_all(servers)
         if prefix:
             subprocess.run([args.lab, "down", "--prefix", prefix], capture_output=True)
         shutil.rmtree(home, ignore_errors=True)
