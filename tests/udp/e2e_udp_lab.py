@@ -233,8 +233,9 @@ def table(rows):
                 v = "%s (%d ms)" % (r["res_a"]["method"], r["res_a"]["ms"])
         else:
             v = "**%s**" % r["result"][:40]
-        cell[(r["a"], r["b"])] = cell[(r["b"], r["a"])] = v
-    out = ["| A \\ B | " + " | ".join(PERS) + " |", "|---" * (len(PERS) + 1) + "|"]
+        cell[(r["a"], r["b"])] = v
+        cell.setdefault((r["b"], r["a"]), v)
+    out = ["| A (requester) \\ B | " + " | ".join(PERS) + " |", "|---" * (len(PERS) + 1) + "|"]
     for a in PERS:
         out.append("| %s | " % a + " | ".join(cell.get((a, b), "") for b in PERS) + " |")
     return "\n".join(out)
@@ -258,7 +259,7 @@ def main():
     ap.add_argument("--prefix", default="nu%d" % (os.getpid() % 1000),
                     help="lab prefix base (each pair appends its number)")
     ap.add_argument("--pair", action="append", default=[],
-                    help="A:B (repeatable); default every pair of personalities")
+                    help="A:B (repeatable); default every ordered pair of personalities (49)")
     ap.add_argument("--no-relay", dest="relay", action="store_false",
                     help="no coturn: the pairs no direct method can join must fail honestly "
                     "(default: they must connect through the lab's coturn)")
@@ -274,7 +275,9 @@ def main():
     if args.pair:
         pairs = [tuple(p.split(":")) for p in args.pair]
     else:
-        pairs = [(x, y) for i, x in enumerate(PERS) for y in PERS[i:]]
+        # Every ordered pair (49): the requester's and the target's roles
+        # differ (who probes first, who sprays in a birthday search).
+        pairs = [(x, y) for x in PERS for y in PERS]
     t0 = time.monotonic()
     rows = []
     with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as ex:
