@@ -11,8 +11,14 @@
  *        filt  -> primary only: plain, CHANGE-REQUEST ip+port, port
  *        seq*  -> primary (fresh ports, for the port allocation pattern)
  *   TCP  lp    -> primary, then alternate IP, alternate IP+port; listens too
- *        lq    -> primary only: Binding and the two connect-backs; listens
+ *        lq0-2 -> primary only: Binding and connect-backs (lq0, lq1 at once,
+ *                 all three in later rounds); each listens
  *        seq*  -> primary; hair -> own mapping of lp
+ *
+ * On a lossy link silence proves little: every probe that must be answered
+ * counts the link's loss (link_loss()), and a filtering test settles on
+ * "filtered" only after as many silent tries as that loss asks for
+ * (ntcp_silence_needed()); what cannot get there is unknown.
  */
 #include <errno.h>
 #include <limits.h>

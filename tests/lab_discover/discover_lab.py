@@ -95,11 +95,11 @@ class Lab:
                                 stdout=log, stderr=subprocess.STDOUT)
 
 
-def wait_server(lab, ntcp, deadline_s=10):
+def wait_server(lab, ntcp, deadline_s=10, addr="203.0.113.10:3478", host="relay"):
     """Polls the server with `ntcp stun` until it answers, with a deadline."""
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
-        r = lab.exec("relay", [ntcp, "stun", "--timeout", "500", "203.0.113.10:3478"], timeout=10)
+        r = lab.exec(host, [ntcp, "stun", "--timeout", "500", addr], timeout=10)
         if r.returncode == 0:
             return True
     return False
@@ -118,7 +118,7 @@ def compare(where, got, want):
 
 
 def run_lab(i, knobs, args, results):
-    prefix = "ntd%d%d" % (os.getpid() % 10000, i)
+    prefix = "%s%d%d" % (os.environ.get("NTCP_LAB_PREFIX_BASE", "ntd"), os.getpid() % 10000, i)
     lab = Lab(args.lab, prefix)
     up = ["up", "--prefix", prefix, "--quiet", "--a", knobs["a"], "--b", knobs["b"],
           "--syn", knobs["syn"], "--seed", "7"]

@@ -75,8 +75,12 @@ def run_lab(i, knobs, args, tally, lock):
                                       "--primary", "[2001:db8::10]:3478",
                                       "--alternate", "[2001:db8::11]:3479",
                                       "--udp-rate", "0", "--cb-rate", "0"], log)
-        if not wait_server(lab, args.ntcp, 30):
-            raise RuntimeError("ntcp-stuntd did not answer in the lab")
+        # Both families from both sites: the lossy link's neighbour discovery
+        # (IPv6) takes its time after `up`, which no discovery should pay.
+        for site in ("a", "b"):
+            for addr in ("203.0.113.10:3478", "[2001:db8::10]:3478"):
+                if not wait_server(lab, args.ntcp, 30, addr, site):
+                    raise RuntimeError("ntcp-stuntd did not answer %s from %s" % (addr, site))
         for run in range(args.runs):
             # Both sites at once: separate NATs, one server.
             with concurrent.futures.ThreadPoolExecutor(max_workers=2) as ex:
