@@ -16,7 +16,8 @@ import sys
 import threading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from discover_lab import Lab, expected_v4, expected_v6, wait_server  # noqa: E402
+from discover_lab import (Lab, expected_v4, expected_v6, start_stuntd, stop_stuntd,  # noqa: E402
+                          wait_server)
 
 # Each lab runs two personalities (sites a and b) with one SYN answer. Every
 # personality at each loss rate; "drop" most often, since a dropped SYN and
@@ -70,11 +71,7 @@ def run_lab(i, knobs, args, tally, lock):
     log = open("/tmp/%s-stuntd.log" % prefix, "w")
     try:
         lab.cmd(*up)
-        server = lab.spawn("server", [args.stuntd, "--primary", "203.0.113.10:3478",
-                                      "--alternate", "203.0.113.11:3479",
-                                      "--primary", "[2001:db8::10]:3478",
-                                      "--alternate", "[2001:db8::11]:3479",
-                                      "--udp-rate", "0", "--cb-rate", "0"], log)
+        server = start_stuntd(lab, args.stuntd, log)
         # Both families from both sites: the lossy link's neighbour discovery
         # (IPv6) takes its time after `up`, which no discovery should pay.
         for site in ("a", "b"):
@@ -122,12 +119,7 @@ def run_lab(i, knobs, args, tally, lock):
     except Exception as e:  # noqa: BLE001 - a lab that fails is a failure, the others go on
         failures.append("%s: %s" % (desc, e))
     finally:
-        if server:
-            server.terminate()
-            try:
-                server.wait(10)
-            except Exception:  # noqa: BLE001
-                server.kill()
+        stop_stuntd(server)
         lab.cmd("down", check=False)
         log.close()
     with lock:
