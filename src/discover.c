@@ -11,10 +11,17 @@
  *        filt  -> primary only: plain, CHANGE-REQUEST ip+port, port
  *        seq*  -> primary (fresh ports, for the port allocation pattern)
  *   TCP  lp    -> primary, then alternate IP, alternate IP+port; listens too
- *        lq    -> primary only: Binding and the two connect-backs; listens
+ *        lq0-2 -> primary only: Binding and connect-backs (lq0, lq1 at once,
+ *                 all three in later rounds); each listens
  *        seq*  -> primary; hair -> own mapping of lp
+ *
+ * On a lossy link silence proves little: every probe that must be answered
+ * counts the link's loss (link_loss()), and a filtering test settles on
+ * "filtered" only after as many silent tries as that loss asks for
+ * (ntcp_silence_needed()); what cannot get there is unknown.
  */
 #include <errno.h>
+#include <limits.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -31,6 +38,9 @@
 
 #define TICK_MS 10
 #define NSEQ 3
+/* Sends of one UDP request remembered (their times): a negative test has
+ * as many as the loss on the link asks for, paced a round trip apart. */
+#define NSENDS 48
 /* No answer at all from a server for this long: try the next one. */
 #define UNREACHABLE_MS 2000
 
@@ -48,10 +58,22 @@ enum {
     U_COUNT = U_LTP0 + NLT
 };
 enum { US_MAP, US_FILT, US_SEQ0, US_LT0 = US_SEQ0 + NSEQ, US_COUNT = US_LT0 + NLT };
-enum { T_MAP0, T_MAP1, T_MAP2, T_FILT, T_HAIR, T_SEQ0, T_COUNT = T_SEQ0 + NSEQ };
-enum { TL_P, TL_Q, TL_COUNT };
-/* Requests on the TCP filtering connection. */
-enum { R_BIND, R_CB_BOTH, R_CB_PORT, R_COUNT };
+/* TCP: two filtering connections start with the rest (their connect-backs
+ * are the first round), a third waits for a second round, which a lossy
+ * link may need. FILT0, FILT1, SEQ0 and SEQ1 are the port pattern's new
+ * mappings after MAP0. */
+#define NFILT 3
+enum { T_MAP0, T_MAP1, T_MAP2, T_FILT0, T_FILT1, T_FILT2, T_SEQ0, T_SEQ1, T_HAIR, T_COUNT };
+enum { TL_P, TL_Q0, TL_COUNT = TL_Q0 + NFILT };
+/* Requests on one TCP connection: the Binding, then connect-backs, two per
+ * round (from the other address and port, from the other port). */
+#define R_BIND 0
+#define NWRITES 4 /* the first requests, then up to three more rounds */
+#define R_MAX (1 + 2 * NWRITES)
+/* Connect-backs of one variant per family at most: ntcp-stuntd's default
+ * burst per client address is 10 (docs/protocol.md). */
+#define CB_MAX 5
+enum { V_BOTH, V_PORT, V_COUNT };
 
 typedef struct usock {
     uv_udp_t h;
@@ -65,33 +87,57 @@ typedef struct utxn {
     usock *s;  /* sends */
     usock *rx; /* receives the answer (s, except for lifetime probes) */
     bool started, done, answered;
+    bool replied;     /* any answer, an error response too */
+    bool rtt_rto;     /* the RTO has been set from the measured round trip */
     uint64_t answered_at;
     uint8_t tid[STUN_TID_SIZE];
     struct sockaddr_storage dst;
     uint8_t msg[64];
     size_t len;
     uint64_t next_send, deadline, rto, sent_at;
+    unsigned nsent, nsent_ans; /* sends so far; sends when the answer came */
+    uint64_t sends[NSENDS];    /* when each was sent */
     struct sockaddr_storage mapped; /* from the answer */
     bool got_mapped;
 } utxn;
+
+/* One request on a TCP connection. */
+typedef struct treq {
+    uint8_t tid[STUN_TID_SIZE];
+    int variant;         /* V_BOTH, V_PORT; -1 for the Binding */
+    uint32_t timeout_ms; /* the connect-back's STUNT-TIMEOUT */
+    uint64_t deadline;   /* its answer is given up after this */
+    bool over;           /* answered, or given up */
+    bool answered;
+} treq;
 
 typedef struct tconn {
     uv_tcp_t h;
     uv_connect_t creq;
     fam *f;
     int kind;
-    bool open, started, connected, done;
-    uint64_t started_at, deadline;
+    bool open, started, connected, failed, done;
+    uint64_t started_at, connected_at, ended_at, bind_at, deadline;
     uint16_t lport;
     stun_framer fr;
     uint8_t rbuf[1024];
-    uint8_t wbuf[256];
-    uv_write_t wreq;
-    uint8_t tid[R_COUNT][STUN_TID_SIZE];
-    bool resp[R_COUNT];
+    uint8_t wbuf[NWRITES][192]; /* the first requests, then one per round */
+    uv_write_t wreq[NWRITES];
+    int nwrites;
+    treq req[R_MAX];
+    int nreq;
     struct sockaddr_storage mapped;
     bool got_mapped;
 } tconn;
+
+/* What the connect-backs of one variant have shown. */
+typedef struct tvar {
+    bool through;     /* one got through: YES */
+    int refused;      /* STUNT_REFUSED or STUNT_ICMP came back (-1: none): NO */
+    unsigned silent;  /* the server's SYNs that met silence */
+    unsigned pending; /* requests without an answer yet */
+    unsigned asked;   /* requests sent */
+} tvar;
 
 typedef struct tlisten {
     uv_tcp_t h;
@@ -115,9 +161,11 @@ struct fam {
     /* TCP */
     tconn tc[T_COUNT];
     tlisten tl[TL_COUNT];
-    bool cb_sent;
-    ntcp_tristate_t cb_both, cb_port, t_hair;
-    int cb_outcome;
+    tvar cb[V_COUNT];
+    bool filt_settled; /* no connect-back runs or is wanted, for now */
+    unsigned cb_lost, cb_tries; /* loss seen by connect-backs that came back */
+    unsigned cb_unanswered;     /* connect-backs whose answer never came */
+    ntcp_tristate_t t_hair;
     uint64_t hair_deadline;
     char udp_why[96], tcp_why[96];
 };
@@ -222,16 +270,72 @@ static uint64_t initial_rto(disc *d)
     return rto < 100 ? 100 : rto;
 }
 
-/* When to give up on something that should come: several retransmissions
- * at the measured round trip, or two seconds before any was measured (which
- * covers one lost SYN: Linux retransmits it after 1 s). */
-static uint64_t pos_deadline(disc *d)
+/* The time a request's answer is given before the request counts as met
+ * by silence: a round trip and as much again, or 500 ms before any round
+ * trip was measured. */
+static uint64_t answer_window(disc *d)
 {
-    uint64_t w = d->rtt_ms ? 8ull * d->rtt_ms : 2000;
-    if (w < 1500)
-        w = 1500;
+    return d->rtt_ms ? 2ull * d->rtt_ms + 50 : 500;
+}
+
+/* The pace of a negative test's requests: one answer window apart (loss on
+ * real links comes in bursts), 100 ms at the least. */
+static uint64_t neg_pace(disc *d)
+{
+    uint64_t p = d->rtt_ms ? answer_window(d) : 150;
+    return p < 100 ? 100 : p;
+}
+
+static uint64_t capped(disc *d, uint64_t w)
+{
     uint64_t dl = now_ms(d) + w;
     return dl < d->deadline ? dl : d->deadline;
+}
+
+/* When to give up on a UDP answer that should come: 2.5 s, or ten round
+ * trips on a slower path; the RTO follows the round trip once it is known,
+ * so that is five sends or more. */
+static uint64_t udp_pos_deadline(disc *d)
+{
+    uint64_t w = 10ull * d->rtt_ms;
+    return capped(d, w < 2500 ? 2500 : w);
+}
+
+/* The kernel sends a SYN again after 1 s, 3 s, 7 s, ... (RFC 6298 2.1 and
+ * 5.5: an initial RTO of 1 s, doubled at each retransmission); this holds
+ * for our connects and for the server's connect-backs. */
+static const uint32_t syn_rexmit_ms[] = {1000, 3000, 7000, 15000};
+#define NREXMIT (sizeof syn_rexmit_ms / sizeof syn_rexmit_ms[0])
+
+/* When to give up on a TCP connection that should be answered: its third
+ * SYN (3 s) and the answer. */
+static uint64_t tcp_pos_deadline(disc *d)
+{
+    return capped(d, 3000 + 4ull * (d->rtt_ms ? d->rtt_ms : 100) + 200);
+}
+
+/* SYNs sent in the first `ms` of a connect, retransmissions included. */
+static unsigned syns_by(uint64_t ms)
+{
+    unsigned n = 1;
+    for (size_t i = 0; i < NREXMIT; i++)
+        n += syn_rexmit_ms[i] <= ms;
+    return n;
+}
+
+/* What a timer of the server's kernel or of ours may be late by. */
+#define SYN_SLACK_MS 50
+
+/* The server's SYNs in a connect-back of timeout_ms whose answer had the
+ * time to come back before the server gave up. */
+static unsigned syn_tries(uint32_t timeout_ms, uint32_t rtt_ms)
+{
+    if (rtt_ms + SYN_SLACK_MS > timeout_ms)
+        return 0;
+    unsigned n = 1;
+    for (size_t i = 0; i < NREXMIT; i++)
+        n += syn_rexmit_ms[i] + rtt_ms + SYN_SLACK_MS <= timeout_ms;
+    return n;
 }
 
 static void any_addr(int af, uint16_t port, struct sockaddr_storage *out)
@@ -260,8 +364,35 @@ static void utxn_send(utxn *t)
     if (t->sent_at == 0)
         t->sent_at = now;
     (void)uv_udp_try_send(&t->s->h, &b, 1, (const struct sockaddr *)&t->dst);
+    if (t->nsent < NSENDS)
+        t->sends[t->nsent] = now;
+    t->nsent++;
     t->next_send = now + t->rto;
     t->rto *= 2;
+}
+
+/* The tests whose silence means something (filtering), not loss. */
+static bool udp_negative(int kind)
+{
+    return kind == U_FBOTH || kind == U_FPORT;
+}
+
+/* Requests that must be answered: their sends measure the link's loss. */
+static bool udp_positive(int kind)
+{
+    return kind != U_HAIR && !udp_negative(kind) && kind < U_LTP0;
+}
+
+/* Sends of t that have had their answer window, all met by silence. */
+static unsigned utxn_silent(utxn *t, uint64_t now)
+{
+    if (!t->started || t->replied)
+        return 0;
+    uint64_t w = answer_window(t->f->d);
+    unsigned n = 0;
+    for (unsigned i = 0; i < t->nsent && i < NSENDS; i++)
+        n += t->sends[i] + w <= now;
+    return n;
 }
 
 static void utxn_start_ex(fam *f, int kind, usock *s, const struct sockaddr_storage *dst,
@@ -326,7 +457,8 @@ static void on_udp_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf, const s
             return;
         if (k < U_LTP0)
             note_rtt(f->d, t->sent_at);
-        t->done = true;
+        t->done = t->replied = true;
+        t->nsent_ans = t->nsent;
         if (m.cls == STUN_ERROR)
             return;
         t->answered = true;
@@ -339,12 +471,6 @@ static void on_udp_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf, const s
                 stun_get_addr(&m, STUN_ATTR_CHANGED_ADDRESS, &f->other) == 0)
                 f->have_other = f->other.ss_family == f->af;
             udp_after_map0(f);
-        } else if (k == U_FPLAIN) {
-            /* The filtering port works: the changed answers have this long. */
-            uint64_t dl = now_ms(f->d) + neg_wait(f->d);
-            for (int j = U_FBOTH; j <= U_FPORT; j++)
-                if (!f->ut[j].done)
-                    f->ut[j].deadline = dl < f->d->deadline ? dl : f->d->deadline;
         }
         return;
     }
@@ -356,8 +482,8 @@ static void udp_after_map0(fam *f)
     if (f->have_other) {
         struct sockaddr_storage alt_ip = f->other;
         ntcp_sa_set_port(&alt_ip, ntcp_sa_port(&f->primary));
-        utxn_start(f, U_MAP1, &f->us[US_MAP], &alt_ip, 0, pos_deadline(d));
-        utxn_start(f, U_MAP2, &f->us[US_MAP], &f->other, 0, pos_deadline(d));
+        utxn_start(f, U_MAP1, &f->us[US_MAP], &alt_ip, 0, udp_pos_deadline(d));
+        utxn_start(f, U_MAP2, &f->us[US_MAP], &f->other, 0, udp_pos_deadline(d));
     } else {
         snprintf(f->udp_why, sizeof f->udp_why, "the server gave no OTHER-ADDRESS");
     }
@@ -401,16 +527,17 @@ static void udp_start(fam *f)
         }
     }
     /* New mappings first, in a known order, for the port allocation pattern. */
-    uint64_t dl = pos_deadline(d);
+    uint64_t dl = udp_pos_deadline(d);
     utxn_start(f, U_MAP0, &f->us[US_MAP], &f->primary, 0, dl);
     utxn_start(f, U_FPLAIN, &f->us[US_FILT], &f->primary, 0, dl);
     for (int i = 0; i < NSEQ; i++)
         utxn_start(f, U_SEQ0 + i, &f->us[US_SEQ0 + i], &f->primary, 0, dl);
-    /* Until the plain request on this port is answered, these wait as long. */
-    utxn_start(f, U_FBOTH, &f->us[US_FILT], &f->primary, STUN_CHANGE_IP | STUN_CHANGE_PORT, dl);
-    utxn_start(f, U_FPORT, &f->us[US_FILT], &f->primary, STUN_CHANGE_PORT, dl);
-    /* Negative tests retransmit often: a lost answer must not read as "filtered". */
-    f->ut[U_FBOTH].rto = f->ut[U_FPORT].rto = 150;
+    /* Negative tests send steadily until their silence is conclusive
+     * (udp_neg_settled): a lost answer must not read as "filtered". */
+    utxn_start(f, U_FBOTH, &f->us[US_FILT], &f->primary, STUN_CHANGE_IP | STUN_CHANGE_PORT,
+               d->deadline);
+    utxn_start(f, U_FPORT, &f->us[US_FILT], &f->primary, STUN_CHANGE_PORT, d->deadline);
+    f->ut[U_FBOTH].next_send = f->ut[U_FPORT].next_send = now_ms(d) + neg_pace(d);
     if (d->flags & NTCP_DISCOVER_LIFETIME) {
         for (int i = 0; i < NLT; i++) {
             if (usock_open(f, &f->us[US_LT0 + i]) < 0)
@@ -459,31 +586,79 @@ static bool lifetime_pending(fam *f)
     return false;
 }
 
-static bool udp_done(fam *f)
+static void link_loss(disc *d, unsigned *lost, unsigned *tries);
+static bool udp_neg_settled(fam *f, utxn *t, uint64_t now);
+
+/* Everything answered or given up; a filtering test need only be settled:
+ * it goes on sending while the rest runs, so that its silence keeps up
+ * with the loss that the rest may still show. */
+static bool udp_done(fam *f, uint64_t now)
 {
     if (!f->on_udp)
         return true;
     for (int k = 0; k < U_COUNT; k++)
-        if (f->ut[k].started && !f->ut[k].done)
+        if (f->ut[k].started && !f->ut[k].done &&
+            !(udp_negative(k) && udp_neg_settled(f, &f->ut[k], now)))
             return false;
     return !lifetime_pending(f);
 }
 
+/* A filtering test has nothing more to learn: answered, its control (the
+ * plain request on the same port) failed, or all its sends are spent. From
+ * the other port, as soon as the other address and port answered: the
+ * filtering is then endpoint-independent whatever it says. */
+static bool udp_neg_over(fam *f, utxn *t, uint64_t now)
+{
+    utxn *plain = &f->ut[U_FPLAIN];
+    return t->replied || (t == &f->ut[U_FPORT] && f->ut[U_FBOTH].answered) ||
+           (plain->done && !plain->answered) ||
+           (t->nsent >= NSENDS && t->sends[NSENDS - 1] + answer_window(f->d) <= now);
+}
+
+/* A filtering test is settled when it is over, or when the plain request
+ * was answered a negative wait ago and enough of the test's sends met
+ * silence for the loss seen on the link so far (ntcp_silence_needed()). */
+static bool udp_neg_settled(fam *f, utxn *t, uint64_t now)
+{
+    disc *d = f->d;
+    utxn *plain = &f->ut[U_FPLAIN];
+    if (t->done || udp_neg_over(f, t, now))
+        return true;
+    if (!plain->answered || now < plain->answered_at + neg_wait(d))
+        return false;
+    unsigned lost, tries;
+    link_loss(d, &lost, &tries);
+    unsigned need = ntcp_silence_needed(lost, tries);
+    return need == UINT_MAX || utxn_silent(t, now) >= need;
+}
+
 static void udp_tick(fam *f, uint64_t now)
 {
+    disc *d = f->d;
     lifetime_tick(f, now);
     for (int k = 0; k < U_COUNT; k++) {
         utxn *t = &f->ut[k];
         if (!t->started || t->done)
             continue;
-        if (now >= t->deadline) {
+        if (now >= t->deadline || (udp_negative(k) && udp_neg_over(f, t, now))) {
             t->done = true;
             continue;
         }
+        if (udp_positive(k) && !t->rtt_rto && d->rtt_ms) {
+            /* The round trip is known now: retransmit on its RTO. */
+            uint64_t rto = initial_rto(d), last = t->sends[(t->nsent - 1) % NSENDS];
+            t->rtt_rto = true;
+            if (t->nsent <= NSENDS && last + rto < t->next_send) {
+                t->next_send = last + rto;
+                t->rto = 2 * rto;
+            }
+        }
         if (now >= t->next_send) {
-            if (k == U_FBOTH || k == U_FPORT || k == U_HAIR || k >= U_LTP0)
+            if (k == U_HAIR || k >= U_LTP0)
                 t->rto = t->rto > 300 ? 300 : t->rto; /* keep probing steadily */
             utxn_send(t);
+            if (udp_negative(k))
+                t->next_send = now + neg_pace(d);
         }
     }
 }
@@ -540,6 +715,7 @@ static void lifetime_observe(fam *f, ntcp_nat_behaviour_t *b)
 
 static void udp_observe(fam *f, ntcp_nat_obs *o, ntcp_nat_behaviour_t *b)
 {
+    uint64_t now = now_ms(f->d);
     ntcp_nat_obs_init(o, false);
     o->local = f->local_ip;
     ntcp_sa_set_port(&o->local, f->us[US_MAP].port);
@@ -550,9 +726,13 @@ static void udp_observe(fam *f, ntcp_nat_obs *o, ntcp_nat_behaviour_t *b)
         if (o->got[i])
             o->mapped[i] = t->mapped;
     }
+    /* Silence counts only where the plain request on that port came back. */
     bool plain = f->ut[U_FPLAIN].answered;
-    o->from_other_both = f->ut[U_FBOTH].answered ? NTCP_YES : plain ? NTCP_NO : NTCP_UNKNOWN;
-    o->from_other_port = f->ut[U_FPORT].answered ? NTCP_YES : plain ? NTCP_NO : NTCP_UNKNOWN;
+    o->from_other_both = f->ut[U_FBOTH].answered ? NTCP_YES : NTCP_UNKNOWN;
+    o->from_other_port = f->ut[U_FPORT].answered ? NTCP_YES : NTCP_UNKNOWN;
+    o->silent_both = plain ? utxn_silent(&f->ut[U_FBOTH], now) : 0;
+    o->silent_port = plain ? utxn_silent(&f->ut[U_FPORT], now) : 0;
+    link_loss(f->d, &o->lost, &o->tries);
     /* Mappings made in the first burst, in the order they were made. */
     static const int seq_kinds[2 + NSEQ] = {U_MAP0, U_FPLAIN, U_SEQ0, U_SEQ0 + 1, U_SEQ0 + 2};
     static const int seq_socks[2 + NSEQ] = {US_MAP, US_FILT, US_SEQ0, US_SEQ0 + 1, US_SEQ0 + 2};
@@ -560,8 +740,16 @@ static void udp_observe(fam *f, ntcp_nat_obs *o, ntcp_nat_behaviour_t *b)
         utxn *t = &f->ut[seq_kinds[i]];
         if (!t->got_mapped)
             continue;
+        if (!o->got_other && i > 0) {
+            o->got_other = true;
+            o->other_local = f->local_ip;
+            ntcp_sa_set_port(&o->other_local, f->us[seq_socks[i]].port);
+            o->other_mapped = t->mapped;
+        }
         o->seq_local[o->nseq] = f->us[seq_socks[i]].port;
         o->seq_mapped[o->nseq] = ntcp_sa_port(&t->mapped);
+        o->seq_pos[o->nseq] = (uint8_t)i;
+        o->seq_first[o->nseq] = t->nsent_ans == 1;
         o->nseq++;
     }
     if (o->got[0])
@@ -588,25 +776,77 @@ static void tcp_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
     *buf = uv_buf_init((char *)p, (unsigned)avail);
 }
 
+static bool is_filt(int kind)
+{
+    return kind >= T_FILT0 && kind < T_FILT0 + NFILT;
+}
+
+/* Request r on c will get no answer any more (given up, or c closed). */
+static void treq_over(tconn *c, treq *r)
+{
+    if (r->over)
+        return;
+    r->over = true;
+    if (r->variant >= 0) {
+        c->f->cb[r->variant].pending--;
+        c->f->cb_unanswered++;
+    }
+}
+
 static void tconn_finish(tconn *c)
 {
+    if (!c->done)
+        c->ended_at = now_ms(c->f->d);
     c->done = true;
+    for (int i = 0; i < c->nreq; i++)
+        treq_over(c, &c->req[i]);
     close_handle((uv_handle_t *)&c->h, &c->open, on_tconn_closed);
 }
 
 static void tcp_after_map0(fam *f);
 
+static void cb_result(fam *f, treq *r, const stun_msg *m)
+{
+    tvar *v = &f->cb[r->variant];
+    stunt_connect_result res;
+    v->pending--;
+    if (m->cls != STUN_SUCCESS || stunt_get_connect_result(m, &res) < 0 ||
+        res.outcome == STUNT_LOCAL) {
+        if (!f->tcp_why[0])
+            snprintf(f->tcp_why, sizeof f->tcp_why,
+                     "the server did not run the connect-back test (not ntcp-stuntd?)");
+        return;
+    }
+    if (res.outcome == STUNT_TIMEOUT) {
+        v->silent += syn_tries(r->timeout_ms, f->d->rtt_ms);
+        return;
+    }
+    if (res.outcome == STUNT_CONNECTED)
+        v->through = true;
+    else if (v->refused < 0)
+        v->refused = res.outcome; /* an RST or an ICMP error: the NAT said no */
+    /* SYNs of the server's that went unanswered before this one came back. */
+    unsigned k = syns_by(res.elapsed_ms) - 1;
+    f->cb_tries += k + 1;
+    f->cb_lost += k;
+}
+
 static void tconn_on_message(tconn *c, const stun_msg *m)
 {
     fam *f = c->f;
-    for (int r = 0; r < R_COUNT; r++) {
-        if (c->resp[r] || memcmp(c->tid[r], m->tid, STUN_TID_SIZE))
+    for (int i = 0; i < c->nreq; i++) {
+        treq *r = &c->req[i];
+        if (r->over || memcmp(r->tid, m->tid, STUN_TID_SIZE))
             continue;
         if (m->cls != STUN_SUCCESS && m->cls != STUN_ERROR)
             return;
-        c->resp[r] = true;
-        note_rtt(f->d, c->started_at);
-        if (r == R_BIND && m->cls == STUN_SUCCESS) {
+        r->over = r->answered = true;
+        if (r->variant >= 0) {
+            cb_result(f, r, m);
+            break;
+        }
+        note_rtt(f->d, c->bind_at);
+        if (m->cls == STUN_SUCCESS) {
             if (stun_get_addr(m, STUN_ATTR_XOR_MAPPED_ADDRESS, &c->mapped) == 0 ||
                 stun_get_addr(m, STUN_ATTR_MAPPED_ADDRESS, &c->mapped) == 0)
                 c->got_mapped = true;
@@ -615,26 +855,12 @@ static void tconn_on_message(tconn *c, const stun_msg *m)
                     f->have_other = f->other.ss_family == f->af;
                 tcp_after_map0(f);
             }
-        } else if (r != R_BIND) {
-            stunt_connect_result res;
-            ntcp_tristate_t *slot = r == R_CB_BOTH ? &f->cb_both : &f->cb_port;
-            if (m->cls == STUN_SUCCESS && stunt_get_connect_result(m, &res) == 0 &&
-                res.outcome != STUNT_LOCAL) {
-                *slot = res.outcome == STUNT_CONNECTED ? NTCP_YES : NTCP_NO;
-                if (r == R_CB_BOTH)
-                    f->cb_outcome = res.outcome;
-            } else if (!f->tcp_why[0]) {
-                snprintf(f->tcp_why, sizeof f->tcp_why,
-                         "the server did not run the connect-back test (not ntcp-stuntd?)");
-            }
         }
         break;
     }
-    bool all = true;
-    int nreq = c->kind == T_FILT ? R_COUNT : 1;
-    for (int r = 0; r < nreq; r++)
-        all = all && c->resp[r];
-    if (all)
+    /* A filtering connection stays open for more rounds (tcp_filter_tick)
+     * until discovery ends; the others are done with their answer. */
+    if (!is_filt(c->kind) && c->nreq && c->req[R_BIND].over)
         tconn_finish(c);
 }
 
@@ -657,17 +883,55 @@ static void on_tcp_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
 }
 
-static size_t build_request(uint8_t *out, size_t cap, uint16_t method, const uint8_t *tid,
-                            uint32_t change, uint32_t timeout_ms)
+/* Adds a request to c and writes it at out: a Binding (variant -1) or a
+ * connect-back of that variant. Returns its length, 0 when c is full. */
+static size_t tconn_request(tconn *c, int variant, uint32_t timeout_ms, uint8_t *out, size_t cap)
 {
+    disc *d = c->f->d;
+    if (c->nreq == R_MAX)
+        return 0;
+    treq *r = &c->req[c->nreq];
+    memset(r, 0, sizeof *r);
+    r->variant = variant;
+    r->timeout_ms = timeout_ms;
+    stun_new_tid(r->tid);
     stun_builder b;
-    stun_build_init(&b, out, cap, method, STUN_REQUEST, tid, false);
-    if (change)
-        stun_build_change_request(&b, change);
-    if (timeout_ms)
+    stun_build_init(&b, out, cap, variant < 0 ? STUN_BINDING : STUNT_CONNECT_BACK, STUN_REQUEST,
+                    r->tid, false);
+    if (variant >= 0) {
+        stun_build_change_request(&b, variant == V_BOTH ? STUN_CHANGE_IP | STUN_CHANGE_PORT
+                                                        : STUN_CHANGE_PORT);
         stun_build_u32(&b, STUNT_ATTR_TIMEOUT, timeout_ms);
+        /* The result comes when the server gives up, then crosses the
+         * link; the request or the result may be retransmitted, after 3 s
+         * on a connection whose SYN was (RFC 6298 5.7). */
+        uint64_t dl = now_ms(d) + timeout_ms + 4ull * d->rtt_ms + 3000;
+        r->deadline = dl < d->deadline ? dl : d->deadline;
+    }
     int n = stun_build_finish(&b, NULL);
-    return n > 0 ? (size_t)n : 0;
+    if (n <= 0 || (size_t)n > cap)
+        return 0;
+    if (variant >= 0) {
+        c->f->cb[variant].pending++;
+        c->f->cb[variant].asked++;
+    }
+    c->nreq++;
+    return (size_t)n;
+}
+
+/* Writes n bytes of c's next write buffer. */
+static int tconn_write(tconn *c, size_t n)
+{
+    int i = c->nwrites++;
+    uv_buf_t b = uv_buf_init((char *)c->wbuf[i], (unsigned)n);
+    int w = uv_try_write((uv_stream_t *)&c->h, &b, 1);
+    if (w >= 0 && (size_t)w < n) {
+        b = uv_buf_init((char *)c->wbuf[i] + w, (unsigned)(n - (size_t)w));
+        w = uv_write(&c->wreq[i], (uv_stream_t *)&c->h, &b, 1, NULL);
+    } else if (w == UV_EAGAIN) {
+        w = uv_write(&c->wreq[i], (uv_stream_t *)&c->h, &b, 1, NULL);
+    }
+    return w < 0 ? w : 0;
 }
 
 static void on_tcp_connect(uv_connect_t *req, int status)
@@ -678,41 +942,30 @@ static void on_tcp_connect(uv_connect_t *req, int status)
     if (status < 0 || !c->open) {
         if (c->kind == T_HAIR && f->t_hair == NTCP_UNKNOWN)
             f->t_hair = NTCP_NO;
+        /* Refused or unreachable: an answer, not a loss. */
+        c->failed = status < 0 && status != UV_ECANCELED;
         tconn_finish(c);
         return;
     }
     c->connected = true;
+    c->connected_at = now_ms(d);
     if (c->kind == T_HAIR)
         return; /* the verdict comes from our listener */
     note_rtt(d, c->started_at);
-    c->started_at = now_ms(d);
-    size_t n = 0;
-    stun_new_tid(c->tid[R_BIND]);
-    n += build_request(c->wbuf + n, sizeof c->wbuf - n, STUN_BINDING, c->tid[R_BIND], 0, 0);
-    if (c->kind == T_FILT) {
-        /* A dropped SYN is only "dropped" once the server's kernel would have
-         * retransmitted it (1 s), so that one lost packet does not decide. */
-        uint32_t cb_ms = 1000 + 4 * d->rtt_ms;
+    c->bind_at = now_ms(d);
+    size_t n = tconn_request(c, -1, 0, c->wbuf[0], sizeof c->wbuf[0]);
+    if (c->kind == T_FILT0 || c->kind == T_FILT1) {
+        /* The first round: a dropped SYN is only "dropped" once the server's
+         * kernel would have retransmitted it (1 s), so that one lost packet
+         * does not decide; whether two rounds of that are enough is for the
+         * loss on the link to say (tcp_filter_tick). */
+        uint32_t cb_ms = 1000 + 4 * d->rtt_ms + SYN_SLACK_MS;
         if (cb_ms > 3000)
             cb_ms = 3000;
-        stun_new_tid(c->tid[R_CB_BOTH]);
-        stun_new_tid(c->tid[R_CB_PORT]);
-        n += build_request(c->wbuf + n, sizeof c->wbuf - n, STUNT_CONNECT_BACK, c->tid[R_CB_BOTH],
-                           STUN_CHANGE_IP | STUN_CHANGE_PORT, cb_ms);
-        n += build_request(c->wbuf + n, sizeof c->wbuf - n, STUNT_CONNECT_BACK, c->tid[R_CB_PORT],
-                           STUN_CHANGE_PORT, cb_ms);
-        f->cb_sent = true;
-        c->deadline = now_ms(d) + cb_ms + 4ull * d->rtt_ms + 1000;
+        for (int v = 0; v < V_COUNT; v++)
+            n += tconn_request(c, v, cb_ms, c->wbuf[0] + n, sizeof c->wbuf[0] - n);
     }
-    uv_buf_t b = uv_buf_init((char *)c->wbuf, (unsigned)n);
-    int w = uv_try_write((uv_stream_t *)&c->h, &b, 1);
-    if (w >= 0 && (size_t)w < n) {
-        b = uv_buf_init((char *)c->wbuf + w, (unsigned)(n - (size_t)w));
-        w = uv_write(&c->wreq, (uv_stream_t *)&c->h, &b, 1, NULL);
-    } else if (w == UV_EAGAIN) {
-        w = uv_write(&c->wreq, (uv_stream_t *)&c->h, &b, 1, NULL);
-    }
-    if (w < 0 || uv_read_start((uv_stream_t *)&c->h, tcp_alloc, on_tcp_read) < 0)
+    if (tconn_write(c, n) < 0 || uv_read_start((uv_stream_t *)&c->h, tcp_alloc, on_tcp_read) < 0)
         tconn_finish(c);
 }
 
@@ -753,7 +1006,7 @@ static void tconn_start(fam *f, int kind, uint16_t lport, const struct sockaddr_
     int rc = tcp_socket(f, &c->h, c, &c->open, lport, &c->lport);
     c->creq.data = c;
     c->started_at = now_ms(d);
-    c->deadline = pos_deadline(d);
+    c->deadline = tcp_pos_deadline(d);
     if (rc < 0 || uv_tcp_connect(&c->creq, &c->h, (const struct sockaddr *)dst, on_tcp_connect) < 0)
         tconn_finish(c);
 }
@@ -826,33 +1079,197 @@ static void tcp_start(fam *f)
             return;
         }
     }
-    f->cb_outcome = -1;
-    /* SYNs in a known order: lp, lq, then the fresh ports. */
+    for (int v = 0; v < V_COUNT; v++)
+        f->cb[v].refused = -1;
+    /* SYNs in a known order: lp, the first two filtering ports, then the
+     * fresh ports; the third filtering port after the burst. */
     tconn_start(f, T_MAP0, f->tl[TL_P].port, &f->primary);
-    tconn_start(f, T_FILT, f->tl[TL_Q].port, &f->primary);
-    for (int i = 0; i < NSEQ; i++)
-        tconn_start(f, T_SEQ0 + i, 0, &f->primary);
+    tconn_start(f, T_FILT0, f->tl[TL_Q0].port, &f->primary);
+    tconn_start(f, T_FILT1, f->tl[TL_Q0 + 1].port, &f->primary);
+    tconn_start(f, T_SEQ0, 0, &f->primary);
+    tconn_start(f, T_SEQ1, 0, &f->primary);
+    tconn_start(f, T_FILT2, f->tl[TL_Q0 + 2].port, &f->primary);
 }
 
+/* Everything answered or given up; the filtering connections need only be
+ * settled (they close with the rest). */
 static bool tcp_done(fam *f)
 {
     if (!f->on_tcp)
         return true;
     for (int k = 0; k < T_COUNT; k++)
-        if (f->tc[k].started && !f->tc[k].done)
+        if (f->tc[k].started && !f->tc[k].done && !(is_filt(k) && f->filt_settled))
             return false;
     return true;
+}
+
+/* Whether variant v's silence needs more tries than it has. */
+static bool cb_wants_more(fam *f, int v, unsigned need)
+{
+    tvar *t = &f->cb[v];
+    /* Only silence asks for more: no answer at all from the server (not
+     * ntcp-stuntd?) would not change with another round. */
+    if (t->through || t->refused >= 0 || t->silent == 0 || need == UINT_MAX || t->silent >= need ||
+        t->asked >= CB_MAX)
+        return false;
+    /* Through from the other address and port: filtering is
+     * endpoint-independent, whatever the other port shows. */
+    return !(v == V_PORT && f->cb[V_BOTH].through);
+}
+
+/* Whether c can carry another round: connected, and no connect-back of its
+ * own still running at the server for all we know (one whose answer was
+ * given up), since a new one would have the same addresses. */
+static bool cb_conn_ready(tconn *c)
+{
+    if (!c->connected || c->done || c->nwrites >= NWRITES)
+        return false;
+    for (int r = 0; r < c->nreq; r++)
+        if (c->req[r].variant >= 0 && !c->req[r].answered)
+            return false;
+    return true;
+}
+
+/* Another round: as many more connect-backs as the silence still needs, at
+ * most one per variant and filtering connection. Each is as short as will
+ * do: long enough for the server's kernel to send its SYN k times (at 0, 1
+ * and 3 s), k from 1 to 3, the smallest that gives the tries needed over
+ * the connections there are, or what time is left before the deadline.
+ * Returns whether it sent any. */
+static bool cb_round(fam *f, uint64_t now, unsigned need)
+{
+    disc *d = f->d;
+    uint32_t rtt = d->rtt_ms ? d->rtt_ms : 100;
+    uint64_t margin = 4ull * rtt + 300;
+    unsigned nconn = 0, more[V_COUNT] = {0}, most = 0;
+    bool ready[NFILT];
+    for (int i = 0; i < NFILT; i++)
+        nconn += ready[i] = cb_conn_ready(&f->tc[T_FILT0 + i]);
+    for (int v = 0; v < V_COUNT; v++) {
+        if (cb_wants_more(f, v, need))
+            more[v] = need - f->cb[v].silent;
+        most = more[v] > most ? more[v] : most;
+    }
+    if (nconn == 0 || most == 0)
+        return false;
+    static const uint32_t syn_at[3] = {0, 1000, 3000};
+    unsigned k = 1;
+    while (k < 3 && k * nconn < most)
+        k++;
+    uint64_t tk = syn_at[k - 1] + 2ull * rtt + 200;
+    if (now + tk + margin > d->deadline)
+        tk = d->deadline > now + margin ? d->deadline - now - margin : 0;
+    unsigned per = syn_tries((uint32_t)tk, rtt);
+    if (per == 0)
+        return false;
+    size_t len[NFILT] = {0};
+    bool sent = false;
+    for (int v = 0; v < V_COUNT; v++) {
+        unsigned n = (more[v] + per - 1) / per;
+        for (int i = 0; i < NFILT && n > 0 && f->cb[v].asked < CB_MAX; i++) {
+            tconn *c = &f->tc[T_FILT0 + i];
+            if (!ready[i])
+                continue;
+            size_t l = tconn_request(c, v, (uint32_t)tk, c->wbuf[c->nwrites] + len[i],
+                                     sizeof c->wbuf[0] - len[i]);
+            len[i] += l;
+            n -= l > 0;
+        }
+    }
+    for (int i = 0; i < NFILT; i++) {
+        if (!len[i])
+            continue;
+        sent = true;
+        if (tconn_write(&f->tc[T_FILT0 + i], len[i]) < 0)
+            tconn_finish(&f->tc[T_FILT0 + i]);
+    }
+    return sent;
+}
+
+/* The connect-backs: answers given up at their deadline; once a round has
+ * answered, another if the silence seen is not conclusive for the loss on
+ * the link so far. Settled when none runs and none is wanted (or none can
+ * be sent); the loss seen later may unsettle it. */
+static void tcp_filter_tick(fam *f, uint64_t now)
+{
+    f->filt_settled = false;
+    for (int i = 0; i < NFILT; i++) {
+        tconn *c = &f->tc[T_FILT0 + i];
+        if (!c->started || c->done)
+            continue;
+        if (!c->connected && i < 2)
+            return; /* its first round is still to be sent */
+        for (int r = 0; r < c->nreq; r++)
+            if (c->req[r].variant >= 0 && !c->req[r].over && now >= c->req[r].deadline)
+                treq_over(c, &c->req[r]);
+    }
+    if (f->cb[V_BOTH].pending || f->cb[V_PORT].pending)
+        return;
+    unsigned lost, tries;
+    link_loss(f->d, &lost, &tries);
+    if (cb_round(f, now, ntcp_silence_needed(lost, tries)))
+        return;
+    f->filt_settled = true;
 }
 
 static void tcp_tick(fam *f, uint64_t now)
 {
     for (int k = 0; k < T_COUNT; k++) {
         tconn *c = &f->tc[k];
-        if (c->started && !c->done && now >= c->deadline) {
+        if (!c->started || c->done || (is_filt(k) && c->connected))
+            continue;
+        if (now >= c->deadline) {
             if (k == T_HAIR && f->t_hair == NTCP_UNKNOWN)
                 f->t_hair = NTCP_NO;
             tconn_finish(c);
         }
+    }
+    tcp_filter_tick(f, now);
+}
+
+/* Loss seen by one of our connects: every SYN that was sent again, or that
+ * had its answer window without an answer. */
+static void tconn_loss(tconn *c, uint64_t now, unsigned *lost, unsigned *tries)
+{
+    if (!c->started || c->failed || c->kind == T_HAIR)
+        return;
+    if (c->connected) {
+        unsigned k = syns_by(c->connected_at - c->started_at) - 1;
+        *tries += k + 1;
+        *lost += k;
+        return;
+    }
+    uint64_t elapsed = (c->done ? c->ended_at : now) - c->started_at, w = answer_window(c->f->d);
+    unsigned n = elapsed >= w; /* the first SYN, at 0 */
+    for (size_t i = 0; i < NREXMIT; i++)
+        n += syn_rexmit_ms[i] + w <= elapsed;
+    *tries += n;
+    *lost += n;
+}
+
+/* What the link lost so far, over every family: of the requests, SYNs and
+ * connect-backs that had to be answered (not the filtering tests, whose
+ * silence is what is being judged), how many were not. */
+static void link_loss(disc *d, unsigned *lost, unsigned *tries)
+{
+    uint64_t now = now_ms(d);
+    *lost = *tries = 0;
+    for (int i = 0; i < 2; i++) {
+        fam *f = d->fams[i];
+        if (!f)
+            continue;
+        for (int k = 0; k < U_COUNT; k++) {
+            utxn *t = &f->ut[k];
+            if (!t->started || !udp_positive(k))
+                continue;
+            unsigned lost_here = t->replied ? t->nsent_ans - 1 : utxn_silent(t, now);
+            *tries += t->replied ? t->nsent_ans : lost_here;
+            *lost += lost_here;
+        }
+        for (int k = 0; k < T_COUNT; k++)
+            tconn_loss(&f->tc[k], now, lost, tries);
+        *tries += f->cb_tries;
+        *lost += f->cb_lost;
     }
 }
 
@@ -868,24 +1285,41 @@ static void tcp_observe(fam *f, ntcp_nat_obs *o, ntcp_nat_behaviour_t *b)
         if (o->got[i])
             o->mapped[i] = c->mapped;
     }
-    o->from_other_both = f->cb_both;
-    o->from_other_port = f->cb_port;
-    o->syn_outcome = f->cb_outcome;
-    static const int seq_kinds[2 + NSEQ] = {T_MAP0, T_FILT, T_SEQ0, T_SEQ0 + 1, T_SEQ0 + 2};
-    for (int i = 0; i < 2 + NSEQ; i++) {
+    tvar *vb = &f->cb[V_BOTH], *vp = &f->cb[V_PORT];
+    o->from_other_both = vb->through ? NTCP_YES : vb->refused >= 0 ? NTCP_NO : NTCP_UNKNOWN;
+    o->from_other_port = vp->through ? NTCP_YES : vp->refused >= 0 ? NTCP_NO : NTCP_UNKNOWN;
+    o->silent_both = vb->silent;
+    o->silent_port = vp->silent;
+    o->syn_outcome = vb->refused;
+    link_loss(f->d, &o->lost, &o->tries);
+    /* The port pattern's new mappings, in the order of their SYNs. */
+    static const int seq_kinds[] = {T_MAP0, T_FILT0, T_FILT1, T_SEQ0, T_SEQ1};
+    for (size_t i = 0; i < sizeof seq_kinds / sizeof seq_kinds[0]; i++) {
         tconn *c = &f->tc[seq_kinds[i]];
         if (!c->got_mapped)
             continue;
         o->seq_local[o->nseq] = c->lport;
         o->seq_mapped[o->nseq] = ntcp_sa_port(&c->mapped);
+        o->seq_pos[o->nseq] = (uint8_t)i;
+        o->seq_first[o->nseq] = c->connected_at - c->started_at < syn_rexmit_ms[0];
         o->nseq++;
+    }
+    static const int other_kinds[] = {T_FILT0, T_FILT1, T_SEQ0, T_SEQ1, T_FILT2};
+    for (size_t i = 0; i < sizeof other_kinds / sizeof other_kinds[0] && !o->got_other; i++) {
+        tconn *c = &f->tc[other_kinds[i]];
+        if (!c->got_mapped)
+            continue;
+        o->got_other = true;
+        o->other_local = f->local_ip;
+        ntcp_sa_set_port(&o->other_local, c->lport);
+        o->other_mapped = c->mapped;
     }
     if (o->got[0])
         o->hairpin = f->t_hair == NTCP_YES ? NTCP_YES : NTCP_NO;
-    tconn *fc = &f->tc[T_FILT];
-    if (fc->resp[R_BIND] && (!fc->resp[R_CB_BOTH] || !fc->resp[R_CB_PORT]) && !f->tcp_why[0])
+    if (f->cb_unanswered && !f->tcp_why[0])
         snprintf(f->tcp_why, sizeof f->tcp_why,
-                 "the server did not answer the connect-back requests (not ntcp-stuntd?)");
+                 "the server did not answer %u connect-back requests (not ntcp-stuntd?)",
+                 f->cb_unanswered);
     ntcp_classify(o, b);
     b->local = o->local;
     if (o->got[0])
@@ -1029,7 +1463,7 @@ static void on_tick(uv_timer_t *t)
             udp_tick(f, now);
         if (f->on_tcp)
             tcp_tick(f, now);
-        all = all && udp_done(f) && tcp_done(f);
+        all = all && udp_done(f, now) && tcp_done(f);
     }
     if (all || now >= d->deadline || gave_up)
         finish(d);
@@ -1170,7 +1604,6 @@ static void disc_prepare_server(disc *d)
         }
         f->d = d;
         f->af = afs[i];
-        f->cb_outcome = -1;
         if (host_ok)
             fam_resolve(f, host, is_numeric ? &numeric : NULL);
         else

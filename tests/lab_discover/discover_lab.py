@@ -95,14 +95,32 @@ class Lab:
                                 stdout=log, stderr=subprocess.STDOUT)
 
 
-def wait_server(lab, ntcp, deadline_s=10):
+def wait_server(lab, ntcp, deadline_s=10, addr="203.0.113.10:3478", host="relay"):
     """Polls the server with `ntcp stun` until it answers, with a deadline."""
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
-        r = lab.exec("relay", [ntcp, "stun", "--timeout", "500", "203.0.113.10:3478"], timeout=10)
+        r = lab.exec(host, [ntcp, "stun", "--timeout", "500", addr], timeout=10)
         if r.returncode == 0:
             return True
     return False
+
+
+def start_stuntd(lab, stuntd, log):
+    """ntcp-stuntd on the lab's server, both families, no rate limits."""
+    return lab.spawn("server", [stuntd, "--primary", "203.0.113.10:3478",
+                                "--alternate", "203.0.113.11:3479",
+                                "--primary", "[2001:db8::10]:3478",
+                                "--alternate", "[2001:db8::11]:3479",
+                                "--udp-rate", "0", "--cb-rate", "0"], log)
+
+
+def stop_stuntd(server):
+    if server:
+        server.terminate()
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
 
 
 def compare(where, got, want):
@@ -118,7 +136,7 @@ def compare(where, got, want):
 
 
 def run_lab(i, knobs, args, results):
-    prefix = "ntd%d%d" % (os.getpid() % 10000, i)
+    prefix = "%s%d%d" % (os.environ.get("NTCP_LAB_PREFIX_BASE", "ntd"), os.getpid() % 10000, i)
     lab = Lab(args.lab, prefix)
     up = ["up", "--prefix", prefix, "--quiet", "--a", knobs["a"], "--b", knobs["b"],
           "--syn", knobs["syn"], "--seed", "7"]
@@ -131,11 +149,7 @@ def run_lab(i, knobs, args, results):
     log = open("/tmp/%s-stuntd.log" % prefix, "w")
     try:
         lab.cmd(*up)
-        server = lab.spawn("server", [args.stuntd, "--primary", "203.0.113.10:3478",
-                                      "--alternate", "203.0.113.11:3479",
-                                      "--primary", "[2001:db8::10]:3478",
-                                      "--alternate", "[2001:db8::11]:3479",
-                                      "--udp-rate", "0", "--cb-rate", "0"], log)
+        server = start_stuntd(lab, args.stuntd, log)
         if not wait_server(lab, args.ntcp):
             raise RuntimeError("ntcp-stuntd did not answer in the lab")
         for site in ("a", "b"):
@@ -179,12 +193,7 @@ def run_lab(i, knobs, args, results):
     except (RuntimeError, subprocess.TimeoutExpired) as e:
         failures.append("%s: %s" % (desc, e))
     finally:
-        if server:
-            server.terminate()
-            try:
-                server.wait(10)
-            except subprocess.TimeoutExpired:
-                server.kill()
+        stop_stuntd(server)
         lab.cmd("down", check=False)
         log.close()
     if failures:
