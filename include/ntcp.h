@@ -336,7 +336,9 @@ typedef struct ntcp_conn_info {
      * otherwise). Filled when size covers it. */
     struct sockaddr_storage relay;
     /* What this end's attempts did, in plan order (TCP; filled when size
-     * covers them): the plan as it ran. n_attempt <= NTCP_MAX_ATTEMPTS. */
+     * covers them): the plan as it ran. n_attempt <= NTCP_MAX_ATTEMPTS.
+     * (A copy into a struct of an older, smaller layout must set size to
+     * that struct's sizeof before ntcp_conn_info_json() reads it.) */
     unsigned n_attempt;
     ntcp_attempt_info_t attempt[NTCP_MAX_ATTEMPTS];
     /* The TTL of the last low-TTL SYN this end sent (0: none), and 1 when a

@@ -317,6 +317,7 @@ static void on_tick(uv_timer_t *t)
         }
     }
     rt_run_held(rt);
+    rt_accept_all_sync(rt); /* a policy set since: offers again */
 }
 
 static void *rt_main(void *arg)
@@ -436,7 +437,23 @@ void ntcp_rt_shutdown(ntcp_t *ctx)
     pthread_mutex_lock(&ctx->rt_mu);
     ctx->stopped = true;
     ntcp_rt *rt = ctx->rt;
+    bool other = rt && rt->shutting;
+    if (rt)
+        rt->shutting = true;
     pthread_mutex_unlock(&ctx->rt_mu);
+    if (other) {
+        /* Another thread's ntcp_stop() or ntcp_free() is ending it: wait
+         * until it is gone (rare: both at once), never join or free it twice. */
+        for (;;) {
+            pthread_mutex_lock(&ctx->rt_mu);
+            bool gone = ctx->rt == NULL;
+            pthread_mutex_unlock(&ctx->rt_mu);
+            if (gone)
+                return;
+            struct timespec ms = {0, 1000000};
+            nanosleep(&ms, NULL);
+        }
+    }
     if (!rt)
         return;
     pthread_mutex_lock(&rt->mu);

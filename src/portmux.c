@@ -139,7 +139,6 @@ static void pending_close(mpending *p)
 /* The connection's first bytes, peeked: a whole HELLO names its session. */
 static void on_pending(uv_poll_t *h, int status, int events)
 {
-    (void)events;
     mpending *p = h->data;
     ntcp_portmux *m = p->m;
     uint8_t buf[VERIFY_MAX_MESSAGE];
@@ -158,6 +157,11 @@ static void on_pending(uv_poll_t *h, int status, int events)
             n = -1; /* larger than any HELLO */
         }
     }
+    /* Part of a message and then the peer's FIN: no more is coming, and
+     * the socket would stay readable (SO_RCVLOWAT does not hold past a
+     * FIN), waking the loop without end. */
+    if (n > 0 && (size_t)n < p->want && (events & UV_DISCONNECT))
+        n = -1;
     if (n > 0 && (size_t)n < p->want)
         return; /* SO_RCVLOWAT wakes us when the rest is in */
     struct sockaddr_storage local = p->local, from = p->from;

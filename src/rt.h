@@ -130,6 +130,9 @@ typedef struct ntcp_rt {
     conn *conns;
     int reg_err;                    /* the last registration refusal (NTCP_EREFUSED), or 0 */
     unsigned silent_rounds;         /* broker rounds lost to timeouts since the last registration */
+    uint32_t accept_sent;           /* the ACCEPT-ALL the session carries (rt_accept_all_sync) */
+    bool in_run_held, run_again;    /* rt_run_held() under way, and asked again meanwhile */
+    bool shutting;                  /* (ctx->rt_mu) one ntcp_rt_shutdown() owns the end */
     bool debug;                     /* $NTCP_DEBUG: plans and results on stderr */
     struct sockaddr_storage priv[BROKER_MAX_PRIVATE]; /* as registered (port 0: the session's) */
     size_t npriv;
@@ -215,6 +218,7 @@ void rt_resample(ntcp_rt *rt);
 
 /* The CONNECT-GO of c (either end): the plan, then the engine or punch. */
 void rt_conn_go(conn *c, const broker_go *g);
+void rt_accept_all_sync(ntcp_rt *rt);
 /* c ends with status (a descriptor or an error); frees c unless an engine,
  * punch or relay still runs, whose callback frees it. */
 void rt_conn_finish(conn *c, int status);

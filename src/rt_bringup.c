@@ -96,6 +96,21 @@ static uint32_t accept_all_of(const ntcp_rt *rt, bool listening)
     return listening && !rt->ctx->policy ? BROKER_ACCEPT_TCP | BROKER_ACCEPT_UDP : 0;
 }
 
+/* Tells the broker what may connect without an offer, when that changed:
+ * once listening, and again within a tick of ntcp_set_policy() (the tick
+ * calls this). */
+void rt_accept_all_sync(ntcp_rt *rt)
+{
+    if (!rt->s || rt->phase != P_REGISTERED)
+        return;
+    pthread_mutex_lock(&rt->mu);
+    bool listening = rt->listening && !rt->stopping;
+    pthread_mutex_unlock(&rt->mu);
+    uint32_t want = accept_all_of(rt, listening);
+    if (want != rt->accept_sent && ntcp_session_set_accept_all(rt->s, want) == 0)
+        rt->accept_sent = want;
+}
+
 static bool on_offer(ntcp_session *s, const broker_peer_info *from, void *user)
 {
     (void)s;
@@ -114,6 +129,19 @@ static void on_go(ntcp_session *s, const broker_go *g, void *user)
 {
     (void)s;
     ntcp_rt *rt = user;
+    /* A GO without an offer (ACCEPT-ALL) must still find this context
+     * listening, and a policy set since the flag left (rt_accept_all_sync()
+     * takes it back within a tick) still decides. Ignored, the requester's
+     * attempts find nobody and it times out. */
+    pthread_mutex_lock(&rt->mu);
+    bool ok = rt->listening && !rt->stopping;
+    pthread_mutex_unlock(&rt->mu);
+    if (ok && rt->accept_sent && rt->ctx->policy)
+        ok = rt->ctx->policy(rt->ctx, g->peer.name,
+                             g->transport == BROKER_TRANSPORT_UDP ? NTCP_UDP : NTCP_TCP,
+                             rt->ctx->policy_user) != 0;
+    if (!ok)
+        return;
     conn *c = calloc(1, sizeof *c);
     if (!c)
         return;
@@ -133,7 +161,7 @@ void rt_req_registered(ntcp_rt *rt, req *r)
         pthread_mutex_lock(&rt->mu);
         rt->listening = true;
         pthread_mutex_unlock(&rt->mu);
-        ntcp_session_set_accept_all(rt->s, accept_all_of(rt, true));
+        rt_accept_all_sync(rt);
         rt_req_complete(rt, r, 0, NULL);
     } else {
         rt_connect_or_hold(rt, r);
@@ -291,9 +319,6 @@ static void start_session(ntcp_rt *rt)
     sc.on_offer = on_offer;
     sc.on_go = on_go;
     sc.on_state = on_state;
-    for (req *w = rt->waiting; w; w = w->next)
-        if (w->kind == R_LISTEN)
-            sc.accept_all = accept_all_of(rt, true);
     sc.on_raw_isn = rt_conn_on_raw_isn;
     sc.on_relay_addr = rt_conn_on_relay_addr;
     sc.user = rt;

@@ -793,6 +793,8 @@ static bool conn_blocks(const conn *c, const req *r)
 {
     if (c->finished)
         return false;
+    if (!c->rt->mux)
+        return true; /* no shared listener (portmux.h): one at a time */
     if (r->transport == NTCP_UDP)
         return c->info.transport == NTCP_UDP;
     return c->info.transport != NTCP_UDP && strcmp(c->info.peer, r->name) == 0;
@@ -824,12 +826,25 @@ void rt_run_held(ntcp_rt *rt)
 {
     if (rt->phase != P_REGISTERED)
         return;
-    for (req *w = rt->waiting, *n; w; w = n) {
-        n = w->next;
-        if (w->kind != R_CONNECT || conns_busy(rt, w))
-            continue;
-        rt_unlink_waiting(rt, w);
-        w->next = NULL;
-        connect_now(rt, w);
+    /* connect_now() may end a connection at once (the session cannot send),
+     * which calls this again and may complete and free any held request:
+     * no walk survives that, so the inner call only asks for another pass. */
+    if (rt->in_run_held) {
+        rt->run_again = true;
+        return;
     }
+    rt->in_run_held = true;
+    do {
+        rt->run_again = false;
+        for (req *w = rt->waiting; w; w = w->next) {
+            if (w->kind != R_CONNECT || conns_busy(rt, w))
+                continue;
+            rt_unlink_waiting(rt, w);
+            w->next = NULL;
+            connect_now(rt, w);
+            rt->run_again = true; /* the list may have changed: from its head again */
+            break;
+        }
+    } while (rt->run_again);
+    rt->in_run_held = false;
 }

@@ -751,6 +751,37 @@ static void pol_release(pol *p)
     pthread_mutex_unlock(&p->mu);
 }
 
+/* A policy set after ntcp_listen() still sees every connect: the listener
+ * had told the broker to skip the offers (no policy then); within a tick it
+ * takes that back, and a GO that came meanwhile is put to the policy too. */
+static void test_policy_after_listen(void **state)
+{
+    fx *f = *state;
+    pol p;
+    pol_init(&p, 0, false);
+    ntcp_t *bob = mk_ctx(f, "bob", NULL, NULL);
+    ntcp_t *alice = mk_ctx(f, "alice", NULL, NULL);
+    assert_int_equal(ntcp_listen(bob, NULL, CONNECT_MS), 0);
+    int fd = ntcp_connect(alice, "bob", NULL, CONNECT_MS); /* no policy: in */
+    assert_true(fd >= 0);
+    int bfd = ntcp_accept(bob, NULL, CONNECT_MS);
+    assert_true(bfd >= 0);
+    close(fd);
+    close(bfd);
+    assert_int_equal(ntcp_set_policy(bob, policy_fn, &p), 0);
+    poll(NULL, 0, 300); /* a tick and the broker's REFRESH */
+    ntcp_conn_info_t i;
+    info_clear(&i);
+    assert_int_equal(ntcp_connect(alice, "bob", &i, CONNECT_MS), NTCP_EREFUSED);
+    assert_int_equal(p.calls, 1);
+    assert_string_equal(p.last, "alice");
+    assert_int_equal(ntcp_accept(bob, NULL, 300), NTCP_ETIMEDOUT);
+    ntcp_free(alice);
+    ntcp_free(bob);
+    pthread_cond_destroy(&p.cv);
+    pthread_mutex_destroy(&p.mu);
+}
+
 static void test_policy_refuses(void **state)
 {
     fx *f = *state;
@@ -1423,6 +1454,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_async, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unknown_peer, setup, teardown),
         cmocka_unit_test_setup_teardown(test_policy_refuses, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_policy_after_listen, setup, teardown),
         cmocka_unit_test_setup_teardown(test_accept_timeouts, setup, teardown),
         cmocka_unit_test_setup_teardown(test_no_config, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dead_broker, setup, teardown),

@@ -18,6 +18,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <stdlib.h>
+#include <time.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -239,6 +240,50 @@ static void test_free_with_pending(void **state)
     assert_int_equal(uv_loop_close(&loop), 0);
 }
 
+/* Part of a HELLO, then the peer's FIN: closed at once, and the loop is
+ * not kept busy (the socket stays readable after a FIN whatever
+ * SO_RCVLOWAT says). */
+static void test_partial_then_fin(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    ntcp_portmux *m;
+    assert_int_equal(ntcp_portmux_new(&loop, &m), 0);
+    uint16_t port = free_port();
+    struct sockaddr_storage la = local_at(port);
+    uint8_t s1[VERIFY_SESSION_ID_SIZE], s2[VERIFY_SESSION_ID_SIZE];
+    sid_of(1, s1);
+    sid_of(2, s2);
+    taker t = {0};
+    ntcp_portmux_reg *r1, *r2;
+    assert_int_equal(ntcp_portmux_add(m, &la, s1, take, &t, &r1, NULL), 0);
+    assert_int_equal(ntcp_portmux_add(m, &la, s2, take, &t, &r2, NULL), 0);
+    uint8_t b[VERIFY_MAX_MESSAGE];
+    hello(1, b, sizeof b);
+    int c = dial(port);
+    assert_int_equal(send(c, b, 28, 0), 28); /* header and a bit */
+    shutdown(c, SHUT_WR);
+    clock_t cpu0 = clock();
+    for (int i = 0; i < 50; i++)
+        uv_run(&loop, UV_RUN_NOWAIT), usleep(2000);
+    double cpu = (double)(clock() - cpu0) / CLOCKS_PER_SEC;
+    ntcp_portmux_stats st;
+    ntcp_portmux_get_stats(m, &st);
+    assert_int_equal(st.pending, 0);
+    assert_int_equal(st.dropped, 1);
+    assert_int_equal(t.n, 0);
+    assert_true(closed_by_peer(c));
+    /* 100 ms of waiting must not have been 100 ms of spinning. */
+    assert_true(cpu < 0.05);
+    close(c);
+    ntcp_portmux_remove(r1);
+    ntcp_portmux_remove(r2);
+    ntcp_portmux_free(m);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
 static void test_bad_args(void **state)
 {
     (void)state;
@@ -272,6 +317,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_by_session),
         cmocka_unit_test(test_free_with_pending),
+        cmocka_unit_test(test_partial_then_fin),
         cmocka_unit_test(test_bad_args),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
