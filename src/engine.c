@@ -231,16 +231,23 @@ static esock *sock_watch(ntcp_engine *e, eattempt *at, int fd, int kind, int eve
 /* A non-blocking TCP socket of family fam bound to port (0 = any), with
  * SO_REUSEADDR and SO_REUSEPORT when the port is fixed or will be shared.
  * Returns the fd or -errno. */
+/* The local address of family fam on port: the configured one, or the
+ * wildcard. */
+static void local_sockaddr(const ntcp_engine *e, int fam, uint16_t port, struct sockaddr_storage *la)
+{
+    if (e->local_addr.ss_family == fam) {
+        *la = e->local_addr;
+    } else {
+        memset(la, 0, sizeof *la);
+        la->ss_family = (sa_family_t)fam;
+    }
+    ntcp_sa_set_port(la, port);
+}
+
 static int bound_socket(ntcp_engine *e, int fam, uint16_t port, bool reuse)
 {
     struct sockaddr_storage la;
-    if (e->local_addr.ss_family == fam) {
-        la = e->local_addr;
-    } else {
-        memset(&la, 0, sizeof la);
-        la.ss_family = (sa_family_t)fam;
-    }
-    ntcp_sa_set_port(&la, port);
+    local_sockaddr(e, fam, port, &la);
     bool bind_it = port != 0 || e->local_addr.ss_family == fam;
     return ntcp_sock_open(fam, SOCK_STREAM, reuse ? NTCP_SOCK_REUSE : 0, bind_it ? &la : NULL);
 }
@@ -288,13 +295,7 @@ static void listen_start(ntcp_engine *e, eattempt *at)
     int fam = attempt_family(at);
     if (e->mux && at->port != 0 && at->port == e->session_port) {
         struct sockaddr_storage la;
-        if (e->local_addr.ss_family == fam) {
-            la = e->local_addr;
-        } else {
-            memset(&la, 0, sizeof la);
-            la.ss_family = (sa_family_t)fam;
-        }
-        ntcp_sa_set_port(&la, at->port);
+        local_sockaddr(e, fam, at->port, &la);
         at->mux_engine = e;
         int sys = 0;
         int rc = ntcp_portmux_add(e->mux, &la, e->sid, mux_take, at, &at->mreg, &sys);

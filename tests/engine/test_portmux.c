@@ -110,22 +110,48 @@ static bool closed_by_peer(int fd)
     return n == 0 || (n < 0 && errno == ECONNRESET);
 }
 
+/* A mux on a loop with sessions 1 and 2 registered on one loopback port. */
+typedef struct two {
+    uv_loop_t loop;
+    ntcp_portmux *m;
+    uint16_t port;
+    struct sockaddr_storage la;
+    uint8_t s1[VERIFY_SESSION_ID_SIZE];
+    ntcp_portmux_reg *r1, *r2;
+} two;
+
+static void two_start(two *w, taker *t1, taker *t2)
+{
+    uv_loop_init(&w->loop);
+    assert_int_equal(ntcp_portmux_new(&w->loop, &w->m), 0);
+    w->port = free_port();
+    w->la = local_at(w->port);
+    uint8_t s2[VERIFY_SESSION_ID_SIZE];
+    sid_of(1, w->s1);
+    sid_of(2, s2);
+    assert_int_equal(ntcp_portmux_add(w->m, &w->la, w->s1, take, t1, &w->r1, NULL), 0);
+    assert_int_equal(ntcp_portmux_add(w->m, &w->la, s2, take, t2, &w->r2, NULL), 0);
+}
+
+/* Frees the mux (registrations left are dropped) and closes the loop. */
+static void two_end(two *w)
+{
+    ntcp_portmux_free(w->m);
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&w->loop), 0);
+}
+
 static void test_by_session(void **state)
 {
     (void)state;
-    uv_loop_t loop;
-    uv_loop_init(&loop);
-    ntcp_portmux *m;
-    assert_int_equal(ntcp_portmux_new(&loop, &m), 0);
-    uint16_t port = free_port();
-    struct sockaddr_storage la = local_at(port);
-    uint8_t s1[VERIFY_SESSION_ID_SIZE], s2[VERIFY_SESSION_ID_SIZE];
-    sid_of(1, s1);
-    sid_of(2, s2);
     taker t1 = {0}, t2 = {0};
-    ntcp_portmux_reg *r1, *r2;
-    assert_int_equal(ntcp_portmux_add(m, &la, s1, take, &t1, &r1, NULL), 0);
-    assert_int_equal(ntcp_portmux_add(m, &la, s2, take, &t2, &r2, NULL), 0);
+    two w;
+    two_start(&w, &t1, &t2);
+    uv_loop_t *loopp = &w.loop;
+    ntcp_portmux *m = w.m;
+    uint16_t port = w.port;
+    struct sockaddr_storage la = w.la;
+    ntcp_portmux_reg *r1 = w.r1, *r2 = w.r2;
 
     /* Session 2's HELLO whole; session 1's in three pieces. */
     uint8_t b1[VERIFY_MAX_MESSAGE], b2[VERIFY_MAX_MESSAGE];
@@ -133,15 +159,15 @@ static void test_by_session(void **state)
     int c2 = dial(port), c1 = dial(port);
     assert_int_equal(send(c2, b2, n2, 0), (ssize_t)n2);
     assert_int_equal(send(c1, b1, 7, 0), 7);
-    run_until(&loop, &t2.n, 1);
+    run_until(loopp, &t2.n, 1);
     assert_int_equal(t2.n, 1);
     assert_int_equal(t1.n, 0);
     assert_int_equal(send(c1, b1 + 7, 30, 0), 30);
     for (int i = 0; i < 20; i++)
-        uv_run(&loop, UV_RUN_NOWAIT), usleep(2000);
+        uv_run(loopp, UV_RUN_NOWAIT), usleep(2000);
     assert_int_equal(t1.n, 0); /* not yet whole */
     assert_int_equal(send(c1, b1 + 37, n1 - 37, 0), (ssize_t)(n1 - 37));
-    run_until(&loop, &t1.n, 1);
+    run_until(loopp, &t1.n, 1);
     assert_int_equal(t1.n, 1);
 
     /* The HELLO is still in the socket, for the proof. */
@@ -157,7 +183,7 @@ static void test_by_session(void **state)
     memset(b3, 0x55, 64);
     assert_int_equal(send(c4, b3, 64, 0), 64);
     for (int i = 0; i < 40; i++)
-        uv_run(&loop, UV_RUN_NOWAIT), usleep(2000);
+        uv_run(loopp, UV_RUN_NOWAIT), usleep(2000);
     assert_true(closed_by_peer(c3));
     assert_true(closed_by_peer(c4));
     ntcp_portmux_stats st;
@@ -171,7 +197,7 @@ static void test_by_session(void **state)
     /* One session left: a connection goes to it at once, HELLO or not. */
     ntcp_portmux_remove(r2);
     int c5 = dial(port);
-    run_until(&loop, &t1.n, 2);
+    run_until(loopp, &t1.n, 2);
     assert_int_equal(t1.n, 2);
     ntcp_portmux_get_stats(m, &st);
     assert_int_equal(st.direct, 1);
@@ -180,13 +206,13 @@ static void test_by_session(void **state)
     t1.decline = true;
     int c6 = dial(port);
     for (int i = 0; i < 40; i++)
-        uv_run(&loop, UV_RUN_NOWAIT), usleep(2000);
+        uv_run(loopp, UV_RUN_NOWAIT), usleep(2000);
     assert_true(closed_by_peer(c6));
 
     /* The last registration gone, nobody listens. */
     ntcp_portmux_remove(r1);
     for (int i = 0; i < 5; i++)
-        uv_run(&loop, UV_RUN_NOWAIT);
+        uv_run(loopp, UV_RUN_NOWAIT);
     ntcp_portmux_get_stats(m, &st);
     assert_int_equal(st.listeners, 0);
     int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -197,9 +223,7 @@ static void test_by_session(void **state)
     int all[] = {c1, c2, c3, c4, c5, c6, t1.fds[0], t1.fds[1], t2.fds[0]};
     for (size_t i = 0; i < sizeof all / sizeof *all; i++)
         close(all[i]);
-    ntcp_portmux_free(m);
-    uv_run(&loop, UV_RUN_DEFAULT);
-    assert_int_equal(uv_loop_close(&loop), 0);
+    two_end(&w);
 }
 
 /* Freeing the mux with connections still waiting closes them and every
@@ -207,37 +231,25 @@ static void test_by_session(void **state)
 static void test_free_with_pending(void **state)
 {
     (void)state;
-    uv_loop_t loop;
-    uv_loop_init(&loop);
-    ntcp_portmux *m;
-    assert_int_equal(ntcp_portmux_new(&loop, &m), 0);
-    uint16_t port = free_port();
-    struct sockaddr_storage la = local_at(port);
-    uint8_t s1[VERIFY_SESSION_ID_SIZE], s2[VERIFY_SESSION_ID_SIZE];
-    sid_of(1, s1);
-    sid_of(2, s2);
     taker t = {0};
-    ntcp_portmux_reg *r1, *r2;
-    assert_int_equal(ntcp_portmux_add(m, &la, s1, take, &t, &r1, NULL), 0);
-    assert_int_equal(ntcp_portmux_add(m, &la, s2, take, &t, &r2, NULL), 0);
-    /* A second address family or port is a second listener. */
+    two w;
+    two_start(&w, &t, &t);
+    /* A second port is a second listener. */
     struct sockaddr_storage la2 = local_at(free_port());
     ntcp_portmux_reg *r3;
-    assert_int_equal(ntcp_portmux_add(m, &la2, s1, take, &t, &r3, NULL), 0);
-    int c = dial(port);
+    assert_int_equal(ntcp_portmux_add(w.m, &la2, w.s1, take, &t, &r3, NULL), 0);
+    int c = dial(w.port);
     for (int i = 0; i < 40; i++)
-        uv_run(&loop, UV_RUN_NOWAIT), usleep(1000);
+        uv_run(&w.loop, UV_RUN_NOWAIT), usleep(1000);
     ntcp_portmux_stats st;
-    ntcp_portmux_get_stats(m, &st);
+    ntcp_portmux_get_stats(w.m, &st);
     assert_int_equal(st.pending, 1);
     assert_int_equal(st.listeners, 2);
     assert_int_equal(st.registrations, 3);
-    ntcp_portmux_free(m);
-    uv_run(&loop, UV_RUN_DEFAULT);
+    two_end(&w);
     assert_true(closed_by_peer(c));
     close(c);
     assert_int_equal(t.n, 0);
-    assert_int_equal(uv_loop_close(&loop), 0);
 }
 
 /* Part of a HELLO, then the peer's FIN: closed at once, and the loop is
@@ -246,30 +258,20 @@ static void test_free_with_pending(void **state)
 static void test_partial_then_fin(void **state)
 {
     (void)state;
-    uv_loop_t loop;
-    uv_loop_init(&loop);
-    ntcp_portmux *m;
-    assert_int_equal(ntcp_portmux_new(&loop, &m), 0);
-    uint16_t port = free_port();
-    struct sockaddr_storage la = local_at(port);
-    uint8_t s1[VERIFY_SESSION_ID_SIZE], s2[VERIFY_SESSION_ID_SIZE];
-    sid_of(1, s1);
-    sid_of(2, s2);
     taker t = {0};
-    ntcp_portmux_reg *r1, *r2;
-    assert_int_equal(ntcp_portmux_add(m, &la, s1, take, &t, &r1, NULL), 0);
-    assert_int_equal(ntcp_portmux_add(m, &la, s2, take, &t, &r2, NULL), 0);
+    two w;
+    two_start(&w, &t, &t);
     uint8_t b[VERIFY_MAX_MESSAGE];
     hello(1, b, sizeof b);
-    int c = dial(port);
+    int c = dial(w.port);
     assert_int_equal(send(c, b, 28, 0), 28); /* header and a bit */
     shutdown(c, SHUT_WR);
     clock_t cpu0 = clock();
     for (int i = 0; i < 50; i++)
-        uv_run(&loop, UV_RUN_NOWAIT), usleep(2000);
+        uv_run(&w.loop, UV_RUN_NOWAIT), usleep(2000);
     double cpu = (double)(clock() - cpu0) / CLOCKS_PER_SEC;
     ntcp_portmux_stats st;
-    ntcp_portmux_get_stats(m, &st);
+    ntcp_portmux_get_stats(w.m, &st);
     assert_int_equal(st.pending, 0);
     assert_int_equal(st.dropped, 1);
     assert_int_equal(t.n, 0);
@@ -277,11 +279,7 @@ static void test_partial_then_fin(void **state)
     /* 100 ms of waiting must not have been 100 ms of spinning. */
     assert_true(cpu < 0.05);
     close(c);
-    ntcp_portmux_remove(r1);
-    ntcp_portmux_remove(r2);
-    ntcp_portmux_free(m);
-    uv_run(&loop, UV_RUN_DEFAULT);
-    assert_int_equal(uv_loop_close(&loop), 0);
+    two_end(&w);
 }
 
 static void test_bad_args(void **state)
