@@ -43,15 +43,23 @@ static uint64_t now_ms(void)
     return uv_hrtime() / 1000000;
 }
 
-static int free_port(void)
+/* n free loopback ports, distinct: each socket stays bound until all are
+ * chosen (ports chosen one at a time may repeat, and a node then "starts"
+ * on the port of another). */
+static void free_ports(int *port, int n)
 {
-    int t = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t al = sizeof a;
-    assert_int_equal(bind(t, (struct sockaddr *)&a, sizeof a), 0);
-    assert_int_equal(getsockname(t, (struct sockaddr *)&a, &al), 0);
-    close(t);
-    return ntohs(a.sin_port);
+    int t[8];
+    assert_true(n <= 8);
+    for (int i = 0; i < n; i++) {
+        t[i] = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        socklen_t al = sizeof a;
+        assert_int_equal(bind(t[i], (struct sockaddr *)&a, sizeof a), 0);
+        assert_int_equal(getsockname(t[i], (struct sockaddr *)&a, &al), 0);
+        port[i] = ntohs(a.sin_port);
+    }
+    for (int i = 0; i < n; i++)
+        close(t[i]);
 }
 
 static bool can_connect(int port)
@@ -88,6 +96,8 @@ static pid_t spawn(const char *const argv[])
     return pid;
 }
 
+/* Until port takes connections, pid still running (a process that could
+ * not bind its port must not pass for one that did). */
 static void wait_port(int port, pid_t pid)
 {
     uint64_t end = now_ms() + 10000;
@@ -96,6 +106,7 @@ static void wait_port(int port, pid_t pid)
         assert_int_equal(waitpid(pid, NULL, WNOHANG), 0); /* still running */
         poll(NULL, 0, 10);
     }
+    assert_int_equal(waitpid(pid, NULL, WNOHANG), 0);
 }
 
 static void start_redis(fx *f)
@@ -141,9 +152,11 @@ static int setup(void **state)
         return 0;
     fx *f = calloc(1, sizeof *f);
     uv_loop_init(&f->loop);
-    f->redis_port = free_port();
+    int ports[4];
+    free_ports(ports, 4);
+    f->redis_port = ports[0];
     for (int i = 0; i < 3; i++)
-        f->port[i] = free_port();
+        f->port[i] = ports[i + 1];
     start_redis(f);
     *state = f;
     return 0;

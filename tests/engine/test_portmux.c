@@ -52,7 +52,7 @@ static void sid_of(uint8_t tag, uint8_t sid[VERIFY_SESSION_ID_SIZE])
 }
 
 /* A free loopback port (bound, then released). */
-static uint16_t free_port(void)
+static uint16_t free_port_once(void)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
@@ -61,6 +61,25 @@ static uint16_t free_port(void)
     getsockname(fd, (struct sockaddr *)&a, &l);
     close(fd);
     return ntohs(a.sin_port);
+}
+
+/* Never one handed out before in this run: ports chosen one at a time may
+ * repeat, and two ends bound with SO_REUSEPORT on one port would pass for
+ * two. */
+static uint16_t free_port(void)
+{
+    static uint16_t given[256];
+    static size_t n_given;
+    for (;;) {
+        uint16_t p = free_port_once();
+        bool seen = false;
+        for (size_t i = 0; i < n_given && i < 256 && !seen; i++)
+            seen = given[i] == p;
+        if (!seen) {
+            given[n_given++ % 256] = p;
+            return p;
+        }
+    }
 }
 
 static struct sockaddr_storage local_at(uint16_t port)
