@@ -143,6 +143,7 @@ typedef struct ntcp_rt {
     ntcp_relay *relays;                /* relay.c: allocations kept for handed-over sockets */
     ntcp_relay_bridge *bridges;        /* relay_udp.c: bridges kept for handed-over UDP paths */
     ntcp_portmux *mux;                 /* the session port's shared listener (portmux.h) */
+    udp_punch_hub hub;                 /* the UDP punches on the session's UDP socket */
 } ntcp_rt;
 
 struct conn {

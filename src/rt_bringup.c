@@ -279,6 +279,13 @@ static size_t private_addrs(const ntcp_rt *rt, int family, struct sockaddr_stora
 }
 
 
+static void on_session_udp(void *user, const struct sockaddr_storage *from, const uint8_t *buf,
+                           size_t len)
+{
+    ntcp_rt *rt = user;
+    ntcp_udp_hub_input(&rt->hub, from, buf, len);
+}
+
 static void start_session(ntcp_rt *rt)
 {
     ntcp_t *ctx = rt->ctx;
@@ -336,7 +343,10 @@ static void start_session(ntcp_rt *rt)
         rt->s = NULL;
         rt->phase = P_IDLE;
         rt_fail_waiting(rt, rc, "cannot start the broker session");
+        return;
     }
+    /* Peers' datagrams on the session's UDP socket: to their punches. */
+    ntcp_session_set_udp_sink(rt->s, on_session_udp, rt);
 }
 
 static void on_discovered(ntcp_t *ctx, int status, const ntcp_nat_profile_t *np, void *user)

@@ -599,9 +599,10 @@ static void udp_go(conn *c, const broker_go *g, const plan_profile *peer)
     ntcp_udp_punch_config cfg;
     memset(&cfg, 0, sizeof cfg);
     cfg.plan = &c->upl;
-    /* The session's next keepalive, from its new socket, would be one more
-     * mapping inside a sequential NAT's predicted window: after the punch. */
-    if (ntcp_session_take_udp(rt->s, c->upl.deadline_ms + 2000, &cfg.fd, NULL, NULL) < 0) {
+    /* The session's UDP socket, shared: every punch of this context sends
+     * from it, and its datagrams come through the hub. */
+    cfg.hub = &rt->hub;
+    if (ntcp_session_share_udp(rt->s, &cfg.fd, NULL, NULL) < 0) {
         snprintf(i->detail, sizeof i->detail, "no UDP socket at the broker session");
         rt_conn_finish(c, NTCP_ESYS);
         return;
@@ -778,26 +779,25 @@ static void connect_now(ntcp_rt *rt, req *r)
 
 /* Connections of a context run at once: the session port's listener is
  * shared through the mux (portmux.h), which gives each engine the
- * connections whose HELLO names its session. Two exceptions wait in
- * rt->waiting (with their deadline) for the one under way to end:
- *   - a second TCP connect to the same peer: both would connect from the
- *     session port to the same peer address and port, one 4-tuple that two
- *     sockets cannot hold (EADDRNOTAVAIL);
- *   - a UDP punch while another one is under way: each takes the session's
- *     UDP socket, whose mapping the broker saw (ntcp_session_take_udp()),
- *     and the next one's mapping is unknown until the new socket's
- *     keepalive reached the broker (docs/udp.md).
- * Offers from peers cannot wait (their start time is shared) and are never
- * held. */
+ * connections whose HELLO names its session, and the session's UDP socket
+ * through the hub (udp_punch.h), which gives each punch its datagrams. A
+ * second connect to a peer already being connected over the same
+ * transport waits in rt->waiting (with its deadline) for the one under way
+ * to end: two TCP connects would connect from the session port to the same
+ * peer address and port, one 4-tuple that two sockets cannot hold
+ * (EADDRNOTAVAIL); two UDP punches would have paths from the same address,
+ * which the hub could not tell apart. Offers from peers cannot wait (their
+ * start time is shared) and are never held. */
 static bool conn_blocks(const conn *c, const req *r)
 {
     if (c->finished)
         return false;
     if (!c->rt->mux)
         return true; /* no shared listener (portmux.h): one at a time */
-    if (r->transport == NTCP_UDP)
-        return c->info.transport == NTCP_UDP;
-    return c->info.transport != NTCP_UDP && strcmp(c->info.peer, r->name) == 0;
+    /* One connect at a time to a peer per transport: two TCP ones would
+     * share a 4-tuple, two UDP ones the paths of the hub. */
+    return (c->info.transport == NTCP_UDP) == (r->transport == NTCP_UDP) &&
+           strcmp(c->info.peer, r->name) == 0;
 }
 
 static bool conns_busy(const ntcp_rt *rt, const req *r)

@@ -20,6 +20,7 @@
 #include "ntcp.h"
 #include "sock_linux.h"
 #include "tls.h"
+#include "verify.h"
 
 #define TICK_MS 20
 
@@ -59,7 +60,9 @@ struct ntcp_session {
     uv_loop_t *loop;
     uv_tcp_t tcp;
     uv_connect_t creq;
-    uv_udp_t *udp;                /* heap: a taken socket's handle closes while its successor runs */
+    uv_udp_t *udp;                /* heap: an old socket's handle closes while its successor runs */
+    ntcp_session_udp_sink udp_sink; /* datagrams on it that are not the broker's */
+    void *udp_sink_user;
     int udp_family;               /* of udp's socket */
     uv_timer_t timer;
     int open_handles;
@@ -107,7 +110,6 @@ struct ntcp_session {
 
     uint64_t next_refresh_ms, reconnect_ms, connect_deadline_ms;
     uint8_t udp_key[BROKER_UDP_KEY_SIZE];
-    uint64_t udp_keepalive_at;    /* a replacement socket's first keepalive (0: none due) */
     uint64_t udp_retry_at;        /* next keepalive while none was answered */
     uint32_t udp_retry_gap;       /* its backoff: 250 ms doubling to 5 s */
     struct sockaddr_storage public_addr, public_udp;
@@ -133,7 +135,7 @@ struct ntcp_session {
 
     stun_framer framer;
     uint8_t rbuf[2 * BROKER_MAX_MESSAGE];
-    uint8_t ubuf[512];
+    uint8_t ubuf[VERIFY_MAX_MESSAGE + 1]; /* + 1: a longer datagram is seen as such */
 };
 
 int ntcp_parse_hostport(const char *s, struct sockaddr_storage *out)
@@ -1047,16 +1049,31 @@ static void on_udp(uv_udp_t *u, ssize_t nread, const uv_buf_t *buf, const struct
                    unsigned flags)
 {
     ntcp_session *s = u->data;
-    (void)flags;
-    (void)from;
-    if (nread <= 0 || s->conn != C_REGISTERED)
+    if (nread < 0 || !from)
         return;
+    const uint8_t *b = (const uint8_t *)buf->base;
     stun_msg m;
-    if (stun_parse(&m, (const uint8_t *)buf->base, (size_t)nread) < 0 ||
-        m.method != BROKER_KEEPALIVE || m.cls != STUN_SUCCESS ||
-        stun_check_integrity(&m, s->udp_key, sizeof s->udp_key, false) < 0)
+    /* The broker's answer to a keepalive (whatever its source address: a
+     * broker on a wildcard address may answer from another one); its
+     * integrity is what makes it the broker's. */
+    if (nread > 0 && !(flags & UV_UDP_PARTIAL) && stun_parse(&m, b, (size_t)nread) == 0 &&
+        m.method == BROKER_KEEPALIVE) {
+        if (s->conn == C_REGISTERED && m.cls == STUN_SUCCESS &&
+            stun_check_integrity(&m, s->udp_key, sizeof s->udp_key, false) == 0)
+            stun_get_addr(&m, STUN_ATTR_XOR_MAPPED_ADDRESS, &s->public_udp);
         return;
-    stun_get_addr(&m, STUN_ATTR_XOR_MAPPED_ADDRESS, &s->public_udp);
+    }
+    /* A peer's: the punches sharing this socket (ntcp_session_share_udp()).
+     * A truncated one is passed on as longer than the buffer, for the sink
+     * to drop. */
+    if (s->udp_sink) {
+        struct sockaddr_storage ss;
+        memset(&ss, 0, sizeof ss);
+        memcpy(&ss, from, from->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                                       : sizeof(struct sockaddr_in));
+        size_t n = (flags & UV_UDP_PARTIAL) ? sizeof s->ubuf : (size_t)nread;
+        s->udp_sink(s->udp_sink_user, &ss, b, n);
+    }
 }
 
 static void on_udp_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
@@ -1107,13 +1124,7 @@ static void on_tick(uv_timer_t *timer)
                      s->conn == C_TLS ? "no TLS handshake in time" : "no answer to the TCP connect");
         break;
     case C_REGISTERED:
-        if (s->udp_keepalive_at && now >= s->udp_keepalive_at) {
-            s->udp_keepalive_at = 0;
-            s->udp_retry_gap = 250;
-            s->udp_retry_at = now + s->udp_retry_gap;
-            send_udp_keepalive(s);
-        } else if (s->has_udp && !s->udp_keepalive_at && !s->public_udp.ss_family &&
-                   now >= s->udp_retry_at) {
+        if (s->has_udp && !s->public_udp.ss_family && now >= s->udp_retry_at) {
             /* No keepalive answered yet: one was lost, and without the
              * mapping no UDP connect can be punched. Again, with backoff. */
             if (s->udp_retry_at) {
@@ -1144,8 +1155,10 @@ static void on_udp_closed(uv_handle_t *h)
     maybe_free(s);
 }
 
-/* Opens the UDP keepalive socket on an ephemeral port. has_udp is set as
- * soon as a handle exists, so that close() closes it. */
+/* Opens the UDP keepalive socket on an ephemeral port, with SO_REUSEADDR
+ * and SO_REUSEPORT so that a punch can bind a socket of its own there and
+ * connect it (ntcp_session_share_udp()). has_udp is set as soon as a
+ * handle exists, so that close() closes it. */
 static int udp_open(ntcp_session *s)
 {
     struct sockaddr_storage any;
@@ -1162,24 +1175,27 @@ static int udp_open(ntcp_session *s)
     s->udp_family = any.ss_family;
     s->open_handles++;
     s->has_udp = true;
-    if (uv_udp_bind(u, (struct sockaddr *)&any, 0) < 0 ||
-        uv_udp_recv_start(u, on_udp_alloc, on_udp) < 0)
+    int fd = ntcp_sock_open(any.ss_family, SOCK_DGRAM, NTCP_SOCK_REUSE, &any);
+    if (fd < 0)
+        return NTCP_ESYS;
+    if (uv_udp_open(u, fd) < 0) {
+        close(fd);
+        return NTCP_ESYS;
+    }
+    if (uv_udp_recv_start(u, on_udp_alloc, on_udp) < 0)
         return NTCP_ESYS;
     return 0;
 }
 
-int ntcp_session_take_udp(ntcp_session *s, uint32_t keepalive_delay_ms, int *fd,
-                          struct sockaddr_storage *local, struct sockaddr_storage *public_udp)
+int ntcp_session_share_udp(ntcp_session *s, int *fd, struct sockaddr_storage *local,
+                           struct sockaddr_storage *public_udp)
 {
     *fd = -1;
-    if (!s || s->closed || !s->has_udp)
+    if (!s || s->closed || !s->has_udp || !s->udp)
         return NTCP_ENOTFOUND;
     uv_os_fd_t ofd;
     if (uv_fileno((uv_handle_t *)s->udp, &ofd) < 0)
         return NTCP_ESYS;
-    /* The handle owns its descriptor and closes it with itself; the caller
-     * gets a duplicate of the same socket (same port, same NAT mapping,
-     * datagrams already queued included). */
     int nfd = fcntl(ofd, F_DUPFD_CLOEXEC, 0);
     if (nfd < 0)
         return NTCP_ESYS;
@@ -1190,23 +1206,14 @@ int ntcp_session_take_udp(ntcp_session *s, uint32_t keepalive_delay_ms, int *fd,
     }
     if (public_udp)
         *public_udp = s->public_udp;
-    uv_udp_recv_stop(s->udp);
-    uv_close((uv_handle_t *)s->udp, on_udp_closed);
-    s->udp = NULL;
-    memset(&s->public_udp, 0, sizeof s->public_udp);
-    if (udp_open(s) < 0) {
-        /* No replacement: the session goes on without UDP keepalives. */
-        if (s->has_udp && s->udp)
-            uv_close((uv_handle_t *)s->udp, on_udp_closed);
-        s->udp = NULL;
-        s->has_udp = false;
-    } else if (s->conn == C_REGISTERED) {
-        uint64_t at = now_ms(s) + keepalive_delay_ms;
-        s->udp_keepalive_at = at ? at : 1;
-        s->udp_retry_at = 0;
-    }
     *fd = nfd;
     return 0;
+}
+
+void ntcp_session_set_udp_sink(ntcp_session *s, ntcp_session_udp_sink fn, void *user)
+{
+    s->udp_sink = fn;
+    s->udp_sink_user = user;
 }
 
 /* ---- API ---- */

@@ -198,28 +198,34 @@ int ntcp_session_lookup(ntcp_session *s, const char *name, uint32_t timeout_ms,
 int ntcp_session_connect_ex(ntcp_session *s, const char *name, uint32_t transport,
                             uint32_t timeout_ms, ntcp_session_connect_cb cb, void *arg);
 
-/* Hands the UDP keepalive socket over to a UDP punch (src/udp_punch.h).
- * That socket is the one whose NAT mapping the broker saw and put in the
- * CONNECT-GOs (PUBLIC-UDP), so the punch must send from it: a fresh socket
- * would have a mapping nobody knows. *fd is a duplicate of it, the caller's
- * (non-blocking, close-on-exec; datagrams already queued stay in it); the
- * session closes its own handle and opens a new socket on another ephemeral
- * port, whose first keepalive leaves keepalive_delay_ms later (while
- * registered), so the broker learns the new mapping for the next connect.
- * Until that keepalive has reached the broker, a CONNECT-GO carries the
- * taken socket's mapping (documented in docs/udp.md).
+/* The UDP keepalive socket, shared with the UDP punches (src/udp_punch.h).
+ * It is the socket whose NAT mapping the broker saw and put in the
+ * CONNECT-GOs (PUBLIC-UDP), so every punch sends from it: a fresh socket
+ * would have a mapping nobody knows. *fd is a duplicate of it, the
+ * caller's to close; the session keeps its own, goes on with its
+ * keepalives from it, and reads it: what is not the broker's answer to a
+ * keepalive goes to the sink (ntcp_session_set_udp_sink()), which hands
+ * each punch its datagrams.
  *
- * Why not SO_REUSEPORT on one port: Linux spreads the datagrams of
- * unconnected UDP sockets sharing a port by a hash of the source, so the
- * peer's probes and HELLOs would land in the session's socket about half
- * the time; only a *connected* socket is preferred for its exact 4-tuple,
- * and the punch cannot connect before it knows which path works.
+ * The socket has SO_REUSEADDR and SO_REUSEPORT, so a punch binds a socket
+ * of its own to the same address and port and connect()s it to the peer
+ * once it has a path: Linux gives a connected UDP socket every datagram of
+ * its exact 4-tuple, and the rest to the one unconnected socket of the
+ * port, this one (docs/udp.md, "One socket, many punches").
  *
  * local and public_udp (may be NULL) get the socket's local address and
  * the mapping the broker reported for it (family 0 if none yet). Returns 0,
  * NTCP_ENOTFOUND (no UDP socket: broker_udp not configured) or NTCP_ESYS. */
-int ntcp_session_take_udp(ntcp_session *s, uint32_t keepalive_delay_ms, int *fd,
-                          struct sockaddr_storage *local, struct sockaddr_storage *public_udp);
+int ntcp_session_share_udp(ntcp_session *s, int *fd, struct sockaddr_storage *local,
+                           struct sockaddr_storage *public_udp);
+
+/* Receives, on the session's loop, each datagram on the UDP keepalive
+ * socket that is not the broker's: from, and len bytes at buf (valid during
+ * the call; len is more than VERIFY_MAX_MESSAGE when the datagram was
+ * longer). fn NULL: they are dropped (the default). */
+typedef void (*ntcp_session_udp_sink)(void *user, const struct sockaddr_storage *from,
+                                      const uint8_t *buf, size_t len);
+void ntcp_session_set_udp_sink(ntcp_session *s, ntcp_session_udp_sink fn, void *user);
 
 /* Parses "IP:PORT" or "[IPv6]:PORT" (numeric only). Returns 0 or NTCP_EINVAL. */
 int ntcp_parse_hostport(const char *s, struct sockaddr_storage *out);

@@ -20,6 +20,7 @@
 
 #include "addr.h"
 #include "birthday.h"
+#include "sock_linux.h"
 
 #define TICK_MS 10
 #define RTO_MIN_MS 150
@@ -104,6 +105,7 @@ typedef struct psock {
     int fd;
     uv_poll_t poll;
     bool polling;
+    bool path_only; /* a socket connected to one path's peer: no probes from it */
     struct udp_puncher *p;
 } psock;
 
@@ -140,7 +142,11 @@ struct udp_puncher {
     uint32_t role, verify_ms;
 
     psock *socks;
-    unsigned nsocks;
+    unsigned nsocks, cap_socks;
+    /* Shared mode: socket 0 is the session's (read by it: datagrams come
+     * through the hub), and a path becomes a socket of ours when chosen. */
+    udp_punch_hub *hub;
+    udp_puncher *hub_next;
     path *paths[UDP_PUNCH_MAX_PATHS];
     unsigned npaths;
     int picked; /* requester: the path it picked, -1 none */
@@ -219,6 +225,89 @@ static void purge(int fd, const struct sockaddr_storage *remote)
     }
 }
 
+/* ---- the hub (shared mode) ---- */
+
+static void hub_leave(udp_puncher *p)
+{
+    if (!p->hub)
+        return;
+    for (udp_puncher **pp = &p->hub->head; *pp; pp = &(*pp)->hub_next) {
+        if (*pp == p) {
+            *pp = p->hub_next;
+            break;
+        }
+    }
+    p->hub = NULL;
+}
+
+static path *find_path(udp_puncher *p, unsigned sock, const struct sockaddr_storage *from);
+static void on_dgram(udp_puncher *p, unsigned sock, const struct sockaddr_storage *from,
+                     const uint8_t *buf, size_t n);
+
+void ntcp_udp_hub_input(udp_punch_hub *h, const struct sockaddr_storage *from,
+                        const uint8_t *buf, size_t len)
+{
+    udp_dgram d;
+    if (len > VERIFY_MAX_MESSAGE || udp_dgram_parse(buf, len, &d) < 0) {
+        h->dropped++;
+        return;
+    }
+    /* PROBE, PICK and HELLO name their session; a PROOF or REFUSE belongs
+     * to the punch with a path from that address (one punch per peer at a
+     * time: the runtime's rule). */
+    const uint8_t *sid = d.kind != UDP_DG_VERIFY          ? d.session_id
+                         : d.v.method == VERIFY_HELLO      ? d.v.session_id
+                                                           : NULL;
+    for (udp_puncher *p = h->head; p; p = p->hub_next) {
+        if (sid ? CRYPTO_memcmp(sid, p->sid, VERIFY_SESSION_ID_SIZE) == 0
+                : find_path(p, 0, from) != NULL) {
+            /* on_dgram may finish p, whose callback may start another punch
+             * on this hub: nothing of the list is used after it. */
+            on_dgram(p, 0, from, buf, len);
+            return;
+        }
+    }
+    h->dropped++;
+}
+
+/* Shared mode: path x, on the session's socket, gets a socket of its own,
+ * bound to the same address and port and connected to the peer, so that
+ * the kernel gives it the peer's datagrams from now on (session.h,
+ * ntcp_session_share_udp()). Returns 0 or NTCP_ESYS. */
+static void on_readable(uv_poll_t *h, int status, int events);
+
+static int own_socket(udp_puncher *p, path *x)
+{
+    /* Only socket 0 is shared; the birthday side's others are ours. */
+    if (!p->hub || x->sock != 0 || p->nsocks >= p->cap_socks)
+        return 0;
+    struct sockaddr_storage l0;
+    socklen_t l0len = sizeof l0;
+    memset(&l0, 0, sizeof l0);
+    if (getsockname(p->socks[x->sock].fd, (struct sockaddr *)&l0, &l0len) < 0)
+        return NTCP_ESYS;
+    int fd = ntcp_sock_open(l0.ss_family, SOCK_DGRAM, NTCP_SOCK_REUSE, &l0);
+    if (fd < 0)
+        return NTCP_ESYS;
+    if (connect(fd, (const struct sockaddr *)&x->remote, ntcp_sa_len(&x->remote)) < 0) {
+        close(fd);
+        return NTCP_ESYS;
+    }
+    unsigned idx = p->nsocks++;
+    psock *c = &p->socks[idx];
+    c->fd = fd;
+    c->p = p;
+    c->path_only = true;
+    if (uv_poll_init(p->loop, &c->poll, fd) == 0) {
+        c->poll.data = c;
+        c->polling = true;
+        p->open_handles++;
+        uv_poll_start(&c->poll, UV_READABLE, on_readable);
+    }
+    x->sock = idx;
+    return 0;
+}
+
 static void finish(udp_puncher *p, int err, const path *win, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
@@ -227,6 +316,7 @@ static void finish(udp_puncher *p, int err, const path *win, const char *fmt, ..
     if (p->finished)
         return;
     p->finished = true;
+    hub_leave(p);
     ntcp_udp_punch_result *r = &p->res;
     r->err = err;
     r->fd = -1;
@@ -415,7 +505,13 @@ static void feed(udp_puncher *p, path *x, const uint8_t *buf, size_t n, bool hel
             for (unsigned i = 0; i < p->npaths; i++)
                 if (p->paths[i] == x)
                     p->picked = (int)i;
-            /* PICK now, and with the PROOF until the target confirms. */
+            /* PICK now, and with the PROOF until the target confirms: from
+             * a socket of the path's own in shared mode, where the
+             * confirmation (or the target's first data) will arrive. */
+            if (own_socket(p, x) < 0) {
+                finish(p, NTCP_ESYS, NULL, "a socket for the verified path: %s", strerror(errno));
+                return;
+            }
             x->rto = x->rto < RTO_MIN_MS ? RTO_MIN_MS : x->rto;
             send_pick(p, x);
             x->next_tx = now(p) + x->rto;
@@ -473,6 +569,10 @@ static void on_dgram(udp_puncher *p, unsigned sock, const struct sockaddr_storag
                 finish(p, 0, x, "%s path verified, picked and confirmed",
                        udp_method_name(x->method));
         } else if (x->done) {
+            if (own_socket(p, x) < 0) {
+                finish(p, NTCP_ESYS, NULL, "a socket for the picked path: %s", strerror(errno));
+                return;
+            }
             send_pick(p, x); /* the confirmation; the requester hands over on it */
             finish(p, 0, x, "%s path verified and picked by the requester",
                    udp_method_name(x->method));
@@ -550,6 +650,8 @@ static void on_readable(uv_poll_t *h, int status, int events)
 static void probe_round(udp_puncher *p)
 {
     for (unsigned s = 0; s < p->nsocks; s++) {
+        if (p->socks[s].path_only)
+            continue;
         for (size_t t = 0; t < p->plan.ntargets; t++) {
             const plan_ports *pp = &p->plan.t[t];
             struct sockaddr_storage to = pp->addr;
@@ -690,7 +792,9 @@ int ntcp_udp_punch_start(uv_loop_t *loop, const ntcp_udp_punch_config *cfg, ntcp
         return NTCP_ENOMEM;
     }
     unsigned ns = p->plan.status == 0 && p->plan.nsockets ? p->plan.nsockets : 1;
-    p->socks = calloc(ns, sizeof *p->socks);
+    /* Shared mode: one more, for the chosen path's own socket. */
+    p->cap_socks = ns + (cfg->hub ? 1 : 0);
+    p->socks = calloc(p->cap_socks, sizeof *p->socks);
     if (!p->socks) {
         free(p);
         return NTCP_ENOMEM;
@@ -732,12 +836,19 @@ int ntcp_udp_punch_start(uv_loop_t *loop, const ntcp_udp_punch_config *cfg, ntcp
     for (unsigned i = 0; i < p->nsocks; i++) {
         psock *s = &p->socks[i];
         s->p = p;
+        if (i == 0 && cfg->hub)
+            continue; /* the session reads it; the hub passes its datagrams on */
         if (uv_poll_init(loop, &s->poll, s->fd) == 0) {
             s->poll.data = s;
             s->polling = true;
             p->open_handles++;
             uv_poll_start(&s->poll, UV_READABLE, on_readable);
         }
+    }
+    if (cfg->hub) {
+        p->hub = cfg->hub;
+        p->hub_next = cfg->hub->head;
+        cfg->hub->head = p;
     }
     uv_timer_start(&p->timer, on_tick, 0, TICK_MS);
     if (out)

@@ -2,7 +2,7 @@
  * udp_punch.h: the UDP hole-punching engine (issue 7), the same shape as the
  * TCP attempt engine (engine.h). It runs this end's udp_plan on the caller's
  * libuv loop from the common start time: probes from the broker keepalive
- * socket (ntcp_session_take_udp()) to the peer's private addresses, its
+ * socket (ntcp_session_share_udp()) to the peer's private addresses, its
  * PUBLIC-UDP mapping, a window of predicted ports, or random ports (birthday);
  * every path on which the peer answers gets the key proof of docs/verify.md,
  * one verify message per datagram, retransmitted on loss; the requester picks
@@ -61,6 +61,21 @@ int udp_dgram_build(uint8_t *buf, size_t cap, uint16_t method, uint32_t role,
 
 typedef struct udp_puncher udp_puncher;
 
+/* The punches that share one socket, the broker session's (shared mode,
+ * ntcp_session_share_udp()): whoever reads that socket passes each
+ * datagram to ntcp_udp_hub_input(), which hands it to its punch by the
+ * SESSION-ID it carries, or (PROOF, REFUSE) by the path it came on. Zero
+ * it to start; it must outlive its punches. Loop thread only. */
+typedef struct udp_punch_hub {
+    udp_puncher *head;
+    unsigned dropped; /* datagrams no punch of the hub claimed */
+} udp_punch_hub;
+
+/* One datagram read from the shared socket, len bytes from from (len over
+ * VERIFY_MAX_MESSAGE: truncated, dropped). */
+void ntcp_udp_hub_input(udp_punch_hub *h, const struct sockaddr_storage *from,
+                        const uint8_t *buf, size_t len);
+
 #define UDP_PUNCH_MAX_PATHS 16
 
 typedef struct ntcp_udp_punch_result {
@@ -95,10 +110,16 @@ typedef void (*ntcp_udp_punch_cb)(udp_puncher *p, const ntcp_udp_punch_result *r
 
 typedef struct ntcp_udp_punch_config {
     const udp_plan *plan; /* copied */
-    /* The socket the broker saw (ntcp_session_take_udp()): owned by the
-     * engine from a successful start; handed back in r->fd when its path
-     * wins, closed otherwise. */
+    /* The socket the broker saw: the engine's from a successful start
+     * (closed at the end). Without a hub the engine reads it and hands it
+     * back in r->fd when its path wins. With a hub it is a duplicate of
+     * the session's socket (ntcp_session_share_udp()), which the session
+     * reads: the engine only sends from it and gets its datagrams through
+     * the hub, and the path it chooses gets a socket of its own (the same
+     * local address and port, SO_REUSEPORT, connected to the peer), which
+     * is the one handed back. */
     int fd;
+    udp_punch_hub *hub;
     /* The common start time on the loop's clock: GO receipt + start_delay_ms. */
     uint64_t start_at;
     /* The key proof, as for TCP (ntcp_verify_params_from_go()); key borrowed,

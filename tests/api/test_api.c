@@ -352,6 +352,7 @@ typedef struct call {
     pthread_t th;
     ntcp_t *ctx;
     const char *peer; /* NULL: ntcp_accept */
+    bool udp;         /* ntcp_udp_punch() instead of ntcp_connect() */
     int timeout_ms;
     int rc;
     ntcp_conn_info_t info;
@@ -366,7 +367,9 @@ static void *call_main(void *arg)
     c->tid = (pid_t)syscall(SYS_gettid);
     __atomic_store_n(&c->started, 1, __ATOMIC_SEQ_CST);
     c->t0 = now_ms();
-    if (c->peer)
+    if (c->peer && c->udp)
+        c->rc = ntcp_udp_punch(c->ctx, c->peer, &c->info, c->timeout_ms);
+    else if (c->peer)
         c->rc = ntcp_connect(c->ctx, c->peer, &c->info, c->timeout_ms);
     else
         c->rc = ntcp_accept(c->ctx, &c->info, c->timeout_ms);
@@ -374,15 +377,21 @@ static void *call_main(void *arg)
     return NULL;
 }
 
-static void call_start(call *c, ntcp_t *ctx, const char *peer, int timeout_ms)
+static void call_start_udp(call *c, ntcp_t *ctx, const char *peer, int timeout_ms, bool udp)
 {
     memset(c, 0, sizeof *c);
     c->ctx = ctx;
     c->peer = peer;
+    c->udp = udp;
     c->timeout_ms = timeout_ms;
     c->rc = 1000;
     info_clear(&c->info);
     assert_int_equal(pthread_create(&c->th, NULL, call_main, c), 0);
+}
+
+static void call_start(call *c, ntcp_t *ctx, const char *peer, int timeout_ms)
+{
+    call_start_udp(c, ctx, peer, timeout_ms, false);
 }
 
 /* True once the thread sleeps in the kernel on a futex (a condition
@@ -1438,6 +1447,135 @@ static void test_one_to_three(void **state)
         ntcp_free(l[k]);
 }
 
+/* ---- UDP: many punches on one context's socket ---- */
+
+/* The two ends of a punched UDP path: connected to each other, each end's
+ * info naming the other, and datagrams both ways (the keepalive's empty
+ * ones and repeated handshake datagrams skipped, as applications do). */
+static void check_udp_pair(const ntcp_conn_info_t *ci, int cfd, const ntcp_conn_info_t *ti, int tfd,
+                           const char *cname, const char *tname, uint8_t tag)
+{
+    assert_int_equal(ci->transport, NTCP_UDP);
+    assert_int_equal(ti->transport, NTCP_UDP);
+    assert_string_equal(ci->peer, tname);
+    assert_string_equal(ti->peer, cname);
+    assert_int_equal(ci->initiator, 1);
+    assert_int_equal(ti->initiator, 0);
+    assert_true(same_sa(&ci->remote, &ti->local) || ci->remote.ss_family == AF_INET);
+    int fds[2] = {cfd, tfd};
+    for (int dir = 0; dir < 2; dir++) {
+        for (uint8_t k = 0; k < 20; k++) {
+            uint8_t d[3] = {tag, (uint8_t)dir, k};
+            assert_int_equal(send(fds[dir], d, 3, 0), 3);
+        }
+        uint8_t got = 0;
+        uint64_t end = now_ms() + 5000;
+        while (got < 20 && now_ms() < end) {
+            struct pollfd pf = {.fd = fds[!dir], .events = POLLIN};
+            if (poll(&pf, 1, 100) <= 0)
+                continue;
+            uint8_t b[600];
+            ssize_t n = recv(fds[!dir], b, sizeof b, MSG_DONTWAIT);
+            if (n <= 0 || ntcp_udp_is_control(b, (size_t)n))
+                continue;
+            /* Each datagram is this pair's and this direction's, in order
+             * on loopback: never another punch's peer. */
+            assert_int_equal(n, 3);
+            assert_int_equal(b[0], tag);
+            assert_int_equal(b[1], dir);
+            assert_int_equal(b[2], got);
+            got++;
+        }
+        assert_int_equal(got, 20);
+    }
+}
+
+/* One context punches UDP to three listeners at once: all three punches
+ * share the session's UDP socket, each gets its own connected path. */
+static void test_udp_one_to_three(void **state)
+{
+    fx *f = *state;
+    const char *names[3] = {"bob", "carol", "dave"};
+    ntcp_t *l[3];
+    for (int k = 0; k < 3; k++) {
+        l[k] = mk_ctx(f, names[k], NULL, NULL);
+        assert_int_equal(ntcp_listen(l[k], NULL, CONNECT_MS), 0);
+    }
+    ntcp_t *alice = mk_ctx(f, "alice", NULL, NULL);
+    assert_int_equal(ntcp_listen(alice, NULL, CONNECT_MS), 0);
+    for (int round = 0; round < 2; round++) {
+        call c[3];
+        for (int k = 0; k < 3; k++)
+            call_start_udp(&c[k], alice, names[k], CONNECT_MS, true);
+        int b[3];
+        ntcp_conn_info_t bi[3];
+        for (int k = 0; k < 3; k++) {
+            info_clear(&bi[k]);
+            b[k] = ntcp_accept(l[k], &bi[k], CONNECT_MS);
+            assert_true(b[k] >= 0);
+        }
+        for (int k = 0; k < 3; k++) {
+            pthread_join(c[k].th, NULL);
+            assert_true(c[k].rc >= 0);
+        }
+        /* Three paths from one local port, to three peers. */
+        for (int k = 0; k < 3; k++) {
+            assert_int_equal(ntohs(((struct sockaddr_in *)&c[k].info.local)->sin_port),
+                             ntohs(((struct sockaddr_in *)&c[0].info.local)->sin_port));
+            check_udp_pair(&c[k].info, c[k].rc, &bi[k], b[k], "alice", names[k],
+                           (uint8_t)(50 + k));
+        }
+        for (int k = 0; k < 3; k++) {
+            ntcp_udp_close(alice, c[k].rc);
+            ntcp_udp_close(l[k], b[k]);
+        }
+    }
+    ntcp_free(alice);
+    for (int k = 0; k < 3; k++)
+        ntcp_free(l[k]);
+}
+
+/* Two requesters punch UDP to one listener at the same moment: bob runs
+ * both offers' punches at once on his one socket (offers cannot wait). */
+static void test_udp_two_requesters(void **state)
+{
+    fx *f = *state;
+    ntcp_t *bob = mk_ctx(f, "bob", NULL, NULL);
+    ntcp_t *alice = mk_ctx(f, "alice", NULL, NULL);
+    ntcp_t *carol = mk_ctx(f, "carol", NULL, NULL);
+    assert_int_equal(ntcp_listen(bob, NULL, CONNECT_MS), 0);
+    for (int round = 0; round < 3; round++) {
+        call c[2];
+        call_start_udp(&c[0], alice, "bob", CONNECT_MS, true);
+        call_start_udp(&c[1], carol, "bob", CONNECT_MS, true);
+        int b[2];
+        ntcp_conn_info_t bi[2];
+        for (int k = 0; k < 2; k++) {
+            info_clear(&bi[k]);
+            b[k] = ntcp_accept(bob, &bi[k], CONNECT_MS);
+            assert_true(b[k] >= 0);
+        }
+        for (int k = 0; k < 2; k++) {
+            pthread_join(c[k].th, NULL);
+            assert_true(c[k].rc >= 0);
+        }
+        assert_string_not_equal(bi[0].peer, bi[1].peer);
+        for (int k = 0; k < 2; k++) {
+            int who = !strcmp(bi[k].peer, "alice") ? 0 : !strcmp(bi[k].peer, "carol") ? 1 : -1;
+            assert_true(who >= 0);
+            check_udp_pair(&c[who].info, c[who].rc, &bi[k], b[k], who ? "carol" : "alice", "bob",
+                           (uint8_t)(60 + who));
+        }
+        for (int k = 0; k < 2; k++) {
+            ntcp_udp_close(bob, b[k]);
+            ntcp_udp_close(k ? carol : alice, c[k].rc);
+        }
+    }
+    ntcp_free(alice);
+    ntcp_free(carol);
+    ntcp_free(bob);
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -1470,6 +1608,8 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_two_requesters, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stop, setup, teardown),
         cmocka_unit_test_setup_teardown(test_one_to_three, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_udp_one_to_three, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_udp_two_requesters, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

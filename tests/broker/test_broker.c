@@ -34,6 +34,7 @@
 #include "ntcp.h"
 #include "raw.h"
 #include "session.h"
+#include "sock_linux.h"
 
 /* ---- fixture ---- */
 
@@ -697,15 +698,36 @@ static void test_raw_isn(void **state)
 }
 
 /* A UDP connect (issue 7): TRANSPORT goes from the CONNECT to the OFFER and
- * both CONNECT-GOs, which carry each end's PUBLIC-UDP; the session hands its
- * keepalive socket over and teaches the broker its successor's mapping. */
+ * both CONNECT-GOs, which carry each end's PUBLIC-UDP; the session shares its
+ * keepalive socket: a stranger's datagram goes to its sink, and a socket
+ * bound to the same port and connected gets that peer's datagrams. */
 static bool udp_known(void *arg)
 {
     struct sockaddr_storage ss;
     return ntcp_session_public_udp(((peer *)arg)->s, &ss) == 0;
 }
 
-static void test_udp_connect_and_take(void **state)
+typedef struct sink_log {
+    unsigned n;
+    struct sockaddr_storage from;
+    size_t len;
+} sink_log;
+
+static void on_sink(void *user, const struct sockaddr_storage *from, const uint8_t *buf, size_t len)
+{
+    sink_log *l = user;
+    (void)buf;
+    l->n++;
+    l->from = *from;
+    l->len = len;
+}
+
+static bool sink_got_one(void *arg)
+{
+    return ((sink_log *)arg)->n > 0;
+}
+
+static void test_udp_connect_and_share(void **state)
 {
     fx *f = *state;
     start_broker(f);
@@ -752,27 +774,64 @@ static void test_udp_connect_and_take(void **state)
     assert_int_equal(ntcp_session_connect_ex(a.s, "bob", 2, 3000, on_connect_done, &r),
                      NTCP_EINVAL);
 
-    /* The target takes its keepalive socket: the same port the broker saw. */
+    /* The target shares its keepalive socket: the port the broker saw. */
+    sink_log sl;
+    memset(&sl, 0, sizeof sl);
+    ntcp_session_set_udp_sink(b.s, on_sink, &sl);
     int fd = -1;
     struct sockaddr_storage tl, tp, nl;
-    assert_int_equal(ntcp_session_take_udp(b.s, 0, &fd, &tl, &tp), 0);
+    assert_int_equal(ntcp_session_share_udp(b.s, &fd, &tl, &tp), 0);
     assert_true(fd >= 0);
     assert_true(same_addr(&tl, &blocal));
     assert_true(same_addr(&tp, &budp));
-    /* A successor on another port, whose keepalive updates the broker. */
+    /* The session keeps it: same port, same mapping at the broker. */
     assert_int_equal(ntcp_session_local_udp(b.s, &nl), 0);
-    assert_int_not_equal(((struct sockaddr_in *)&nl)->sin_port,
-                         ((struct sockaddr_in *)&blocal)->sin_port);
-    assert_true(wait_for(f, udp_known, &b, 3000));
-    struct sockaddr_storage nudp;
-    assert_int_equal(ntcp_session_public_udp(b.s, &nudp), 0);
-    assert_false(same_addr(&nudp, &budp));
+    assert_true(same_addr(&nl, &blocal));
     lookup(f, &a, "bob", &r);
     assert_int_equal(r.err, 0);
-    assert_true(same_addr(&r.info.public_udp, &nudp));
-    /* The taken socket still works and is no longer the session's. */
+    assert_true(same_addr(&r.info.public_udp, &budp));
+
+    /* A stranger's datagram reaches the sink. */
+    int x = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0);
+    struct sockaddr_storage xa;
+    sa4(&xa, "127.0.0.1", 0);
+    assert_int_equal(bind(x, (struct sockaddr *)&xa, sizeof(struct sockaddr_in)), 0);
+    socklen_t xl = sizeof xa;
+    getsockname(x, (struct sockaddr *)&xa, &xl);
     uint8_t ping[4] = {1, 2, 3, 4};
-    assert_int_equal(sendto(fd, ping, 4, 0, (struct sockaddr *)&nl, sizeof(struct sockaddr_in)), 4);
+    assert_int_equal(sendto(x, ping, 4, 0, (struct sockaddr *)&blocal, sizeof(struct sockaddr_in)), 4);
+    assert_true(wait_for(f, sink_got_one, &sl, 2000));
+    assert_true(same_addr(&sl.from, &xa));
+    assert_int_equal(sl.len, 4);
+
+    /* A socket bound to the same port (SO_REUSEPORT) and connected to the
+     * stranger gets the stranger's datagrams from then on; the session still
+     * gets everyone else's. */
+    int c = ntcp_sock_open(AF_INET, SOCK_DGRAM, NTCP_SOCK_REUSE, &blocal);
+    assert_true(c >= 0);
+    assert_int_equal(connect(c, (struct sockaddr *)&xa, sizeof(struct sockaddr_in)), 0);
+    int y = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0);
+    for (int k = 0; k < 20; k++) {
+        assert_int_equal(sendto(x, ping, 4, 0, (struct sockaddr *)&blocal, sizeof(struct sockaddr_in)), 4);
+        assert_int_equal(sendto(y, ping, 3, 0, (struct sockaddr *)&blocal, sizeof(struct sockaddr_in)), 3);
+    }
+    pump(f, 100);
+    assert_int_equal(sl.n, 1 + 20);
+    assert_int_equal(sl.len, 3); /* y's, never x's */
+    uint8_t in[8];
+    for (int k = 0; k < 20; k++)
+        assert_int_equal(recv(c, in, sizeof in, MSG_DONTWAIT), 4);
+    assert_int_equal(recv(c, in, sizeof in, MSG_DONTWAIT), -1);
+    /* The shared duplicate sends from the session's port. */
+    assert_int_equal(sendto(fd, ping, 4, 0, (struct sockaddr *)&xa, sizeof(struct sockaddr_in)), 4);
+    struct sockaddr_storage from;
+    socklen_t fl = sizeof from;
+    pump(f, 20);
+    assert_int_equal(recvfrom(x, in, sizeof in, MSG_DONTWAIT, (struct sockaddr *)&from, &fl), 4);
+    assert_int_equal(((struct sockaddr_in *)&from)->sin_port, ((struct sockaddr_in *)&blocal)->sin_port);
+    close(c);
+    close(x);
+    close(y);
     close(fd);
     peer_stop(&a);
     peer_stop(&b);
@@ -1888,7 +1947,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_register_lookup_connect, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unknown_and_declined, setup, teardown),
         cmocka_unit_test_setup_teardown(test_accept_all, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_udp_connect_and_take, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_udp_connect_and_share, setup, teardown),
         cmocka_unit_test_setup_teardown(test_udp_keepalive_retried, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_signature_and_replay, setup, teardown),
         cmocka_unit_test_setup_teardown(test_second_key_refused, setup, teardown),

@@ -14,6 +14,12 @@
  *       checks by SHA-256 that the echo is the same, then closes (no
  *       half-close: a TURN relay does not carry one, docs/relay.md); exits
  *       0 when every peer connected and echoed.
+ *   ntcp_many connect ... --udp
+ *       the same with UDP (ntcp_udp_punch_async): N bytes in datagrams of
+ *       DGRAM_DATA bytes, each numbered, sent again until echoed (at most
+ *       IO_TIMEOUT_S), every echo compared with what was sent, then END;
+ *       the server echoes a UDP path (its accept says which transport)
+ *       until END or IO_TIMEOUT_S of silence.
  *   ntcp_many serve|connect ... --repeat N [--every K]
  *       the soak: N connections in a row (connect: to one PEER), each
  *       echoed and closed before the next, a progress line every K (100)
@@ -42,6 +48,7 @@
 #include <dirent.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
+#include <poll.h>
 
 #include "ntcp.h"
 
@@ -60,7 +67,7 @@ static uint64_t now_ms(void)
 static void usage(void)
 {
     fputs("usage: ntcp_many serve --id NAME COMMON [--expect N | --repeat N [--every K]]\n"
-          "       ntcp_many connect --id NAME COMMON [--bytes N] [--go FILE] PEER...\n"
+          "       ntcp_many connect --id NAME COMMON [--udp] [--bytes N] [--go FILE] PEER...\n"
           "       ntcp_many connect --id NAME COMMON [--bytes N] --repeat N [--every K] PEER\n"
           "COMMON: --broker HOST:PORT [--stun HOST:PORT] --key FILE [--timeout MS]\n",
           stderr);
@@ -107,6 +114,7 @@ static void usage_now(int *fds, long *rss_kb)
 /* ---- one connection's data ---- */
 
 typedef struct job {
+    ntcp_t *ctx;
     int fd;
     size_t bytes;       /* connect: what to send; serve: 0 (echo) */
     uint8_t *data;
@@ -157,10 +165,17 @@ static void io_timeout(int fd)
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
 }
 
+static void run_client_udp(job *j);
+static void run_echo_udp(job *j);
+
 /* Connect side: send j->bytes, read the echo, compare digests. */
 static void *run_client(void *arg)
 {
     job *j = arg;
+    if (j->info.transport == NTCP_UDP) {
+        run_client_udp(j);
+        return NULL;
+    }
     io_timeout(j->fd);
     pthread_t s;
     pthread_create(&s, NULL, sender, j);
@@ -199,6 +214,10 @@ static void *run_client(void *arg)
 static void *run_echo(void *arg)
 {
     job *j = arg;
+    if (j->info.transport == NTCP_UDP) {
+        run_echo_udp(j);
+        return NULL;
+    }
     io_timeout(j->fd);
     uint8_t buf[16384];
     size_t total = 0;
@@ -233,6 +252,105 @@ static void *run_echo(void *arg)
     if (!j->quiet)
         print_result(j, j->info.peer);
     return NULL;
+}
+
+/* ---- UDP ---- */
+
+#define DGRAM_DATA 1000 /* payload bytes of one datagram, after its number */
+#define DGRAM_END "END!"
+
+static bool wait_readable(int fd, int ms)
+{
+    struct pollfd pf = {.fd = fd, .events = POLLIN};
+    return poll(&pf, 1, ms) > 0;
+}
+
+/* Connect side over UDP: datagram k carries its number (4 bytes) and bytes
+ * [k * DGRAM_DATA, ...) of the data; whatever has no echo yet goes again
+ * every round, each echo must equal what was sent. */
+static void run_client_udp(job *j)
+{
+    unsigned n = (unsigned)((j->bytes + DGRAM_DATA - 1) / DGRAM_DATA);
+    bool *echoed = calloc(n ? n : 1, 1);
+    unsigned got = 0, rounds = 0, bad = 0;
+    uint64_t end = now_ms() + IO_TIMEOUT_S * 1000ull;
+    uint8_t buf[4 + DGRAM_DATA + 64];
+    while (got < n && now_ms() < end) {
+        rounds++;
+        for (unsigned k = 0; k < n; k++) {
+            if (echoed[k])
+                continue;
+            size_t off = (size_t)k * DGRAM_DATA;
+            size_t len = j->bytes - off < DGRAM_DATA ? j->bytes - off : DGRAM_DATA;
+            buf[0] = (uint8_t)(k >> 24), buf[1] = (uint8_t)(k >> 16);
+            buf[2] = (uint8_t)(k >> 8), buf[3] = (uint8_t)k;
+            memcpy(buf + 4, j->data + off, len);
+            (void)send(j->fd, buf, 4 + len, MSG_NOSIGNAL);
+            if (k % 16 == 15)
+                usleep(2000); /* paced: a burst the size of a socket buffer is no test */
+        }
+        uint64_t round_end = now_ms() + 500;
+        while (got < n && now_ms() < round_end) {
+            if (!wait_readable(j->fd, 50))
+                continue;
+            ssize_t r;
+            while ((r = recv(j->fd, buf, sizeof buf, MSG_DONTWAIT)) >= 0) {
+                if (r < 4 || ntcp_udp_is_control(buf, (size_t)r))
+                    continue; /* keepalives, a repeated handshake datagram */
+                unsigned k = (unsigned)buf[0] << 24 | (unsigned)buf[1] << 16 |
+                             (unsigned)buf[2] << 8 | buf[3];
+                size_t off = (size_t)k * DGRAM_DATA;
+                if (k >= n || (size_t)r - 4 != (j->bytes - off < DGRAM_DATA ? j->bytes - off
+                                                                            : DGRAM_DATA) ||
+                    memcmp(buf + 4, j->data + off, (size_t)r - 4) != 0) {
+                    bad++;
+                    continue;
+                }
+                if (!echoed[k]) {
+                    echoed[k] = true;
+                    got++;
+                }
+            }
+        }
+    }
+    for (int k = 0; k < 3; k++)
+        (void)send(j->fd, DGRAM_END, 4, MSG_NOSIGNAL);
+    j->ok = got == n && bad == 0;
+    if (!j->ok)
+        snprintf(j->why, sizeof j->why, "echo: %u of %u datagrams in %u rounds, %u wrong", got, n,
+                 rounds, bad);
+    free(echoed);
+    ntcp_udp_close(j->ctx, j->fd);
+}
+
+/* Serve side over UDP: echo every datagram but the keepalives and the
+ * handshake's repeats, until END or IO_TIMEOUT_S of silence. */
+static void run_echo_udp(job *j)
+{
+    uint8_t buf[4 + DGRAM_DATA + 64];
+    size_t total = 0;
+    bool ended = false;
+    while (!ended && wait_readable(j->fd, IO_TIMEOUT_S * 1000)) {
+        ssize_t r;
+        while ((r = recv(j->fd, buf, sizeof buf, MSG_DONTWAIT)) >= 0) {
+            if (r == 4 && memcmp(buf, DGRAM_END, 4) == 0) {
+                ended = true;
+                break;
+            }
+            if (r == 0 || ntcp_udp_is_control(buf, (size_t)r))
+                continue;
+            (void)send(j->fd, buf, (size_t)r, MSG_NOSIGNAL);
+            total += (size_t)r;
+        }
+    }
+    j->ok = ended && total > 0;
+    if (!j->ok)
+        snprintf(j->why, sizeof j->why, "after %zu bytes: %s", total,
+                 ended ? "END before any data" : "silence");
+    ntcp_udp_close(j->ctx, j->fd);
+    j->bytes = total;
+    if (!j->quiet)
+        print_result(j, j->info.peer);
 }
 
 /* ---- connect ---- */
@@ -303,7 +421,7 @@ static void progress(const char *what, int n)
  * and closed before the next; a line for each failure, progress every
  * `every` (descriptors and memory must not grow). */
 static int do_connect_serial(ntcp_t *ctx, const char *peer, size_t bytes, int timeout, int n,
-                             int every)
+                             int every, bool udp)
 {
     uint64_t t0 = now_ms();
     int good = 0;
@@ -312,11 +430,13 @@ static int do_connect_serial(ntcp_t *ctx, const char *peer, size_t bytes, int ti
     for (int k = 0; k < n; k++) {
         memset(&j, 0, sizeof j);
         j.info.size = sizeof j.info;
+        j.ctx = ctx;
         j.bytes = bytes;
         j.data = data;
         RAND_bytes(data, (int)bytes);
         j.t0 = now_ms();
-        j.status = ntcp_connect(ctx, peer, &j.info, timeout);
+        j.status = udp ? ntcp_udp_punch(ctx, peer, &j.info, timeout)
+                       : ntcp_connect(ctx, peer, &j.info, timeout);
         if (j.status >= 0) {
             j.fd = j.status;
             run_client(&j); /* closes it */
@@ -335,7 +455,7 @@ static int do_connect_serial(ntcp_t *ctx, const char *peer, size_t bytes, int ti
 }
 
 static int do_connect(ntcp_t *ctx, char **peers, int npeers, size_t bytes, const char *go,
-                      int timeout)
+                      int timeout, bool udp)
 {
     if (go)
         while (access(go, F_OK) != 0)
@@ -354,7 +474,9 @@ static int do_connect(ntcp_t *ctx, char **peers, int npeers, size_t bytes, const
         c->j.data = malloc(bytes ? bytes : 1);
         RAND_bytes(c->j.data, (int)bytes);
         c->j.info.size = sizeof c->j.info;
-        int rc = ntcp_connect_async(ctx, peers[i], timeout, on_connected, c);
+        c->j.ctx = ctx;
+        int rc = udp ? ntcp_udp_punch_async(ctx, peers[i], timeout, on_connected, c)
+                     : ntcp_connect_async(ctx, peers[i], timeout, on_connected, c);
         if (rc < 0) {
             c->j.status = rc;
             snprintf(c->j.why, sizeof c->j.why, "cannot ask: %s", ntcp_strerror(rc));
@@ -393,6 +515,7 @@ static int do_serve_serial(ntcp_t *ctx, int expect, int timeout, int every)
         job j;
         memset(&j, 0, sizeof j);
         j.info.size = sizeof j.info;
+        j.ctx = ctx;
         j.fd = ntcp_accept(ctx, &j.info, timeout);
         if (j.fd < 0) {
             j.status = j.fd;
@@ -424,6 +547,7 @@ static int do_serve(ntcp_t *ctx, int expect, int timeout)
             break;
         job *j = &js[n];
         j->info.size = sizeof j->info;
+        j->ctx = ctx;
         int fd = ntcp_accept(ctx, &j->info, (int)(end - now));
         if (fd < 0)
             break;
@@ -456,15 +580,16 @@ int main(int argc, char **argv)
     const char *stun[4];
     size_t nstun = 0;
     int timeout = 30000, expect = 0, repeat = 0, every = 100;
+    bool udp = false;
     size_t bytes = 65536;
     static const struct option opts[] = {
         {"id", 1, 0, 'i'},      {"broker", 1, 0, 'b'}, {"stun", 1, 0, 's'},
         {"key", 1, 0, 'k'},     {"timeout", 1, 0, 't'}, {"expect", 1, 0, 'n'},
         {"bytes", 1, 0, 'B'},   {"go", 1, 0, 'g'},      {"help", 0, 0, 'h'},
-        {"repeat", 1, 0, 'r'},  {"every", 1, 0, 'e'},
+        {"repeat", 1, 0, 'r'},  {"every", 1, 0, 'e'},  {"udp", 0, 0, 'u'},
         {0, 0, 0, 0}};
     optind = 2;
-    for (int c; (c = getopt_long(argc, argv, "i:b:s:k:t:n:B:g:hr:e:", opts, NULL)) != -1;) {
+    for (int c; (c = getopt_long(argc, argv, "i:b:s:k:t:n:B:g:hr:e:u", opts, NULL)) != -1;) {
         switch (c) {
         case 'i': id = optarg; break;
         case 'b': broker = optarg; break;
@@ -479,6 +604,7 @@ int main(int argc, char **argv)
         case 'g': go = optarg; break;
         case 'r': repeat = atoi(optarg); break;
         case 'e': every = atoi(optarg); break;
+        case 'u': udp = true; break;
         case 'h': usage(); return 0;
         default: usage(); return 1;
         }
@@ -515,10 +641,10 @@ int main(int argc, char **argv)
     fflush(stdout);
     if (repeat)
         rc = serve ? do_serve_serial(ctx, repeat, timeout, every)
-                   : do_connect_serial(ctx, argv[optind], bytes, timeout, repeat, every);
+                   : do_connect_serial(ctx, argv[optind], bytes, timeout, repeat, every, udp);
     else
         rc = serve ? do_serve(ctx, expect, timeout)
-                   : do_connect(ctx, argv + optind, npeers, bytes, go, timeout);
+                   : do_connect(ctx, argv + optind, npeers, bytes, go, timeout, udp);
     ntcp_free(ctx);
     return rc;
 }
