@@ -7,15 +7,18 @@ NATs in the lab, 20 ms one-way between sites:
     default), each its own process with its own name, spread over five other
     sites with mixed personalities (fw, full-cone, none, symmetric-seq,
     restricted-cone); all register first, then all connect at the same
-    moment: every one must be verified and carry 64 KiB each way, checked by
-    SHA-256 (the listener echoes). Ten processes behind one sequential NAT
+    moment, UDP_PEERS of them (10, two per site) by a UDP punch
+    (ntcp_udp_punch_async), the rest over TCP: every one must be verified
+    and carry 64 KiB each way, checked by SHA-256 over TCP and datagram by
+    datagram over UDP (the listener echoes both). Ten processes behind one sequential NAT
     predicting their next ports at the same moment take each other's
     ports: the hub's predicted SYNs reach the wrong process, whose key
     proof refuses them ("not our session"). Those connections go through
     the TURN relay (coturn on the lab's relay host, as docs/relay.md), the
     rest directly; the methods are printed;
   - one context (site a) connecting to five listeners, one per site, at
-    once: all five verified and echoed.
+    once over TCP, and another context (site a too) punching UDP to the same
+    five at the same moment: all ten verified and echoed.
 
 Prints per-site results, the methods used and the listener's descriptors
 and memory. Exits 77 (skipped) when not root."""
@@ -45,6 +48,8 @@ def main():
     ap.add_argument("--stuntd", required=True)
     ap.add_argument("--brokerd", required=True)
     ap.add_argument("--peers", type=int, default=50)
+    ap.add_argument("--udp-peers", type=int, default=10,
+                    help="how many of the peers punch UDP (the last ones: two per site)")
     ap.add_argument("--delay", type=float, default=20)
     ap.add_argument("--syn", default="drop")
     ap.add_argument("--keep", action="store_true", help="leave the lab up at the end")
@@ -181,14 +186,17 @@ class Tester:
 
     def many_to_one(self):
         n = self.a.peers
-        print(f"== {n} peers connect to one listener at once")
+        print(f"== {n} peers connect to one listener at once "
+              f"({min(self.a.udp_peers, n)} of them by UDP)")
         hub = self.many("a", "serve", "hub", "--expect", str(n), timeout=90)
         self.check(hub.wait_line("registered", 30), "the listener registered")
         go = os.path.join(self.home, "go")
         clients = []
+        nu = min(self.a.udp_peers, n)
         for i in range(n):
             site = SITES[i % len(SITES)][0]
-            clients.append((site, self.many(site, "connect", f"p{i}", "--go", go, "hub",
+            udp = ["--udp"] if i >= n - nu else []
+            clients.append((site, self.many(site, "connect", f"p{i}", "--go", go, *udp, "hub",
                                             timeout=60)))
         registered = [c.wait_line("registered", 60) for _, c in clients]
         self.check(all(registered), f"all {n} peers registered first "
@@ -212,8 +220,11 @@ class Tester:
         if ms:
             print(f"    time to an echoed connection: median {ms[len(ms) // 2]} ms, "
                   f"max {ms[-1]} ms; all done in {elapsed:.1f} s")
-        self.check(len(good) == n, f"all {n} peers verified and echoed 64 KiB by SHA-256 "
+        self.check(len(good) == n, f"all {n} peers verified and echoed 64 KiB "
                    f"({len(good)} of {n})")
+        udp_ok = [r for r in good if r.get("info", {}).get("transport") == "udp"]
+        self.check(len(udp_ok) == min(self.a.udp_peers, n),
+                   f"{min(self.a.udp_peers, n)} of them over UDP ({len(udp_ok)})")
         hrc = hub.finish(60)
         served = [r for r in hub.results() if "peer" in r]
         summ = [r for r in hub.results() if "summary" in r]
@@ -238,23 +249,32 @@ class Tester:
         print(f"== one context connects to {len(SITES)} listeners at once")
         ls = []
         for site, _ in SITES:
-            p = self.many(site, "serve", f"l-{site}", "--expect", "1", timeout=60)
+            p = self.many(site, "serve", f"l-{site}", "--expect", "2", timeout=60)
             ls.append(p)
         self.check(all(p.wait_line("registered", 30) for p in ls), "the listeners registered")
-        c = self.many("a", "connect", "multi", *[f"l-{s}" for s, _ in SITES], timeout=60)
-        rc = c.finish(90)
-        rows = [r for r in c.results() if "peer" in r]
-        for r in rows:
-            r["site"] = r["peer"][2:]
-        self.report(rows)
-        self.check(rc == 0 and len(rows) == len(SITES) and all(r["ok"] for r in rows),
-                   f"all {len(SITES)} connected and echoed (exit {rc}, "
-                   f"{sum(1 for r in rows if r['ok'])} ok)")
-        ms = sorted(r["ms"] for r in rows if r.get("ok"))
-        if ms:
-            print(f"    slowest of the {len(SITES)}: {ms[-1]} ms (one at a time would add them up)")
-        for p in ls:
-            p.finish(30)
+        go = os.path.join(self.home, "go-multi")
+        names = [f"l-{s}" for s, _ in SITES]
+        cs = [(kind, self.many("a", "connect", name, "--go", go, *extra, *names, timeout=60))
+              for kind, name, extra in (("tcp", "multi", []), ("udp", "multi-u", ["--udp"]))]
+        self.check(all(c.wait_line("registered", 30) for _, c in cs), "both contexts registered")
+        open(go, "w").close()
+        for kind, c in cs:
+            rc = c.finish(90)
+            rows = [r for r in c.results() if "peer" in r]
+            for r in rows:
+                r["site"] = r["peer"][2:]
+            print(f"  {kind}:")
+            self.report(rows)
+            self.check(rc == 0 and len(rows) == len(SITES) and all(r["ok"] for r in rows) and
+                       all(r.get("info", {}).get("transport") == kind for r in rows),
+                       f"{kind}: all {len(SITES)} connected and echoed (exit {rc}, "
+                       f"{sum(1 for r in rows if r['ok'])} ok)")
+            ms = sorted(r["ms"] for r in rows if r.get("ok"))
+            if ms:
+                print(f"    slowest of the {len(SITES)}: {ms[-1]} ms "
+                      "(one at a time would add them up)")
+        lrc = [p.finish(30) for p in ls]
+        self.check(all(rc == 0 for rc in lrc), f"each listener echoed both (exits {lrc})")
 
 
 if __name__ == "__main__":
