@@ -2,7 +2,7 @@
 # build into a temporary prefix (cmake --install --prefix), checks what is
 # there (programs, libraries with their SONAME, header, ntcp.pc, CMake
 # package, man pages) and that libntcp.so exports exactly the functions of
-# the installed ntcp.h; builds examples/echo.c out of tree once with
+# the installed ntcp.h, and libntcp.a defines exactly those as global; builds examples/echo.c out of tree once with
 # pkg-config and once with find_package(ntcp) (shared and static), and runs
 # them through the installed ntcp-brokerd on 127.0.0.1: an echo served by
 # one build answers the others; then `pip install ./python` in a bare venv
@@ -40,6 +40,14 @@ def exported(lib):
     out = subprocess.run(["nm", "-D", "--defined-only", lib], capture_output=True,
                          text=True, check=True).stdout
     return sorted(line.split()[-1] for line in out.splitlines() if line.strip())
+
+
+def static_globals(archive):
+    """The global symbols the archive defines."""
+    out = subprocess.run(["nm", "-g", "--defined-only", archive], capture_output=True,
+                         text=True, check=True).stdout
+    return sorted(line.split()[-1] for line in out.splitlines()
+                  if len(line.split()) == 3)
 
 
 def declared(header):
@@ -92,6 +100,12 @@ def main():
               "libntcp.so exports exactly the %d functions of ntcp.h" % len(decl),
               "only exported: %s; only declared: %s" % (sorted(set(exp) - set(decl)),
                                                         sorted(set(decl) - set(exp))))
+
+        # The static library: the same public names, nothing internal.
+        st = static_globals(os.path.join(lib, "libntcp.a"))
+        check(st == exp, "libntcp.a defines exactly the %d public functions as global" % len(exp),
+              "only in libntcp.a: %s; only in the .so: %s" % (sorted(set(st) - set(exp))[:10],
+                                                               sorted(set(exp) - set(st))[:10]))
 
         # A user's program, built with pkg-config.
         env = dict(os.environ, PKG_CONFIG_PATH=os.path.join(lib, "pkgconfig"))
