@@ -24,8 +24,14 @@ void ntcp_stuntd_config_init(ntcp_stuntd_config *cfg)
     cfg->rate_slots = 65536;
     cfg->tcp_idle_ms = 30000;
     cfg->tcp_max_conns = 1024;
-    cfg->cb_rate = 1;
-    cfg->cb_burst = 10;
+    /* A connect-back only ever goes to the requester itself (docs/protocol.md
+     * 3.6): the bucket bounds the server's work, not a reflection. One
+     * discovery uses 4 per family on a clean link and up to 10 on a lossy
+     * one; 40 lets a host run several in a row (an application restarted,
+     * a few on one host or behind one NAT) and 2/s refills one a
+     * discovery's worth every few seconds. */
+    cfg->cb_rate = 2;
+    cfg->cb_burst = 40;
     cfg->cb_max_timeout_ms = 10000;
     cfg->cb_max_pending = 256;
     cfg->log_level = NTCP_LOG_INFO;

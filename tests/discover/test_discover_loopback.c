@@ -40,14 +40,16 @@ static void on_done(ntcp_t *ctx, int status, const ntcp_nat_profile_t *p, void *
     r->server = NULL;
 }
 
-static ntcp_stuntd *start_server(uv_loop_t *loop, char *addr, size_t addrlen)
+/* default_cb: the server's default connect-back limits (otherwise none). */
+static ntcp_stuntd *start_server_cb(uv_loop_t *loop, char *addr, size_t addrlen, bool default_cb)
 {
     ntcp_stuntd_config cfg;
     ntcp_stuntd_config_init(&cfg);
     assert_int_equal(ntcp_stuntd_config_set_addr(&cfg, false, "127.0.0.1:0"), 0);
     assert_int_equal(ntcp_stuntd_config_set_addr(&cfg, true, "127.0.0.2:0"), 0);
     cfg.udp_rate = 0;
-    cfg.cb_rate = 0;
+    if (!default_cb)
+        cfg.cb_rate = 0;
     cfg.log_level = NTCP_LOG_WARN;
     ntcp_stuntd *s = NULL;
     char err[256] = "";
@@ -58,6 +60,11 @@ static ntcp_stuntd *start_server(uv_loop_t *loop, char *addr, size_t addrlen)
     assert_int_equal(ntcp_stuntd_addrs(s, NTCP_STUNTD_V4, &p, &a), 0);
     snprintf(addr, addrlen, "127.0.0.1:%u", ntohs(((struct sockaddr_in *)&p)->sin_port));
     return s;
+}
+
+static ntcp_stuntd *start_server(uv_loop_t *loop, char *addr, size_t addrlen)
+{
+    return start_server_cb(loop, addr, addrlen, false);
 }
 
 static void check_open(const ntcp_nat_behaviour_t *b, bool tcp)
@@ -106,6 +113,40 @@ static void test_open_loopback(void **state)
     check_open(&r.profile.tcp4, true);
     assert_true(r.profile.rtt_ms >= 1);
     assert_int_equal(uv_loop_close(&loop), 0); /* every handle closed */
+    ntcp_free(ctx);
+}
+
+/* Discovery again and again from one address against a server with its
+ * default connect-back limits (an application restarted, several on one
+ * host): every TCP filtering test is answered each time, none refused
+ * with 429 and read as unknown. */
+static void test_default_cb_limits(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    char addr[64];
+    ntcp_stuntd *server = start_server_cb(&loop, addr, sizeof addr, true);
+    const char *servers[] = {addr};
+    ntcp_config_t cfg;
+    ntcp_config_init(&cfg);
+    cfg.stun_servers = servers;
+    cfg.n_stun_servers = 1;
+    ntcp_t *ctx;
+    assert_int_equal(ntcp_new(&cfg, &ctx), 0);
+    for (int k = 0; k < 4; k++) {
+        run r = {0};
+        assert_int_equal(ntcp_discover_start(ctx, &loop, NTCP_DISCOVER_TCP | NTCP_DISCOVER_IPV4,
+                                             10000, on_done, &r),
+                         0);
+        while (!r.done)
+            uv_run(&loop, UV_RUN_ONCE);
+        assert_int_equal(r.status, 0);
+        check_open(&r.profile.tcp4, true);
+    }
+    ntcp_stuntd_stop(server);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&loop), 0);
     ntcp_free(ctx);
 }
 
@@ -276,6 +317,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_open_loopback),
         cmocka_unit_test(test_server_list),
+        cmocka_unit_test(test_default_cb_limits),
         cmocka_unit_test(test_unreachable),
         cmocka_unit_test(test_server_by_name),
         cmocka_unit_test(test_unresolvable),
