@@ -87,6 +87,22 @@ def main():
             paths = [line.split()[5].lstrip("./") for line in listing.splitlines()]
             missing = [pat for pat in patterns if not any(re.match(pat, x) for x in paths)]
             check(not missing, "%s holds what it should" % pkg, "missing %s" % missing)
+        if "libntcp-dev" in debs and "libntcp0" in debs:
+            # The -dev's static library defines what the shared one exports, nothing more.
+            root = os.path.join(tmp, "root-dev")
+            for pkg in ("libntcp-dev", "libntcp0"):
+                subprocess.run(["dpkg-deb", "-x", debs[pkg], root], check=True)
+            found = {f: os.path.join(dp, f) for dp, _, fs in os.walk(root) for f in fs
+                     if f in ("libntcp.a", "libntcp.so.0")}
+
+            def names(argv):
+                out = subprocess.run(argv, capture_output=True, text=True).stdout
+                return sorted(l.split()[-1] for l in out.splitlines() if len(l.split()) == 3)
+            st = names(["nm", "-g", "--defined-only", found.get("libntcp.a", "/dev/null")])
+            so = names(["nm", "-D", "--defined-only", found.get("libntcp.so.0", "/dev/null")])
+            check(len(so) > 30 and st == so,
+                  "libntcp-dev's libntcp.a defines only libntcp0's %d exports" % len(so),
+                  "only in the archive: %s" % sorted(set(st) - set(so))[:10])
         if "python3-ntcp" in debs and "libntcp0" in debs:
             # The packaged module loads the packaged library, unpacked side by side.
             root = os.path.join(tmp, "root")
