@@ -54,6 +54,9 @@ static const char *const OPTIONS_HELP =
     "  -R, --relay MODE         the TURN relay the broker offers (docs/relay.md):\n"
     "                           auto (when no direct method works), never, always\n"
     "                           (or `relay` in the configuration; default auto)\n"
+    "  -M, --methods LIST       the TCP methods this end may try, e.g. stunt2,p2pnat\n"
+    "                           (names as --json reports them; or `methods` in the\n"
+    "                           configuration; default all)\n"
     "  -j, --json               print one JSON status line on stderr (method, times,\n"
     "                           addresses, each attempt; docs/traversal.md); listen\n"
     "                           first prints {\"listening\":\"NAME\"} once registered\n"
@@ -115,6 +118,7 @@ typedef struct popts {
     bool json, quiet, keep_open, udp;
     int wait_ms, interval_ms;
     int relay; /* -1: not given */
+    const char *methods; /* NULL: not given */
 } popts;
 
 static int usage_error(const popts *o, const char *fmt, const char *arg)
@@ -148,13 +152,13 @@ static int parse(int argc, char **argv, popts *o)
         {"help", no_argument, NULL, 'h'},          {"broker-ca", required_argument, NULL, 'C'},
         {"broker-pin", required_argument, NULL, 'P'}, {"udp", no_argument, NULL, 'u'},
         {"wait", required_argument, NULL, 'w'},    {"interval", required_argument, NULL, 'I'},
-        {"relay", required_argument, NULL, 'R'},
+        {"relay", required_argument, NULL, 'R'},  {"methods", required_argument, NULL, 'M'},
         {NULL, 0, NULL, 0}};
     o->timeout_ms = 30000;
     o->wait_ms = 2000;
     optind = 1;
     int c;
-    while ((c = getopt_long(argc, argv, o->listen ? "i:b:s:c:k:t:jqKa:huw:I:R:" : "i:b:s:c:k:t:jqhuw:I:R:", lo,
+    while ((c = getopt_long(argc, argv, o->listen ? "i:b:s:c:k:t:jqKa:huw:I:R:M:" : "i:b:s:c:k:t:jqhuw:I:R:M:", lo,
                             NULL)) != -1) {
         switch (c) {
         case 'i': o->id = optarg; break;
@@ -193,6 +197,7 @@ static int parse(int argc, char **argv, popts *o)
             break;
         }
         case 'q': o->quiet = true; break;
+        case 'M': o->methods = optarg; break;
         case 'R':
             if (!strcmp(optarg, "auto"))
                 o->relay = NTCP_RELAY_AUTO;
@@ -271,6 +276,7 @@ static int make_context(popts *o, ntcp_t **out, char *keybuf, size_t keylen)
     if (o->broker_ca || o->broker_pin)
         cfg.broker_tls = 1;
     cfg.relay = o->relay >= 0 ? o->relay : file_ctx ? (int)ntcp_get_relay(file_ctx) : (int)NTCP_RELAY_AUTO;
+    cfg.methods = o->methods ? o->methods : file_ctx ? ntcp_get_methods(file_ctx) : NULL;
     int code = P_OK;
     if (!cfg.name)
         code = usage_error(o, "no name: give --id NAME%s", " (or `name` in the configuration)");
@@ -303,8 +309,18 @@ static int make_context(popts *o, ntcp_t **out, char *keybuf, size_t keylen)
     ntcp_t *ctx = NULL;
     if (code == P_OK) {
         int rc = ntcp_new(&cfg, &ctx);
-        if (rc < 0)
+        ntcp_config_t only;
+        ntcp_config_init(&only);
+        only.methods = cfg.methods;
+        ntcp_t *probe = NULL;
+        if (rc == NTCP_ECONFIG && cfg.methods && ntcp_new(&only, &probe) < 0)
+            code = usage_error(o,
+                               "unknown method in \"%s\" (methods: same-lan, direct, reversal, "
+                               "stunt2, p2pnat, predict, stunt1, natblaster, birthday)",
+                               cfg.methods);
+        else if (rc < 0)
             code = usage_error(o, "invalid settings: %s", ntcp_strerror(rc));
+        ntcp_free(probe);
     }
     ntcp_free(file_ctx);
     if (code != P_OK) {

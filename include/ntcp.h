@@ -167,6 +167,15 @@ typedef struct ntcp_config {
     /* The relay of last resort (docs/relay.md): enum ntcp_relay_policy,
      * NTCP_RELAY_AUTO (0) by default. Read when size covers it. */
     int relay;
+    /* The TCP methods this end's plans may use, by the names
+     * ntcp_conn_info_t.method reports ("same-lan", "direct", "reversal",
+     * "stunt2", "p2pnat", "predict", "stunt1", "natblaster", "birthday"),
+     * separated by commas or blanks; NULL or "": all (the default). A pair
+     * that needs only others gets no direct attempt (NTCP_EUNREACHABLE, or
+     * the relay). E.g. "stunt1,natblaster" to try only the raw methods, or
+     * every name but those two to never open a raw socket. Read when size
+     * covers it; an unknown name: ntcp_new() returns NTCP_ECONFIG. */
+    const char *methods;
 } ntcp_config_t;
 
 /* When a TCP connection may go through the TURN relay the broker offers
@@ -193,7 +202,8 @@ NTCP_EXPORT int ntcp_new(const ntcp_config_t *cfg, ntcp_t **out);
  *   broker, name, key_file: in [ntcp] or before any section;
  *   broker_tls, broker_ca, broker_pin, broker_tls_insecure: likewise (TLS
  *     to the broker; yes/no for the flags);
- *   relay: auto, never or always (ntcp_relay_policy_t), likewise.
+ *   relay: auto, never or always (ntcp_relay_policy_t), likewise;
+ *   methods: the TCP methods plans may use (ntcp_config_t.methods), likewise.
  * Returns NTCP_ECONFIG when the file cannot be read or a value is invalid. */
 NTCP_EXPORT int ntcp_new_from_file(const char *path, ntcp_t **out);
 
@@ -434,6 +444,9 @@ NTCP_EXPORT int ntcp_set_policy(ntcp_t *ctx, ntcp_policy_fn fn, void *user_ptr);
 NTCP_EXPORT int ntcp_set_relay(ntcp_t *ctx, ntcp_relay_policy_t policy);
 /* The context's relay policy (NTCP_RELAY_AUTO for NULL). */
 NTCP_EXPORT ntcp_relay_policy_t ntcp_get_relay(const ntcp_t *ctx);
+/* The `methods` setting as given (ntcp_config_t.methods, the file's key),
+ * or NULL when all methods are allowed. Owned by the context. */
+NTCP_EXPORT const char *ntcp_get_methods(const ntcp_t *ctx);
 
 /* The profile the runtime discovered and registered (zeroed, with status
  * NTCP_ENOTREADY, before the runtime has one). Returns the discovery status. */

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "plan.h"
 #include "session.h"
 #include "tls.h"
 
@@ -45,6 +46,23 @@ static int set_string(char **slot, const char *value)
     free(*slot);
     *slot = copy;
     return 0;
+}
+
+/* The methods list, parsed (plan.h); "" and NULL: all. */
+static int set_methods(ntcp_t *ctx, const char *value)
+{
+    unsigned mask;
+    if (plan_methods_parse(value, &mask) < 0)
+        return NTCP_ECONFIG;
+    int rc = set_string(&ctx->methods, mask ? value : NULL);
+    if (rc == 0)
+        ctx->methods_mask = mask;
+    return rc;
+}
+
+const char *ntcp_get_methods(const ntcp_t *ctx)
+{
+    return ctx ? ctx->methods : NULL;
 }
 
 static int set_broker(ntcp_t *ctx, const char *value)
@@ -187,6 +205,13 @@ int ntcp_new(const ntcp_config_t *cfg, ntcp_t **out)
         }
         ctx->relay = cfg->relay;
     }
+    if (cfg && cfg->size >= offsetof(ntcp_config_t, methods) + sizeof cfg->methods) {
+        int rc = set_methods(ctx, cfg->methods);
+        if (rc < 0) {
+            ntcp_free(ctx);
+            return rc;
+        }
+    }
     *out = ctx;
     return 0;
 }
@@ -246,6 +271,8 @@ static int on_ini_line(void *user, const char *section, const char *name, const 
         rc = set_pin(st->ctx, value);
     else if (own && !strcasecmp(name, "relay"))
         rc = set_relay_word(&st->ctx->relay, value);
+    else if (own && !strcasecmp(name, "methods"))
+        rc = set_methods(st->ctx, value);
     if (rc < 0) {
         st->err = rc;
         return 0;
@@ -296,5 +323,6 @@ void ntcp_free(ntcp_t *ctx)
     free(ctx->key_file);
     free(ctx->broker_ca);
     free(ctx->broker_pin);
+    free(ctx->methods);
     free(ctx);
 }

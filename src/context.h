@@ -25,6 +25,8 @@ struct ntcp {
     ntcp_policy_fn policy;
     void *policy_user;
     int relay; /* ntcp_relay_policy_t (docs/relay.md) */
+    char *methods;         /* the TCP methods plans may use, as given (NULL: all) */
+    unsigned methods_mask; /* parsed (plan.h, PLAN_METHOD_BIT); 0: all */
 };
 
 /* Stops and frees the runtime (api.c): ntcp_stop(), and ntcp_free() first. */

@@ -10,6 +10,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 
 #include "addr.h"
 #include "birthday.h"
@@ -31,6 +32,60 @@ const char *ntcp_method_name(ntcp_method_t m)
     case NTCP_METHOD_COUNT: break;
     }
     return "none";
+}
+
+int plan_methods_parse(const char *list, unsigned *mask)
+{
+    *mask = 0;
+    if (!list)
+        return 0;
+    const char *p = list;
+    while (*p) {
+        while (*p == ',' || *p == ' ' || *p == '\t')
+            p++;
+        size_t n = strcspn(p, ", \t");
+        if (n == 0)
+            break;
+        ntcp_method_t found = NTCP_METHOD_NONE;
+        for (int m = NTCP_METHOD_NONE + 1; m < NTCP_METHOD_COUNT; m++) {
+            const char *name = ntcp_method_name((ntcp_method_t)m);
+            if (strlen(name) == n && strncasecmp(p, name, n) == 0)
+                found = (ntcp_method_t)m;
+        }
+        if (found == NTCP_METHOD_NONE) {
+            *mask = 0;
+            return NTCP_EINVAL;
+        }
+        *mask |= PLAN_METHOD_BIT(found);
+        p += n;
+    }
+    return 0;
+}
+
+void plan_keep_methods(plan *p, unsigned mask)
+{
+    if (!mask || p->status != 0)
+        return;
+    unsigned had = 0;
+    size_t k = 0;
+    for (size_t i = 0; i < p->n; i++) {
+        had |= PLAN_METHOD_BIT(p->a[i].method);
+        if (mask & PLAN_METHOD_BIT(p->a[i].method))
+            p->a[k++] = p->a[i];
+    }
+    p->n = k;
+    if (k > 0)
+        return;
+    char names[128] = "";
+    size_t len = 0;
+    for (int m = NTCP_METHOD_NONE + 1; m < NTCP_METHOD_COUNT && len < sizeof names; m++)
+        if (had & PLAN_METHOD_BIT(m))
+            len += (size_t)snprintf(names + len, sizeof names - len, "%s%s", len ? ", " : "",
+                                    ntcp_method_name((ntcp_method_t)m));
+    p->status = NTCP_EUNREACHABLE;
+    snprintf(p->reason, sizeof p->reason,
+             "the methods this pair needs (%s) are not among those configured (methods)",
+             had ? names : "none");
 }
 
 void plan_input_init(plan_input *in)

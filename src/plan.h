@@ -41,6 +41,16 @@ typedef enum ntcp_method {
  * "natblaster", "birthday", "none". Static, never NULL. */
 const char *ntcp_method_name(ntcp_method_t m);
 
+/* A set of methods (the configuration's `methods`): bit 1u << m for each
+ * method m allowed; 0 means all of them. */
+#define PLAN_METHOD_BIT(m) (1u << (unsigned)(m))
+
+/* Parses a list of method names as ntcp_method_name() gives them,
+ * separated by commas and/or blanks ("stunt2, p2pnat"), into *mask. NULL
+ * or an empty list: 0 (all). Returns 0, or NTCP_EINVAL for an unknown name
+ * ("none" included). Pure. */
+int plan_methods_parse(const char *list, unsigned *mask);
+
 /* ---- Input ---- */
 
 #define PLAN_MAX_PRIVATE 8
@@ -180,6 +190,12 @@ typedef struct plan {
  * ports) or NTCP_EINVAL (NULL, or a public address missing). Pure: the same
  * input gives the same plan. */
 int plan_make(const plan_input *in, plan *out);
+
+/* Keeps only the attempts of p whose method mask allows (0: all), in
+ * order, their timings unchanged. A possible plan left with none becomes
+ * impossible (NTCP_EUNREACHABLE), its reason naming the methods it had.
+ * Pure. */
+void plan_keep_methods(plan *p, unsigned mask);
 
 /* Renders p as text (one line per attempt) or, with json, one JSON object
  * (docs/traversal.md). snprintf rules: returns the length the whole text

@@ -1,9 +1,9 @@
 /*
  * plan_go.h: the plan's input from a CONNECT-GO, built in one place for
- * everything that plans (src/rt_conn.c, the lab's raw-method peer
- * tests/engine/e2e.c): both ends must make their plans from the same facts,
- * and copies of this glue drifted apart before (one never set the sampled
- * port). Internal to libntcp.
+ * everything that plans (src/rt_conn.c; the lab tests go through the public
+ * API): both ends must make their plans from the same facts, and copies of
+ * this glue drifted apart before (one never set the sampled port).
+ * Internal to libntcp.
  */
 #ifndef NTCP_PLAN_GO_H
 #define NTCP_PLAN_GO_H

@@ -673,6 +673,7 @@ void rt_conn_go(conn *c, const broker_go *g)
         fprintf(stderr, "ntcp: plan input: my newest port %u, the peer's %u\n", in.me.seq_port,
                 in.peer.seq_port);
     plan_make(&in, &c->pl); /* an impossible plan goes to the engine, which reports it */
+    plan_keep_methods(&c->pl, rt->ctx->methods_mask); /* the configuration's `methods` */
 
     ntcp_engine_config cfg;
     memset(&cfg, 0, sizeof cfg);

@@ -25,6 +25,7 @@
  *       echoed and closed before the next, a progress line every K (100)
  *       with the descriptors and resident memory.
  *   COMMON: --broker HOST:PORT --stun HOST:PORT --key FILE --timeout MS
+ *           [--methods LIST] (the TCP methods this end may try)
  *
  * Every connection ends in one JSON line on stdout: {"peer", "status",
  * "method", "ok", "ms", "info"} (info: ntcp_conn_info_json()); the last
@@ -69,7 +70,8 @@ static void usage(void)
     fputs("usage: ntcp_many serve --id NAME COMMON [--expect N | --repeat N [--every K]]\n"
           "       ntcp_many connect --id NAME COMMON [--udp] [--bytes N] [--go FILE] PEER...\n"
           "       ntcp_many connect --id NAME COMMON [--bytes N] --repeat N [--every K] PEER\n"
-          "COMMON: --broker HOST:PORT [--stun HOST:PORT] --key FILE [--timeout MS]\n",
+          "COMMON: --broker HOST:PORT [--stun HOST:PORT] --key FILE [--timeout MS]\n"
+          "        [--methods LIST] (ntcp_config_t.methods)\n",
           stderr);
 }
 
@@ -576,7 +578,7 @@ int main(int argc, char **argv)
         return 1;
     }
     bool serve = strcmp(argv[1], "serve") == 0;
-    const char *id = NULL, *broker = NULL, *key = NULL, *go = NULL;
+    const char *id = NULL, *broker = NULL, *key = NULL, *go = NULL, *methods = NULL;
     const char *stun[4];
     size_t nstun = 0;
     int timeout = 30000, expect = 0, repeat = 0, every = 100;
@@ -587,9 +589,10 @@ int main(int argc, char **argv)
         {"key", 1, 0, 'k'},     {"timeout", 1, 0, 't'}, {"expect", 1, 0, 'n'},
         {"bytes", 1, 0, 'B'},   {"go", 1, 0, 'g'},      {"help", 0, 0, 'h'},
         {"repeat", 1, 0, 'r'},  {"every", 1, 0, 'e'},  {"udp", 0, 0, 'u'},
+        {"methods", 1, 0, 'M'},
         {0, 0, 0, 0}};
     optind = 2;
-    for (int c; (c = getopt_long(argc, argv, "i:b:s:k:t:n:B:g:hr:e:u", opts, NULL)) != -1;) {
+    for (int c; (c = getopt_long(argc, argv, "i:b:s:k:t:n:B:g:hr:e:uM:", opts, NULL)) != -1;) {
         switch (c) {
         case 'i': id = optarg; break;
         case 'b': broker = optarg; break;
@@ -605,6 +608,7 @@ int main(int argc, char **argv)
         case 'r': repeat = atoi(optarg); break;
         case 'e': every = atoi(optarg); break;
         case 'u': udp = true; break;
+        case 'M': methods = optarg; break;
         case 'h': usage(); return 0;
         default: usage(); return 1;
         }
@@ -623,6 +627,7 @@ int main(int argc, char **argv)
     cfg.key_file = key;
     cfg.stun_servers = stun;
     cfg.n_stun_servers = nstun;
+    cfg.methods = methods;
     ntcp_t *ctx;
     int rc = ntcp_new(&cfg, &ctx);
     if (rc < 0) {

@@ -808,6 +808,63 @@ static void test_rows(void **state)
     }
 }
 
+/* The configuration's `methods`: the list parses by name, and a plan keeps
+ * only the attempts of the methods allowed, or becomes impossible. */
+static void test_methods(void **state)
+{
+    (void)state;
+    unsigned m = 99;
+    assert_int_equal(plan_methods_parse(NULL, &m), 0);
+    assert_int_equal(m, 0);
+    assert_int_equal(plan_methods_parse(" , ", &m), 0);
+    assert_int_equal(m, 0);
+    assert_int_equal(plan_methods_parse("stunt2, P2PNAT\tbirthday", &m), 0);
+    assert_int_equal(m, PLAN_METHOD_BIT(NTCP_METHOD_STUNT2) | PLAN_METHOD_BIT(NTCP_METHOD_P2PNAT) |
+                            PLAN_METHOD_BIT(NTCP_METHOD_BIRTHDAY));
+    assert_int_equal(plan_methods_parse("stunt2,stunt", &m), NTCP_EINVAL);
+    assert_int_equal(m, 0);
+    assert_int_equal(plan_methods_parse("none", &m), NTCP_EINVAL);
+    assert_int_equal(plan_methods_parse("same-lan", &m), 0);
+    assert_int_equal(m, PLAN_METHOD_BIT(NTCP_METHOD_SAME_LAN));
+
+    /* Two port-restricted NATs answering RST, both ends raw: stunt2, then
+     * p2pnat, then a raw method, then stunt2 the other way. */
+    prof A = prof_of("port-restricted", NTCP_SYN_RST), B = A;
+    plan_input in;
+    plan_input_init(&in);
+    make_end(&in.me, &A, 0, false, true, 50, 0);
+    make_end(&in.peer, &B, 1, false, true, 50, 0);
+    in.initiator = true;
+    in.raw_enabled = true;
+    plan full, p;
+    assert_int_equal(plan_make(&in, &full), 0);
+    p = full;
+    plan_keep_methods(&p, 0);
+    assert_int_equal(p.n, full.n);
+    assert_int_equal(plan_methods_parse("natblaster", &m), 0);
+    plan_keep_methods(&p, m);
+    assert_int_equal(p.status, 0);
+    assert_true(p.n >= 1 && p.n < full.n);
+    for (size_t k = 0; k < p.n; k++) {
+        assert_int_equal(p.a[k].method, NTCP_METHOD_NATBLASTER);
+        assert_int_equal(p.a[k].role, PLAN_RAW_SYN);
+    }
+    /* Timings unchanged: the kept attempt starts where it did in the full plan. */
+    for (size_t k = 0; k < full.n; k++)
+        if (full.a[k].method == NTCP_METHOD_NATBLASTER)
+            assert_int_equal(full.a[k].start_ms, p.a[0].start_ms);
+    /* Only methods this pair does not plan: impossible, and the reason
+     * names what it needed. */
+    p = full;
+    assert_int_equal(plan_methods_parse("direct reversal", &m), 0);
+    plan_keep_methods(&p, m);
+    assert_int_equal(p.status, NTCP_EUNREACHABLE);
+    assert_int_equal(p.n, 0);
+    assert_non_null(strstr(p.reason, "stunt2"));
+    assert_non_null(strstr(p.reason, "natblaster"));
+    assert_non_null(strstr(p.reason, "methods"));
+}
+
 /* Port prediction: the window and the diagonal of two sequential NATs. */
 static void test_prediction(void **state)
 {
@@ -1258,7 +1315,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_every_pair),     cmocka_unit_test(test_simulated),
-        cmocka_unit_test(test_rows),
+        cmocka_unit_test(test_rows),           cmocka_unit_test(test_methods),
         cmocka_unit_test(test_prediction),     cmocka_unit_test(test_timing),
         cmocka_unit_test(test_bad_input),      cmocka_unit_test(test_names_and_format),
         cmocka_unit_test(test_blob_roundtrip), cmocka_unit_test(test_blob_from_nat),

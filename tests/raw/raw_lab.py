@@ -2,11 +2,14 @@
 """raw_lab.py: STUNT#1 and NATBlaster in the lab (issue 6). For each case it
 brings a lab up (prefix starting with r), starts ntcp-stuntd and
 ntcp-brokerd (with --spoof for STUNT#1) on `server`, and runs
-tests/engine/e2e.c in hosts a and b with --raw-only METHOD: their plans keep
-only the raw attempt, so the connection can only come from it. A case passes
-when both ends verified a connection by that method and carried 1 MiB each
-way (SHA-256 checked). With --pcap DIR it also records each NAT's wan side.
-Exits 77 (skipped) when not root or when e2e was built without NTCP_RAW."""
+tests/many's ntcp_many (the public API: ntcp_listen/ntcp_accept in host b,
+ntcp_connect in host a, as root so that raw sockets are allowed) with
+`--methods METHOD` (ntcp_config_t.methods) at both ends: their plans keep
+only that method's attempts, so the connection can only come from it. A case
+passes when both ends verified a connection by that method, their attempt
+lists name it the winner, and 1 MiB crossed each way (echoed, SHA-256
+checked). With --pcap DIR it also records each NAT's wan side. Exits 77
+(skipped) when not root or when built without NTCP_RAW."""
 
 import argparse
 import json
@@ -16,7 +19,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "engine"))
-from e2e_lab import BROKER, STUN, Lab, stop, wait_stun  # noqa: E402
+from e2e_lab import BROKER, STUN, Lab, many_result, stop, wait_stun  # noqa: E402
 
 # (name, NAT a, NAT b, SYN answer, method, expect, NATs accept their own
 # address from the LAN). Port-restricted NATs answering an unsolicited SYN
@@ -62,40 +65,53 @@ def one(i, case, args):
                                        subprocess.DEVNULL, subprocess.DEVNULL))
         if not wait_stun(lab, args.ntcp):
             raise RuntimeError("ntcp-stuntd did not answer in the lab")
-        common = ["--stun", STUN, "--broker", BROKER, "--timeout-ms", str(args.timeout_ms),
-                  "--raw-only", method]
-        pb = lab.spawn("b", [args.e2e, "--name", "bob", "--wait"] + common, subprocess.PIPE,
-                       open(logs + "-b.err", "w"))
-        pa = lab.spawn("a", [args.e2e, "--name", "alice", "--peer", "bob"] + common, subprocess.PIPE,
-                       open(logs + "-a.err", "w"))
-        procs += [pa, pb]
-        outs = {}
-        for k, p in (("a", pa), ("b", pb)):
+        limit_ms = args.timeout_ms + 15000  # the call's timeout covers discovery and registration
+        common = ["--stun", STUN, "--broker", BROKER, "--timeout", str(limit_ms),
+                  "--methods", method]
+        f = {side + k: "%s-%s.%s" % (logs, side, k) for side in ("a", "b") for k in ("out", "err")}
+        pb = lab.spawn_io("b", [args.many, "serve", "--id", "bob", "--key", logs + "-bob.key",
+                                "--expect", "1"] + common, "/dev/null", f["bout"], f["berr"])
+        procs.append(pb)
+        end = time.monotonic() + 40
+        while time.monotonic() < end and pb.poll() is None and \
+                "registered" not in open(f["bout"], errors="replace").read():
+            time.sleep(0.05)  # polling the listener's first line with a deadline
+        t1 = time.monotonic()
+        pa = lab.spawn_io("a", [args.many, "connect", "--id", "alice", "--key", logs + "-alice.key",
+                                "--bytes", str(1 << 20)] + common + ["bob"],
+                          "/dev/null", f["aout"], f["aerr"])
+        procs.append(pa)
+        try:
+            pa.wait(limit_ms / 1000 + 30)
+        except subprocess.TimeoutExpired:
+            stop(pa)
+        wall_ms = int((time.monotonic() - t1) * 1000)
+        if expect == "ok":
             try:
-                out, _ = p.communicate(timeout=args.timeout_ms / 1000 + 30)
+                pb.wait(30)  # it ends once its echo has
             except subprocess.TimeoutExpired:
-                stop(p)
-                out = ""
-            lines = [x for x in (out or "").splitlines() if x.startswith("{")]
-            outs[k] = json.loads(lines[-1]) if lines else None
-        ra, rb = outs["a"], outs["b"]
+                stop(pb)
+        ra, rb = many_result(f["aout"]), many_result(f["bout"])
         row["res_a"], row["res_b"] = ra, rb
-        if ra is None or rb is None:
-            row["result"] = "FAIL (no JSON)"
-        elif expect == "fail":
-            ea = ra.get("engine") or {}
-            why = json.dumps(ea.get("attempts"))
-            good = not ra["ok"] and not rb["ok"] and ra["ms"] < args.timeout_ms
-            row["result"] = ("PASS failed as expected in %d ms: %s" % (ra["ms"], why)) if good else \
-                "FAIL expected a failure, got a=%s b=%s" % (ra["method"], rb["method"])
+        if expect == "fail":
+            why = (ra or {}).get("detail", "")
+            served = rb is not None and rb.get("ok")
+            good = ra is not None and not ra["ok"] and not served and pa.returncode == 2 and \
+                wall_ms < limit_ms
+            row["result"] = ("PASS failed as expected in %d ms: %s" % (wall_ms, why)) if good else \
+                "FAIL expected a failure, got a=%s b=%s" % ((ra or {}).get("method"),
+                                                            (rb or {}).get("method"))
+        elif ra is None or rb is None:
+            row["result"] = "FAIL (no JSON from %s)" % ("a" if ra is None else "b")
         else:
+            won = [a for a in ra.get("attempt_list", []) if a["outcome"] == "won"]
             good = ra["ok"] and rb["ok"] and ra["method"] == method and rb["method"] == method and \
-                ra["transfer"] == "sha256-ok" and rb["transfer"] == "sha256-ok"
-            ea, eb = ra.get("engine") or {}, rb.get("engine") or {}
-            row["result"] = ("PASS %s %d/%d ms" % (method, ra["ms"], rb["ms"])) if good else \
-                "FAIL a=%s/%s b=%s/%s %s" % (ra["method"], ea.get("reason") or ra.get("error"),
-                                             rb["method"], eb.get("reason") or rb.get("error"),
-                                             json.dumps(ea.get("attempts")))
+                ra["echo_ok"] and rb["echo_ok"] and len(won) == 1 and won[0]["method"] == method
+            row["result"] = ("PASS %s %d/%d ms" % (method, ra["verified_ms"], rb["verified_ms"])) \
+                if good else "FAIL a=%s/%s b=%s/%s (echo %s/%s) %s" % (
+                    ra["method"], ra.get("detail"), rb["method"], rb.get("detail"),
+                    ra["echo_why"] or "ok", rb["echo_why"] or "ok",
+                    json.dumps(ra.get("attempt_list")))
     except Exception as e:  # noqa: BLE001 - a lab error is this case's failure
         row["result"] = "ERROR %s" % e
     finally:
@@ -107,7 +123,7 @@ def one(i, case, args):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
-    for o in ("lab", "e2e", "stuntd", "brokerd", "ntcp"):
+    for o in ("lab", "many", "stuntd", "brokerd", "ntcp"):
         ap.add_argument("--" + o, required=True)
     ap.add_argument("--timeout-ms", type=int, default=15000)
     ap.add_argument("--case", action="append", default=[], help="a case by name (repeatable)")

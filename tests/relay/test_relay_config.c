@@ -2,7 +2,8 @@
  * test_relay_config.c: the relay policy of the public context (docs/relay.md):
  * ntcp_config_t.relay (read only when the caller's struct has it),
  * ntcp_set_relay()/ntcp_get_relay(), the configuration file's `relay` key,
- * and the values that are refused.
+ * and the values that are refused; likewise the `methods` setting
+ * (ntcp_config_t.methods, ntcp_get_methods()).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -91,11 +92,48 @@ static void test_config_file(void **state)
     }
 }
 
+static void test_methods(void **state)
+{
+    (void)state;
+    ntcp_config_t cfg;
+    ntcp_config_init(&cfg);
+    ntcp_t *ctx = NULL;
+    assert_int_equal(ntcp_new(&cfg, &ctx), 0);
+    assert_null(ntcp_get_methods(ctx)); /* all, the default */
+    ntcp_free(ctx);
+    cfg.methods = "stunt1, natblaster";
+    assert_int_equal(ntcp_new(&cfg, &ctx), 0);
+    assert_string_equal(ntcp_get_methods(ctx), "stunt1, natblaster");
+    ntcp_free(ctx);
+    cfg.methods = "";
+    assert_int_equal(ntcp_new(&cfg, &ctx), 0);
+    assert_null(ntcp_get_methods(ctx));
+    ntcp_free(ctx);
+    cfg.methods = "stunt2,stunt3";
+    assert_int_equal(ntcp_new(&cfg, &ctx), NTCP_ECONFIG);
+    /* A caller built before the field existed. */
+    cfg.size = offsetof(ntcp_config_t, methods);
+    assert_int_equal(ntcp_new(&cfg, &ctx), 0);
+    assert_null(ntcp_get_methods(ctx));
+    ntcp_free(ctx);
+    assert_null(ntcp_get_methods(NULL));
+
+    assert_int_equal(from_file("[ntcp]\nmethods = p2pnat predict\n", &ctx), 0);
+    assert_string_equal(ntcp_get_methods(ctx), "p2pnat predict");
+    ntcp_free(ctx);
+    assert_int_equal(from_file("methods = telepathy\n", &ctx), NTCP_ECONFIG);
+    assert_null(ctx);
+    assert_int_equal(from_file("[stuntd]\nmethods = telepathy\n", &ctx), 0); /* not ours */
+    assert_null(ntcp_get_methods(ctx));
+    ntcp_free(ctx);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_config_struct),
         cmocka_unit_test(test_config_file),
+        cmocka_unit_test(test_methods),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
