@@ -205,7 +205,8 @@ def _ms(timeout, default_none):
 
 
 _SETTINGS = ("stun_servers", "broker", "name", "key_file", "broker_tls", "broker_ca",
-             "broker_pin", "broker_tls_insecure")
+             "broker_pin", "broker_tls_insecure", "relay", "methods")
+_RELAY = ("auto", "never", "always")  # ntcp_relay_policy_t's order
 
 
 class Context:
@@ -216,7 +217,9 @@ class Context:
     (docs/configuration.md; NTCP 0.2's p2pNetwork.conf keys are read too);
     settings are stun_servers (a list, or one string), broker
     ("host:port", "tls://host:port"), name, key_file, broker_tls,
-    broker_ca, broker_pin, broker_tls_insecure. With a file, only
+    broker_ca, broker_pin, broker_tls_insecure, relay ("auto", "never",
+    "always": docs/relay.md) and methods (the TCP methods plans may use, a
+    list or a comma-separated string: docs/configuration.md). With a file, only
     stun_servers may be added to it. Close it with close() or a with block:
     blocked calls then raise ClosedError; sockets already returned stay open."""
 
@@ -246,6 +249,16 @@ class Context:
                     setattr(cfg, k, keep[k])
             for k in ("broker_tls", "broker_tls_insecure"):
                 setattr(cfg, k, 1 if settings.get(k) else 0)
+            relay = settings.get("relay") or "auto"
+            if relay not in _RELAY:
+                raise ValueError("relay must be one of %s: %r" % (", ".join(_RELAY), relay))
+            cfg.relay = _RELAY.index(relay)
+            methods = settings.get("methods")
+            if methods is not None and not isinstance(methods, str):
+                methods = ",".join(methods)
+            if methods:
+                keep["methods"] = methods.encode()
+                cfg.methods = keep["methods"]
             rc = _lib.new(ctypes.byref(cfg), ctypes.byref(h))
         if rc < 0:
             raise error(rc)
@@ -304,6 +317,17 @@ class Context:
     @property
     def key_file(self):
         v = _lib.get_key_file(self._handle())
+        return v.decode() if v else None
+
+    @property
+    def relay(self):
+        """"auto", "never" or "always" (ntcp_get_relay)."""
+        return _RELAY[_lib.get_relay(self._handle())]
+
+    @property
+    def methods(self):
+        """The TCP methods plans may use as set, or None for all (ntcp_get_methods)."""
+        v = _lib.get_methods(self._handle())
         return v.decode() if v else None
 
     @property

@@ -58,7 +58,8 @@ class config(ctypes.Structure):
     _fields_ = [("size", c_size_t), ("stun_servers", ctypes.POINTER(c_char_p)),
                 ("n_stun_servers", c_size_t), ("broker", c_char_p), ("name", c_char_p),
                 ("key_file", c_char_p), ("broker_tls", c_int), ("broker_ca", c_char_p),
-                ("broker_pin", c_char_p), ("broker_tls_insecure", c_int)]
+                ("broker_pin", c_char_p), ("broker_tls_insecure", c_int), ("relay", c_int),
+                ("methods", c_char_p)]
 
 
 class conn_info(ctypes.Structure):
@@ -91,6 +92,8 @@ stop = _proto("ntcp_stop", None, ctx_p)
 get_broker = _proto("ntcp_get_broker", c_char_p, ctx_p)
 get_name = _proto("ntcp_get_name", c_char_p, ctx_p)
 get_key_file = _proto("ntcp_get_key_file", c_char_p, ctx_p)
+get_relay = _proto("ntcp_get_relay", c_int, ctx_p)
+get_methods = _proto("ntcp_get_methods", c_char_p, ctx_p)
 get_stun_server = _proto("ntcp_get_stun_server", c_char_p, ctx_p, c_size_t)
 discover_ex = _proto("ntcp_discover_ex", c_int, ctx_p, c_uint, ctypes.POINTER(nat_profile), c_int)
 get_profile = _proto("ntcp_get_profile", c_int, ctx_p, ctypes.POINTER(nat_profile))

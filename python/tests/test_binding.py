@@ -88,6 +88,16 @@ def test_settings():
         assert ctx.stun_servers == ["127.0.0.1:3478", "[2001:db8::1]:3478"]
     with pytest.raises(TypeError):
         ntcp.Context(brokr="x")
+    with ntcp.Context() as ctx:
+        assert ctx.relay == "auto" and ctx.methods is None
+    with ntcp.Context(relay="never", methods=["stunt2", "p2pnat"]) as ctx:
+        assert ctx.relay == "never" and ctx.methods == "stunt2,p2pnat"
+    with ntcp.Context(methods="birthday") as ctx:
+        assert ctx.methods == "birthday"
+    with pytest.raises(ntcp.ConfigError):
+        ntcp.Context(methods="stunt2,teleport")
+    with pytest.raises(ValueError):
+        ntcp.Context(relay="sometimes")
 
 
 def test_configuration_file_with_ntcp02_keys(tmp_path):
