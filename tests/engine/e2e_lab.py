@@ -198,6 +198,37 @@ def many_result(path):
     return None
 
 
+def many_pair(lab, many, ini, tgt, logs, common, nbytes, limit_ms, wait_serve):
+    """ntcp_many `serve --expect 1` as bob in host tgt, once registered
+    `connect` as alice in host ini to bob with nbytes each way, both with
+    the extra options common; waits for the connector (and, with
+    wait_serve, the listener: it ends once its echo has). Returns the two
+    processes, the paths of their outputs ({a,b}{out,err}) and the
+    connector's wall time in seconds. The caller stops them."""
+    f = {side + k: "%s-%s.%s" % (logs, side, k) for side in ("a", "b") for k in ("out", "err")}
+    pb = lab.spawn_io(tgt, [many, "serve", "--id", "bob", "--key", logs + "-bob.key",
+                            "--expect", "1"] + common, "/dev/null", f["bout"], f["berr"])
+    end = time.monotonic() + 40
+    while time.monotonic() < end and pb.poll() is None and \
+            "registered" not in open(f["bout"], errors="replace").read():
+        time.sleep(0.05)  # polling the listener's first line with a deadline
+    t1 = time.monotonic()
+    pa = lab.spawn_io(ini, [many, "connect", "--id", "alice", "--key", logs + "-alice.key",
+                            "--bytes", str(nbytes)] + common + ["bob"],
+                      "/dev/null", f["aout"], f["aerr"])
+    try:
+        pa.wait(limit_ms / 1000 + 30)
+    except subprocess.TimeoutExpired:
+        stop(pa)
+    wall_s = time.monotonic() - t1
+    if wait_serve:
+        try:
+            pb.wait(30)
+        except subprocess.TimeoutExpired:
+            stop(pb)
+    return pa, pb, f, wall_s
+
+
 def one(i, case, args):
     """One case through the public API (tests/many/ntcp_many, which links
     the shared library): `serve` in the target host (ntcp_listen,
@@ -249,29 +280,10 @@ def one(i, case, args):
         # The call's timeout covers discovery and registration too.
         limit_ms = args.timeout_ms + 15000
         common = ["--stun", STUN, "--broker", BROKER, "--timeout", str(limit_ms)]
-        f = {side + k: "%s-%s.%s" % (logs, side, k) for side in ("a", "b") for k in ("out", "err")}
-        pb = lab.spawn_io(tgt, [args.many, "serve", "--id", "bob", "--key", logs + "-bob.key",
-                                "--expect", "1"] + common, "/dev/null", f["bout"], f["berr"])
-        procs.append(pb)
-        end = time.monotonic() + 40
-        while time.monotonic() < end and pb.poll() is None and \
-                "registered" not in open(f["bout"], errors="replace").read():
-            time.sleep(0.05)  # polling the listener's first line with a deadline
-        t1 = time.monotonic()
-        pa = lab.spawn_io(ini, [args.many, "connect", "--id", "alice", "--key", logs + "-alice.key",
-                                "--bytes", str(args.bytes)] + common + ["bob"],
-                          "/dev/null", f["aout"], f["aerr"])
-        procs.append(pa)
-        try:
-            pa.wait(limit_ms / 1000 + 30)
-        except subprocess.TimeoutExpired:
-            stop(pa)
-        row["wall_s"] = round(time.monotonic() - t1, 1)
-        if case["expect"] == "ok":
-            try:
-                pb.wait(30)  # it ends once its echo has
-            except subprocess.TimeoutExpired:
-                stop(pb)
+        pa, pb, f, wall_s = many_pair(lab, args.many, ini, tgt, logs, common, args.bytes, limit_ms,
+                                      case["expect"] == "ok")
+        procs += [pa, pb]
+        row["wall_s"] = round(wall_s, 1)
         ra, rb = many_result(f["aout"]), many_result(f["bout"])
         row["res_a"], row["res_b"] = ra, rb
         if case["expect"] == "ok" and (ra is None or rb is None):

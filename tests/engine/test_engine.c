@@ -25,6 +25,7 @@
 #include "engine.h"
 #include "identity.h"
 #include "ntcp.h"
+#include "free_port.h"
 
 static EVP_PKEY *akey, *bkey, *mkey;
 static uint8_t apub[32], bpub[32], mpub[32];
@@ -40,38 +41,6 @@ static int count_fds(void)
         n++;
     closedir(d);
     return n;
-}
-
-/* A port nobody uses right now: bound then released (the tests bind it
- * again with SO_REUSEPORT at once). */
-static uint16_t free_port_once(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    assert_int_equal(bind(fd, (struct sockaddr *)&sin, sizeof sin), 0);
-    socklen_t sl = sizeof sin;
-    getsockname(fd, (struct sockaddr *)&sin, &sl);
-    close(fd);
-    return ntohs(sin.sin_port);
-}
-
-/* Never one handed out before in this run: ports chosen one at a time may
- * repeat, and two ends bound with SO_REUSEPORT on one port would pass for
- * two. */
-static uint16_t free_port(void)
-{
-    static uint16_t given[256];
-    static size_t n_given;
-    for (;;) {
-        uint16_t p = free_port_once();
-        bool seen = false;
-        for (size_t i = 0; i < n_given && i < 256 && !seen; i++)
-            seen = given[i] == p;
-        if (!seen) {
-            given[n_given++ % 256] = p;
-            return p;
-        }
-    }
 }
 
 static void lo(plan_ports *pp, uint16_t port, uint16_t count)

@@ -24,6 +24,7 @@
 
 #include "addr.h"
 #include "ntcp.h"
+#include "free_port.h"
 #include "portmux.h"
 #include "verify.h"
 
@@ -49,37 +50,6 @@ static void sid_of(uint8_t tag, uint8_t sid[VERIFY_SESSION_ID_SIZE])
     uint8_t nonce[BROKER_NONCE_SIZE];
     memset(nonce, tag, sizeof nonce);
     assert_int_equal(ntcp_verify_session_id(nonce, sid), 0);
-}
-
-/* A free loopback port (bound, then released). */
-static uint16_t free_port_once(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
-    socklen_t l = sizeof a;
-    getsockname(fd, (struct sockaddr *)&a, &l);
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
-/* Never one handed out before in this run: ports chosen one at a time may
- * repeat, and two ends bound with SO_REUSEPORT on one port would pass for
- * two. */
-static uint16_t free_port(void)
-{
-    static uint16_t given[256];
-    static size_t n_given;
-    for (;;) {
-        uint16_t p = free_port_once();
-        bool seen = false;
-        for (size_t i = 0; i < n_given && i < 256 && !seen; i++)
-            seen = given[i] == p;
-        if (!seen) {
-            given[n_given++ % 256] = p;
-            return p;
-        }
-    }
 }
 
 static struct sockaddr_storage local_at(uint16_t port)

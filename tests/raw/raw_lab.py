@@ -19,7 +19,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "engine"))
-from e2e_lab import BROKER, STUN, Lab, many_result, stop, wait_stun  # noqa: E402
+from e2e_lab import BROKER, STUN, Lab, many_pair, many_result, stop, wait_stun  # noqa: E402
 
 # (name, NAT a, NAT b, SYN answer, method, expect, NATs accept their own
 # address from the LAN). Port-restricted NATs answering an unsolicited SYN
@@ -68,29 +68,10 @@ def one(i, case, args):
         limit_ms = args.timeout_ms + 15000  # the call's timeout covers discovery and registration
         common = ["--stun", STUN, "--broker", BROKER, "--timeout", str(limit_ms),
                   "--methods", method]
-        f = {side + k: "%s-%s.%s" % (logs, side, k) for side in ("a", "b") for k in ("out", "err")}
-        pb = lab.spawn_io("b", [args.many, "serve", "--id", "bob", "--key", logs + "-bob.key",
-                                "--expect", "1"] + common, "/dev/null", f["bout"], f["berr"])
-        procs.append(pb)
-        end = time.monotonic() + 40
-        while time.monotonic() < end and pb.poll() is None and \
-                "registered" not in open(f["bout"], errors="replace").read():
-            time.sleep(0.05)  # polling the listener's first line with a deadline
-        t1 = time.monotonic()
-        pa = lab.spawn_io("a", [args.many, "connect", "--id", "alice", "--key", logs + "-alice.key",
-                                "--bytes", str(1 << 20)] + common + ["bob"],
-                          "/dev/null", f["aout"], f["aerr"])
-        procs.append(pa)
-        try:
-            pa.wait(limit_ms / 1000 + 30)
-        except subprocess.TimeoutExpired:
-            stop(pa)
-        wall_ms = int((time.monotonic() - t1) * 1000)
-        if expect == "ok":
-            try:
-                pb.wait(30)  # it ends once its echo has
-            except subprocess.TimeoutExpired:
-                stop(pb)
+        pa, pb, f, wall_s = many_pair(lab, args.many, "a", "b", logs, common, 1 << 20, limit_ms,
+                                      expect == "ok")
+        procs += [pa, pb]
+        wall_ms = int(wall_s * 1000)
         ra, rb = many_result(f["aout"]), many_result(f["bout"])
         row["res_a"], row["res_b"] = ra, rb
         if expect == "fail":
