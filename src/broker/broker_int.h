@@ -84,6 +84,7 @@ typedef struct pending {
     uint64_t deadline_ms;
     uint64_t sent_us;              /* when the offer left, for the target's RTT */
     uint32_t transport;            /* enum broker_transport, from the CONNECT */
+    bool relay;                    /* remote requester: its node offers our TURN server */
     uint8_t req_tid[STUN_TID_SIZE];
     uint8_t offer_tid[STUN_TID_SIZE];
 } pending;
@@ -237,8 +238,8 @@ uint32_t start_margin(const ntcp_broker *b, uint32_t slow_us);
 void send_offer(bsession *t, const broker_peer_info *from, pending *p, uint32_t timeout);
 /* A CONNECT-GO carrying the other end's data: the requester's (the CONNECT
  * success answering req_tid) or, req_tid NULL, the target's GO. relay: with
- * the TURN server and credentials, when the broker has them (both ends on
- * this node). */
+ * the TURN server and credentials for this end, when the broker has them
+ * (and, across nodes, when the other end's node offers the same server). */
 void send_go(bsession *s, const uint8_t *req_tid, const broker_peer_info *other,
              const uint8_t nonce[BROKER_NONCE_SIZE], uint32_t delay_ms, uint32_t rtt_us,
              uint32_t transport, bool relay);
@@ -304,6 +305,11 @@ void broker_turn_free(ntcp_broker *b);
 /* Adds TURN-SERVER, TURN-USERNAME and TURN-PASSWORD for name (nothing when
  * the broker has no TURN server). */
 void broker_turn_build(ntcp_broker *b, stun_builder *sb, const char *name);
+/* Cluster: TURN-SERVER (this node's, when it has one) in a cross-node OFFER
+ * or its answer; and whether a message from the other node names the same
+ * server as ours: the connect then gets the relay at both nodes. */
+void broker_turn_build_server(ntcp_broker *b, stun_builder *sb);
+bool broker_turn_agrees(const ntcp_broker *b, const stun_msg *m);
 /* RELAY-ADDR: forwarded to the other end of the connect it names (here, or
  * through its node); relay_addr_send() is the forwarded indication. */
 void do_relay_addr(bsession *s, const stun_msg *m);

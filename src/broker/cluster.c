@@ -534,6 +534,7 @@ static void connect_remote(bsession *s, find_req *q, const char *node, const cha
     stun_build_attr(&sb, CL_ATTR_NODE, c->node, 16);
     stun_build_attr(&sb, CL_ATTR_REF, rb, sizeof rb);
     stun_build_u32(&sb, CL_ATTR_DELAY, c->rtt_us / 2);
+    broker_turn_build_server(b, &sb); /* the relay, if the target's node has the same */
     int n = stun_build_finish(&sb, NULL);
     if (n < 0) {
         free(ref);
@@ -585,6 +586,11 @@ void cluster_answer(ntcp_broker *b, pending *p, int code, bsession *t)
     stun_build_attr(&sb, BROKER_ATTR_SESSION_NONCE, nonce, sizeof nonce);
     stun_build_u32(&sb, BROKER_ATTR_START_DELAY, dr);
     stun_build_attr(&sb, CL_ATTR_REF, rb, sizeof rb);
+    /* The relay: offered by both nodes (the same TURN server), each minting
+     * its own end's credentials, or by neither. Our TURN-SERVER here tells
+     * the requester's node that this GO carries them. */
+    if (p->relay)
+        broker_turn_build_server(b, &sb);
     int n = stun_build_finish(&sb, NULL);
     if (n > 0)
         publish(c, p->node, buf, (size_t)n, NULL, NULL);
@@ -596,7 +602,7 @@ void cluster_answer(ntcp_broker *b, pending *p, int code, bsession *t)
         return;
     broker_peer_info ri = p->remote->info;
     ri.profile = ri.profile_len ? p->remote->profile : NULL;
-    send_go(t, NULL, &ri, nonce, dt, rt, p->transport, false);
+    send_go(t, NULL, &ri, nonce, dt, rt, p->transport, p->relay);
     /* For RAW-ISN (TCP) and RELAY-ADDR (TCP, UDP) across the nodes; not
      * for a session a failed send just closed (it forgot its connects). */
     if (t->state == S_REGISTERED)
@@ -728,6 +734,7 @@ static void on_remote_offer(ntcp_broker *b, const stun_msg *m)
     *p = tmp;
     p->tgt = t;
     p->transport = transport;
+    p->relay = broker_turn_agrees(b, m);
     p->req_rtt_us = rtt;
     p->node_delay_us = delay;
     rem->info = from;
@@ -775,7 +782,8 @@ static void on_remote_answer(ntcp_broker *b, const stun_msg *m)
     char node[17];
     memcpy(node, p->node, sizeof node);
     pending_free(b, p);
-    send_go(r, tid, &info, nonce, delay, session_rtt(r), transport, false);
+    /* The relay when the target's node gave its end one too (same server). */
+    send_go(r, tid, &info, nonce, delay, session_rtt(r), transport, broker_turn_agrees(b, m));
     b->st.connects_ok++;
     if (r->state == S_REGISTERED)
         rdv_add_remote(b, r, 0, node, nonce); /* RAW-ISN, RELAY-ADDR across the nodes */

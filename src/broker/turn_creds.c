@@ -79,6 +79,26 @@ void broker_turn_build(ntcp_broker *b, stun_builder *sb, const char *name)
     OPENSSL_cleanse(pass, sizeof pass);
 }
 
+/* Cluster: the TURN server this node offers, in a connect's messages to
+ * the other end's node (docs/cluster.md). Only the server's address
+ * crosses: each node mints its own end's credentials. */
+void broker_turn_build_server(ntcp_broker *b, stun_builder *sb)
+{
+    if (!b->turn.enabled)
+        return;
+    broker_addr a;
+    broker_addr_from_sa(&a, (const struct sockaddr *)&b->turn.server);
+    broker_build_baddr(sb, BROKER_ATTR_TURN_SERVER, &a);
+}
+
+bool broker_turn_agrees(const ntcp_broker *b, const stun_msg *m)
+{
+    struct sockaddr_storage other;
+    return b->turn.enabled && broker_get_addr(m, BROKER_ATTR_TURN_SERVER, &other) == 0 &&
+           ntcp_sockaddr_equal((const struct sockaddr *)&other,
+                               (const struct sockaddr *)&b->turn.server);
+}
+
 void relay_addr_send(bsession *to, const broker_relay_addr *ra)
 {
     uint8_t buf[384], tid[STUN_TID_SIZE];
