@@ -32,7 +32,7 @@
 #define BROKER_RAW_ISN 0x0E18    /* indication: peer -> broker -> the other end of
                                   * a connect (STUNT#1, NATBlaster; section 5.1) */
 #define BROKER_RELAY_ADDR 0x0E19 /* indication: peer -> broker -> the other end of a
-                                  * TCP connect: the relayed address (section 5.2) */
+                                  * connect: the relayed address (section 5.2) */
 
 /* Attributes, comprehension-required range 0x4E10-0x4E3F. */
 #define BROKER_ATTR_NAME 0x4E10          /* UTF-8 subset, 1..64 bytes, see broker_name_valid */
