@@ -609,16 +609,33 @@ void cluster_answer(ntcp_broker *b, pending *p, int code, bsession *t)
         rdv_add_remote(b, t, 1, p->node, nonce);
 }
 
+/* An end's indication for the other end of its connect, to that end's
+ * node: begun here, the caller's attributes, then our node id, which the
+ * other node checks against the connect it remembers. */
+static void begin_for_end(stun_builder *sb, uint8_t *buf, size_t cap, uint16_t method)
+{
+    uint8_t tid[STUN_TID_SIZE];
+    stun_new_tid(tid);
+    stun_build_init(sb, buf, cap, method, STUN_INDICATION, tid, false);
+}
+
+static void publish_for_end(cluster *c, const char *node, stun_builder *sb)
+{
+    stun_build_attr(sb, CL_ATTR_NODE, c->node, 16);
+    int n = stun_build_finish(sb, NULL);
+    if (n > 0)
+        publish(c, node, sb->buf, (size_t)n, NULL, NULL);
+}
+
 void cluster_raw_isn(ntcp_broker *b, const char *node, const uint8_t nonce[BROKER_NONCE_SIZE],
                      const struct sockaddr_storage *ext, uint32_t isn, bool spoof)
 {
     cluster *c = b->cl;
     if (!c)
         return;
-    uint8_t buf[256], tid[STUN_TID_SIZE];
-    stun_new_tid(tid);
+    uint8_t buf[256];
     stun_builder sb;
-    stun_build_init(&sb, buf, sizeof buf, BROKER_RAW_ISN, STUN_INDICATION, tid, false);
+    begin_for_end(&sb, buf, sizeof buf, BROKER_RAW_ISN);
     stun_build_attr(&sb, BROKER_ATTR_SESSION_NONCE, nonce, BROKER_NONCE_SIZE);
     broker_addr ba;
     broker_addr_from_sa(&ba, (const struct sockaddr *)ext);
@@ -626,10 +643,7 @@ void cluster_raw_isn(ntcp_broker *b, const char *node, const uint8_t nonce[BROKE
     stun_build_u32(&sb, BROKER_ATTR_ISN, isn);
     if (spoof)
         stun_build_u32(&sb, BROKER_ATTR_SPOOF, 1);
-    stun_build_attr(&sb, CL_ATTR_NODE, c->node, 16);
-    int n = stun_build_finish(&sb, NULL);
-    if (n > 0)
-        publish(c, node, buf, (size_t)n, NULL, NULL);
+    publish_for_end(c, node, &sb);
 }
 
 /* At the other end's node: its RAW-ISN. */
@@ -652,15 +666,11 @@ void cluster_relay_addr(ntcp_broker *b, const char *node, const broker_relay_add
     cluster *c = b->cl;
     if (!c)
         return;
-    uint8_t buf[384], tid[STUN_TID_SIZE];
-    stun_new_tid(tid);
+    uint8_t buf[384];
     stun_builder sb;
-    stun_build_init(&sb, buf, sizeof buf, BROKER_RELAY_ADDR, STUN_INDICATION, tid, false);
+    begin_for_end(&sb, buf, sizeof buf, BROKER_RELAY_ADDR);
     broker_build_relay_addr(&sb, ra);
-    stun_build_attr(&sb, CL_ATTR_NODE, c->node, 16);
-    int n = stun_build_finish(&sb, NULL);
-    if (n > 0)
-        publish(c, node, buf, (size_t)n, NULL, NULL);
+    publish_for_end(c, node, &sb);
 }
 
 /* At the other end's node: its RELAY-ADDR, which its node took from a

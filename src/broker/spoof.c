@@ -114,21 +114,29 @@ void rdv_add_remote(ntcp_broker *b, bsession *s, int me, const char *node,
         }
 }
 
+/* The next live connect with this nonce from slot *i on, or NULL. */
+static struct rdv *rdv_next(ntcp_broker *b, const uint8_t nonce[BROKER_NONCE_SIZE], size_t *i)
+{
+    uint64_t now = uv_now(b->loop);
+    while (b->rdv && *i < RDV_SLOTS) {
+        struct rdv *x = &b->rdv[(*i)++];
+        if (x->expires_ms > now && memcmp(x->nonce, nonce, BROKER_NONCE_SIZE) == 0)
+            return x;
+    }
+    return NULL;
+}
+
 /* The live connect `nonce` that session s is an end of (*me: which end). */
 static struct rdv *rdv_of(ntcp_broker *b, const bsession *s, const uint8_t nonce[BROKER_NONCE_SIZE],
                           int *me)
 {
-    uint64_t now = uv_now(b->loop);
-    for (size_t i = 0; b->rdv && i < RDV_SLOTS; i++) {
-        struct rdv *x = &b->rdv[i];
-        if (x->expires_ms <= now || memcmp(x->nonce, nonce, BROKER_NONCE_SIZE) != 0)
-            continue;
+    size_t i = 0;
+    for (struct rdv *x; (x = rdv_next(b, nonce, &i)) != NULL;)
         for (int k = 0; k < 2; k++)
             if (x->e[k].s == s) {
                 *me = k;
                 return x;
             }
-    }
     return NULL;
 }
 
@@ -139,17 +147,13 @@ static struct rdv *rdv_of(ntcp_broker *b, const bsession *s, const uint8_t nonce
 static struct rdv *rdv_at(ntcp_broker *b, const char *node, const uint8_t nonce[BROKER_NONCE_SIZE],
                           int *near)
 {
-    uint64_t now = uv_now(b->loop);
-    for (size_t i = 0; b->rdv && i < RDV_SLOTS; i++) {
-        struct rdv *r = &b->rdv[i];
-        if (r->expires_ms <= now || memcmp(r->nonce, nonce, BROKER_NONCE_SIZE) != 0)
-            continue;
+    size_t i = 0;
+    for (struct rdv *r; node[0] && (r = rdv_next(b, nonce, &i)) != NULL;)
         for (int k = 0; k < 2; k++)
             if (r->e[k].s && strcmp(r->e[!k].node, node) == 0) {
                 *near = k;
                 return r;
             }
-    }
     return NULL;
 }
 

@@ -681,18 +681,16 @@ static void test_cross_node_relay(void **state)
     start_node(f, 2);
     peer_start(f, &d, "dave", node_addr(f, 2, a2, sizeof a2), NULL);
     assert_true(wait_for(f, is_registered, &d, 5000));
-    b.got_go = false;
-    connect_to(f, &d, &b, &r);
-    assert_int_equal(r.err, 0);
-    assert_true(wait_for(f, got_go, &b, 2000));
-    assert_int_equal(r.go.turn_server.ss_family, 0);
-    assert_int_equal(b.go.turn_server.ss_family, 0);
-    d.got_go = false;
-    connect_to(f, &b, &d, &r);
-    assert_int_equal(r.err, 0);
-    assert_true(wait_for(f, got_go, &d, 2000));
-    assert_int_equal(r.go.turn_server.ss_family, 0);
-    assert_int_equal(d.go.turn_server.ss_family, 0);
+    peer *pairs[2][2] = {{&d, &b}, {&b, &d}}; /* requester, target */
+    for (int i = 0; i < 2; i++) {
+        peer *from = pairs[i][0], *to = pairs[i][1];
+        to->got_go = false;
+        connect_to(f, from, to, &r);
+        assert_int_equal(r.err, 0);
+        assert_true(wait_for(f, got_go, to, 2000));
+        assert_int_equal(r.go.turn_server.ss_family, 0);
+        assert_int_equal(to->go.turn_server.ss_family, 0);
+    }
     peer_stop(&a);
     peer_stop(&b);
     peer_stop(&c);
