@@ -346,6 +346,37 @@ int broker_parse_go(const stun_msg *m, broker_go *g)
     return 0;
 }
 
+int broker_parse_relay_addr(const stun_msg *m, broker_relay_addr *r)
+{
+    memset(r, 0, sizeof *r);
+    int rc = broker_get_fixed(m, BROKER_ATTR_SESSION_NONCE, r->nonce, BROKER_NONCE_SIZE);
+    if (rc < 0)
+        return rc;
+    if (broker_get_addr(m, BROKER_ATTR_TURN_SERVER, &r->relayed) < 0)
+        memset(&r->relayed, 0, sizeof r->relayed);
+    int code;
+    const char *why;
+    size_t len;
+    if (stun_get_error(m, &code, &why, &len) == 0) {
+        size_t k = 0;
+        for (size_t i = 0; i < len && k < BROKER_RELAY_WHY_MAX; i++)
+            if (why[i] >= 0x20 && why[i] < 0x7f)
+                r->why[k++] = why[i];
+        r->why[k] = 0;
+    }
+    return 0;
+}
+
+void broker_build_relay_addr(stun_builder *b, const broker_relay_addr *r)
+{
+    stun_build_attr(b, BROKER_ATTR_SESSION_NONCE, r->nonce, BROKER_NONCE_SIZE);
+    if (r->relayed.ss_family == AF_INET || r->relayed.ss_family == AF_INET6) {
+        stun_build_addr(b, BROKER_ATTR_TURN_SERVER, (const struct sockaddr *)&r->relayed);
+    } else {
+        stun_build_error(b, 503, r->why); /* no relay there, and why */
+    }
+}
+
 int broker_transcript(uint8_t *out, size_t cap, const char *broker_id, size_t idlen,
                       const uint8_t challenge[BROKER_CHALLENGE_SIZE], const char *name,
                       size_t namelen, const uint8_t key[BROKER_KEY_SIZE])

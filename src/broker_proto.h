@@ -32,7 +32,7 @@
 #define BROKER_RAW_ISN 0x0E18    /* indication: peer -> broker -> the other end of
                                   * a connect (STUNT#1, NATBlaster; section 5.1) */
 #define BROKER_RELAY_ADDR 0x0E19 /* indication: peer -> broker -> the other end of a
-                                  * TCP connect: the relayed address (section 5.2) */
+                                  * connect: the relayed address (section 5.2) */
 
 /* Attributes, comprehension-required range 0x4E10-0x4E3F. */
 #define BROKER_ATTR_NAME 0x4E10          /* UTF-8 subset, 1..64 bytes, see broker_name_valid */
@@ -194,6 +194,24 @@ void broker_build_error(stun_builder *b, int code, const char *reason);
 void broker_build_peer_info(stun_builder *b, const broker_peer_info *p);
 int broker_parse_peer_info(const stun_msg *m, broker_peer_info *p);
 int broker_parse_go(const stun_msg *m, broker_go *g);
+
+/* RELAY-ADDR (docs/broker-protocol.md 5.2): the target's relayed address
+ * for the other end of the connect its nonce names, or, family 0, why it
+ * has none. One parser and one builder for the peer, the broker and the
+ * broker's other nodes, so that what is forwarded is always re-encoded from
+ * checked values. */
+#define BROKER_RELAY_WHY_MAX 200
+typedef struct broker_relay_addr {
+    uint8_t nonce[BROKER_NONCE_SIZE];
+    struct sockaddr_storage relayed;      /* ss_family 0: no relay, see why */
+    char why[BROKER_RELAY_WHY_MAX + 1];   /* printable ASCII only (it ends up in
+                                           * logs and in the application's detail) */
+} broker_relay_addr;
+/* NTCP_ENOTFOUND / NTCP_EBADATTR without a nonce; an address that does not
+ * decode counts as none. */
+int broker_parse_relay_addr(const stun_msg *m, broker_relay_addr *r);
+/* The nonce, then the address, or ERROR-CODE 503 and why. */
+void broker_build_relay_addr(stun_builder *b, const broker_relay_addr *r);
 
 /* The registration transcript a peer signs (docs/broker-protocol.md 4):
  *   "NTCP-BROKER-REGISTER-1" || u16 len || broker_id || challenge (32)

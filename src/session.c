@@ -938,23 +938,9 @@ static void on_message(ntcp_session *s, const uint8_t *data, size_t len)
             stun_get_u32(&m, BROKER_ATTR_ISN, &isn) == 0)
             s->on_raw_isn(s, nonce, &ext, isn, s->user);
     } else if (m.method == BROKER_RELAY_ADDR && m.cls == STUN_INDICATION && s->on_relay_addr) {
-        uint8_t nonce[BROKER_NONCE_SIZE];
-        struct sockaddr_storage relayed;
-        char why[208] = "";
-        int code;
-        const char *r;
-        size_t rl;
-        if (broker_get_addr(&m, BROKER_ATTR_TURN_SERVER, &relayed) < 0)
-            memset(&relayed, 0, sizeof relayed);
-        if (stun_get_error(&m, &code, &r, &rl) == 0) {
-            size_t k = 0; /* printable only: it ends up in a log line */
-            for (size_t i = 0; i < rl && k + 1 < sizeof why; i++)
-                if (r[i] >= 0x20 && r[i] < 0x7f)
-                    why[k++] = r[i];
-            why[k] = 0;
-        }
-        if (broker_get_fixed(&m, BROKER_ATTR_SESSION_NONCE, nonce, sizeof nonce) == 0)
-            s->on_relay_addr(s, nonce, &relayed, why, s->user);
+        broker_relay_addr ra;
+        if (broker_parse_relay_addr(&m, &ra) == 0)
+            s->on_relay_addr(s, ra.nonce, &ra.relayed, ra.why, s->user);
     }
 }
 
@@ -1505,17 +1491,14 @@ int ntcp_session_send_relay_addr(ntcp_session *s, const uint8_t nonce[BROKER_NON
     uint8_t buf[384], tid[STUN_TID_SIZE];
     stun_builder sb;
     stun_new_tid(tid);
+    broker_relay_addr ra;
+    memset(&ra, 0, sizeof ra);
+    memcpy(ra.nonce, nonce, BROKER_NONCE_SIZE);
+    if (relayed)
+        ra.relayed = *relayed;
+    snprintf(ra.why, sizeof ra.why, "%s", why ? why : "");
     stun_build_init(&sb, buf, sizeof buf, BROKER_RELAY_ADDR, STUN_INDICATION, tid, false);
-    stun_build_attr(&sb, BROKER_ATTR_SESSION_NONCE, nonce, BROKER_NONCE_SIZE);
-    if (relayed && (relayed->ss_family == AF_INET || relayed->ss_family == AF_INET6)) {
-        broker_addr ba;
-        broker_addr_from_sa(&ba, (const struct sockaddr *)relayed);
-        broker_build_baddr(&sb, BROKER_ATTR_TURN_SERVER, &ba);
-    } else {
-        char r[201];
-        snprintf(r, sizeof r, "%s", why ? why : "");
-        stun_build_error(&sb, 503, r); /* no relay here, and why */
-    }
+    broker_build_relay_addr(&sb, &ra);
     build_send(s, &sb);
     return 0;
 }

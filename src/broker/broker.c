@@ -1068,8 +1068,6 @@ void send_go(bsession *s, const uint8_t *req_tid, const broker_peer_info *other,
     stun_build_u32(&sb, BROKER_ATTR_RTT, rtt_us);
     if (transport != BROKER_TRANSPORT_TCP)
         stun_build_u32(&sb, BROKER_ATTR_TRANSPORT, transport);
-    /* Not across nodes: RELAY-ADDR, which the relay needs, is forwarded
-     * only between two ends on this node (turn_creds.c, docs/relay.md). */
     if (relay && s->bind)
         broker_turn_build(s->b, &sb, s->bind->name); /* turn_creds.c */
     finish_send(s, &sb);

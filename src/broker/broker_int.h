@@ -84,6 +84,7 @@ typedef struct pending {
     uint64_t deadline_ms;
     uint64_t sent_us;              /* when the offer left, for the target's RTT */
     uint32_t transport;            /* enum broker_transport, from the CONNECT */
+    bool relay;                    /* remote requester: its node offers our TURN server */
     uint8_t req_tid[STUN_TID_SIZE];
     uint8_t offer_tid[STUN_TID_SIZE];
 } pending;
@@ -237,8 +238,8 @@ uint32_t start_margin(const ntcp_broker *b, uint32_t slow_us);
 void send_offer(bsession *t, const broker_peer_info *from, pending *p, uint32_t timeout);
 /* A CONNECT-GO carrying the other end's data: the requester's (the CONNECT
  * success answering req_tid) or, req_tid NULL, the target's GO. relay: with
- * the TURN server and credentials, when the broker has them (both ends on
- * this node). */
+ * the TURN server and credentials for this end, when the broker has them
+ * (and, across nodes, when the other end's node offers the same server). */
 void send_go(bsession *s, const uint8_t *req_tid, const broker_peer_info *other,
              const uint8_t nonce[BROKER_NONCE_SIZE], uint32_t delay_ms, uint32_t rtt_us,
              uint32_t transport, bool relay);
@@ -279,16 +280,24 @@ void spoof_free(ntcp_broker *b);
 bool spoof_enabled(const ntcp_broker *b);
 void rdv_add(ntcp_broker *b, bsession *req, bsession *tgt, const uint8_t nonce[BROKER_NONCE_SIZE]);
 void rdv_forget(ntcp_broker *b, bsession *s);
-/* The other end of the TCP connect `nonce` that s is part of, or NULL. */
-bsession *rdv_other(ntcp_broker *b, const bsession *s, const uint8_t nonce[BROKER_NONCE_SIZE]);
+/* The other end of the connect `nonce` that s is part of: its session here
+ * (*other), or the node it is registered at (*node, cluster). False when s
+ * is part of no such connect of the last 30 s, or the other end is gone. */
+bool rdv_other(ntcp_broker *b, const bsession *s, const uint8_t nonce[BROKER_NONCE_SIZE],
+               bsession **other, const char **node);
+/* Our end of the connect `nonce` whose other end is registered at node, or
+ * NULL: where a message that node relays for that connect may go. */
+bsession *rdv_remote_end(ntcp_broker *b, const char *node, const uint8_t nonce[BROKER_NONCE_SIZE]);
 void do_raw_isn(bsession *s, const stun_msg *m);
 void rdv_add_remote(ntcp_broker *b, bsession *s, int me, const char *node,
                     const uint8_t nonce[BROKER_NONCE_SIZE]);
 void rdv_remote_isn(ntcp_broker *b, const char *node, const uint8_t nonce[BROKER_NONCE_SIZE],
                     const struct sockaddr_storage *ext, uint32_t isn, bool spoof);
-/* cluster.c: a RAW-ISN for the end of a connect registered at node. */
+/* cluster.c: a RAW-ISN, a RELAY-ADDR, for the end of a connect registered
+ * at node. */
 void cluster_raw_isn(ntcp_broker *b, const char *node, const uint8_t nonce[BROKER_NONCE_SIZE],
                      const struct sockaddr_storage *ext, uint32_t isn, bool spoof);
+void cluster_relay_addr(ntcp_broker *b, const char *node, const broker_relay_addr *ra);
 
 /* turn_creds.c */
 int broker_turn_init(ntcp_broker *b, const char *server, const char *secret_file, uint32_t ttl_s);
@@ -296,7 +305,14 @@ void broker_turn_free(ntcp_broker *b);
 /* Adds TURN-SERVER, TURN-USERNAME and TURN-PASSWORD for name (nothing when
  * the broker has no TURN server). */
 void broker_turn_build(ntcp_broker *b, stun_builder *sb, const char *name);
-/* RELAY-ADDR: forwarded to the other end of the connect it names. */
+/* Cluster: TURN-SERVER (this node's, when it has one) in a cross-node OFFER
+ * or its answer; and whether a message from the other node names the same
+ * server as ours: the connect then gets the relay at both nodes. */
+void broker_turn_build_server(ntcp_broker *b, stun_builder *sb);
+bool broker_turn_agrees(const ntcp_broker *b, const stun_msg *m);
+/* RELAY-ADDR: forwarded to the other end of the connect it names (here, or
+ * through its node); relay_addr_send() is the forwarded indication. */
 void do_relay_addr(bsession *s, const stun_msg *m);
+void relay_addr_send(bsession *to, const broker_relay_addr *ra);
 
 #endif

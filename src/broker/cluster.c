@@ -93,6 +93,28 @@ static uint64_t get_u64(const uint8_t in[8])
     return v;
 }
 
+/* n lowercase hex digits, as node ids and serials are written. */
+static bool hex_digits(const char *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!v[i] || !strchr("0123456789abcdef", v[i]))
+            return false;
+    return true;
+}
+
+/* The sending node's id in a message from another node (a NUL or any other
+ * byte would name no node, or worse the "" of an end on this one). */
+static bool get_node(const stun_msg *m, char node[17])
+{
+    const char *v;
+    size_t len;
+    if (stun_get_string(m, CL_ATTR_NODE, &v, &len) < 0 || len != 16 || !hex_digits(v, 16))
+        return false;
+    memcpy(node, v, 16);
+    node[16] = '\0';
+    return true;
+}
+
 bool cluster_up(const ntcp_broker *b)
 {
     return b->cl && b->cl->ready[CTX_CMD] && b->cl->ready[CTX_SUB];
@@ -156,11 +178,8 @@ static int record(cluster *c, bsession *s, const char *name, const uint8_t key[B
  * pointing into rec). Anything malformed is refused, whoever wrote it. */
 static int parse_record(const char *rec, size_t len, char node[17], stun_msg *m, broker_peer_info *p)
 {
-    if (len < PREFIX_LEN + STUN_HEADER_SIZE)
+    if (len < PREFIX_LEN + STUN_HEADER_SIZE || !hex_digits(rec, PREFIX_LEN))
         return NTCP_EINVAL;
-    for (int i = 0; i < PREFIX_LEN; i++)
-        if (!strchr("0123456789abcdef", rec[i]) || !rec[i])
-            return NTCP_EINVAL;
     memcpy(node, rec, 16);
     node[16] = '\0';
     uint16_t unknown[STUN_MAX_UNKNOWN];
@@ -515,6 +534,7 @@ static void connect_remote(bsession *s, find_req *q, const char *node, const cha
     stun_build_attr(&sb, CL_ATTR_NODE, c->node, 16);
     stun_build_attr(&sb, CL_ATTR_REF, rb, sizeof rb);
     stun_build_u32(&sb, CL_ATTR_DELAY, c->rtt_us / 2);
+    broker_turn_build_server(b, &sb); /* the relay, if the target's node has the same */
     int n = stun_build_finish(&sb, NULL);
     if (n < 0) {
         free(ref);
@@ -566,6 +586,11 @@ void cluster_answer(ntcp_broker *b, pending *p, int code, bsession *t)
     stun_build_attr(&sb, BROKER_ATTR_SESSION_NONCE, nonce, sizeof nonce);
     stun_build_u32(&sb, BROKER_ATTR_START_DELAY, dr);
     stun_build_attr(&sb, CL_ATTR_REF, rb, sizeof rb);
+    /* The relay: offered by both nodes (the same TURN server), each minting
+     * its own end's credentials, or by neither. Our TURN-SERVER here tells
+     * the requester's node that this GO carries them. */
+    if (p->relay)
+        broker_turn_build_server(b, &sb);
     int n = stun_build_finish(&sb, NULL);
     if (n > 0)
         publish(c, p->node, buf, (size_t)n, NULL, NULL);
@@ -577,9 +602,29 @@ void cluster_answer(ntcp_broker *b, pending *p, int code, bsession *t)
         return;
     broker_peer_info ri = p->remote->info;
     ri.profile = ri.profile_len ? p->remote->profile : NULL;
-    send_go(t, NULL, &ri, nonce, dt, rt, p->transport, false);
-    if (p->transport == BROKER_TRANSPORT_TCP)
-        rdv_add_remote(b, t, 1, p->node, nonce); /* RAW-ISN across the nodes */
+    send_go(t, NULL, &ri, nonce, dt, rt, p->transport, p->relay);
+    /* For RAW-ISN (TCP) and RELAY-ADDR (TCP, UDP) across the nodes; not
+     * for a session a failed send just closed (it forgot its connects). */
+    if (t->state == S_REGISTERED)
+        rdv_add_remote(b, t, 1, p->node, nonce);
+}
+
+/* An end's indication for the other end of its connect, to that end's
+ * node: begun here, the caller's attributes, then our node id, which the
+ * other node checks against the connect it remembers. */
+static void begin_for_end(stun_builder *sb, uint8_t *buf, size_t cap, uint16_t method)
+{
+    uint8_t tid[STUN_TID_SIZE];
+    stun_new_tid(tid);
+    stun_build_init(sb, buf, cap, method, STUN_INDICATION, tid, false);
+}
+
+static void publish_for_end(cluster *c, const char *node, stun_builder *sb)
+{
+    stun_build_attr(sb, CL_ATTR_NODE, c->node, 16);
+    int n = stun_build_finish(sb, NULL);
+    if (n > 0)
+        publish(c, node, sb->buf, (size_t)n, NULL, NULL);
 }
 
 void cluster_raw_isn(ntcp_broker *b, const char *node, const uint8_t nonce[BROKER_NONCE_SIZE],
@@ -588,10 +633,9 @@ void cluster_raw_isn(ntcp_broker *b, const char *node, const uint8_t nonce[BROKE
     cluster *c = b->cl;
     if (!c)
         return;
-    uint8_t buf[256], tid[STUN_TID_SIZE];
-    stun_new_tid(tid);
+    uint8_t buf[256];
     stun_builder sb;
-    stun_build_init(&sb, buf, sizeof buf, BROKER_RAW_ISN, STUN_INDICATION, tid, false);
+    begin_for_end(&sb, buf, sizeof buf, BROKER_RAW_ISN);
     stun_build_attr(&sb, BROKER_ATTR_SESSION_NONCE, nonce, BROKER_NONCE_SIZE);
     broker_addr ba;
     broker_addr_from_sa(&ba, (const struct sockaddr *)ext);
@@ -599,10 +643,7 @@ void cluster_raw_isn(ntcp_broker *b, const char *node, const uint8_t nonce[BROKE
     stun_build_u32(&sb, BROKER_ATTR_ISN, isn);
     if (spoof)
         stun_build_u32(&sb, BROKER_ATTR_SPOOF, 1);
-    stun_build_attr(&sb, CL_ATTR_NODE, c->node, 16);
-    int n = stun_build_finish(&sb, NULL);
-    if (n > 0)
-        publish(c, node, buf, (size_t)n, NULL, NULL);
+    publish_for_end(c, node, &sb);
 }
 
 /* At the other end's node: its RAW-ISN. */
@@ -611,18 +652,41 @@ static void on_remote_raw_isn(ntcp_broker *b, const stun_msg *m)
     uint8_t nonce[BROKER_NONCE_SIZE];
     struct sockaddr_storage ext;
     uint32_t isn, spoof = 0;
-    const char *node;
-    size_t nlen;
     char from[17];
     if (broker_get_fixed(m, BROKER_ATTR_SESSION_NONCE, nonce, sizeof nonce) < 0 ||
         broker_get_addr(m, BROKER_ATTR_PUBLIC_ADDR, &ext) < 0 || ext.ss_family != AF_INET ||
-        stun_get_u32(m, BROKER_ATTR_ISN, &isn) < 0 ||
-        stun_get_string(m, CL_ATTR_NODE, &node, &nlen) < 0 || nlen != 16)
+        stun_get_u32(m, BROKER_ATTR_ISN, &isn) < 0 || !get_node(m, from))
         return;
     stun_get_u32(m, BROKER_ATTR_SPOOF, &spoof);
-    memcpy(from, node, 16);
-    from[16] = '\0';
     rdv_remote_isn(b, from, nonce, &ext, isn, spoof == 1);
+}
+
+void cluster_relay_addr(ntcp_broker *b, const char *node, const broker_relay_addr *ra)
+{
+    cluster *c = b->cl;
+    if (!c)
+        return;
+    uint8_t buf[384];
+    stun_builder sb;
+    begin_for_end(&sb, buf, sizeof buf, BROKER_RELAY_ADDR);
+    broker_build_relay_addr(&sb, ra);
+    publish_for_end(c, node, &sb);
+}
+
+/* At the other end's node: its RELAY-ADDR, which its node took from a
+ * party to that connect. It goes to our end of the connect the nonce names,
+ * and only when that connect's other end is at the sending node. */
+static void on_remote_relay_addr(ntcp_broker *b, const stun_msg *m)
+{
+    broker_relay_addr ra;
+    char from[17];
+    if (broker_parse_relay_addr(m, &ra) < 0 || !get_node(m, from))
+        return;
+    bsession *to = rdv_remote_end(b, from, ra.nonce);
+    if (to)
+        relay_addr_send(to, &ra);
+    else
+        broker_logf(b, NTCP_LOG_DEBUG, "cluster: RELAY-ADDR for no connect here: dropped");
 }
 
 /* ---- messages from other nodes ---- */
@@ -640,14 +704,14 @@ static bool get_ref(const stun_msg *m, uint64_t *ref)
 static void on_remote_offer(ntcp_broker *b, const stun_msg *m)
 {
     broker_peer_info from;
-    const char *tname, *node;
-    size_t tlen, nlen;
+    const char *tname;
+    size_t tlen;
+    char node[17];
     uint64_t ref;
     uint32_t timeout = 0, rtt = 0, delay = 0, transport = BROKER_TRANSPORT_TCP;
     if (broker_parse_peer_info(m, &from) < 0 || !get_ref(m, &ref) ||
         stun_get_string(m, CL_ATTR_TARGET, &tname, &tlen) < 0 || !broker_name_valid(tname, tlen) ||
-        stun_get_string(m, CL_ATTR_NODE, &node, &nlen) < 0 || nlen != 16 ||
-        stun_get_u32(m, BROKER_ATTR_TIMEOUT, &timeout) < 0)
+        !get_node(m, node) || stun_get_u32(m, BROKER_ATTR_TIMEOUT, &timeout) < 0)
         return;
     stun_get_u32(m, BROKER_ATTR_RTT, &rtt);
     stun_get_u32(m, CL_ATTR_DELAY, &delay);
@@ -680,6 +744,7 @@ static void on_remote_offer(ntcp_broker *b, const stun_msg *m)
     *p = tmp;
     p->tgt = t;
     p->transport = transport;
+    p->relay = broker_turn_agrees(b, m);
     p->req_rtt_us = rtt;
     p->node_delay_us = delay;
     rem->info = from;
@@ -727,10 +792,11 @@ static void on_remote_answer(ntcp_broker *b, const stun_msg *m)
     char node[17];
     memcpy(node, p->node, sizeof node);
     pending_free(b, p);
-    send_go(r, tid, &info, nonce, delay, session_rtt(r), transport, false);
+    /* The relay when the target's node gave its end one too (same server). */
+    send_go(r, tid, &info, nonce, delay, session_rtt(r), transport, broker_turn_agrees(b, m));
     b->st.connects_ok++;
-    if (transport == BROKER_TRANSPORT_TCP && r->state == S_REGISTERED)
-        rdv_add_remote(b, r, 0, node, nonce); /* RAW-ISN across the nodes */
+    if (r->state == S_REGISTERED)
+        rdv_add_remote(b, r, 0, node, nonce); /* RAW-ISN, RELAY-ADDR across the nodes */
 }
 
 /* A newer registration of a name took over on another node. */
@@ -766,6 +832,8 @@ static void on_message(ntcp_broker *b, const char *data, size_t len)
         on_remote_ended(b, &m);
     else if (m.method == BROKER_RAW_ISN && m.cls == STUN_INDICATION)
         on_remote_raw_isn(b, &m);
+    else if (m.method == BROKER_RELAY_ADDR && m.cls == STUN_INDICATION)
+        on_remote_relay_addr(b, &m);
 }
 
 static void on_sub(redisAsyncContext *ac, void *r, void *priv)

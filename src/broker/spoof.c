@@ -114,18 +114,64 @@ void rdv_add_remote(ntcp_broker *b, bsession *s, int me, const char *node,
         }
 }
 
-bsession *rdv_other(ntcp_broker *b, const bsession *s, const uint8_t nonce[BROKER_NONCE_SIZE])
+/* The next live connect with this nonce from slot *i on, or NULL. */
+static struct rdv *rdv_next(ntcp_broker *b, const uint8_t nonce[BROKER_NONCE_SIZE], size_t *i)
 {
     uint64_t now = uv_now(b->loop);
-    for (size_t i = 0; b->rdv && i < RDV_SLOTS; i++) {
-        struct rdv *x = &b->rdv[i];
-        if (x->expires_ms <= now || memcmp(x->nonce, nonce, BROKER_NONCE_SIZE) != 0)
-            continue;
-        for (int k = 0; k < 2; k++)
-            if (x->e[k].s == s)
-                return x->e[!k].s;
+    while (b->rdv && *i < RDV_SLOTS) {
+        struct rdv *x = &b->rdv[(*i)++];
+        if (x->expires_ms > now && memcmp(x->nonce, nonce, BROKER_NONCE_SIZE) == 0)
+            return x;
     }
     return NULL;
+}
+
+/* The live connect `nonce` that session s is an end of (*me: which end). */
+static struct rdv *rdv_of(ntcp_broker *b, const bsession *s, const uint8_t nonce[BROKER_NONCE_SIZE],
+                          int *me)
+{
+    size_t i = 0;
+    for (struct rdv *x; (x = rdv_next(b, nonce, &i)) != NULL;)
+        for (int k = 0; k < 2; k++)
+            if (x->e[k].s == s) {
+                *me = k;
+                return x;
+            }
+    return NULL;
+}
+
+/* The live connect `nonce` across nodes whose other end is registered at
+ * node and whose end here is still there (*near: which end). A message from
+ * another node reaches only that end: the nonce and the node must both be
+ * the ones this node remembered at the CONNECT-GO. */
+static struct rdv *rdv_at(ntcp_broker *b, const char *node, const uint8_t nonce[BROKER_NONCE_SIZE],
+                          int *near)
+{
+    size_t i = 0;
+    for (struct rdv *r; node[0] && (r = rdv_next(b, nonce, &i)) != NULL;)
+        for (int k = 0; k < 2; k++)
+            if (r->e[k].s && strcmp(r->e[!k].node, node) == 0) {
+                *near = k;
+                return r;
+            }
+    return NULL;
+}
+
+bool rdv_other(ntcp_broker *b, const bsession *s, const uint8_t nonce[BROKER_NONCE_SIZE],
+               bsession **other, const char **node)
+{
+    int me;
+    struct rdv *r = rdv_of(b, s, nonce, &me);
+    *other = r ? r->e[!me].s : NULL;
+    *node = r && r->e[!me].node[0] ? r->e[!me].node : NULL;
+    return *other || *node;
+}
+
+bsession *rdv_remote_end(ntcp_broker *b, const char *node, const uint8_t nonce[BROKER_NONCE_SIZE])
+{
+    int near;
+    struct rdv *r = rdv_at(b, node, nonce, &near);
+    return r ? r->e[near].s : NULL;
 }
 
 void rdv_forget(ntcp_broker *b, bsession *s)
@@ -199,25 +245,18 @@ static void send_isn(bsession *to, const uint8_t nonce[BROKER_NONCE_SIZE],
 void rdv_remote_isn(ntcp_broker *b, const char *node, const uint8_t nonce[BROKER_NONCE_SIZE],
                     const struct sockaddr_storage *ext, uint32_t isn, bool spoof)
 {
-    uint64_t now = uv_now(b->loop);
-    for (size_t i = 0; i < RDV_SLOTS && b->rdv; i++) {
-        struct rdv *r = &b->rdv[i];
-        if (r->expires_ms <= now || memcmp(r->nonce, nonce, BROKER_NONCE_SIZE) != 0)
-            continue;
-        for (int k = 0; k < 2; k++) {
-            rdv_end *far = &r->e[k], *near = &r->e[!k];
-            if (strcmp(far->node, node) != 0 || !near->s)
-                continue;
-            far->ext = *ext;
-            far->isn = isn;
-            far->have = true;
-            far->spoof = spoof;
-            send_isn(near->s, nonce, ext, isn);
-            if (spoof_enabled(b) && near->spoof && near->have && far->spoof)
-                spoof_one(b, r, far, near);
-            return;
-        }
-    }
+    int k;
+    struct rdv *r = rdv_at(b, node, nonce, &k);
+    if (!r)
+        return;
+    rdv_end *near = &r->e[k], *far = &r->e[!k];
+    far->ext = *ext;
+    far->isn = isn;
+    far->have = true;
+    far->spoof = spoof;
+    send_isn(near->s, nonce, ext, isn);
+    if (spoof_enabled(b) && near->spoof && near->have && far->spoof)
+        spoof_one(b, r, far, near);
 }
 
 void do_raw_isn(bsession *s, const stun_msg *m)
@@ -241,19 +280,8 @@ void do_raw_isn(bsession *s, const stun_msg *m)
         broker_logf(b, NTCP_LOG_DEBUG, "RAW-ISN for another address than the session's: dropped");
         return;
     }
-    uint64_t now = uv_now(b->loop);
-    struct rdv *r = NULL;
-    int me = 0;
-    for (size_t i = 0; i < RDV_SLOTS && !r; i++) {
-        struct rdv *x = &b->rdv[i];
-        if (x->expires_ms <= now || memcmp(x->nonce, nonce, sizeof nonce) != 0)
-            continue;
-        for (int k = 0; k < 2; k++)
-            if (x->e[k].s == s) {
-                r = x;
-                me = k;
-            }
-    }
+    int me;
+    struct rdv *r = rdv_of(b, s, nonce, &me);
     if (!r) {
         broker_logf(b, NTCP_LOG_DEBUG, "RAW-ISN for no connect of this session: dropped");
         return;

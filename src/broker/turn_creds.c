@@ -79,48 +79,58 @@ void broker_turn_build(ntcp_broker *b, stun_builder *sb, const char *name)
     OPENSSL_cleanse(pass, sizeof pass);
 }
 
-void do_relay_addr(bsession *s, const stun_msg *m)
+/* Cluster: the TURN server this node offers, in a connect's messages to
+ * the other end's node (docs/cluster.md). Only the server's address
+ * crosses: each node mints its own end's credentials. */
+void broker_turn_build_server(ntcp_broker *b, stun_builder *sb)
 {
-    ntcp_broker *b = s->b;
-    uint8_t nonce[BROKER_NONCE_SIZE];
-    if (broker_get_fixed(m, BROKER_ATTR_SESSION_NONCE, nonce, sizeof nonce) < 0) {
-        broker_logf(b, NTCP_LOG_DEBUG, "RELAY-ADDR without nonce: dropped");
+    if (!b->turn.enabled)
         return;
-    }
-    bsession *other = rdv_other(b, s, nonce);
-    if (!other) {
-        broker_logf(b, NTCP_LOG_DEBUG, "RELAY-ADDR for no connect of this session: dropped");
-        return;
-    }
-    /* Forwarded: the nonce, and the relayed address when the end has one,
-     * else why it has none. The address is the TURN server's, not the
-     * end's own: nothing to check it against. */
-    struct sockaddr_storage relayed;
+    broker_addr a;
+    broker_addr_from_sa(&a, (const struct sockaddr *)&b->turn.server);
+    broker_build_baddr(sb, BROKER_ATTR_TURN_SERVER, &a);
+}
+
+bool broker_turn_agrees(const ntcp_broker *b, const stun_msg *m)
+{
+    struct sockaddr_storage other;
+    return b->turn.enabled && broker_get_addr(m, BROKER_ATTR_TURN_SERVER, &other) == 0 &&
+           ntcp_sockaddr_equal((const struct sockaddr *)&other,
+                               (const struct sockaddr *)&b->turn.server);
+}
+
+void relay_addr_send(bsession *to, const broker_relay_addr *ra)
+{
     uint8_t buf[384], tid[STUN_TID_SIZE];
     stun_builder sb;
     stun_new_tid(tid);
     stun_build_init(&sb, buf, sizeof buf, BROKER_RELAY_ADDR, STUN_INDICATION, tid, false);
-    stun_build_attr(&sb, BROKER_ATTR_SESSION_NONCE, nonce, sizeof nonce);
-    if (broker_get_addr(m, BROKER_ATTR_TURN_SERVER, &relayed) == 0) {
-        broker_addr ba;
-        broker_addr_from_sa(&ba, (struct sockaddr *)&relayed);
-        broker_build_baddr(&sb, BROKER_ATTR_TURN_SERVER, &ba);
-    } else {
-        /* None: why (ERROR-CODE 503 and its reason, up to 200 bytes). */
-        int code;
-        const char *r;
-        size_t rl;
-        char why[201] = "";
-        if (stun_get_error(m, &code, &r, &rl) == 0) {
-            size_t k = 0;
-            for (size_t i = 0; i < rl && k + 1 < sizeof why; i++)
-                if (r[i] >= 0x20 && r[i] < 0x7f)
-                    why[k++] = r[i];
-            why[k] = 0;
-        }
-        stun_build_error(&sb, 503, why);
-    }
+    broker_build_relay_addr(&sb, ra);
     int n = stun_build_finish(&sb, NULL);
     if (n > 0)
-        broker_send(other, buf, (size_t)n);
+        broker_send(to, buf, (size_t)n);
+}
+
+void do_relay_addr(bsession *s, const stun_msg *m)
+{
+    ntcp_broker *b = s->b;
+    broker_relay_addr ra;
+    if (broker_parse_relay_addr(m, &ra) < 0) {
+        broker_logf(b, NTCP_LOG_DEBUG, "RELAY-ADDR without nonce: dropped");
+        return;
+    }
+    bsession *other;
+    const char *node;
+    if (!rdv_other(b, s, ra.nonce, &other, &node)) {
+        broker_logf(b, NTCP_LOG_DEBUG, "RELAY-ADDR for no connect of this session: dropped");
+        return;
+    }
+    /* Forwarded, re-encoded: the nonce, and the relayed address when the
+     * end has one, else why it has none. The address is the TURN server's,
+     * not the end's own: nothing to check it against. An other end at
+     * another node of the cluster gets it through that node. */
+    if (other)
+        relay_addr_send(other, &ra);
+    else
+        cluster_relay_addr(b, node, &ra);
 }

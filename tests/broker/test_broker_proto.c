@@ -225,6 +225,54 @@ static void test_go_turn(void **state)
     }
 }
 
+/* RELAY-ADDR: an address, or why there is none (only printable bytes, at
+ * most 200, whatever came); without a nonce it is nothing. */
+static void test_relay_addr(void **state)
+{
+    (void)state;
+    uint8_t buf[1024], tid[STUN_TID_SIZE];
+    assert_int_equal(stun_new_tid(tid), 0);
+    broker_relay_addr ra, got;
+    memset(&ra, 0x5a, sizeof ra.nonce);
+    memset(&ra.relayed, 0, sizeof ra.relayed);
+    sa4(&ra.relayed, "203.0.113.20", 50000);
+    ra.why[0] = 0;
+    for (int variant = 0; variant < 3; variant++) {
+        stun_builder sb;
+        stun_build_init(&sb, buf, sizeof buf, BROKER_RELAY_ADDR, STUN_INDICATION, tid, false);
+        if (variant == 0) {
+            broker_build_relay_addr(&sb, &ra);
+        } else {
+            if (variant == 1)
+                stun_build_attr(&sb, BROKER_ATTR_SESSION_NONCE, ra.nonce, BROKER_NONCE_SIZE);
+            char why[300];
+            memset(why, 'x', sizeof why);
+            memcpy(why, "no\n relay\x01", 10);
+            why[sizeof why - 1] = 0;
+            stun_build_error(&sb, 503, why);
+        }
+        int n = stun_build_finish(&sb, NULL);
+        assert_true(n > 0);
+        stun_msg m;
+        assert_int_equal(stun_parse(&m, buf, (size_t)n), 0);
+        int rc = broker_parse_relay_addr(&m, &got);
+        if (variant == 2) {
+            assert_int_equal(rc, NTCP_ENOTFOUND);
+            continue;
+        }
+        assert_int_equal(rc, 0);
+        assert_memory_equal(got.nonce, ra.nonce, BROKER_NONCE_SIZE);
+        if (variant == 0) {
+            assert_memory_equal(&got.relayed, &ra.relayed, sizeof(struct sockaddr_in));
+            assert_string_equal(got.why, "");
+        } else {
+            assert_int_equal(got.relayed.ss_family, 0);
+            assert_int_equal(strlen(got.why), BROKER_RELAY_WHY_MAX);
+            assert_memory_equal(got.why, "no relayxxx", 11);
+        }
+    }
+}
+
 static void test_validate_rejects(void **state)
 {
     (void)state;
@@ -340,6 +388,7 @@ int main(void)
         cmocka_unit_test(test_transcript),
         cmocka_unit_test(test_go_roundtrip),
         cmocka_unit_test(test_go_turn),
+        cmocka_unit_test(test_relay_addr),
         cmocka_unit_test(test_validate_rejects),
         cmocka_unit_test(test_error_700),
         cmocka_unit_test(test_identity),

@@ -4,7 +4,9 @@
  * connects across nodes, a name takeover refused across nodes, a node
  * holding many peers killed with SIGKILL (they re-register on another node
  * within two keepalive intervals, no name lost), Redis killed and started
- * again (registrations refused meanwhile, everything back after).
+ * again (registrations refused meanwhile, everything back after), the
+ * relay's offer and RELAY-ADDR across nodes (TURN configured on the nodes;
+ * no TURN server is needed: only the broker's part is tested).
  * Peers are broker sessions (src/session.c) on this test's loop.
  */
 #include <setjmp.h>
@@ -24,8 +26,11 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <uv.h>
 
 #include "broker_proto.h"
@@ -78,7 +83,13 @@ typedef struct fx {
     pid_t redis;
     pid_t node[3];
     int port[3];
+    bool turn[3];          /* start_node(): with --turn-server and the secret file */
+    char turn_secret[64];  /* the secret file's path ("" until made) */
 } fx;
+
+#define TURN_SERVER "127.0.0.1:3478"
+#define TURN_SECRET "cluster-turn-s3cr3t"
+#define TURN_TTL_S 600
 
 static pid_t spawn(const char *const argv[])
 {
@@ -122,14 +133,34 @@ static void start_redis(fx *f)
 
 static void start_node(fx *f, int i)
 {
-    char listen[32], url[64], expiry[16];
+    char listen[32], url[64], expiry[16], ttl[16];
     snprintf(listen, sizeof listen, "127.0.0.1:%d", f->port[i]);
     snprintf(url, sizeof url, "redis://127.0.0.1:%d/1", f->redis_port);
     snprintf(expiry, sizeof expiry, "%d", EXPIRY_S);
-    const char *argv[] = {brokerd_path, "--listen", listen, "--cluster", url, "--id",
-                          "test-cluster", "--expiry", expiry, "--stats", "0",
-                          "--source-rate", "0", getenv("CLUSTER_TEST_LOG") ? "--verbose" : NULL,
-                          NULL};
+    snprintf(ttl, sizeof ttl, "%d", TURN_TTL_S);
+    const char *argv[24] = {brokerd_path, "--listen", listen, "--cluster", url, "--id",
+                            "test-cluster", "--expiry", expiry, "--stats", "0",
+                            "--source-rate", "0"};
+    int n = 13;
+    if (f->turn[i]) {
+        if (!f->turn_secret[0]) {
+            snprintf(f->turn_secret, sizeof f->turn_secret, "/tmp/ntcp-cluster-turn-XXXXXX");
+            int fd = mkstemp(f->turn_secret);
+            assert_true(fd >= 0);
+            assert_int_equal(write(fd, TURN_SECRET "\n", sizeof TURN_SECRET),
+                             (ssize_t)sizeof TURN_SECRET);
+            close(fd);
+        }
+        argv[n++] = "--turn-server";
+        argv[n++] = TURN_SERVER;
+        argv[n++] = "--turn-secret-file";
+        argv[n++] = f->turn_secret;
+        argv[n++] = "--turn-ttl";
+        argv[n++] = ttl;
+    }
+    if (getenv("CLUSTER_TEST_LOG"))
+        argv[n++] = "--verbose";
+    argv[n] = NULL;
     f->node[i] = spawn(argv);
     wait_port(f->port[i], f->node[i]);
 }
@@ -191,6 +222,8 @@ static int teardown(void **state)
     uv_walk(&f->loop, close_any, NULL);
     uv_run(&f->loop, UV_RUN_DEFAULT);
     int rc = uv_loop_close(&f->loop);
+    if (f->turn_secret[0])
+        unlink(f->turn_secret);
     free(f);
     return rc ? rc : -bad;
 }
@@ -230,7 +263,22 @@ typedef struct peer {
     uint8_t raw_nonce[BROKER_NONCE_SIZE];
     struct sockaddr_storage raw_ext;
     uint32_t raw_isn;
+    unsigned relay_addrs; /* RELAY-ADDR relayed to this peer: how many, the last */
+    uint8_t relay_nonce[BROKER_NONCE_SIZE];
+    struct sockaddr_storage relayed;
+    char relay_why[256];
 } peer;
+
+static void on_relay_addr(ntcp_session *s, const uint8_t nonce[BROKER_NONCE_SIZE],
+                          const struct sockaddr_storage *relayed, const char *why, void *user)
+{
+    (void)s;
+    peer *p = user;
+    p->relay_addrs++;
+    memcpy(p->relay_nonce, nonce, BROKER_NONCE_SIZE);
+    p->relayed = *relayed;
+    snprintf(p->relay_why, sizeof p->relay_why, "%s", why ? why : "");
+}
 
 static void on_raw_isn(ntcp_session *s, const uint8_t nonce[BROKER_NONCE_SIZE],
                        const struct sockaddr_storage *ext, uint32_t isn, void *user)
@@ -301,6 +349,7 @@ static void peer_start(fx *f, peer *p, const char *name, const char *brokers, EV
     c.on_go = on_go;
     c.on_state = on_state;
     c.on_raw_isn = on_raw_isn;
+    c.on_relay_addr = on_relay_addr;
     c.user = p;
     assert_int_equal(ntcp_session_start(&f->loop, &c, &p->s), 0);
 }
@@ -499,6 +548,155 @@ static void test_cross_node(void **state)
     peer_stop(&b);
 }
 
+static void sa4(struct sockaddr_storage *ss, int port)
+{
+    memset(ss, 0, sizeof *ss);
+    struct sockaddr_in *sin = (struct sockaddr_in *)ss;
+    sin->sin_family = AF_INET;
+    sin->sin_port = htons((uint16_t)port);
+    sin->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+}
+
+/* A GO's relay offer, as one broker makes it (test_broker.c,
+ * test_turn_credentials): the TURN server the nodes were given and TURN
+ * REST credentials for that end's own name, the TTL ahead, whose password
+ * is base64(HMAC-SHA1(secret, username)) (checked with OpenSSL directly). */
+static void check_turn(const broker_go *g, const char *name)
+{
+    struct sockaddr_storage want;
+    sa4(&want, 3478);
+    assert_int_equal(g->turn_server.ss_family, AF_INET);
+    assert_memory_equal(&g->turn_server, &want, sizeof(struct sockaddr_in));
+    char *colon = strchr(g->turn_user, ':');
+    assert_non_null(colon);
+    assert_string_equal(colon + 1, name);
+    long long expiry = strtoll(g->turn_user, NULL, 10);
+    long long now = (long long)time(NULL);
+    assert_true(expiry >= now + TURN_TTL_S - 5 && expiry <= now + TURN_TTL_S + 5);
+    uint8_t mac[EVP_MAX_MD_SIZE];
+    unsigned maclen = 0;
+    assert_non_null(HMAC(EVP_sha1(), TURN_SECRET, sizeof TURN_SECRET - 1,
+                         (const uint8_t *)g->turn_user, strlen(g->turn_user), mac, &maclen));
+    char b64[64];
+    EVP_EncodeBlock((unsigned char *)b64, mac, (int)maclen);
+    assert_string_equal(g->turn_pass, b64);
+}
+
+typedef struct relay_wait {
+    peer *p;
+    unsigned n;
+} relay_wait;
+
+static bool got_relay_addrs(void *arg)
+{
+    relay_wait *w = arg;
+    return w->p->relay_addrs >= w->n;
+}
+
+/* Nodes 0 and 1 with the same TURN server and secret, node 2 with none;
+ * alice at node 0, bob at node 1, carol at node 1, dave at node 2.
+ * - alice to bob, TCP and UDP: both GOs offer the relay, each with its own
+ *   end's credentials, as on one broker;
+ * - bob's RELAY-ADDR reaches alice, with the connect's nonce and the
+ *   address (or the reason for none), and alice's reaches bob; not
+ *   forwarded: carol's with that connect's nonce (she is no end of it),
+ *   bob's with a nonce of no connect of his;
+ * - dave to bob and bob to dave: one node without TURN, no relay at either
+ *   end (a requester offered a relay waits for a RELAY-ADDR that no target
+ *   without one would send). */
+static void test_cross_node_relay(void **state)
+{
+    NEED_SERVERS();
+    fx *f = *state;
+    f->turn[0] = f->turn[1] = true;
+    char a0[32], a1[32], a2[32];
+    peer a, b, c, d;
+    alice_and_bob(f, &a, &b, a0, a1);
+    peer_start(f, &c, "carol", a1, NULL);
+    assert_true(wait_for(f, is_registered, &c, 5000));
+
+    result r;
+    connect_to(f, &a, &b, &r);
+    assert_int_equal(r.err, 0);
+    assert_true(wait_for(f, got_go, &b, 2000));
+    uint8_t nonce[BROKER_NONCE_SIZE];
+    memcpy(nonce, r.go.nonce, sizeof nonce);
+    assert_memory_equal(b.go.nonce, nonce, sizeof nonce);
+    check_turn(&r.go, "alice");
+    check_turn(&b.go, "bob");
+
+    /* carol, at bob's node but no end of this connect, sends its nonce.
+     * Her lookup of alice goes through Redis after it: had node 1
+     * forwarded it, it would reach alice before anything bob sends next. */
+    struct sockaddr_storage fake, relayed;
+    sa4(&fake, 40001);
+    sa4(&relayed, 40002);
+    assert_int_equal(ntcp_session_send_relay_addr(c.s, nonce, &fake, NULL), 0);
+    result lr;
+    lookup(f, &c, "alice", &lr);
+    assert_int_equal(lr.err, 0);
+    uint8_t wrong[BROKER_NONCE_SIZE];
+    memcpy(wrong, nonce, sizeof wrong);
+    wrong[0] ^= 1;
+    assert_int_equal(ntcp_session_send_relay_addr(b.s, wrong, &fake, NULL), 0);
+    assert_int_equal(ntcp_session_send_relay_addr(b.s, nonce, &relayed, NULL), 0);
+    relay_wait wa = {&a, 1};
+    assert_true(wait_for(f, got_relay_addrs, &wa, 2000));
+    assert_int_equal(a.relay_addrs, 1); /* bob's, and only his */
+    assert_memory_equal(a.relay_nonce, nonce, sizeof nonce);
+    assert_memory_equal(&a.relayed, &relayed, sizeof(struct sockaddr_in));
+
+    /* No relay at the target, and why: the reason crosses too. */
+    assert_int_equal(ntcp_session_send_relay_addr(b.s, nonce, NULL, "the peer's policy forbids the relay"), 0);
+    wa.n = 2;
+    assert_true(wait_for(f, got_relay_addrs, &wa, 2000));
+    assert_int_equal(a.relayed.ss_family, 0);
+    assert_string_equal(a.relay_why, "the peer's policy forbids the relay");
+
+    /* The other way, from the requester's node to the target's. */
+    assert_int_equal(ntcp_session_send_relay_addr(a.s, nonce, &relayed, NULL), 0);
+    relay_wait wb = {&b, 1};
+    assert_true(wait_for(f, got_relay_addrs, &wb, 2000));
+    assert_memory_equal(b.relay_nonce, nonce, sizeof nonce);
+    assert_memory_equal(&b.relayed, &relayed, sizeof(struct sockaddr_in));
+
+    /* UDP: the same offer, and RELAY-ADDR crosses for the UDP relay. */
+    memset(&r, 0, sizeof r);
+    b.got_go = false;
+    assert_int_equal(ntcp_session_connect_ex(a.s, "bob", BROKER_TRANSPORT_UDP, 3000,
+                                             on_connect_done, &r), 0);
+    assert_true(wait_for(f, result_done, &r, 4000));
+    assert_int_equal(r.err, 0);
+    assert_true(wait_for(f, got_go, &b, 2000));
+    assert_int_equal(r.go.transport, BROKER_TRANSPORT_UDP);
+    check_turn(&r.go, "alice");
+    check_turn(&b.go, "bob");
+    assert_int_equal(ntcp_session_send_relay_addr(b.s, b.go.nonce, &relayed, NULL), 0);
+    wa.n = 3;
+    assert_true(wait_for(f, got_relay_addrs, &wa, 2000));
+    assert_memory_equal(a.relay_nonce, r.go.nonce, sizeof nonce);
+    assert_int_equal(c.relay_addrs, 0);
+
+    /* A node without TURN on either side of a connect: no relay at all. */
+    start_node(f, 2);
+    peer_start(f, &d, "dave", node_addr(f, 2, a2, sizeof a2), NULL);
+    assert_true(wait_for(f, is_registered, &d, 5000));
+    peer *pairs[2][2] = {{&d, &b}, {&b, &d}}; /* requester, target */
+    for (int i = 0; i < 2; i++) {
+        peer *from = pairs[i][0], *to = pairs[i][1];
+        to->got_go = false;
+        connect_to(f, from, to, &r);
+        assert_int_equal(r.err, 0);
+        assert_true(wait_for(f, got_go, to, 2000));
+        assert_int_equal(r.go.turn_server.ss_family, 0);
+        assert_int_equal(to->go.turn_server.ss_family, 0);
+    }
+    peer_stop(&a);
+    peer_stop(&b);
+    peer_stop(&c);
+    peer_stop(&d);
+}
+
 typedef struct crowd {
     peer *p;
     size_t n;
@@ -692,6 +890,7 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_cross_node, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cross_node_relay, setup, teardown),
         cmocka_unit_test_setup_teardown(test_node_killed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_node_silent, setup, teardown),
         cmocka_unit_test_setup_teardown(test_redis_restarted, setup, teardown),

@@ -23,6 +23,18 @@ static bool same_sa(const struct sockaddr_storage *a, const struct sockaddr_stor
     return memcmp(&x, &y, sizeof x) == 0;
 }
 
+/* A message rebuilt from parsed values, parsed back: it must be well formed
+ * and carry nothing a broker would not know. */
+static void reparse(stun_builder *sb, stun_msg *m2)
+{
+    int n = stun_build_finish(sb, NULL);
+    FUZZ_CHECK(n > 0);
+    FUZZ_CHECK(stun_parse(m2, sb->buf, (size_t)n) == 0);
+    uint16_t unknown[STUN_MAX_UNKNOWN];
+    size_t nu;
+    FUZZ_CHECK(broker_validate(m2, unknown, STUN_MAX_UNKNOWN, &nu) == 0 && nu == 0);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     stun_msg m;
@@ -58,12 +70,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         stun_builder sb;
         stun_build_init(&sb, buf, sizeof buf, BROKER_LOOKUP, STUN_SUCCESS, m.tid, false);
         broker_build_peer_info(&sb, &p);
-        int n = stun_build_finish(&sb, NULL);
-        FUZZ_CHECK(n > 0);
         stun_msg m2;
-        FUZZ_CHECK(stun_parse(&m2, buf, (size_t)n) == 0);
-        size_t nu2;
-        FUZZ_CHECK(broker_validate(&m2, unknown, STUN_MAX_UNKNOWN, &nu2) == 0 && nu2 == 0);
+        reparse(&sb, &m2);
         broker_peer_info q;
         FUZZ_CHECK(broker_parse_peer_info(&m2, &q) == 0);
         FUZZ_CHECK(strcmp(p.name, q.name) == 0);
@@ -76,6 +84,28 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             FUZZ_CHECK(same_sa(&p.private_addr[i], &q.private_addr[i]));
         FUZZ_CHECK(p.profile_len == q.profile_len);
         FUZZ_CHECK(p.profile_len == 0 || memcmp(p.profile, q.profile, p.profile_len) == 0);
+    }
+    /* RELAY-ADDR: what a broker forwards (to a peer, or to another node of
+     * its cluster) is rebuilt from this; it must decode to the same. */
+    broker_relay_addr ra;
+    if (broker_parse_relay_addr(&m, &ra) == 0) {
+        size_t wl = strnlen(ra.why, sizeof ra.why);
+        FUZZ_CHECK(wl <= BROKER_RELAY_WHY_MAX);
+        for (size_t i = 0; i < wl; i++)
+            FUZZ_CHECK(ra.why[i] >= 0x20 && ra.why[i] < 0x7f);
+        FUZZ_CHECK(ra.relayed.ss_family == 0 || ra.relayed.ss_family == AF_INET ||
+                   ra.relayed.ss_family == AF_INET6);
+        uint8_t buf[512];
+        stun_builder sb;
+        stun_build_init(&sb, buf, sizeof buf, BROKER_RELAY_ADDR, STUN_INDICATION, m.tid, false);
+        broker_build_relay_addr(&sb, &ra);
+        stun_msg m2;
+        reparse(&sb, &m2);
+        broker_relay_addr rb;
+        FUZZ_CHECK(broker_parse_relay_addr(&m2, &rb) == 0);
+        FUZZ_CHECK(memcmp(ra.nonce, rb.nonce, BROKER_NONCE_SIZE) == 0);
+        FUZZ_CHECK(same_sa(&ra.relayed, &rb.relayed));
+        FUZZ_CHECK(ra.relayed.ss_family || strcmp(ra.why, rb.why) == 0);
     }
     broker_go g;
     if (broker_parse_go(&m, &g) == 0) {

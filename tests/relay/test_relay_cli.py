@@ -7,7 +7,9 @@
 #     ways intact, both --json lines say method "relay" and name the relay;
 #   - the default (auto) on loopback: a direct method wins, no relay;
 #   - faults through the whole stack: a broker holding the wrong secret, and
-#     a TURN server that is down: the connect fails with the cause named.
+#     a TURN server that is down: the connect fails with the cause named;
+#   - across the nodes of a broker cluster (with redis-server): bob at one
+#     node, alice at another, --relay always, TCP and UDP through coturn.
 import os
 import subprocess
 import sys
@@ -40,19 +42,34 @@ def start_turn(wd, secret):
     return port
 
 
-def start_broker(wd, name, turn_port, secret_file):
+def start_broker(wd, name, turn_port, secret_file, cluster=None):
+    """cluster: a Redis URL; the node is ready once it reaches Redis."""
+    extra = ["--cluster", cluster] if cluster else []
     for _ in range(5):
         port = free_port()
         srv = Server(name, [brokerd, "--listen", "%s:%d" % (IP1, port), "--udp", "%s:%d" % (IP1, port),
                             "--stats", "0", "--turn-server", "%s:%d" % (IP1, turn_port),
-                            "--turn-secret-file", secret_file], wd)
+                            "--turn-secret-file", secret_file] + extra, wd)
         end = time.monotonic() + 20
         while time.monotonic() < end and srv.alive():
-            if "listening on %s:%d (TCP)" % (IP1, port) in srv.output():
+            out = srv.output()
+            if "listening on %s:%d (TCP)" % (IP1, port) in out and (not cluster or "reachable" in out):
                 return "%s:%d" % (IP1, port)
             time.sleep(0.05)  # polling the log for readiness
         srv.stop()
     raise RuntimeError("ntcp-brokerd did not start")
+
+
+def start_redis(wd):
+    port = free_port()
+    srv = Server("redis", [shutil.which("redis-server"), "--port", str(port), "--bind", IP1,
+                           "--save", "", "--appendonly", "no"], wd)
+    end = time.monotonic() + 15
+    while "Ready to accept connections" not in srv.output():
+        if not srv.alive() or time.monotonic() > end:
+            raise RuntimeError("redis-server did not start")
+        time.sleep(0.05)  # polling the log for readiness
+    return "redis://%s:%d" % (IP1, port)
 
 
 
@@ -67,15 +84,17 @@ def peer_env(wd):
 
 
 def exchange(wd, tag, broker, listen_opts, connect_opts, to_a, to_b, data):
+    """broker: one for both, or (bob's, alice's)."""
+    bob_broker, alice_broker = broker if isinstance(broker, tuple) else (broker, broker)
     env = peer_env(wd)
     f = {k: os.path.join(wd, tag + "." + k) for k in ("aout", "aerr", "bout", "berr")}
 
     def start(argv):
         return lambda out, err: subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=out, stderr=err,
                                                  env=env)
-    rc, lrc = run_pair(start([ntcp, "listen", "--id", "bob", "-b", broker, "-t", "30000", "--json"]
+    rc, lrc = run_pair(start([ntcp, "listen", "--id", "bob", "-b", bob_broker, "-t", "30000", "--json"]
                              + list(listen_opts)),
-                       start([ntcp, "connect", "--id", "alice", "-b", broker, "-t", "20000", "--json"]
+                       start([ntcp, "connect", "--id", "alice", "-b", alice_broker, "-t", "20000", "--json"]
                              + list(connect_opts) + ["bob"]),
                        to_a, to_b, f, data=data)
     for k in ("aerr", "berr"):
@@ -156,4 +175,22 @@ with Workdir() as wd:
     check(rc not in (0, 3) and a.get("ok") is False, "relay down: the connect fails", str(rc))
     check("unreachable" in a.get("detail", "") and "%d" % dead in a.get("detail", ""),
           "relay down: the cause is named (the TURN server unreachable)", str(a.get("detail")))
+
+    # 5. Across two nodes of a cluster, both given the same TURN server and
+    #    secret: bob registered at one, alice at the other.
+    if shutil.which("redis-server"):
+        url = start_redis(wd)
+        nodes = (start_broker(wd, "node-bob", tport, good, url), start_broker(wd, "node-alice", tport, good, url))
+        rc, lrc, a, b, same = pair(wd, "cluster", nodes, ["--relay", "always"])
+        check(rc == 0 and lrc == 0 and same, "cluster: connected across nodes, data both ways intact",
+              "%s %s: %s" % (rc, lrc, a.get("detail")))
+        check(a.get("method") == "relay" and b.get("method") == "relay" and a.get("relay") == relay,
+              "cluster: both say relay and name it", "%s / %s" % (a.get("method"), b.get("method")))
+        rc, a, b, same, counts = pair_udp(wd, "cluster-udp", nodes, ["--relay", "always"])
+        check(rc == 0 and same, "cluster udp: connected across nodes, 300 datagrams each way",
+              "%s: %s, lines %s" % (rc, a.get("detail"), counts))
+        check(a.get("method") == "relay" and b.get("method") == "relay",
+              "cluster udp: both say relay", "%s / %s" % (a.get("method"), b.get("method")))
+    else:
+        log("cluster: not tested (no redis-server)")
     finish()
