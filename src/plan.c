@@ -76,7 +76,7 @@ void plan_keep_methods(plan *p, unsigned mask)
     p->n = k;
     if (k > 0)
         return;
-    char names[128] = "";
+    char names[96] = "";
     size_t len = 0;
     for (int m = NTCP_METHOD_NONE + 1; m < NTCP_METHOD_COUNT && len < sizeof names; m++)
         if (had & PLAN_METHOD_BIT(m))

@@ -179,6 +179,8 @@ struct conn {
     struct sockaddr_storage urelayed, uturn;
     int urelay_state;              /* requester: 0 unknown, 1 address known, -1 none */
     char urelay_why[208];
+    bool yielded;                  /* UDP: gave the pair's one direct path to another connection */
+    char yield_why[200];
     ntcp_verify_params uvp;
     char upeer[BROKER_NAME_MAX + 1];
 };
@@ -244,7 +246,11 @@ void rt_run_held(ntcp_rt *rt);
 /* ---- rt_udp_keepalive.c: the keepalives of handed-over UDP paths ---- */
 
 /* Starts the keepalive of the UDP path fd, handed over now. */
-void rt_keepalive_start(ntcp_rt *rt, int fd);
+void rt_keepalive_start(ntcp_rt *rt, int fd, const char *peer);
+/* Whether a handed-over UDP path of this context to peer (its name) is
+ * still open from local_port: it holds the 4-tuple of the two ends'
+ * session sockets, whose datagrams the kernel gives it. */
+bool rt_udp_path_open(ntcp_rt *rt, uint16_t local_port, const char *peer);
 /* Stops the keepalive of a handed-over UDP path (if any) and closes fd. */
 void rt_udp_close_fd(ntcp_rt *rt, int fd);
 /* Stops every keepalive (the runtime stops); the descriptors stay open. */

@@ -382,7 +382,7 @@ static void on_punch(udp_puncher *p, const ntcp_udp_punch_result *r, void *user)
         /* The relay's punch (relay_udp.c): its reason after the direct one's. */
         join3(i->detail, sizeof i->detail, i->detail, "; relay: ", r->reason);
     } else {
-        snprintf(i->detail, sizeof i->detail, "%s", r->reason);
+        snprintf(i->detail, sizeof i->detail, "%s", c->yielded ? c->yield_why : r->reason);
         i->attempts = r->paths;
         if (r->err != 0 && (r->err != NTCP_ECLOSED || c->urelay_now) && c->urelay_on && !c->finished) {
             udp_relay_go(c); /* no direct path: the relay */
@@ -400,13 +400,19 @@ static void on_punch(udp_puncher *p, const ntcp_udp_punch_result *r, void *user)
         conn_won(c, r->fd, udp_method_name(r->method), &r->local, &r->remote, r->reached_ms,
                  r->verified_ms);
         /* The path's keepalive, until ntcp_udp_close() (or ntcp_free()). */
-        rt_keepalive_start(rt, r->fd);
+        rt_keepalive_start(rt, r->fd, c->info.peer);
     }
     if (c->bridge) {
         ntcp_relay_bridge_close(c->bridge); /* a direct path won, or nothing did */
         c->bridge = NULL;
     }
-    conn_ended(c, r->err == 0 ? r->fd : r->err, rt_udp_close_fd);
+    int st = r->err == 0 ? r->fd : r->err;
+    if (c->yielded && st == NTCP_ECLOSED) {
+        /* Cancelled for another connection with the same peer, no relay. */
+        snprintf(i->detail, sizeof i->detail, "%s; no relay offered", c->yield_why);
+        st = NTCP_EUNREACHABLE;
+    }
+    conn_ended(c, st, rt_udp_close_fd);
 }
 
 /* ---- UDP through the relay (relay_udp.c, docs/relay.md) ---- */
@@ -558,6 +564,56 @@ static void udp_relay_start(conn *c, const broker_go *g, const ntcp_verify_param
     }
 }
 
+/* One direct UDP path per pair of peers (docs/udp.md, "One socket, many
+ * punches"): every punch of a context goes from the session's UDP socket,
+ * and so does every other end's, so two connections between the same two
+ * contexts would be one 4-tuple, whose datagrams the kernel gives to the
+ * path's connected socket once one exists. Both ends decide alike: an open
+ * path takes precedence; between two punches at once, the one whose
+ * requester's name sorts first keeps the direct path. */
+static bool udp_first(const conn *c)
+{
+    const char *me = c->rt->name, *peer = c->info.peer;
+    return c->r ? strcmp(me, peer) < 0 : strcmp(peer, me) < 0;
+}
+
+/* Why c must leave the direct path to another (NULL: it need not). A
+ * punch of this context that must leave it to c is cancelled here (its
+ * relay, or its end, follows in on_punch). */
+static const char *udp_pair_busy(conn *c)
+{
+    ntcp_rt *rt = c->rt;
+    static char why[200];
+    struct sockaddr_storage sl;
+    uint16_t port = ntcp_session_local_udp(rt->s, &sl) == 0 ? ntcp_sa_port(&sl) : 0;
+    if (rt_udp_path_open(rt, port, c->info.peer)) {
+        snprintf(why, sizeof why,
+                 "a UDP path with %s is open on this context's port: one direct UDP path per "
+                 "pair of peers (close it first)", c->info.peer);
+        return why;
+    }
+    conn *other = NULL;
+    for (conn *o = rt->conns; o; o = o->next)
+        if (o != c && !o->finished && o->p && !o->urelay && o->info.transport == NTCP_UDP &&
+            strcmp(o->info.peer, c->info.peer) == 0)
+            other = o;
+    if (!other)
+        return NULL;
+    if (!udp_first(c)) {
+        snprintf(why, sizeof why,
+                 "a UDP connection with %s asked for at the same moment has the direct path "
+                 "(one per pair of peers)", c->info.peer);
+        return why;
+    }
+    snprintf(other->yield_why, sizeof other->yield_why,
+             "a UDP connection with %s asked for at the same moment took the direct path "
+             "(one per pair of peers)", other->info.peer);
+    other->yielded = true;
+    other->urelay_now = other->urelay_on; /* on_punch: to the relay, if there is one */
+    ntcp_udp_punch_cancel(other->p);
+    return NULL;
+}
+
 /* Both ends of a UDP connect: the UDP plan, the session's UDP socket (whose
  * mapping the broker gave the peer), the punch. */
 static void udp_go(conn *c, const broker_go *g, const plan_profile *peer)
@@ -617,9 +673,17 @@ static void udp_go(conn *c, const broker_go *g, const plan_profile *peer)
     cfg.verify.key = rt->key;
     cfg.verify.name = rt->name;
     udp_relay_start(c, g, &cfg.verify);
-    if (c->urelay_on && rt->ctx->relay == NTCP_RELAY_ALWAYS && c->r) {
+    const char *busy = udp_pair_busy(c);
+    if (busy && !c->urelay_on) {
+        close(cfg.fd);
+        snprintf(i->detail, sizeof i->detail, "%s; no relay offered", busy);
+        rt_conn_finish(c, NTCP_EUNREACHABLE);
+        return;
+    }
+    if (c->urelay_on && (busy || (rt->ctx->relay == NTCP_RELAY_ALWAYS && c->r))) {
         close(cfg.fd); /* the session's socket is not needed: the relay only */
-        snprintf(i->detail, sizeof i->detail, "direct paths skipped (relay = always)");
+        snprintf(i->detail, sizeof i->detail, "direct paths skipped (%s)",
+                 busy ? busy : "relay = always");
         udp_relay_go(c);
         if (!c->p && !c->urelay_wait)
             rt_conn_udp_relay_failed(c, NTCP_EUNREACHABLE);

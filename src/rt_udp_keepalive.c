@@ -3,7 +3,9 @@
  * over (ntcp_udp_punch()), from the hand-over until ntcp_udp_close(), the
  * application's close of the descriptor, or ntcp_free(). Loop thread only.
  */
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "rt.h"
@@ -13,6 +15,7 @@ typedef struct ka_entry {
     struct ka_entry *next;
     int fd; /* the application's descriptor (the keepalive sends from its own dup) */
     ntcp_udp_keepalive *k;
+    char peer[BROKER_NAME_MAX + 1]; /* the other end's name */
 } ka_entry;
 
 /* Frees the keepalives that saw the application close their descriptor. */
@@ -47,8 +50,20 @@ void rt_udp_close_fd(ntcp_rt *rt, int fd)
     close(fd);
 }
 
+bool rt_udp_path_open(ntcp_rt *rt, uint16_t local_port, const char *peer)
+{
+    for (ka_entry *ka = rt->kas; ka; ka = ka->next) {
+        struct sockaddr_storage l, r;
+        if (strcmp(ka->peer, peer) == 0 && ntcp_udp_keepalive_path(ka->k, &l, &r) &&
+            ntcp_sa_port(&l) == local_port)
+            return true;
+    }
+    prune_keepalives(rt); /* those found closed just now */
+    return false;
+}
+
 /* Starts the keepalive of the UDP path fd, handed over now. */
-void rt_keepalive_start(ntcp_rt *rt, int fd)
+void rt_keepalive_start(ntcp_rt *rt, int fd, const char *peer)
 {
     prune_keepalives(rt); /* those whose descriptor the application closed */
     ka_entry *ka = calloc(1, sizeof *ka);
@@ -56,6 +71,7 @@ void rt_keepalive_start(ntcp_rt *rt, int fd)
     if (ka && ntcp_udp_keepalive_start(&rt->loop, fd, ntcp_udp_keepalive_interval_ms(lifetime),
                                        &ka->k) == 0) {
         ka->fd = fd;
+        snprintf(ka->peer, sizeof ka->peer, "%s", peer);
         ka->next = rt->kas;
         rt->kas = ka;
     } else {

@@ -1141,10 +1141,13 @@ static void on_udp_closed(uv_handle_t *h)
     maybe_free(s);
 }
 
-/* Opens the UDP keepalive socket on an ephemeral port, with SO_REUSEADDR
- * and SO_REUSEPORT so that a punch can bind a socket of its own there and
- * connect it (ntcp_session_share_udp()). has_udp is set as soon as a
- * handle exists, so that close() closes it. */
+/* Opens the UDP keepalive socket on an ephemeral port, then sets
+ * SO_REUSEPORT so that a punch can bind a socket of its own there and
+ * connect it (ntcp_session_share_udp()). Bound first without it: a port-0
+ * bind with SO_REUSEPORT may be given a port another such socket of this
+ * user holds (another context's), and the two would share its datagrams.
+ * Never SO_REUSEADDR: for UDP it would let any user bind the port too.
+ * has_udp is set as soon as a handle exists, so that close() closes it. */
 static int udp_open(ntcp_session *s)
 {
     struct sockaddr_storage any;
@@ -1161,9 +1164,13 @@ static int udp_open(ntcp_session *s)
     s->udp_family = any.ss_family;
     s->open_handles++;
     s->has_udp = true;
-    int fd = ntcp_sock_open(any.ss_family, SOCK_DGRAM, NTCP_SOCK_REUSE, &any);
+    int fd = ntcp_sock_open(any.ss_family, SOCK_DGRAM, 0, &any);
     if (fd < 0)
         return NTCP_ESYS;
+    if (ntcp_sock_reuse(fd, NTCP_SOCK_REUSEPORT) < 0) {
+        close(fd);
+        return NTCP_ESYS;
+    }
     if (uv_udp_open(u, fd) < 0) {
         close(fd);
         return NTCP_ESYS;

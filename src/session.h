@@ -207,7 +207,8 @@ int ntcp_session_connect_ex(ntcp_session *s, const char *name, uint32_t transpor
  * keepalive goes to the sink (ntcp_session_set_udp_sink()), which hands
  * each punch its datagrams.
  *
- * The socket has SO_REUSEADDR and SO_REUSEPORT, so a punch binds a socket
+ * The socket has SO_REUSEPORT (set after its bind, never SO_REUSEADDR: only
+ * this user's sockets may join it), so a punch binds a socket
  * of its own to the same address and port and connect()s it to the peer
  * once it has a path: Linux gives a connected UDP socket every datagram of
  * its exact 4-tuple, and the rest to the one unconnected socket of the

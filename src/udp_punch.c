@@ -244,6 +244,30 @@ static path *find_path(udp_puncher *p, unsigned sock, const struct sockaddr_stor
 static void on_dgram(udp_puncher *p, unsigned sock, const struct sockaddr_storage *from,
                      const uint8_t *buf, size_t n);
 
+/* Whether a PROOF (or REFUSE) from `from` fits punch p: a live path from
+ * that address on the shared socket that waits for one; for a PROOF, one
+ * whose proof it also verifies (tried on a copy of the path's state, which
+ * stays as it was). */
+static bool hub_fits(udp_puncher *p, const struct sockaddr_storage *from, const udp_dgram *d,
+                     const uint8_t *buf, size_t len, bool try_proof)
+{
+    path *x = find_path(p, 0, from);
+    if (!x || x->failed || x->done)
+        return false;
+    if (d->v.method != VERIFY_PROOF || !try_proof)
+        return true;
+    if (x->core->state != VERIFY_WAIT_PROOF)
+        return false;
+    ntcp_verify_core *copy = malloc(sizeof *copy);
+    if (!copy)
+        return false;
+    memcpy(copy, x->core, sizeof *copy); /* the key is borrowed: nothing to free */
+    bool ok = ntcp_verify_core_input(copy, buf, len) != VERIFY_FAILED;
+    OPENSSL_cleanse(copy, sizeof *copy);
+    free(copy);
+    return ok;
+}
+
 void ntcp_udp_hub_input(udp_punch_hub *h, const struct sockaddr_storage *from,
                         const uint8_t *buf, size_t len)
 {
@@ -252,22 +276,43 @@ void ntcp_udp_hub_input(udp_punch_hub *h, const struct sockaddr_storage *from,
         h->dropped++;
         return;
     }
-    /* PROBE, PICK and HELLO name their session; a PROOF or REFUSE belongs
-     * to the punch with a path from that address (one punch per peer at a
-     * time: the runtime's rule). */
+    /* PROBE, PICK and HELLO name their session. A PROOF or REFUSE names
+     * none: it belongs to the punch with a path from that address. Two
+     * punches may have one (two peers connecting to each other at the same
+     * moment): a PROOF goes to the one it verifies for, an ambiguous
+     * REFUSE nowhere (that path then times out instead of failing at
+     * once). */
     const uint8_t *sid = d.kind != UDP_DG_VERIFY          ? d.session_id
                          : d.v.method == VERIFY_HELLO      ? d.v.session_id
                                                            : NULL;
+    udp_puncher *to = NULL;
+    unsigned fits = 0;
     for (udp_puncher *p = h->head; p; p = p->hub_next) {
-        if (sid ? CRYPTO_memcmp(sid, p->sid, VERIFY_SESSION_ID_SIZE) == 0
-                : find_path(p, 0, from) != NULL) {
-            /* on_dgram may finish p, whose callback may start another punch
-             * on this hub: nothing of the list is used after it. */
-            on_dgram(p, 0, from, buf, len);
-            return;
+        if (sid) {
+            if (CRYPTO_memcmp(sid, p->sid, VERIFY_SESSION_ID_SIZE) == 0) {
+                to = p;
+                fits = 1;
+                break;
+            }
+        } else if (hub_fits(p, from, &d, buf, len, false)) {
+            to = to ? to : p;
+            fits++;
         }
     }
-    h->dropped++;
+    if (!sid && fits > 1) {
+        to = NULL;
+        if (d.v.method == VERIFY_PROOF)
+            for (udp_puncher *p = h->head; p && !to; p = p->hub_next)
+                if (hub_fits(p, from, &d, buf, len, true))
+                    to = p;
+    }
+    if (!to) {
+        h->dropped++;
+        return;
+    }
+    /* on_dgram may finish `to`, whose callback may start another punch on
+     * this hub: nothing of the list is used after it. */
+    on_dgram(to, 0, from, buf, len);
 }
 
 /* Shared mode: path x, on the session's socket, gets a socket of its own,
@@ -286,7 +331,7 @@ static int own_socket(udp_puncher *p, path *x)
     memset(&l0, 0, sizeof l0);
     if (getsockname(p->socks[x->sock].fd, (struct sockaddr *)&l0, &l0len) < 0)
         return NTCP_ESYS;
-    int fd = ntcp_sock_open(l0.ss_family, SOCK_DGRAM, NTCP_SOCK_REUSE, &l0);
+    int fd = ntcp_sock_open(l0.ss_family, SOCK_DGRAM, NTCP_SOCK_REUSEPORT, &l0);
     if (fd < 0)
         return NTCP_ESYS;
     if (connect(fd, (const struct sockaddr *)&x->remote, ntcp_sa_len(&x->remote)) < 0) {
@@ -907,21 +952,41 @@ uint32_t ntcp_udp_keepalive_interval_ms(int lifetime_s)
     return half < 1000 ? 1000 : half > 60000 ? 60000 : half;
 }
 
-static void on_keepalive(uv_timer_t *t)
+/* Has the application closed its descriptor? Its number then refers to
+ * nothing, or to another file (reused): either way, not our socket. The
+ * keepalive ends, and with our duplicate closed the socket and the NAT
+ * mapping go. Returns whether it has ended. */
+static bool keepalive_check_app(ntcp_udp_keepalive *k)
 {
-    ntcp_udp_keepalive *k = t->data;
-    /* Has the application closed its descriptor? Its number then refers to
-     * nothing, or to another file (reused): either way, not our socket. The
-     * keepalive ends, and with our duplicate closed the socket and the NAT
-     * mapping go. */
+    if (k->ended)
+        return true;
     struct stat st;
     if (fstat(k->app_fd, &st) < 0 || st.st_dev != k->dev || st.st_ino != k->ino) {
         k->ended = true;
         uv_timer_stop(&k->timer);
         close(k->fd);
         k->fd = -1;
-        return;
     }
+    return k->ended;
+}
+
+bool ntcp_udp_keepalive_path(ntcp_udp_keepalive *k, struct sockaddr_storage *local,
+                             struct sockaddr_storage *remote)
+{
+    if (keepalive_check_app(k))
+        return false;
+    socklen_t ll = sizeof *local, rl = sizeof *remote;
+    memset(local, 0, sizeof *local);
+    memset(remote, 0, sizeof *remote);
+    return getsockname(k->fd, (struct sockaddr *)local, &ll) == 0 &&
+           getpeername(k->fd, (struct sockaddr *)remote, &rl) == 0;
+}
+
+static void on_keepalive(uv_timer_t *t)
+{
+    ntcp_udp_keepalive *k = t->data;
+    if (keepalive_check_app(k))
+        return;
     /* Zero bytes: the smallest datagram, and one no application protocol
      * needs for itself. Errors (an ICMP error reported, a full buffer) are
      * ignored: the next one may pass. */

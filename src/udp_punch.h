@@ -169,6 +169,11 @@ int ntcp_udp_keepalive_start(uv_loop_t *loop, int fd, uint32_t interval_ms,
                              ntcp_udp_keepalive **out);
 /* How many keepalives went out (tests). */
 unsigned ntcp_udp_keepalive_count(const ntcp_udp_keepalive *k);
+/* The path's local and remote addresses while the application still has
+ * its descriptor open (checked now, as before each keepalive: a closed one
+ * ends the keepalive at once, releasing the socket). False once ended. */
+bool ntcp_udp_keepalive_path(ntcp_udp_keepalive *k, struct sockaddr_storage *local,
+                             struct sockaddr_storage *remote);
 /* True once the keepalive saw the application's descriptor closed. */
 bool ntcp_udp_keepalive_ended(const ntcp_udp_keepalive *k);
 /* Stops and frees it (after its timer closed: the loop must run), closing
