@@ -276,6 +276,14 @@ static void connect_accept(builder *b, ntcp_method_t m, int from, const struct s
     l->repeats = 1;
 }
 
+/* How long after the connector's start the puncher holds its 4-tuple with a
+ * normal SYN (plan_attempt.hold_ms), for a round trip of rtt ms: 3 ms on a
+ * path of no length, less as it grows, none from 6 ms on. */
+static uint32_t hold_after(uint32_t rtt)
+{
+    return rtt < 6 ? 3 - rtt / 2 : 0;
+}
+
 /* STUNT#2, or its predicted form: x punches with a low TTL and listens, y
  * connects once x's mapping exists. */
 static void stunt2(builder *b, int x)
@@ -331,16 +339,19 @@ static void stunt2(builder *b, int x)
     hy->repeats = yl == PLAN_LOCAL_FRESH ? 1 : 3;
     hy->repeat_ms = hy->repeats > 1 ? clampu(b->rtt, 100, 1000) : 0;
     hy->start = b->margin;
-    /* x holds the punched 4-tuple with a normal SYN a little after y's SYN
-     * has left y's NAT (a quarter of a round trip, for the ends' clocks to
-     * disagree) and before it reaches x (half of one): each SYN then arrives
-     * at a NAT whose hole exists, as in a simultaneous open, and x's hole was
-     * opened before y's SYN can arrive. On a short path y's SYN arrives
-     * before the hold and meets the punch socket, whose "time exceeded"
-     * came back at once. (y connecting from any port is taken by x's
-     * listener: no hold.) */
+    /* x holds the punched 4-tuple with a normal SYN when y's SYN leaves y's
+     * NAT: x's SYN reaches y's NAT half a round trip later, y's reaches x's
+     * then too, each finds a hole, as in a simultaneous open. Centred so,
+     * the ends' start skew may be up to half a round trip either way. Too
+     * early, x's SYN meets y's NAT shut (an RST there ends x's hole); too
+     * late, y's SYN meets a punch socket whose "time exceeded" is still on
+     * its way, or none between two punches (our RST ends y's hole). On the
+     * shortest paths the punches' errors stop soon (routers rate-limit
+     * them) and only the first danger is left: there the hold comes up to
+     * 3 ms after y's start. (y connecting from any port is taken by x's
+     * listener: no hold.) See hold_after(). */
     if (!y_any)
-        hx->hold = hy->start + (b->rtt / 4 > 3 ? b->rtt / 4 : 3);
+        hx->hold = hy->start + hold_after(b->rtt);
     hy->ext = take_ext(Y, yl, y_conn_count);
     if (yl == PLAN_LOCAL_FRESH) {
         /* The window x aimed at starts where y's ext starts. */

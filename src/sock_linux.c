@@ -4,11 +4,13 @@
 #include "sock_linux.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <netinet/in.h>
 #include <string.h>
 #include <sys/uio.h>
 #include <time.h> /* before linux/errqueue.h, which uses struct timespec */
 #include <linux/errqueue.h>
+#include <linux/tcp.h> /* struct tcp_info with tcpi_min_rtt, which glibc's lacks */
 #include <unistd.h>
 
 #include "addr.h"
@@ -94,5 +96,20 @@ bool ntcp_sock_err_read(int fd, ntcp_sock_err *out)
             memset(&out->offender, 0, sizeof out->offender);
         return true;
     }
+    return true;
+}
+
+bool ntcp_sock_tcp_rtt(int fd, uint32_t *srtt_us, uint32_t *min_rtt_us)
+{
+    struct tcp_info ti;
+    memset(&ti, 0, sizeof ti);
+    socklen_t len = sizeof ti;
+    *srtt_us = *min_rtt_us = 0;
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) < 0 || ti.tcpi_rtt == 0)
+        return false;
+    *srtt_us = ti.tcpi_rtt;
+    /* An older kernel fills less of the struct: its length says so. */
+    if (len >= offsetof(struct tcp_info, tcpi_min_rtt) + sizeof ti.tcpi_min_rtt)
+        *min_rtt_us = ti.tcpi_min_rtt == ~0u ? 0 : ti.tcpi_min_rtt;
     return true;
 }

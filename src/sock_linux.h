@@ -68,4 +68,11 @@ typedef struct ntcp_sock_err {
  * zeroed (origin SO_EE_ORIGIN_NONE) when it carried none. */
 bool ntcp_sock_err_read(int fd, ntcp_sock_err *out);
 
+/* The kernel's round trip of a TCP socket, in microseconds (TCP_INFO):
+ * *srtt_us the smoothed one (RFC 6298), *min_rtt_us the smallest sample of
+ * the last minutes (0 when the kernel does not say). The smoothed one
+ * carries the peer's delayed ACKs; the minimum is the path's delay. Returns
+ * false when the socket has no measurement yet (nothing acknowledged). */
+bool ntcp_sock_tcp_rtt(int fd, uint32_t *srtt_us, uint32_t *min_rtt_us);
+
 #endif /* NTCP_SOCK_LINUX_H */

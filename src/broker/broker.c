@@ -5,7 +5,6 @@
  */
 #include <errno.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +19,7 @@
 #include "identity.h"
 #include "ntcp.h"
 #include "session.h"
+#include "sock_linux.h"
 #include "tls.h"
 
 #define TICK_MS 100
@@ -450,18 +450,21 @@ static void rtt_sample(bsession *s, uint64_t us)
     s->rtt_us = s->rtt_us ? (uint32_t)((7 * (uint64_t)s->rtt_us + us) / 8) : (uint32_t)(us ? us : 1);
 }
 
-/* The round trip to a peer: the kernel's smoothed TCP RTT, refreshed by every
- * ACK of the session's traffic, when the platform gives it; else ours. */
+/* The round trip to a peer, from which its CONNECT-GO's trip is judged:
+ * the kernel's smallest sample, the path's own delay. Both ends of a connect
+ * must be judged alike, and the other measures are not: the smoothed RTT
+ * carries the peer's delayed ACKs, and our registration sample the peer's
+ * own work (its signature) at that moment. In the lab an idle listener's
+ * came out about 5 ms above its requester's on the same path, so the broker
+ * held the requester back 2-3 ms too long and the ends' start skew was that
+ * large (docs/traversal.md, "The RST pairs across delays"). Without the
+ * kernel's measure (nothing acknowledged yet, another platform): ours. */
 uint32_t session_rtt(bsession *s)
 {
-#ifdef TCP_INFO
     uv_os_fd_t fd;
-    struct tcp_info ti;
-    socklen_t len = sizeof ti;
-    if (uv_fileno((uv_handle_t *)&s->tcp, &fd) == 0 &&
-        getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) == 0 && ti.tcpi_rtt > 0)
-        return s->rtt_us > ti.tcpi_rtt ? s->rtt_us : ti.tcpi_rtt;
-#endif
+    uint32_t srtt = 0, min_rtt = 0;
+    if (uv_fileno((uv_handle_t *)&s->tcp, &fd) == 0 && ntcp_sock_tcp_rtt(fd, &srtt, &min_rtt))
+        return min_rtt ? min_rtt : srtt;
     return s->rtt_us;
 }
 

@@ -355,6 +355,16 @@ static void check_pair(const prof *A, const prof *B, bool same_nat, bool raw, ui
                 break;
             case PLAN_PUNCH:
                 CHECK(x->ttl == (hops ? hops + 1 : PLAN_TTL_LEARN), "punch TTL");
+                /* The hold: when the connector's SYN leaves, so that the
+                 * ends' start skew may be half a round trip either way; up
+                 * to 3 ms later on the shortest paths. None for a connector
+                 * from any port (the listener takes its SYN). */
+                if (x->peer_any_port)
+                    CHECK(x->hold_ms == 0, "a hold where the listener takes the SYN");
+                else
+                    CHECK(y->role == PLAN_CONNECT && x->hold_ms >= y->start_ms &&
+                              x->hold_ms - y->start_ms == (pi.rtt_ms < 6 ? 3 - pi.rtt_ms / 2 : 0),
+                          "the hold is not when the connector's SYN leaves");
                 if (y->ext.addr.ss_family)
                     CHECK(ports_equal(&x->target, &y->ext), "punch aims where the connector is seen");
                 else
@@ -952,6 +962,29 @@ static void test_timing(void **state)
     assert_true(p.deadline_ms < 10000);
     /* The last attempt waits for one SYN retransmission (1 s) and its answer. */
     assert_true(p.deadline_ms >= p.a[p.n - 1].start_ms + 1000 + 2 * 200);
+    /* The hold (STUNT#2 with an RST on either side): when the connector's
+     * SYN leaves on a path of some length; a few ms after on the shortest,
+     * where the punches' errors soon stop and only a hold that reaches the
+     * peer's NAT before its SYN has left could hurt. */
+    for (uint32_t rtt = 1; rtt <= 40; rtt++) {
+        prof X = prof_of("port-restricted", R), Y = prof_of("port-restricted", R);
+        plan_input h;
+        plan_input_init(&h);
+        make_end(&h.me, &X, 0, false, false, rtt, 0);
+        make_end(&h.peer, &Y, 1, false, false, rtt, 0);
+        h.initiator = true;
+        plan ph;
+        assert_int_equal(plan_make(&h, &ph), 0);
+        h.me = h.peer;
+        make_end(&h.peer, &X, 0, false, false, rtt, 0);
+        h.initiator = false;
+        plan pt;
+        assert_int_equal(plan_make(&h, &pt), 0);
+        assert_int_equal(ph.a[0].role, PLAN_PUNCH);
+        assert_int_equal(pt.a[0].role, PLAN_CONNECT);
+        uint32_t want = rtt < 2 ? 3 : rtt < 4 ? 2 : rtt < 6 ? 1 : 0;
+        assert_int_equal(ph.a[0].hold_ms, pt.a[0].start_ms + want);
+    }
     /* Unknown RTT: 100 ms assumed. */
     in.me.rtt_ms = in.peer.rtt_ms = 0;
     assert_int_equal(plan_make(&in, &p), 0);
