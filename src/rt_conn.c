@@ -850,17 +850,17 @@ static void connect_now(ntcp_rt *rt, req *r)
  * transport waits in rt->waiting (with its deadline) for the one under way
  * to end: two TCP connects would connect from the session port to the same
  * peer address and port, one 4-tuple that two sockets cannot hold
- * (EADDRNOTAVAIL); two UDP punches would have paths from the same address,
- * which the hub could not tell apart. Offers from peers cannot wait (their
- * start time is shared) and are never held. */
+ * (EADDRNOTAVAIL); two UDP punches would be one path between the same two
+ * sockets (one per pair of peers: udp_pair_busy()). Offers from peers
+ * cannot wait (their start time is shared) and are never held. */
 static bool conn_blocks(const conn *c, const req *r)
 {
     if (c->finished)
         return false;
     if (!c->rt->mux)
         return true; /* no shared listener (portmux.h): one at a time */
-    /* One connect at a time to a peer per transport: two TCP ones would
-     * share a 4-tuple, two UDP ones the paths of the hub. */
+    /* One connect at a time to a peer per transport: either way, two would
+     * share a 4-tuple. */
     return (c->info.transport == NTCP_UDP) == (r->transport == NTCP_UDP) &&
            strcmp(c->info.peer, r->name) == 0;
 }

@@ -243,6 +243,7 @@ static void hub_leave(udp_puncher *p)
 static path *find_path(udp_puncher *p, unsigned sock, const struct sockaddr_storage *from);
 static void on_dgram(udp_puncher *p, unsigned sock, const struct sockaddr_storage *from,
                      const uint8_t *buf, size_t n);
+static void on_readable(uv_poll_t *h, int status, int events);
 
 /* Whether a PROOF (or REFUSE) from `from` fits punch p: a live path from
  * that address on the shared socket that waits for one; for a PROOF, one
@@ -319,8 +320,6 @@ void ntcp_udp_hub_input(udp_punch_hub *h, const struct sockaddr_storage *from,
  * bound to the same address and port and connected to the peer, so that
  * the kernel gives it the peer's datagrams from now on (session.h,
  * ntcp_session_share_udp()). Returns 0 or NTCP_ESYS. */
-static void on_readable(uv_poll_t *h, int status, int events);
-
 static int own_socket(udp_puncher *p, path *x)
 {
     /* Only socket 0 is shared; the birthday side's others are ours. */
